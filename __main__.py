@@ -1,0 +1,5 @@
+import sys
+
+from voltana.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared plumbing: bus client, embedded nats-server, logging, errors."""

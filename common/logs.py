@@ -1,0 +1,48 @@
+"""One structlog configuration for every service: JSON off a terminal, console on one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
+    """Configure structlog (and stdlib logging) once, in an entry point.
+
+    Args:
+        fmt: ``json``, ``console`` or ``auto``/None (env ``VOLTANA_LOG_FORMAT``, else
+            console when stderr is a terminal and JSON otherwise).
+        level: a level name (env ``VOLTANA_LOG_LEVEL``, else ``info``).
+    """
+    fmt = fmt or os.environ.get("VOLTANA_LOG_FORMAT") or "auto"
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    level_name = (level or os.environ.get("VOLTANA_LOG_LEVEL") or "info").upper()
+    lvl = logging.getLevelNamesMapping().get(level_name, logging.INFO)
+    renderer: structlog.typing.Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr)
+
+
+def get_logger(name: str, **bound: object) -> structlog.typing.FilteringBoundLogger:
+    """A logger with ``service`` (and anything else given) bound."""
+    return structlog.get_logger(service=name, **bound)  # type: ignore[no-any-return]

@@ -1,0 +1,83 @@
+"""What the router observes: instance state, route decisions, finished requests."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from voltana.schemas.base import Event
+from voltana.schemas.telemetry import LatencyWindow, Role
+
+
+class InstanceState(Event, frozen=True, kw_only=True):
+    """The router's view of one instance: its own accounting merged with telemetry.
+
+    ``telemetry_age_s`` is None when no telemetry was ever received for it.
+    """
+
+    instance: str
+    role: Role
+    url: str
+    seq: int
+    in_flight_requests: int = 0
+    in_flight_tokens: int = 0
+    queued_prefill_tokens: int = 0
+    oldest_wait_s: float = 0.0
+    healthy: bool = True
+    circuit_open: bool = False
+    sm_clock_mhz: int | None = None
+    power_w: float | None = None
+    engine_running_reqs: int | None = None
+    engine_queue_reqs: int | None = None
+    telemetry_age_s: float | None = None
+    ttft: LatencyWindow | None = None
+    itl: LatencyWindow | None = None
+
+
+class RouteDecision(Event, frozen=True, kw_only=True):
+    """Where one request went and why."""
+
+    request_id: str
+    prefill: str
+    decode: str
+    prefill_policy: str
+    decode_policy: str
+    bootstrap_room: int
+    input_tokens: int = 0
+    max_new_tokens: int | None = None
+    prefill_reason: str = ""
+    decode_reason: str = ""
+    path: str = "/generate"
+
+
+RequestStatus = Literal["ok", "error", "cancelled", "rejected"]
+
+
+class RequestRecord(Event, frozen=True, kw_only=True):
+    """One finished request as the client saw it.
+
+    ``slo_met`` is the per-request definition used throughout the project:
+    TTFT within the TTFT SLO and mean ITL within the ITL SLO.
+    ``itl_within_slo_frac`` is the fraction of this request's inter-token gaps
+    within the ITL SLO (the per-token view).
+    """
+
+    request_id: str
+    prefill: str
+    decode: str
+    status: RequestStatus
+    arrival_t_ns: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    itl_mean_s: float | None = None
+    itl_p99_s: float | None = None
+    itl_max_s: float | None = None
+    itl_within_slo_frac: float | None = None
+    slo_ttft_s: float | None = None
+    slo_itl_s: float | None = None
+    ttft_met: bool | None = None
+    itl_met: bool | None = None
+    slo_met: bool | None = None
+    error: str | None = None
+    stream: bool = False

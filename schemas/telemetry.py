@@ -1,0 +1,90 @@
+"""Telemetry: per-GPU power/clock samples and per-instance engine state."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from voltana.schemas.base import Event
+
+Role = Literal["prefill", "decode", "unified"]
+
+
+class LatencyWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """Latency statistics over one window (from histogram deltas or raw samples).
+
+    Quantiles are in seconds; ``count`` is the number of observations in the window.
+    """
+
+    count: int
+    window_s: float
+    mean_s: float | None = None
+    p50_s: float | None = None
+    p90_s: float | None = None
+    p99_s: float | None = None
+    max_s: float | None = None
+
+
+class GpuTelemetry(Event, frozen=True, kw_only=True):
+    """One power/clock sample of one GPU.
+
+    ``energy_j`` is the cumulative counter since the source started counting:
+    it is never reset and never wrapped; ``avg_power_w`` is the energy delta over
+    ``interval_s`` (the time since this GPU's previous sample).
+    """
+
+    node: str
+    gpu: int
+    seq: int
+    instance: str | None = None
+    role: Role | None = None
+    power_w: float
+    energy_j: float
+    avg_power_w: float | None = None
+    interval_s: float | None = None
+    sm_clock_mhz: int
+    locked_clock_mhz: int | None = None
+    app_clock_mhz: int | None = None
+    mem_clock_mhz: int | None = None
+    max_sm_clock_mhz: int | None = None
+    power_limit_w: float | None = None
+    throttle_reasons: int = 0
+    util_gpu_pct: float | None = None
+    mem_used_mib: float | None = None
+    temperature_c: float | None = None
+    source: Literal["nvml", "emulated"] = "nvml"
+
+
+class InstanceTelemetry(Event, frozen=True, kw_only=True):
+    """Engine state of one serving instance, scraped from SGLang.
+
+    ``healthy`` is False (with ``error`` set) when the instance stopped answering;
+    the engine fields then hold their last known values or zero.
+    """
+
+    instance: str
+    role: Role
+    node: str
+    url: str
+    seq: int
+    gpus: list[int] = []
+    healthy: bool = True
+    error: str | None = None
+    num_running_reqs: int = 0
+    num_queue_reqs: int = 0
+    kv_used_tokens: int = 0
+    kv_capacity_tokens: int | None = None
+    token_usage: float = 0.0
+    gen_throughput_tps: float = 0.0
+    prompt_tokens_total: float = 0.0
+    generation_tokens_total: float = 0.0
+    requests_total: float = 0.0
+    num_bootstrap_queue_reqs: int = 0
+    num_prealloc_queue_reqs: int = 0
+    num_transfer_queue_reqs: int = 0
+    num_inflight_queue_reqs: int = 0
+    ttft: LatencyWindow | None = None
+    itl: LatencyWindow | None = None
+    scrape_latency_s: float | None = None
+    engine_version: str | None = None
