@@ -45,4 +45,4 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
 
 def get_logger(name: str, **bound: object) -> structlog.typing.FilteringBoundLogger:
     """A logger with ``service`` (and anything else given) bound."""
-    return structlog.get_logger(service=name, **bound)  # type: ignore[no-any-return]
+    return structlog.get_logger(service=name, **bound)

@@ -7,7 +7,7 @@ from typing import Literal
 from voltana.schemas.base import Event
 
 
-class SetClock(Event, frozen=True, kw_only=True, tag="set"):
+class SetClock(Event, frozen=True, kw_only=True, tag="set"):  # type: ignore[call-arg]
     """Lock one GPU's SM clock to ``sm_clock_mhz`` for at most ``lease_s`` seconds.
 
     The actuator resets the GPU to default clocks unless a fresh command renews
@@ -24,7 +24,7 @@ class SetClock(Event, frozen=True, kw_only=True, tag="set"):
     reason: str = ""
 
 
-class ResetClock(Event, frozen=True, kw_only=True, tag="reset"):
+class ResetClock(Event, frozen=True, kw_only=True, tag="reset"):  # type: ignore[call-arg]
     """Return one GPU to its default clocks (nothing locked)."""
 
     node: str
@@ -41,7 +41,7 @@ ClockCommand = SetClock | ResetClock
 ClockStatus = Literal["applied", "unchanged", "reset", "rejected", "expired", "error"]
 
 
-class ClockState(Event, frozen=True, kw_only=True):
+class ClockState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     """What the actuator did with a command (or a lease expiry) and what holds now.
 
     ``locked_clock_mhz`` None means default clocks. ``status`` says what happened;
@@ -61,7 +61,7 @@ class ClockState(Event, frozen=True, kw_only=True):
     apply_latency_s: float | None = None
 
 
-class ClockDecision(Event, frozen=True, kw_only=True):
+class ClockDecision(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     """One controller decision with its reason, kept for replay and debugging."""
 
     instance: str

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-
 from voltana.schemas.base import SCHEMA_VERSION
 
 

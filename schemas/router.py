@@ -8,7 +8,7 @@ from voltana.schemas.base import Event
 from voltana.schemas.telemetry import LatencyWindow, Role
 
 
-class InstanceState(Event, frozen=True, kw_only=True):
+class InstanceState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     """The router's view of one instance: its own accounting merged with telemetry.
 
     ``telemetry_age_s`` is None when no telemetry was ever received for it.
@@ -33,7 +33,7 @@ class InstanceState(Event, frozen=True, kw_only=True):
     itl: LatencyWindow | None = None
 
 
-class RouteDecision(Event, frozen=True, kw_only=True):
+class RouteDecision(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     """Where one request went and why."""
 
     request_id: str
@@ -52,7 +52,7 @@ class RouteDecision(Event, frozen=True, kw_only=True):
 RequestStatus = Literal["ok", "error", "cancelled", "rejected"]
 
 
-class RequestRecord(Event, frozen=True, kw_only=True):
+class RequestRecord(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     """One finished request as the client saw it.
 
     ``slo_met`` is the per-request definition used throughout the project:

@@ -145,7 +145,9 @@ def parse(subject: str) -> Subject:
             values = parts[1 + len(kparts) :]
             for name, value in zip(names, values, strict=True):
                 _tok(value, name)
-            return Subject(kind=kind, fields=dict(zip(names, values, strict=True)), message_type=typ)
+            return Subject(
+                kind=kind, fields=dict(zip(names, values, strict=True)), message_type=typ
+            )
     raise SubjectError(f"unknown voltana subject: {subject!r}")
 
 

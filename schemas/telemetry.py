@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-
 from voltana.schemas.base import Event
 
 Role = Literal["prefill", "decode", "unified"]
@@ -26,7 +25,7 @@ class LatencyWindow(msgspec.Struct, frozen=True, kw_only=True):
     max_s: float | None = None
 
 
-class GpuTelemetry(Event, frozen=True, kw_only=True):
+class GpuTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     """One power/clock sample of one GPU.
 
     ``energy_j`` is the cumulative counter since the source started counting:
@@ -56,7 +55,7 @@ class GpuTelemetry(Event, frozen=True, kw_only=True):
     source: Literal["nvml", "emulated"] = "nvml"
 
 
-class InstanceTelemetry(Event, frozen=True, kw_only=True):
+class InstanceTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     """Engine state of one serving instance, scraped from SGLang.
 
     ``healthy`` is False (with ``error`` set) when the instance stopped answering;
@@ -68,7 +67,7 @@ class InstanceTelemetry(Event, frozen=True, kw_only=True):
     node: str
     url: str
     seq: int
-    gpus: list[int] = []
+    gpus: list[int] = msgspec.field(default_factory=list)
     healthy: bool = True
     error: str | None = None
     num_running_reqs: int = 0

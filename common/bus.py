@@ -1,0 +1,360 @@
+"""The bus: typed publish/subscribe over NATS, the JetStream event log and the KV bucket.
+
+Shells use one :class:`Bus` per process. Payloads are msgspec Structs from
+``voltana.schemas`` encoded as msgpack; a payload that fails strict decoding is
+counted (per subject and error kind), logged once with the subject and msgspec's
+error path, and dropped: it never kills the subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+from prometheus_client import Counter as PromCounter
+from voltana.common.errors import BusError
+from voltana.common.logs import get_logger
+from voltana.schemas import codec, subjects
+
+T = TypeVar("T")
+
+log = get_logger("bus")
+
+DECODE_ERRORS = PromCounter(
+    "voltana_bus_decode_errors",
+    "Bus payloads dropped because they failed strict decoding",
+    ["subject", "kind"],
+)
+PUBLISHED = PromCounter("voltana_bus_published", "Messages published on the bus", ["kind"])
+RECEIVED = PromCounter("voltana_bus_received", "Messages received and decoded", ["kind"])
+
+
+class BusOptions(msgspec.Struct, kw_only=True):
+    """How to reach NATS. Every field has a working default for a local server.
+
+    ``reconnect_*`` set the exponential backoff between reconnect attempts;
+    ``max_reconnect_attempts`` -1 retries forever.
+    """
+
+    servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    name: str = "voltana"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+    nkeys_seed_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_hostname: str | None = None
+    connect_timeout_s: float = 2.0
+    allow_reconnect: bool = True
+    max_reconnect_attempts: int = -1
+    reconnect_initial_s: float = 0.1
+    reconnect_max_s: float = 2.0
+
+
+class StreamLimits(msgspec.Struct, kw_only=True):
+    """Limits of the event log stream (limits retention, discard old)."""
+
+    max_age_s: float = 24 * 3600.0
+    max_bytes: int = 1 << 30
+    max_msgs: int = -1
+    replicas: int = 1
+    storage: str = "file"
+    duplicate_window_s: float = 120.0
+
+
+def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter, capped: the wait before reconnect ``attempt``."""
+    ceiling = min(max_s, initial_s * (2 ** max(0, attempt)))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def _tls_context(opts: BusOptions) -> ssl.SSLContext | None:
+    if not (opts.tls_ca_file or opts.tls_cert_file):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=opts.tls_ca_file)
+    if opts.tls_cert_file:
+        ctx.load_cert_chain(opts.tls_cert_file, opts.tls_key_file)
+    return ctx
+
+
+Handler = Callable[[T, str], Awaitable[None] | None]
+"""A subscriber callback: ``handler(message, subject)``; may be sync or async."""
+
+
+class Bus:
+    """A connected NATS client with typed publish/subscribe, JetStream and KV helpers."""
+
+    def __init__(self, nc: NatsClient, opts: BusOptions) -> None:
+        self.nc = nc
+        self.opts = opts
+        self.decode_errors: Counter[tuple[str, str]] = Counter()
+        self.published = 0
+        self.received = 0
+        self._js: JetStreamContext | None = None
+        self._on_disconnect: list[Callable[[], Awaitable[None] | None]] = []
+        self._on_reconnect: list[Callable[[], Awaitable[None] | None]] = []
+
+    # -- connection -------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, opts: BusOptions | None = None, **overrides: Any) -> Bus:
+        """Connect to NATS.
+
+        Raises:
+            BusError: no server answered, or the server refused our credentials.
+        """
+        opts = opts or BusOptions()
+        if overrides:
+            opts = msgspec.structs.replace(opts, **overrides)
+        rng = random.Random()
+        holder: dict[str, Bus] = {}
+        first_error: list[BaseException] = []
+
+        def pick(servers: list[Any], info: dict[str, Any]) -> tuple[Any, float]:
+            server = min(servers, key=lambda s: s.reconnects)
+            return server, backoff_s(
+                server.reconnects, opts.reconnect_initial_s, opts.reconnect_max_s, rng
+            )
+
+        async def on_error(exc: Exception) -> None:
+            if not holder:
+                first_error.append(exc)
+            log.warning("nats_error", error=str(exc) or type(exc).__name__)
+
+        async def on_disconnect() -> None:
+            log.warning("nats_disconnected")
+            if holder:
+                await holder["bus"]._fire(holder["bus"]._on_disconnect)
+
+        async def on_reconnect() -> None:
+            log.info(
+                "nats_reconnected",
+                server=str(nc.connected_url.netloc) if nc.connected_url else None,
+            )
+            if holder:
+                await holder["bus"]._fire(holder["bus"]._on_reconnect)
+
+        kwargs: dict[str, Any] = dict(
+            servers=opts.servers,
+            name=opts.name,
+            connect_timeout=opts.connect_timeout_s,
+            allow_reconnect=opts.allow_reconnect,
+            max_reconnect_attempts=opts.max_reconnect_attempts,
+            reconnect_time_wait=opts.reconnect_initial_s,
+            reconnect_to_server_handler=pick,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+        if opts.user is not None:
+            kwargs.update(user=opts.user, password=opts.password or "")
+        if opts.token is not None:
+            kwargs["token"] = opts.token
+        if opts.creds_file:
+            kwargs["user_credentials"] = opts.creds_file
+        if opts.nkeys_seed_file:
+            kwargs["nkeys_seed"] = opts.nkeys_seed_file
+        tls = _tls_context(opts)
+        if tls is not None:
+            kwargs["tls"] = tls
+            if opts.tls_hostname:
+                kwargs["tls_hostname"] = opts.tls_hostname
+        nc = NatsClient()
+        try:
+            await nc.connect(**kwargs)
+        except Exception as exc:
+            reason = " ".join(str(e) for e in [*first_error, exc] if str(e)) or type(exc).__name__
+            if "authorization" in reason.lower() or "authentication" in reason.lower():
+                msg = f"NATS server refused the credentials ({reason.strip()})"
+            else:
+                msg = f"cannot connect to NATS at {', '.join(opts.servers)}: {reason.strip()}"
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise BusError(msg, servers=opts.servers) from exc
+        bus = cls(nc, opts)
+        holder["bus"] = bus
+        return bus
+
+    async def _fire(self, callbacks: list[Callable[[], Awaitable[None] | None]]) -> None:
+        for cb in list(callbacks):
+            try:
+                result = cb()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("bus_callback_failed")
+
+    def on_disconnect(self, cb: Callable[[], Awaitable[None] | None]) -> None:
+        """Call ``cb`` whenever the connection to NATS is lost."""
+        self._on_disconnect.append(cb)
+
+    def on_reconnect(self, cb: Callable[[], Awaitable[None] | None]) -> None:
+        """Call ``cb`` whenever the connection is re-established."""
+        self._on_reconnect.append(cb)
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def close(self) -> None:
+        """Flush what is pending and close (drain)."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout=2.0)
+        except Exception:
+            await self.nc.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- publish / subscribe ----------------------------------------------
+
+    async def publish(
+        self, subject: str, msg: msgspec.Struct, *, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish one message (msgpack). Buffered while disconnected (nats-py's pending buffer)."""
+        await self.nc.publish(subject, codec.encode(msg), headers=headers)
+        self.published += 1
+        PUBLISHED.labels(type(msg).__name__).inc()
+
+    async def subscribe(
+        self,
+        subject: str,
+        typ: Any,
+        handler: Callable[[Any, str], Awaitable[None] | None],
+        *,
+        queue: str = "",
+    ) -> Subscription:
+        """Subscribe with strict decoding into ``typ`` (a Struct or a tagged union).
+
+        Payloads that fail to decode are counted in ``decode_errors[(subject, kind)]``,
+        logged with the error path, and dropped; the subscription keeps going. An
+        exception raised by ``handler`` is logged and does not end the subscription.
+        """
+        dec = codec.decoder(typ)
+        kind = getattr(typ, "__name__", str(typ))
+
+        async def cb(m: Msg) -> None:
+            try:
+                value = dec.decode(m.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                err_kind = "validation" if isinstance(exc, msgspec.ValidationError) else "decode"
+                self.decode_errors[(m.subject, err_kind)] += 1
+                DECODE_ERRORS.labels(m.subject, err_kind).inc()
+                log.warning("bus_payload_dropped", subject=m.subject, kind=err_kind, error=str(exc))
+                return
+            self.received += 1
+            RECEIVED.labels(kind).inc()
+            try:
+                result = handler(value, m.subject)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("bus_handler_failed", subject=m.subject)
+
+        return await self.nc.subscribe(subject, queue=queue, cb=cb)
+
+    async def subscribe_raw(
+        self, subject: str, handler: Callable[[Msg], Awaitable[None]]
+    ) -> Subscription:
+        """Subscribe without decoding (tools such as ``voltana tail``)."""
+        return await self.nc.subscribe(subject, cb=handler)
+
+    def decode_error_total(self) -> int:
+        return sum(self.decode_errors.values())
+
+    # -- JetStream event log ----------------------------------------------
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.nc.jetstream()
+        return self._js
+
+    async def ensure_event_stream(
+        self, limits: StreamLimits | None = None, *, name: str = subjects.STREAM_NAME
+    ) -> None:
+        """Create (or update) the stream that keeps every ``voltana.>`` event."""
+        limits = limits or StreamLimits()
+        cfg = StreamConfig(
+            name=name,
+            subjects=[subjects.ALL],
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_age=limits.max_age_s,
+            max_bytes=limits.max_bytes,
+            max_msgs=limits.max_msgs,
+            num_replicas=limits.replicas,
+            storage=StorageType.FILE if limits.storage == "file" else StorageType.MEMORY,
+            duplicate_window=limits.duplicate_window_s,
+        )
+        try:
+            await self.js.add_stream(cfg)
+        except nats.js.errors.BadRequestError:
+            await self.js.update_stream(cfg)
+        except nats.js.errors.ServiceUnavailableError as exc:
+            raise BusError("JetStream is not enabled on the NATS server") from exc
+
+    async def publish_persistent(
+        self, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None
+    ) -> bool:
+        """Publish through JetStream and wait for the ack; ``msg_id`` deduplicates retries.
+
+        Returns False when the server recognised the message as a duplicate.
+        """
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        ack = await self.js.publish(subject, codec.encode(msg), headers=headers)
+        self.published += 1
+        return not ack.duplicate
+
+    # -- KV ---------------------------------------------------------------
+
+    async def kv(self, bucket: str = subjects.KV_BUCKET, *, ttl_s: float | None = None) -> KeyValue:
+        """Open the KV bucket, creating it on first use."""
+        try:
+            return await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            cfg = KeyValueConfig(bucket=bucket, history=5, ttl=ttl_s)
+            return await self.js.create_key_value(cfg)
+
+    async def kv_put_json(
+        self, key: str, value: msgspec.Struct, *, bucket: str = subjects.KV_BUCKET
+    ) -> int:
+        """Store a Struct as JSON under ``key`` (human-editable with the nats CLI)."""
+        kv = await self.kv(bucket)
+        return await kv.put(key, codec.to_json(value))
+
+    async def kv_get_json(
+        self, key: str, typ: type[T], *, bucket: str = subjects.KV_BUCKET
+    ) -> T | None:
+        """Read a Struct stored as JSON; None when the key does not exist."""
+        kv = await self.kv(bucket)
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return codec.from_json(entry.value, typ)

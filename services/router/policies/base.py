@@ -1,0 +1,140 @@
+"""The routing-policy contract: views in, a selection out, no I/O and no clock reads.
+
+The HTTP router, the simulator and replay all build a :class:`ClusterView` of
+the candidates for one side (prefill or decode), call ``select`` with the
+current time and a seeded ``numpy.random.Generator``, and then tell the
+policy what they did through the optional hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "ClusterView",
+    "InstanceView",
+    "RouteRequest",
+    "RoutingPolicy",
+    "Selection",
+    "healthy",
+]
+
+ViewRole = Literal["prefill", "decode", "unified"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceView:
+    """What a policy may know about one instance at decision time.
+
+    Router accounting (always present): ``in_flight_requests``, ``in_flight_tokens``
+    (prompt + expected output tokens of requests routed here and not finished),
+    ``queued_prefill_tokens`` (prompt tokens routed here whose first token has not
+    come back yet), ``oldest_wait_s``. Engine/GPU telemetry (None when unknown or
+    stale): ``running_batch``, ``kv_tokens``, ``clock_mhz``, ``power_w``.
+    """
+
+    instance: str
+    role: ViewRole
+    url: str = ""
+    healthy: bool = True
+    in_flight_requests: int = 0
+    in_flight_tokens: int = 0
+    queued_prefill_tokens: int = 0
+    running_batch: int | None = None
+    kv_tokens: int | None = None
+    clock_mhz: int | None = None
+    oldest_wait_s: float = 0.0
+    power_w: float | None = None
+    engine_queue_reqs: int | None = None
+    telemetry_age_s: float | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """Best estimate of the running batch: engine telemetry if known, else own accounting."""
+        if self.running_batch is None:
+            return self.in_flight_requests
+        return max(self.running_batch, 0)
+
+    @property
+    def kv_tokens_est(self) -> int:
+        """Best estimate of KV tokens in use: telemetry if known, else in-flight tokens."""
+        return self.in_flight_tokens if self.kv_tokens is None else max(self.kv_tokens, 0)
+
+
+class ClusterView(tuple[InstanceView, ...]):
+    """The candidates of one side: a tuple of :class:`InstanceView` (order is stable).
+
+    Accepts ``ClusterView(views)`` and ``ClusterView(instances=views)``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, instances: Iterable[InstanceView] = ()) -> ClusterView:
+        return super().__new__(cls, tuple(instances))
+
+    @property
+    def instances(self) -> tuple[InstanceView, ...]:
+        return tuple(self)
+
+    def by_name(self, instance: str) -> InstanceView | None:
+        for v in self:
+            if v.instance == instance:
+                return v
+        return None
+
+    def __iter__(self) -> Iterator[InstanceView]:
+        return super().__iter__()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteRequest:
+    """One request to place. ``arrival_t`` is in the caller's time base (same as ``now``)."""
+
+    request_id: str
+    input_tokens: int
+    max_new_tokens: int
+    arrival_t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The chosen instance and a short reason (logged and published)."""
+
+    instance: str
+    reason: str
+
+
+@runtime_checkable
+class RoutingPolicy(Protocol):
+    """One routing algorithm. ``select`` returns None when nothing fits (no healthy candidate)."""
+
+    name: str
+
+    def select(
+        self, view: ClusterView, request: RouteRequest, now: float, rng: np.random.Generator
+    ) -> Selection | None: ...
+
+    def on_dispatch(self, instance: str, request: RouteRequest, now: float) -> None: ...
+
+    def on_complete(self, instance: str, request: RouteRequest, now: float) -> None: ...
+
+
+class PolicyBase:
+    """No-op hooks shared by the policies (subclasses set ``name`` and ``select``)."""
+
+    name: str = "base"
+
+    def on_dispatch(self, instance: str, request: RouteRequest, now: float) -> None:
+        """Called right after the caller committed ``request`` to ``instance``."""
+
+    def on_complete(self, instance: str, request: RouteRequest, now: float) -> None:
+        """Called when ``request`` finished (any outcome) on ``instance``."""
+
+
+def healthy(view: ClusterView) -> list[InstanceView]:
+    """The candidates a policy may pick from."""
+    return [v for v in view if v.healthy]

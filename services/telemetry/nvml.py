@@ -1,0 +1,261 @@
+"""Read-only NVML GPU source (pynvml), with NVML errors mapped onto ``GpuError``.
+
+Nothing here changes a GPU setting: only ``nvmlDeviceGet*`` calls are made.
+Power, energy and SM clock are required readings; every other reading is
+optional and becomes None where the GPU or driver answers NOT_SUPPORTED (the
+answer is remembered so unsupported calls are not retried at 20 Hz).
+"""
+
+from __future__ import annotations
+
+import time
+from types import ModuleType
+from typing import Any
+
+from voltana.common.errors import GpuError
+from voltana.services.telemetry.sources import (
+    EnergyCounter,
+    GpuSample,
+    PowerIntegrator,
+    SourceKind,
+)
+
+# NVML return codes (stable across driver versions; copied so the table does not
+# need pynvml to be importable).
+_NOT_SUPPORTED = 3
+_NO_PERMISSION = 4
+_FUNCTION_NOT_FOUND = 13
+
+_OPTIONAL_MISSING = {_NOT_SUPPORTED, _NO_PERMISSION, _FUNCTION_NOT_FOUND}
+"""Codes that make an optional reading None instead of an error."""
+
+_HINTS: dict[int, tuple[str, str]] = {
+    1: ("NVML_ERROR_UNINITIALIZED", "NVML was not initialised"),
+    2: ("NVML_ERROR_INVALID_ARGUMENT", "invalid argument (GPU index or handle)"),
+    3: ("NVML_ERROR_NOT_SUPPORTED", "not supported on this GPU or driver"),
+    4: ("NVML_ERROR_NO_PERMISSION", "permission denied (this needs root / CAP_SYS_ADMIN)"),
+    6: ("NVML_ERROR_NOT_FOUND", "not found"),
+    9: (
+        "NVML_ERROR_DRIVER_NOT_LOADED",
+        "the NVIDIA kernel driver is not loaded; on a machine without GPUs use gpu "
+        "backend 'emulated'",
+    ),
+    10: ("NVML_ERROR_TIMEOUT", "the GPU did not answer in time"),
+    12: (
+        "NVML_ERROR_LIBRARY_NOT_FOUND",
+        "the NVML library (libnvidia-ml.so.1) was not found: install the NVIDIA driver, "
+        "or use gpu backend 'emulated' on a machine without GPUs",
+    ),
+    13: ("NVML_ERROR_FUNCTION_NOT_FOUND", "this driver's NVML lacks the function"),
+    15: ("NVML_ERROR_GPU_IS_LOST", "the GPU fell off the bus or is otherwise inaccessible"),
+    16: ("NVML_ERROR_RESET_REQUIRED", "the GPU needs a reset"),
+    17: ("NVML_ERROR_OPERATING_SYSTEM", "the operating system blocked the request"),
+    18: (
+        "NVML_ERROR_LIB_RM_VERSION_MISMATCH",
+        "the NVML library and the kernel driver versions differ (reload the driver)",
+    ),
+    28: ("NVML_ERROR_GPU_NOT_FOUND", "GPU not found"),
+}
+
+
+def nvml_error(exc: BaseException, action: str, gpu: int | None = None) -> GpuError:
+    """Map one NVML exception onto ``GpuError`` through the table above."""
+    value = getattr(exc, "value", None)
+    code_name, hint = _HINTS.get(value, (f"NVML_ERROR_{value}", str(exc))) if isinstance(
+        value, int
+    ) else ("NVML_ERROR_UNKNOWN", str(exc))
+    where = f" on GPU {gpu}" if gpu is not None else ""
+    return GpuError(f"NVML {action}{where} failed: {hint} ({code_name})", gpu=gpu, code=code_name)
+
+
+def _import_pynvml() -> ModuleType:
+    try:
+        import pynvml
+    except ImportError as exc:  # pragma: no cover - pynvml is a declared dependency
+        raise GpuError(
+            "the pynvml module is missing: pip install nvidia-ml-py", code="NO_PYNVML"
+        ) from exc
+    return pynvml
+
+
+class NvmlGpuSource:
+    """Reads power, energy, clocks, throttle reasons, utilisation, memory and temperature.
+
+    Args:
+        indices: NVML device indices (as ``nvidia-smi`` numbers them).
+        nvml: the pynvml module (injectable so the mapping logic can be tested
+            on machines without GPUs).
+
+    Raises:
+        GpuError: NVML cannot be loaded/initialised, or an index does not exist.
+    """
+
+    kind: SourceKind = "nvml"
+
+    def __init__(self, indices: list[int] | tuple[int, ...], nvml: ModuleType | None = None):
+        self._nvml = nvml if nvml is not None else _import_pynvml()
+        self._indices = tuple(int(i) for i in indices)
+        if not self._indices:
+            raise GpuError("no GPU indices given to the NVML source")
+        self._open = False
+        try:
+            self._nvml.nvmlInit()
+        except self._nvml.NVMLError as exc:
+            raise nvml_error(exc, "initialisation") from exc
+        self._open = True
+        try:
+            count = int(self._nvml.nvmlDeviceGetCount())
+            bad = [i for i in self._indices if i < 0 or i >= count]
+            if bad:
+                raise GpuError(
+                    f"GPU index {bad[0]} out of range: this node has {count} GPU(s)"
+                    + (f" (indices 0..{count - 1})" if count else ""),
+                    gpu=bad[0],
+                    code="INDEX_OUT_OF_RANGE",
+                )
+            self._handles = [self._call(self._nvml.nvmlDeviceGetHandleByIndex, "get handle", i, i)
+                             for i in self._indices]
+            self._names = [self._optional(h, i, "name", self._nvml.nvmlDeviceGetName, h)
+                           for h, i in zip(self._handles, self._indices, strict=True)]
+            self._max_clock = [
+                self._optional(h, i, "max_clock", self._nvml.nvmlDeviceGetMaxClockInfo, h,
+                               self._nvml.NVML_CLOCK_SM)
+                for h, i in zip(self._handles, self._indices, strict=True)
+            ]
+        except BaseException:
+            self.close()
+            raise
+        self._unsupported: set[tuple[int, str]] = set()
+        self._energy = [EnergyCounter() for _ in self._indices]
+        self._integrators = [PowerIntegrator() for _ in self._indices]
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return self._indices
+
+    def _call(self, fn: Any, action: str, gpu: int | None, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError as exc:
+            raise nvml_error(exc, action, gpu) from exc
+
+    def _optional(self, handle: Any, gpu: int, field: str, fn: Any, *args: Any) -> Any:
+        """An optional reading: None where unsupported (and never asked again)."""
+        key = (gpu, field)
+        if key in getattr(self, "_unsupported", ()):
+            return None
+        try:
+            value = fn(*args)
+        except self._nvml.NVMLError as exc:
+            if getattr(exc, "value", None) in _OPTIONAL_MISSING:
+                if hasattr(self, "_unsupported"):
+                    self._unsupported.add(key)
+                return None
+            raise nvml_error(exc, f"read {field}", gpu) from exc
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        return value
+
+    def _instant_power_w(self, handle: Any, gpu: int) -> float | None:
+        nv = self._nvml
+        fid = getattr(nv, "NVML_FI_DEV_POWER_INSTANT", None)
+        if fid is None:
+            return None
+        values = self._optional(handle, gpu, "power_instant", nv.nvmlDeviceGetFieldValues,
+                                handle, [fid])
+        if values is None:
+            return None
+        v = values[0]
+        if int(v.nvmlReturn) != 0:
+            self._unsupported.add((gpu, "power_instant"))
+            return None
+        return float(v.value.uiVal) / 1000.0
+
+    def _locked_clock_mhz(self, handle: Any, gpu: int, max_clock: int | None) -> int | None:
+        """Upper bound of the P0 SM clock range, where below the GPU's max clock.
+
+        NVML has no getter for locked clocks; a lock narrows the P0 range, so a
+        P0 maximum under the board maximum is reported as the locked clock.
+        """
+        nv = self._nvml
+        fn = getattr(nv, "nvmlDeviceGetMinMaxClockOfPState", None)
+        if fn is None or max_clock is None:
+            return None
+        rng = self._optional(handle, gpu, "pstate_range", fn, handle, nv.NVML_CLOCK_GRAPHICS,
+                             nv.NVML_PSTATE_0)
+        if not rng:
+            return None
+        hi = int(rng[1])
+        return hi if 0 < hi < int(max_clock) else None
+
+    def _throttle(self, handle: Any, gpu: int) -> int:
+        nv = self._nvml
+        fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            nv, "nvmlDeviceGetCurrentClocksThrottleReasons"
+        )
+        value = self._optional(handle, gpu, "throttle", fn, handle)
+        return int(value) if value is not None else 0
+
+    def _read_one(self, k: int) -> GpuSample:
+        nv = self._nvml
+        h, gpu = self._handles[k], self._indices[k]
+        t_ns, mono_ns = time.time_ns(), time.monotonic_ns()
+        power_w = self._call(nv.nvmlDeviceGetPowerUsage, "read power", gpu, h) / 1000.0
+        sm_clock = int(self._call(nv.nvmlDeviceGetClockInfo, "read SM clock", gpu, h,
+                                  nv.NVML_CLOCK_SM))
+        raw_mj = self._optional(h, gpu, "energy", nv.nvmlDeviceGetTotalEnergyConsumption, h)
+        if raw_mj is not None:
+            energy_j, from_power = self._energy[k].update(int(raw_mj)), False
+        else:
+            energy_j, from_power = self._integrators[k].update(mono_ns, power_w), True
+        util = self._optional(h, gpu, "util", nv.nvmlDeviceGetUtilizationRates, h)
+        mem = self._optional(h, gpu, "memory", nv.nvmlDeviceGetMemoryInfo, h)
+        limit_mw = self._optional(h, gpu, "power_limit", nv.nvmlDeviceGetEnforcedPowerLimit, h)
+        temp = self._optional(h, gpu, "temperature", nv.nvmlDeviceGetTemperature, h,
+                              nv.NVML_TEMPERATURE_GPU)
+        app = self._optional(h, gpu, "app_clock", nv.nvmlDeviceGetApplicationsClock, h,
+                             nv.NVML_CLOCK_SM)
+        mem_clock = self._optional(h, gpu, "mem_clock", nv.nvmlDeviceGetClockInfo, h,
+                                   nv.NVML_CLOCK_MEM)
+        max_clock = self._max_clock[k]
+        return GpuSample(
+            index=gpu,
+            t_ns=t_ns,
+            mono_ns=mono_ns,
+            power_w=power_w,
+            energy_j=energy_j,
+            sm_clock_mhz=sm_clock,
+            source="nvml",
+            name=self._names[k],
+            power_instant_w=self._instant_power_w(h, gpu),
+            app_clock_mhz=int(app) if app is not None else None,
+            locked_clock_mhz=self._locked_clock_mhz(h, gpu, max_clock),
+            mem_clock_mhz=int(mem_clock) if mem_clock is not None else None,
+            max_sm_clock_mhz=int(max_clock) if max_clock is not None else None,
+            power_limit_w=limit_mw / 1000.0 if limit_mw is not None else None,
+            throttle_reasons=self._throttle(h, gpu),
+            util_gpu_pct=float(util.gpu) if util is not None else None,
+            mem_used_mib=mem.used / 2**20 if mem is not None else None,
+            temperature_c=float(temp) if temp is not None else None,
+            energy_from_power=from_power,
+        )
+
+    def sample(self) -> list[GpuSample]:
+        """Read every GPU once (a few ms for 8 GPUs)."""
+        if not self._open:
+            raise GpuError("NVML source is closed", code="CLOSED")
+        return [self._read_one(k) for k in range(len(self._indices))]
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                self._nvml.nvmlShutdown()
+            except self._nvml.NVMLError:
+                pass
+
+    def __enter__(self) -> NvmlGpuSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
