@@ -66,7 +66,9 @@ class EmulatedBackend:
 
     def _remember(self, g: dict[str, Any]) -> None:
         index = int(g["index"])
-        self._supported[index] = sorted({int(c) for c in g["supported_sm_clocks_mhz"]}, reverse=True)
+        self._supported[index] = sorted(
+            {int(c) for c in g["supported_sm_clocks_mhz"]}, reverse=True
+        )
         locked = g.get("locked_clock_mhz")
         self._locked[index] = None if locked is None else int(locked)
 
@@ -79,7 +81,7 @@ class EmulatedBackend:
         )
         try:
             with urllib.request.urlopen(req, timeout=self._timeout_s) as resp:
-                return json.loads(resp.read())  # type: ignore[no-any-return]
+                return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
                 detail = json.loads(exc.read()).get("error", "")
@@ -115,7 +117,9 @@ class EmulatedBackend:
                 {"min_mhz": mhz, "max_mhz": mhz},
                 gpu,
             )
-            self._locked[gpu] = mhz if g.get("locked_clock_mhz") is None else int(g["locked_clock_mhz"])
+            self._locked[gpu] = (
+                mhz if g.get("locked_clock_mhz") is None else int(g["locked_clock_mhz"])
+            )
             return True
 
     def reset_locked_clocks(self, gpu: int) -> bool:
@@ -123,7 +127,9 @@ class EmulatedBackend:
         with self._mu:
             if self._locked.get(gpu, 0) is None:
                 return False
-            self._request(self._url_of[gpu], "DELETE", f"/voltana/gpus/{gpu}/locked_clocks", None, gpu)
+            self._request(
+                self._url_of[gpu], "DELETE", f"/voltana/gpus/{gpu}/locked_clocks", None, gpu
+            )
             self._locked[gpu] = None
             return True
 

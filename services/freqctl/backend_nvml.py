@@ -10,6 +10,7 @@ NVML errors are mapped once, through :data:`NVML_ERRORS`, onto ``GpuError``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -60,7 +61,9 @@ class NvmlBackend:
 
     name: BackendName = "nvml"
 
-    def __init__(self, gpus: Sequence[int] | None = None, *, nvml: ModuleType | None = None) -> None:
+    def __init__(
+        self, gpus: Sequence[int] | None = None, *, nvml: ModuleType | None = None
+    ) -> None:
         if nvml is None:
             try:
                 import pynvml as nvml_mod
@@ -117,7 +120,10 @@ class NvmlBackend:
         handle = self._handle(gpu)
         nvml = self._nvml
         mem = self._call(
-            gpu, "nvmlDeviceGetSupportedMemoryClocks", nvml.nvmlDeviceGetSupportedMemoryClocks, handle
+            gpu,
+            "nvmlDeviceGetSupportedMemoryClocks",
+            nvml.nvmlDeviceGetSupportedMemoryClocks,
+            handle,
         )
         if not mem:
             raise GpuError(f"GPU {gpu}: NVML lists no memory clocks", gpu=gpu, code="NO_CLOCKS")
@@ -171,10 +177,8 @@ class NvmlBackend:
         return self._locked.get(gpu)
 
     def _shutdown(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # nothing useful to do at shutdown
             self._nvml.nvmlShutdown()
-        except Exception:  # noqa: S110 - nothing useful to do at shutdown
-            pass
 
     def close(self) -> None:
         self._shutdown()
