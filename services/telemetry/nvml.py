@@ -8,6 +8,7 @@ answer is remembered so unsupported calls are not retried at 20 Hz).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from types import ModuleType
 from typing import Any
@@ -61,9 +62,10 @@ _HINTS: dict[int, tuple[str, str]] = {
 def nvml_error(exc: BaseException, action: str, gpu: int | None = None) -> GpuError:
     """Map one NVML exception onto ``GpuError`` through the table above."""
     value = getattr(exc, "value", None)
-    code_name, hint = _HINTS.get(value, (f"NVML_ERROR_{value}", str(exc))) if isinstance(
-        value, int
-    ) else ("NVML_ERROR_UNKNOWN", str(exc))
+    if isinstance(value, int):
+        code_name, hint = _HINTS.get(value, (f"NVML_ERROR_{value}", str(exc)))
+    else:
+        code_name, hint = "NVML_ERROR_UNKNOWN", str(exc)
     where = f" on GPU {gpu}" if gpu is not None else ""
     return GpuError(f"NVML {action}{where} failed: {hint} ({code_name})", gpu=gpu, code=code_name)
 
@@ -98,6 +100,7 @@ class NvmlGpuSource:
         if not self._indices:
             raise GpuError("no GPU indices given to the NVML source")
         self._open = False
+        self._unsupported: set[tuple[int, str]] = set()
         try:
             self._nvml.nvmlInit()
         except self._nvml.NVMLError as exc:
@@ -113,19 +116,28 @@ class NvmlGpuSource:
                     gpu=bad[0],
                     code="INDEX_OUT_OF_RANGE",
                 )
-            self._handles = [self._call(self._nvml.nvmlDeviceGetHandleByIndex, "get handle", i, i)
-                             for i in self._indices]
-            self._names = [self._optional(h, i, "name", self._nvml.nvmlDeviceGetName, h)
-                           for h, i in zip(self._handles, self._indices, strict=True)]
+            self._handles = [
+                self._call(self._nvml.nvmlDeviceGetHandleByIndex, "get handle", i, i)
+                for i in self._indices
+            ]
+            self._names = [
+                self._optional(h, i, "name", self._nvml.nvmlDeviceGetName, h)
+                for h, i in zip(self._handles, self._indices, strict=True)
+            ]
             self._max_clock = [
-                self._optional(h, i, "max_clock", self._nvml.nvmlDeviceGetMaxClockInfo, h,
-                               self._nvml.NVML_CLOCK_SM)
+                self._optional(
+                    h,
+                    i,
+                    "max_clock",
+                    self._nvml.nvmlDeviceGetMaxClockInfo,
+                    h,
+                    self._nvml.NVML_CLOCK_SM,
+                )
                 for h, i in zip(self._handles, self._indices, strict=True)
             ]
         except BaseException:
             self.close()
             raise
-        self._unsupported: set[tuple[int, str]] = set()
         self._energy = [EnergyCounter() for _ in self._indices]
         self._integrators = [PowerIntegrator() for _ in self._indices]
 
@@ -142,14 +154,13 @@ class NvmlGpuSource:
     def _optional(self, handle: Any, gpu: int, field: str, fn: Any, *args: Any) -> Any:
         """An optional reading: None where unsupported (and never asked again)."""
         key = (gpu, field)
-        if key in getattr(self, "_unsupported", ()):
+        if key in self._unsupported:
             return None
         try:
             value = fn(*args)
         except self._nvml.NVMLError as exc:
             if getattr(exc, "value", None) in _OPTIONAL_MISSING:
-                if hasattr(self, "_unsupported"):
-                    self._unsupported.add(key)
+                self._unsupported.add(key)
                 return None
             raise nvml_error(exc, f"read {field}", gpu) from exc
         if isinstance(value, bytes):
@@ -161,8 +172,9 @@ class NvmlGpuSource:
         fid = getattr(nv, "NVML_FI_DEV_POWER_INSTANT", None)
         if fid is None:
             return None
-        values = self._optional(handle, gpu, "power_instant", nv.nvmlDeviceGetFieldValues,
-                                handle, [fid])
+        values = self._optional(
+            handle, gpu, "power_instant", nv.nvmlDeviceGetFieldValues, handle, [fid]
+        )
         if values is None:
             return None
         v = values[0]
@@ -181,8 +193,9 @@ class NvmlGpuSource:
         fn = getattr(nv, "nvmlDeviceGetMinMaxClockOfPState", None)
         if fn is None or max_clock is None:
             return None
-        rng = self._optional(handle, gpu, "pstate_range", fn, handle, nv.NVML_CLOCK_GRAPHICS,
-                             nv.NVML_PSTATE_0)
+        rng = self._optional(
+            handle, gpu, "pstate_range", fn, handle, nv.NVML_CLOCK_GRAPHICS, nv.NVML_PSTATE_0
+        )
         if not rng:
             return None
         hi = int(rng[1])
@@ -190,8 +203,9 @@ class NvmlGpuSource:
 
     def _throttle(self, handle: Any, gpu: int) -> int:
         nv = self._nvml
-        fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
-            nv, "nvmlDeviceGetCurrentClocksThrottleReasons"
+        fn = (
+            getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+            or nv.nvmlDeviceGetCurrentClocksThrottleReasons
         )
         value = self._optional(handle, gpu, "throttle", fn, handle)
         return int(value) if value is not None else 0
@@ -201,8 +215,9 @@ class NvmlGpuSource:
         h, gpu = self._handles[k], self._indices[k]
         t_ns, mono_ns = time.time_ns(), time.monotonic_ns()
         power_w = self._call(nv.nvmlDeviceGetPowerUsage, "read power", gpu, h) / 1000.0
-        sm_clock = int(self._call(nv.nvmlDeviceGetClockInfo, "read SM clock", gpu, h,
-                                  nv.NVML_CLOCK_SM))
+        sm_clock = int(
+            self._call(nv.nvmlDeviceGetClockInfo, "read SM clock", gpu, h, nv.NVML_CLOCK_SM)
+        )
         raw_mj = self._optional(h, gpu, "energy", nv.nvmlDeviceGetTotalEnergyConsumption, h)
         if raw_mj is not None:
             energy_j, from_power = self._energy[k].update(int(raw_mj)), False
@@ -211,12 +226,15 @@ class NvmlGpuSource:
         util = self._optional(h, gpu, "util", nv.nvmlDeviceGetUtilizationRates, h)
         mem = self._optional(h, gpu, "memory", nv.nvmlDeviceGetMemoryInfo, h)
         limit_mw = self._optional(h, gpu, "power_limit", nv.nvmlDeviceGetEnforcedPowerLimit, h)
-        temp = self._optional(h, gpu, "temperature", nv.nvmlDeviceGetTemperature, h,
-                              nv.NVML_TEMPERATURE_GPU)
-        app = self._optional(h, gpu, "app_clock", nv.nvmlDeviceGetApplicationsClock, h,
-                             nv.NVML_CLOCK_SM)
-        mem_clock = self._optional(h, gpu, "mem_clock", nv.nvmlDeviceGetClockInfo, h,
-                                   nv.NVML_CLOCK_MEM)
+        temp = self._optional(
+            h, gpu, "temperature", nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU
+        )
+        app = self._optional(
+            h, gpu, "app_clock", nv.nvmlDeviceGetApplicationsClock, h, nv.NVML_CLOCK_SM
+        )
+        mem_clock = self._optional(
+            h, gpu, "mem_clock", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM
+        )
         max_clock = self._max_clock[k]
         return GpuSample(
             index=gpu,
@@ -249,10 +267,8 @@ class NvmlGpuSource:
     def close(self) -> None:
         if self._open:
             self._open = False
-            try:
+            with contextlib.suppress(self._nvml.NVMLError):
                 self._nvml.nvmlShutdown()
-            except self._nvml.NVMLError:
-                pass
 
     def __enter__(self) -> NvmlGpuSource:
         return self
