@@ -1,0 +1,245 @@
+"""The actuator's pure core: which clock each GPU must hold, under which lease.
+
+No I/O and no clock reads: commands and the time (monotonic seconds) come in,
+:class:`Verdict` s come out, and the shell applies each verdict's
+``target_mhz`` through a clock backend and reports it as a ``ClockState``.
+
+Rules, in the order they are checked for a command:
+
+1. the payload's node must be this node (the subject already is; a payload that
+   disagrees is rejected and reported, never applied);
+2. the payload's GPU must match the subject's GPU and be one of this node's GPUs;
+3. a command older than the last one seen from the same issuer for the same GPU
+   (by ``(t_ns, seq)``) is a reordered duplicate and is rejected as stale;
+4. a lock must name a clock in the GPU's supported list and a positive finite lease
+   (clamped to ``max_lease_s``);
+5. changes of the locked clock are rate-limited: a change sooner than
+   ``min_change_interval_s`` after the previous one is deferred (the latest
+   request wins) and applied when the interval has passed. Resets are never
+   deferred: they are the safe direction.
+
+Every lock lives under a lease: :meth:`LeaseTable.on_tick` resets a GPU whose
+lease lapsed; :meth:`LeaseTable.release_all` resets everything (bus lost, stop).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from voltana.schemas.clock import ResetClock, SetClock
+
+VerdictKind = Literal["apply", "renew", "deferred", "reset", "rejected", "expired", "released"]
+
+
+@dataclass(frozen=True, slots=True)
+class ActuatorConfig:
+    """Limits of one node's actuator.
+
+    ``min_change_interval_s`` caps clock changes per GPU (NVML applies a lock in
+    about 3 ms; faster flapping buys nothing and wears on the driver).
+    ``max_lease_s`` bounds how long one command can hold a clock without renewal.
+    """
+
+    node: str
+    min_change_interval_s: float = 0.05
+    min_lease_s: float = 0.05
+    max_lease_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with one GPU after a command or a tick.
+
+    ``target_mhz`` is the clock the GPU must hold now (None: default clocks);
+    ``kind`` says why (``apply``: lock ``target_mhz``; ``renew``: keep it, lease
+    extended; ``deferred``: keep the current clock, ``requested_mhz`` follows when
+    the rate limit allows; ``reset``/``expired``/``released``: default clocks;
+    ``rejected``: nothing changes, ``reason`` says why).
+    """
+
+    gpu: int
+    kind: VerdictKind
+    target_mhz: int | None
+    requested_mhz: int | None = None
+    command_seq: int | None = None
+    lease_expires_s: float | None = None
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class _Slot:
+    supported: frozenset[int]
+    target_mhz: int | None = None
+    lease_expires_s: float | None = None
+    last_change_s: float = -math.inf
+    pending_mhz: int | None = None
+    pending_seq: int | None = None
+    last_seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+class LeaseTable:
+    """Per-GPU clock targets with leases, validation and a rate limit (pure state machine).
+
+    Args:
+        config: this node's limits.
+        supported_mhz: GPU index -> its supported SM clocks.
+    """
+
+    def __init__(self, config: ActuatorConfig, supported_mhz: Mapping[int, Iterable[int]]) -> None:
+        self.config = config
+        self._slots = {
+            gpu: _Slot(frozenset(int(c) for c in cl)) for gpu, cl in supported_mhz.items()
+        }
+
+    # -- views --------------------------------------------------------------
+
+    @property
+    def gpus(self) -> list[int]:
+        return sorted(self._slots)
+
+    def target_mhz(self, gpu: int) -> int | None:
+        return self._slots[gpu].target_mhz
+
+    def lease_expires_s(self, gpu: int) -> float | None:
+        return self._slots[gpu].lease_expires_s
+
+    def pending_mhz(self, gpu: int) -> int | None:
+        return self._slots[gpu].pending_mhz
+
+    def next_deadline_s(self) -> float | None:
+        """The earliest time :meth:`on_tick` has something to do (None: nothing scheduled)."""
+        times: list[float] = []
+        for s in self._slots.values():
+            if s.target_mhz is not None and s.lease_expires_s is not None:
+                times.append(s.lease_expires_s)
+            if s.pending_mhz is not None:
+                times.append(s.last_change_s + self.config.min_change_interval_s)
+        return min(times) if times else None
+
+    # -- inputs ---------------------------------------------------------------
+
+    def on_command(
+        self, cmd: SetClock | ResetClock, now_s: float, *, subject_gpu: int | None = None
+    ) -> Verdict:
+        """Validate one command and update the GPU's target and lease."""
+        requested = cmd.sm_clock_mhz if isinstance(cmd, SetClock) else None
+        seq = cmd.seq
+
+        def reject(gpu: int, reason: str) -> Verdict:
+            slot = self._slots.get(gpu)
+            return Verdict(
+                gpu=gpu,
+                kind="rejected",
+                target_mhz=slot.target_mhz if slot else None,
+                requested_mhz=requested,
+                command_seq=seq,
+                lease_expires_s=slot.lease_expires_s if slot else None,
+                reason=reason,
+            )
+
+        gpu = cmd.gpu if subject_gpu is None else subject_gpu
+        if cmd.node != self.config.node:
+            return reject(gpu, f"command for node {cmd.node!r} reached node {self.config.node!r}")
+        if subject_gpu is not None and cmd.gpu != subject_gpu:
+            return reject(
+                gpu, f"payload GPU {cmd.gpu} differs from the subject's GPU {subject_gpu}"
+            )
+        slot = self._slots.get(gpu)
+        if slot is None:
+            return reject(gpu, f"GPU {gpu} is not controlled by this actuator (GPUs: {self.gpus})")
+        stamp = (cmd.t_ns, seq)
+        last = slot.last_seen.get(cmd.issued_by)
+        if last is not None and stamp <= last:
+            return reject(gpu, f"stale command (t_ns, seq) {stamp} <= last seen {last}")
+
+        if isinstance(cmd, ResetClock):
+            slot.last_seen[cmd.issued_by] = stamp
+            return self._reset(gpu, slot, now_s, "reset", seq, cmd.reason or "reset requested")
+
+        mhz = cmd.sm_clock_mhz
+        if mhz not in slot.supported:
+            lo, hi = min(slot.supported), max(slot.supported)
+            return reject(gpu, f"{mhz} MHz is not a supported clock of GPU {gpu} ({lo}-{hi} MHz)")
+        lease_s = cmd.lease_s
+        if not math.isfinite(lease_s) or lease_s < self.config.min_lease_s:
+            return reject(
+                gpu, f"lease {lease_s} s is below the minimum {self.config.min_lease_s} s"
+            )
+        lease_s = min(lease_s, self.config.max_lease_s)
+        slot.last_seen[cmd.issued_by] = stamp
+        slot.lease_expires_s = now_s + lease_s
+
+        if mhz == slot.target_mhz:
+            slot.pending_mhz = slot.pending_seq = None
+            return Verdict(gpu, "renew", mhz, mhz, seq, slot.lease_expires_s, "lease renewed")
+        due_s = slot.last_change_s + self.config.min_change_interval_s
+        if now_s < due_s:
+            slot.pending_mhz, slot.pending_seq = mhz, seq
+            return Verdict(
+                gpu,
+                "deferred",
+                slot.target_mhz,
+                mhz,
+                seq,
+                slot.lease_expires_s,
+                f"rate limit: {mhz} MHz follows in {1000 * (due_s - now_s):.0f} ms",
+            )
+        return self._apply(gpu, slot, mhz, seq, now_s, "locked")
+
+    def on_tick(self, now_s: float) -> list[Verdict]:
+        """Expire lapsed leases and apply deferred changes that are due."""
+        out: list[Verdict] = []
+        for gpu in self.gpus:
+            slot = self._slots[gpu]
+            expires = slot.lease_expires_s
+            if slot.target_mhz is not None and expires is not None and now_s >= expires:
+                out.append(self._reset(gpu, slot, now_s, "expired", None, "lease lapsed"))
+                continue
+            if slot.pending_mhz is not None:
+                if expires is not None and now_s >= expires:
+                    slot.pending_mhz = slot.pending_seq = None
+                elif now_s >= slot.last_change_s + self.config.min_change_interval_s:
+                    seq = slot.pending_seq
+                    out.append(
+                        self._apply(gpu, slot, slot.pending_mhz, seq, now_s, "deferred lock")
+                    )
+        return out
+
+    def release_all(self, now_s: float, reason: str) -> list[Verdict]:
+        """Reset every GPU (bus lost, shutdown, start-up): one verdict per GPU."""
+        return [
+            self._reset(gpu, self._slots[gpu], now_s, "released", None, reason) for gpu in self.gpus
+        ]
+
+    def on_apply_failed(self, gpu: int, now_s: float, reason: str) -> Verdict:
+        """The backend failed to apply the target: fall back to default clocks."""
+        return self._reset(gpu, self._slots[gpu], now_s, "released", None, reason)
+
+    # -- transitions --------------------------------------------------------------
+
+    def _apply(
+        self, gpu: int, slot: _Slot, mhz: int, seq: int | None, now_s: float, reason: str
+    ) -> Verdict:
+        slot.target_mhz = mhz
+        slot.pending_mhz = slot.pending_seq = None
+        slot.last_change_s = now_s
+        return Verdict(gpu, "apply", mhz, mhz, seq, slot.lease_expires_s, reason)
+
+    def _reset(
+        self,
+        gpu: int,
+        slot: _Slot,
+        now_s: float,
+        kind: VerdictKind,
+        seq: int | None,
+        reason: str,
+    ) -> Verdict:
+        if slot.target_mhz is not None:
+            slot.last_change_s = now_s
+        slot.target_mhz = None
+        slot.lease_expires_s = None
+        slot.pending_mhz = slot.pending_seq = None
+        return Verdict(gpu, kind, None, None, seq, None, reason)

@@ -1,0 +1,122 @@
+"""``voltana actuator``: run one node's actuator until SIGTERM/SIGINT, resetting clocks on every exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+
+from voltana.common.logs import get_logger
+from voltana.services.freqctl.backends import ClockBackend, make_backend
+
+
+def parse_gpus(text: str | None) -> list[int] | None:
+    """``"0,1,3"`` -> [0, 1, 3]; None or empty -> None (every GPU the backend finds)."""
+    from voltana.common.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        return sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError as exc:
+        raise ConfigError(f"--gpus wants comma-separated indices, got {text!r}") from exc
+
+
+async def serve(args: argparse.Namespace, backend: ClockBackend) -> int:
+    """Connect, start the actuator, wait for a signal; always stop (reset) on the way out."""
+    from voltana.common.bus import Bus
+    from voltana.common.cliopts import bus_options_from_args
+    from voltana.common.shutdown import shutdown_event
+    from voltana.services.freqctl.actuator import Actuator
+    from voltana.services.freqctl.actuator_core import ActuatorConfig
+
+    log = get_logger("actuator", node=args.node)
+    stop = shutdown_event()
+    config = ActuatorConfig(
+        node=args.node,
+        min_change_interval_s=args.min_change_interval_s,
+        max_lease_s=args.max_lease_s,
+    )
+    bus = await Bus.connect(bus_options_from_args(args, name=f"voltana-actuator-{args.node}"))
+    actuator = Actuator(bus, backend, config)
+    try:
+        await actuator.start()
+        if args.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(args.metrics_port, addr=args.metrics_host)
+        await stop.wait()
+        log.info("actuator_signal_received")
+        return 0
+    finally:
+        await actuator.stop("shutdown")
+        with contextlib.suppress(Exception):
+            await bus.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``voltana actuator``."""
+    log = get_logger("actuator", node=args.node)
+    backend = make_backend(
+        args.backend,
+        gpus=parse_gpus(args.gpus),
+        emulator_urls=args.emulator_url or [],
+        dry_run_source=args.dry_run_source,
+    )
+    try:
+        return asyncio.run(serve(args, backend))
+    finally:
+        # Last line of defence: whatever happened above, no lock this process made survives it.
+        for gpu in backend.gpu_indices():
+            try:
+                if backend.reset_locked_clocks(gpu):
+                    log.warning("final_reset_was_needed", gpu=gpu)
+            except Exception as exc:
+                log.error("final_reset_failed", gpu=gpu, error=str(exc))
+        backend.close()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``voltana actuator``."""
+    from voltana.common.cliopts import add_nats_args
+
+    p = sub.add_parser(
+        "actuator",
+        help="privileged per-node clock actuator (NVML locked clocks under a lease)",
+        description=(
+            "Applies clock commands for this node's GPUs only, from voltana.clock.set.<node>.*; "
+            "every lock is held under a lease and reset to default clocks when the lease "
+            "lapses, the bus is lost or the process stops."
+        ),
+    )
+    p.add_argument("--node", required=True, help="this node's name (the subject token)")
+    p.add_argument("--backend", choices=["nvml", "emulated", "dry-run"], default="nvml")
+    p.add_argument(
+        "--dry-run-source",
+        choices=["nvml", "emulated"],
+        default="nvml",
+        help="where a dry-run backend reads GPUs and supported clocks from (default nvml)",
+    )
+    p.add_argument(
+        "--emulator-url",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="emulator server base URL, repeatable (emulated backend)",
+    )
+    p.add_argument("--gpus", default=None, help="GPU indices to control, e.g. 0,1 (default all)")
+    p.add_argument(
+        "--min-change-interval-s",
+        type=float,
+        default=0.05,
+        help="rate limit: least time between two clock changes of one GPU (default 0.05)",
+    )
+    p.add_argument(
+        "--max-lease-s", type=float, default=30.0, help="longest lease a command may ask for"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
+    add_nats_args(p)
+    p.set_defaults(func=run)
