@@ -1,0 +1,398 @@
+"""Pure continuous-batching scheduler of an SGLang-like engine (prefill, decode or unified).
+
+No I/O and no clock reads: the caller passes ``now`` (seconds, any epoch) and decides
+how long an iteration takes (``iteration_cost`` with a ``GpuModel``). The emulator
+server paces it in real time; the simulator drives it in virtual time.
+
+Driving loop (both shells):
+
+    eng = Engine(EngineConfig(role="unified", kv_capacity_tokens=400_000))
+    eng.submit(rid, prompt_tokens=..., max_new_tokens=..., output_tokens=..., now=t)
+    events = eng.admit(t)               # decode role: KV preallocation ("kv_allocated")
+    plan = eng.next_batch(t)            # None when there is nothing to run
+    cost = iteration_cost(model, plan, clock_mhz)
+    events = eng.complete(plan, t + cost.time_s)   # tokens, finishes
+    # PD: decode side calls eng.kv_arrived(rid, t) once the prefill + transfer is done;
+    #     prefill side calls eng.transfer_done(rid, t) once its KV was sent.
+
+Scheduling follows SGLang's defaults: a prefill batch whenever waiting requests can be
+admitted (a running slot and their KV reservation: prompt + max_new_tokens), packed up
+to ``chunked_prefill_size`` tokens with the last request chunked; a partly prefilled
+request continues first; otherwise one decode step over every running request.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from voltana.services.emulator.gpu_model import GpuModel, IterCost
+
+__all__ = [
+    "AdmissionError",
+    "BatchPlan",
+    "Engine",
+    "EngineConfig",
+    "EngineEvent",
+    "EngineRequest",
+    "EngineStats",
+    "Phase",
+    "iteration_cost",
+]
+
+Role = Literal["prefill", "decode", "unified"]
+
+
+class AdmissionError(ValueError):
+    """A request the engine can never serve (bad sizes, larger than the KV capacity)."""
+
+
+class Phase(StrEnum):
+    WAITING = "waiting"  # queued for prefill (or for KV preallocation on a decode server)
+    PREFILLING = "prefilling"  # partly prefilled (chunked)
+    TRANSFER = "transfer"  # prefill: sending KV; decode: KV allocated, waiting for it
+    RUNNING = "running"  # in the decode batch
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine knobs, named after SGLang's server arguments."""
+
+    role: Role = "unified"
+    max_running_requests: int = 256
+    chunked_prefill_size: int = 8192
+    kv_capacity_tokens: int = 400_000
+
+    def __post_init__(self) -> None:
+        if self.max_running_requests < 1 or self.chunked_prefill_size < 1:
+            raise ValueError("max_running_requests and chunked_prefill_size must be >= 1")
+        if self.kv_capacity_tokens < 1:
+            raise ValueError("kv_capacity_tokens must be >= 1")
+
+
+@dataclass
+class EngineRequest:
+    """State of one request inside the engine (owned and mutated by ``Engine`` only)."""
+
+    rid: str
+    prompt_tokens: int
+    max_new_tokens: int
+    output_tokens: int  # tokens it will produce (< max_new_tokens when it stops at EOS)
+    arrival_s: float
+    phase: Phase = Phase.WAITING
+    prefilled_tokens: int = 0
+    generated_tokens: int = 0
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    holds_reservation: bool = False
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.prompt_tokens + self.max_new_tokens
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens held in the KV cache now."""
+        return self.prefilled_tokens + self.generated_tokens
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """One iteration to run: prefill chunks or one decode step."""
+
+    kind: Literal["prefill", "decode"]
+    rids: tuple[str, ...]
+    chunks: tuple[tuple[int, int], ...] = ()  # prefill: (new_tokens, context_tokens) per rid
+    batch_size: int = 0
+    new_tokens: int = 0  # prefill: tokens computed; decode: batch size
+    kv_tokens: int = 0  # KV tokens the iteration reads (decode: sum of contexts)
+
+
+EventKind = Literal["kv_allocated", "first_token", "token", "prefill_done", "finished"]
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """Something a shell must act on: stream a token, start a KV transfer, finish."""
+
+    rid: str
+    kind: EventKind
+    t_s: float
+    generated_tokens: int = 0
+    finish_reason: Literal["length", "stop"] | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What SGLang's gauges report (num_running_reqs, num_queue_reqs, token usage ...)."""
+
+    running_reqs: int
+    waiting_reqs: int
+    transfer_reqs: int
+    kv_used_tokens: int
+    kv_reserved_tokens: int
+    kv_capacity_tokens: int
+    decode_kv_tokens: int  # sum of contexts of the decode batch
+
+    @property
+    def token_usage(self) -> float:
+        return self.kv_used_tokens / self.kv_capacity_tokens
+
+
+@dataclass
+class Engine:
+    """The scheduler. Not thread-safe; one shell owns it."""
+
+    config: EngineConfig
+    requests: dict[str, EngineRequest] = field(default_factory=dict)
+    _waiting: deque[str] = field(default_factory=deque)
+    _reserved: int = 0
+
+    # ----- intake ------------------------------------------------------------------
+    def submit(
+        self,
+        rid: str,
+        *,
+        prompt_tokens: int,
+        max_new_tokens: int,
+        now: float,
+        output_tokens: int | None = None,
+    ) -> EngineRequest:
+        """Queue a request. Raises ``AdmissionError`` if it can never run here."""
+        if rid in self.requests:
+            raise AdmissionError(f"duplicate request id {rid!r}")
+        if prompt_tokens < 1:
+            raise AdmissionError(f"prompt must have at least one token, got {prompt_tokens}")
+        if max_new_tokens < 1:
+            raise AdmissionError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        out = max_new_tokens if output_tokens is None else output_tokens
+        if not 1 <= out <= max_new_tokens:
+            raise AdmissionError(f"output_tokens must be in 1..{max_new_tokens}, got {out}")
+        need = prompt_tokens + max_new_tokens
+        if need > self.config.kv_capacity_tokens:
+            raise AdmissionError(
+                f"the request needs {need} KV tokens ({prompt_tokens} prompt + {max_new_tokens} "
+                f"new), more than the capacity of {self.config.kv_capacity_tokens} tokens"
+            )
+        req = EngineRequest(
+            rid=rid,
+            prompt_tokens=prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            output_tokens=out,
+            arrival_s=now,
+        )
+        self.requests[rid] = req
+        self._waiting.append(rid)
+        return req
+
+    def abort(self, rid: str) -> bool:
+        """Drop a request wherever it is and free its KV. False if unknown or done."""
+        req = self.requests.pop(rid, None)
+        if req is None:
+            return False
+        self._release(req)
+        if rid in self._waiting:
+            self._waiting.remove(rid)
+        return True
+
+    # ----- scheduling --------------------------------------------------------------
+    def _slots_used(self) -> int:
+        return sum(
+            1
+            for r in self.requests.values()
+            if r.phase in (Phase.PREFILLING, Phase.RUNNING)
+            or (r.phase is Phase.TRANSFER and self.config.role == "decode")
+        )
+
+    def _can_admit(self, req: EngineRequest, slots_used: int) -> bool:
+        free = self.config.kv_capacity_tokens - self._reserved
+        return slots_used < self.config.max_running_requests and req.reserved_tokens <= free
+
+    def admit(self, now: float) -> list[EngineEvent]:
+        """Decode role: preallocate KV for waiting requests (FIFO), which may then receive it."""
+        if self.config.role != "decode":
+            return []
+        events: list[EngineEvent] = []
+        slots = self._slots_used()
+        while self._waiting:
+            req = self.requests[self._waiting[0]]
+            if not self._can_admit(req, slots):
+                break
+            self._waiting.popleft()
+            self._reserve(req)
+            req.phase = Phase.TRANSFER
+            slots += 1
+            events.append(EngineEvent(req.rid, "kv_allocated", now))
+        return events
+
+    def next_batch(self, now: float) -> BatchPlan | None:
+        """The next iteration, or None when idle (nothing runnable)."""
+        del now  # decisions depend on state only; kept for symmetry with the shells
+        if self.config.role != "decode":
+            plan = self._prefill_plan()
+            if plan is not None:
+                return plan
+        running = [r for r in self.requests.values() if r.phase is Phase.RUNNING]
+        if not running:
+            return None
+        running = running[: self.config.max_running_requests]
+        return BatchPlan(
+            kind="decode",
+            rids=tuple(r.rid for r in running),
+            batch_size=len(running),
+            new_tokens=len(running),
+            kv_tokens=sum(r.kv_tokens for r in running),
+        )
+
+    def _prefill_plan(self) -> BatchPlan | None:
+        budget = self.config.chunked_prefill_size
+        rids: list[str] = []
+        chunks: list[tuple[int, int]] = []
+        # A partly prefilled request continues first.
+        for req in self.requests.values():
+            if req.phase is Phase.PREFILLING and budget > 0:
+                n = min(req.prompt_tokens - req.prefilled_tokens, budget)
+                rids.append(req.rid)
+                chunks.append((n, req.prefilled_tokens))
+                budget -= n
+        slots = self._slots_used()
+        while self._waiting and budget > 0:
+            req = self.requests[self._waiting[0]]
+            if not self._can_admit(req, slots):
+                break
+            self._waiting.popleft()
+            self._reserve(req)
+            req.phase = Phase.PREFILLING
+            slots += 1
+            n = min(req.prompt_tokens, budget)
+            rids.append(req.rid)
+            chunks.append((n, 0))
+            budget -= n
+        if not rids:
+            return None
+        new = sum(n for n, _ in chunks)
+        return BatchPlan(
+            kind="prefill",
+            rids=tuple(rids),
+            chunks=tuple(chunks),
+            batch_size=len(rids),
+            new_tokens=new,
+            kv_tokens=sum(c for _, c in chunks),
+        )
+
+    # ----- progress ----------------------------------------------------------------
+    def complete(self, plan: BatchPlan, now: float) -> list[EngineEvent]:
+        """Apply a finished iteration at time ``now``; aborted requests are skipped."""
+        events: list[EngineEvent] = []
+        if plan.kind == "prefill":
+            for rid, (n, _) in zip(plan.rids, plan.chunks, strict=True):
+                req = self.requests.get(rid)
+                if req is None:
+                    continue
+                req.prefilled_tokens += n
+                if req.prefilled_tokens < req.prompt_tokens:
+                    continue
+                req.generated_tokens = 1
+                req.first_token_s = now
+                if self.config.role == "prefill":
+                    req.phase = Phase.TRANSFER
+                    events.append(EngineEvent(rid, "prefill_done", now, 1))
+                else:
+                    req.phase = Phase.RUNNING
+                    events.append(EngineEvent(rid, "first_token", now, 1))
+                    events.extend(self._maybe_finish(req, now))
+            return events
+        for rid in plan.rids:
+            req = self.requests.get(rid)
+            if req is None or req.phase is not Phase.RUNNING:
+                continue
+            req.generated_tokens += 1
+            events.append(EngineEvent(rid, "token", now, req.generated_tokens))
+            events.extend(self._maybe_finish(req, now))
+        return events
+
+    def kv_arrived(self, rid: str, now: float) -> list[EngineEvent]:
+        """Decode role: the prefill's KV (and its first token) arrived; join the decode batch."""
+        req = self.requests.get(rid)
+        if req is None or req.phase is not Phase.TRANSFER:
+            return []
+        req.prefilled_tokens = req.prompt_tokens
+        req.generated_tokens = 1
+        req.first_token_s = now
+        req.phase = Phase.RUNNING
+        return [EngineEvent(rid, "first_token", now, 1), *self._maybe_finish(req, now)]
+
+    def transfer_done(self, rid: str, now: float) -> list[EngineEvent]:
+        """Prefill role: the KV was sent; the request leaves and frees its KV."""
+        req = self.requests.get(rid)
+        if req is None or req.phase is not Phase.TRANSFER:
+            return []
+        return self._finish(req, now, "length")
+
+    def _maybe_finish(self, req: EngineRequest, now: float) -> list[EngineEvent]:
+        if req.generated_tokens < req.output_tokens:
+            return []
+        reason: Literal["length", "stop"] = (
+            "length" if req.output_tokens >= req.max_new_tokens else "stop"
+        )
+        return self._finish(req, now, reason)
+
+    def _finish(
+        self, req: EngineRequest, now: float, reason: Literal["length", "stop"]
+    ) -> list[EngineEvent]:
+        req.phase = Phase.FINISHED
+        req.finish_s = now
+        self.requests.pop(req.rid, None)
+        self._release(req)
+        return [EngineEvent(req.rid, "finished", now, req.generated_tokens, reason)]
+
+    def _reserve(self, req: EngineRequest) -> None:
+        self._reserved += req.reserved_tokens
+        req.holds_reservation = True
+
+    def _release(self, req: EngineRequest) -> None:
+        if req.holds_reservation:
+            self._reserved -= req.reserved_tokens
+            req.holds_reservation = False
+        req.phase = Phase.FINISHED
+
+    # ----- introspection -----------------------------------------------------------
+    def stats(self) -> EngineStats:
+        running = waiting = transfer = used = decode_kv = 0
+        for r in self.requests.values():
+            used += r.kv_tokens
+            if r.phase is Phase.RUNNING:
+                running += 1
+                decode_kv += r.kv_tokens
+            elif r.phase is Phase.WAITING:
+                waiting += 1
+            elif r.phase is Phase.TRANSFER:
+                transfer += 1
+                if self.config.role == "decode":
+                    used += r.prompt_tokens  # preallocated pages are in use
+            else:
+                running += 1
+        return EngineStats(
+            running_reqs=running,
+            waiting_reqs=waiting,
+            transfer_reqs=transfer,
+            kv_used_tokens=used,
+            kv_reserved_tokens=self._reserved,
+            kv_capacity_tokens=self.config.kv_capacity_tokens,
+            decode_kv_tokens=decode_kv,
+        )
+
+    @property
+    def idle(self) -> bool:
+        return not self.requests
+
+
+def iteration_cost(model: GpuModel, plan: BatchPlan, clock_mhz: float) -> IterCost:
+    """Cost of ``plan`` on ``model`` at the requested SM clock."""
+    if plan.kind == "prefill":
+        return model.prefill_batch(clock_mhz, plan.chunks)
+    return model.decode(clock_mhz, plan.batch_size, plan.kv_tokens)
