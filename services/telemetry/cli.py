@@ -1,0 +1,109 @@
+"""``voltana telemetry --config node.toml``: one telemetry process per node.
+
+Precedence: flags > ``VOLTANA_*`` environment > the config file > defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    p = subparsers.add_parser(
+        "telemetry",
+        help="publish GPU power/clock and SGLang engine telemetry on NATS",
+        description=(
+            "Sample the node's GPUs (NVML or emulated) and SGLang servers and publish "
+            "GpuTelemetry / InstanceTelemetry on NATS."
+        ),
+    )
+    p.add_argument(
+        "--config", required=True, help="node config TOML (see deploy/node.example.toml)"
+    )
+    p.add_argument("--node", default=None, help="override the node name (env VOLTANA_NODE)")
+    p.add_argument("--gpu-hz", type=float, default=None, help="GPU sampling rate (default 20)")
+    p.add_argument("--engine-hz", type=float, default=None, help="engine scrape rate (default 4)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="own Prometheus endpoint port (0 = any free port, -1 = off; default 9464)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config and open the GPU sources, then exit",
+    )
+    from voltana.common.cliopts import add_nats_args
+
+    add_nats_args(p)
+    p.set_defaults(func=run)
+
+
+def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """NATS settings given by flag or environment (these win over the config file)."""
+    from voltana.common.cliopts import bus_options_from_args
+
+    given = bus_options_from_args(args, name="voltana-telemetry")
+    out: dict[str, Any] = {}
+    if args.nats or os.environ.get("VOLTANA_NATS_URL"):
+        out["servers"] = given.servers
+    for fld in ("user", "password", "token", "creds_file", "nkeys_seed_file", "tls_ca_file",
+                "tls_cert_file", "tls_key_file"):  # fmt: skip
+        value = getattr(given, fld)
+        if value is not None:
+            out[fld] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import msgspec
+    from voltana.common.bus import Bus
+    from voltana.common.errors import ConfigError
+    from voltana.common.shutdown import shutdown_event
+    from voltana.services.telemetry.config import load_config, validate
+    from voltana.services.telemetry.service import TelemetryService
+
+    cfg = load_config(args.config)
+    rates = cfg.rates
+    if args.gpu_hz is not None:
+        rates = msgspec.structs.replace(rates, gpu_hz=args.gpu_hz)
+    if args.engine_hz is not None:
+        rates = msgspec.structs.replace(rates, engine_hz=args.engine_hz)
+    metrics = cfg.metrics
+    if args.metrics_port is not None:
+        metrics = msgspec.structs.replace(metrics, port=args.metrics_port)
+    node = args.node or os.environ.get("VOLTANA_NODE") or cfg.node
+    nats = msgspec.structs.replace(cfg.nats, **_nats_overrides(args))
+    cfg = validate(msgspec.structs.replace(cfg, node=node, rates=rates, metrics=metrics, nats=nats))
+    if args.check:
+        svc_sources = TelemetryService(cfg, publisher=_NoPublisher()).sources
+        for s in svc_sources.values():
+            print(f"{s.kind} GPUs {list(s.indices)}: {len(s.sample())} sample(s) read")
+            s.close()
+        print(f"config {args.config}: ok ({len(cfg.instances)} instance(s))")
+        return 0
+
+    async def main() -> None:
+        stop = shutdown_event()
+        bus = await Bus.connect(cfg.nats)
+        try:
+            service = TelemetryService(cfg, bus)
+            await service.run(stop)
+        finally:
+            await bus.close()
+
+    try:
+        asyncio.run(main())
+    except ConfigError:
+        raise
+    return 0
+
+
+class _NoPublisher:
+    async def publish(self, subject: str, msg: Any) -> None:  # pragma: no cover - never called
+        raise RuntimeError("--check publishes nothing")

@@ -1,0 +1,284 @@
+"""The telemetry service: sample GPUs and engines on schedule, publish on the bus.
+
+One asyncio task per GPU source (per instance) at ``rates.gpu_hz`` and one per
+engine at ``rates.engine_hz``; the tasks never wait on each other, so a GPU
+source or an instance that hangs delays only itself. Blocking source reads
+(NVML, the emulator's admin HTTP) run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+import msgspec
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from voltana.common.errors import GpuError, UpstreamError
+from voltana.common.logs import get_logger
+from voltana.schemas import subjects
+from voltana.services.telemetry.config import InstanceConfig, NodeConfig
+from voltana.services.telemetry.engine import EngineScraper, EngineState
+from voltana.services.telemetry.gpu_messages import GpuMessageBuilder
+from voltana.services.telemetry.sources import GpuSource
+
+log = get_logger("telemetry")
+
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SAMPLING_LAG = Histogram(
+    "voltana_telemetry_sampling_lag_seconds",
+    "Time from a sample's scheduled tick to its publication",
+    ["kind"],
+    buckets=_LAG_BUCKETS,
+)
+SAMPLE_DURATION = Histogram(
+    "voltana_telemetry_sample_duration_seconds",
+    "Time one read of a source took (all GPUs of a source, or one engine scrape)",
+    ["kind"],
+    buckets=_LAG_BUCKETS,
+)
+ERRORS = Counter(
+    "voltana_telemetry_errors", "Failed source reads and publications", ["kind", "source"]
+)
+PUBLISHED = Counter(
+    "voltana_telemetry_messages_published", "Telemetry messages published", ["kind"]
+)
+MISSED_TICKS = Counter(
+    "voltana_telemetry_missed_ticks", "Ticks skipped because a loop fell behind", ["kind"]
+)
+HEALTHY = Gauge("voltana_telemetry_instance_healthy", "1 while the instance answers", ["instance"])
+
+
+class Publisher(Protocol):
+    """What the service publishes through (``voltana.common.bus.Bus`` fits)."""
+
+    async def publish(self, subject: str, msg: msgspec.Struct) -> None: ...
+
+
+def make_source(inst: InstanceConfig, timeout_s: float) -> GpuSource | None:
+    """The GPU source an instance's config asks for (None for ``gpu_backend = "none"``)."""
+    if inst.gpu_backend == "none" or not inst.gpus:
+        return None
+    if inst.gpu_backend == "nvml":
+        from voltana.services.telemetry.nvml import NvmlGpuSource
+
+        return NvmlGpuSource(inst.gpus)
+    from voltana.services.telemetry.emulated import EmulatedGpuSource
+
+    return EmulatedGpuSource(inst.gpu_admin_url, inst.gpus, timeout_s=timeout_s)
+
+
+@dataclass
+class _Status:
+    """The last error per loop, so logs say when things break and recover, not every tick."""
+
+    errors: dict[str, str | None] = field(default_factory=dict)
+
+    def report(self, key: str, error: str | None, **kw: object) -> None:
+        before = self.errors.get(key)
+        self.errors[key] = error
+        if error is not None and error != before:
+            log.warning("telemetry_source_failing", source=key, error=error, **kw)
+        elif error is None and before is not None:
+            log.info("telemetry_source_recovered", source=key, **kw)
+
+
+class TelemetryService:
+    """Runs every sampling loop of one node until stopped.
+
+    Args:
+        cfg: the node config.
+        publisher: where messages go (a connected ``Bus``).
+        sources: GPU sources per instance name; default built from ``cfg``.
+        clock: monotonic time in seconds (injectable for tests of scheduling).
+    """
+
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        publisher: Publisher,
+        *,
+        sources: dict[str, GpuSource] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.publisher = publisher
+        self.clock = clock
+        self._status = _Status()
+        self.published: dict[str, int] = {"gpu": 0, "engine": 0}
+        self.metrics_port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._owns_sources = sources is None
+        if sources is None:
+            sources = {}
+            try:
+                for inst in cfg.instances:
+                    src = make_source(inst, cfg.rates.http_timeout_s)
+                    if src is not None:
+                        sources[inst.name] = src
+            except BaseException:
+                for s in sources.values():
+                    s.close()
+                raise
+        self.sources = sources
+
+    # -- loops ------------------------------------------------------------
+
+    async def _publish(self, kind: str, subject: str, msg: msgspec.Struct, source: str) -> None:
+        try:
+            await self.publisher.publish(subject, msg)
+        except Exception as exc:
+            ERRORS.labels("publish", source).inc()
+            self._status.report(f"publish:{source}", f"{type(exc).__name__}: {exc}")
+            return
+        self.published[kind] += 1
+        PUBLISHED.labels(kind).inc()
+
+    async def _ticks(self, hz: float, kind: str, body: Callable[[float], Awaitable[None]]) -> None:
+        """Call ``await body(tick_time)`` at ``hz`` on an absolute schedule; never burst."""
+        period = 1.0 / hz
+        next_t = self.clock()
+        while True:
+            await body(next_t)
+            next_t += period
+            now = self.clock()
+            if now > next_t:
+                missed = int((now - next_t) / period)
+                if missed:
+                    MISSED_TICKS.labels(kind).inc(missed)
+                    next_t += missed * period
+            await asyncio.sleep(max(0.0, next_t - now))
+
+    async def _gpu_loop(self, inst: InstanceConfig | None, src: GpuSource) -> None:
+        name = inst.name if inst else "node"
+        builder = GpuMessageBuilder(
+            self.cfg.node, inst.name if inst else None, inst.role if inst else None
+        )
+        key = f"gpu:{name}"
+
+        async def tick(t_sched: float) -> None:
+            t0 = self.clock()
+            try:
+                samples = await asyncio.to_thread(src.sample)
+            except GpuError as exc:
+                ERRORS.labels("gpu", name).inc()
+                self._status.report(key, str(exc), instance=name)
+                return
+            SAMPLE_DURATION.labels("gpu").observe(self.clock() - t0)
+            self._status.report(key, None, instance=name)
+            for s in samples:
+                msg = builder.build(s)
+                await self._publish("gpu", subjects.telemetry_gpu(self.cfg.node, s.index), msg,
+                                    name)  # fmt: skip
+            SAMPLING_LAG.labels("gpu").observe(self.clock() - t_sched)
+
+        await self._ticks(self.cfg.rates.gpu_hz, "gpu", tick)
+
+    async def _engine_loop(self, inst: InstanceConfig, session: aiohttp.ClientSession) -> None:
+        scraper = EngineScraper(session, inst.url, self.cfg.rates.http_timeout_s)
+        state = EngineState(inst, self.cfg.node, self.cfg.rates.latency_window_s)
+        subject = subjects.telemetry_engine(inst.role, inst.name)
+        key = f"engine:{inst.name}"
+
+        async def tick(t_sched: float) -> None:
+            try:
+                reading = await scraper.scrape()
+            except UpstreamError as exc:
+                ERRORS.labels("engine", inst.name).inc()
+                HEALTHY.labels(inst.name).set(0)
+                self._status.report(key, str(exc), instance=inst.name)
+                msg = state.on_failure(time.time_ns(), str(exc))
+            else:
+                SAMPLE_DURATION.labels("engine").observe(reading.latency_s)
+                HEALTHY.labels(inst.name).set(1)
+                self._status.report(key, None, instance=inst.name)
+                msg = state.on_reading(reading)
+            await self._publish("engine", subject, msg, inst.name)
+            SAMPLING_LAG.labels("engine").observe(self.clock() - t_sched)
+
+        await self._ticks(self.cfg.rates.engine_hz, "engine", tick)
+
+    # -- metrics endpoint ---------------------------------------------------
+
+    async def _start_metrics(self) -> None:
+        mc = self.cfg.metrics
+        if mc.port < 0:
+            return
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(REGISTRY),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
+
+        async def health(_: web.Request) -> web.Response:
+            failing = {k: v for k, v in self._status.errors.items() if v}
+            return web.json_response({"ok": True, "published": self.published, "failing": failing})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", health)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, mc.host, mc.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.metrics_port = sockets[0].getsockname()[1] if sockets else mc.port
+
+    # -- run ----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, ready: Callable[[], None] | None = None) -> None:
+        """Run until ``stop`` is set; close sources (if built here) on the way out."""
+        by_name = {i.name: i for i in self.cfg.instances}
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self._start_metrics()
+            for name, src in self.sources.items():
+                tasks.append(asyncio.create_task(self._gpu_loop(by_name.get(name), src)))
+            for inst in self.cfg.instances:
+                if inst.engine:
+                    HEALTHY.labels(inst.name).set(0)
+                    tasks.append(asyncio.create_task(self._engine_loop(inst, session)))
+            log.info(
+                "telemetry_started",
+                node=self.cfg.node,
+                gpus=sum(len(s.indices) for s in self.sources.values()),
+                instances=[i.name for i in self.cfg.instances],
+                gpu_hz=self.cfg.rates.gpu_hz,
+                engine_hz=self.cfg.rates.engine_hz,
+                metrics_port=self.metrics_port,
+            )
+            if ready is not None:
+                ready()
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = None if t is waiter else t.exception()
+                if exc is not None:
+                    raise exc
+            waiter.cancel()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            await session.close()
+            if self._runner is not None:
+                await self._runner.cleanup()
+            if self._owns_sources:
+                for s in self.sources.values():
+                    await asyncio.to_thread(s.close)
+            log.info("telemetry_stopped", node=self.cfg.node, published=self.published)
