@@ -27,10 +27,13 @@ class ControllerConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     ``policy`` selects the controller: ``voltana`` (the project's own), ``ecofreq``
     (the published method), ``static`` (always ``static_clock_mhz``; None = default
-    clocks). ``min_dwell_s`` and ``hysteresis_mhz`` damp clock changes.
+    clocks), ``static-max`` / ``static-min`` (the ends of the allowed range).
+    ``min_dwell_s`` and ``hysteresis_mhz`` damp clock changes.
     """
 
-    policy: Literal["voltana", "ecofreq", "ecofreq-2level", "static"] = "voltana"
+    policy: Literal[
+        "voltana", "ecofreq", "ecofreq-2level", "static", "static-max", "static-min"
+    ] = "voltana"
     slo: SloConfig = SloConfig()
     enabled: bool = True
     static_clock_mhz: int | None = None

@@ -1,7 +1,7 @@
 """Decode batch-size buckets: the engine's CUDA-graph sizes, where decode latency steps.
 
-Serving engines capture decode graphs for batch sizes 8, 16, ..., 128 and then
-every 128; a batch runs in the graph of the smallest bucket that holds it. A
+Serving engines capture decode graphs for batch sizes 1, 2, 4, 8, 16, ..., 128
+and then every 128 (SGLang's default capture list); a batch runs in the graph of the smallest bucket that holds it. A
 lookup therefore rounds a (possibly fractional, e.g. median) batch size UP to a
 bucket and never asks for an exact match, so no valid batch size falls into a
 gap between buckets.
@@ -16,11 +16,14 @@ from collections.abc import Sequence
 __all__ = ["bucket_index", "default_buckets", "round_up_to_bucket"]
 
 
-def default_buckets(max_batch_size: int = 512) -> list[int]:
-    """Bucket upper bounds: 8, 16, ..., 128, then steps of 128 up to ``max_batch_size``."""
+def default_buckets(max_batch_size: int = 512, small: bool = True) -> list[int]:
+    """Bucket upper bounds: (1, 2, 4,) 8, 16, ..., 128, then steps of 128 to ``max_batch_size``.
+
+    ``small`` adds the sub-8 graph sizes 1, 2 and 4 that engines also capture.
+    """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    out = list(range(8, 129, 8))
+    out = ([1, 2, 4] if small else []) + list(range(8, 129, 8))
     top = 256
     while out[-1] < max_batch_size:
         out.append(top)

@@ -8,6 +8,7 @@ incompatible change (new optional fields keep the version).
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import msgspec
@@ -130,27 +131,39 @@ def validate_profile_file(pf: ProfileFile) -> None:
     if pf.tp < 1:
         raise ValueError(f"tp must be >= 1, got {pf.tp}")
     clocks = pf.supported_clocks_mhz
-    if not clocks or any(b <= a for a, b in zip(clocks, clocks[1:], strict=False)):
+    if not clocks or any(b <= a for a, b in itertools.pairwise(clocks)):
         raise ValueError("supported_clocks_mhz must be non-empty and strictly ascending")
     bk = pf.decode_buckets
-    if not bk or bk[0] < 1 or any(b <= a for a, b in zip(bk, bk[1:], strict=False)):
+    if not bk or bk[0] < 1 or any(b <= a for a, b in itertools.pairwise(bk)):
         raise ValueError("decode_buckets must be non-empty, >= 1 and strictly ascending")
     if pf.prefill_max_batched_tokens < 1:
         raise ValueError("prefill_max_batched_tokens must be >= 1")
     for label, seq in (("prefill", pf.prefill), ("decode", pf.decode), ("idle", pf.idle)):
         cl = [x.clock_mhz for x in seq]
-        if not cl or any(b <= a for a, b in zip(cl, cl[1:], strict=False)):
+        if not cl or any(b <= a for a, b in itertools.pairwise(cl)):
             raise ValueError(f"{label} fits must be non-empty and ascending by clock_mhz")
     for p in pf.prefill:
-        for name in ("latency_s_per_token", "latency_s_per_token2", "latency_s",
-                     "energy_j_per_token", "energy_j_per_token2", "energy_j"):
+        for name in (
+            "latency_s_per_token",
+            "latency_s_per_token2",
+            "latency_s",
+            "energy_j_per_token",
+            "energy_j_per_token2",
+            "energy_j",
+        ):
             _nonneg(f"prefill[{p.clock_mhz}].{name}", getattr(p, name))
     for d in pf.decode:
         if [b.bucket for b in d.buckets] != bk:
             raise ValueError(f"decode[{d.clock_mhz}] buckets do not match decode_buckets")
         for b in d.buckets:
-            for name in ("latency_s_per_req", "latency_s_per_kv_token", "latency_s",
-                         "energy_j_per_req", "energy_j_per_kv_token", "energy_j"):
+            for name in (
+                "latency_s_per_req",
+                "latency_s_per_kv_token",
+                "latency_s",
+                "energy_j_per_req",
+                "energy_j_per_kv_token",
+                "energy_j",
+            ):
                 _nonneg(f"decode[{d.clock_mhz}][{b.bucket}].{name}", getattr(b, name))
     for i in pf.idle:
         _nonneg(f"idle[{i.clock_mhz}].power_w", i.power_w)

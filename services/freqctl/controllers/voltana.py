@@ -1,0 +1,217 @@
+"""The project's controller: minimum predicted energy within the SLO budget, closed loop.
+
+Past the published method (see docs/freqctl-core.md):
+
+- picks the clock with the lowest predicted energy among those that fit the
+  budget, over the whole clock table (below the bottom of the energy U a lower
+  clock costs more, not less);
+- corrects decode predictions online with a per-instance multiplicative EWMA
+  of observed/predicted ITL, and scales each budget by SLO-slack feedback
+  (tightened fast when observed latency exceeds its target, relaxed slowly);
+- parks an idle instance at the lowest clock and wakes it at the first sign
+  of work (raises are never delayed);
+- damps lowering with hysteresis and a minimum dwell, never holding a clock
+  predicted to miss the budget;
+- knows the power cap: when speed is what is needed (queue, no clock fits) it
+  takes the lowest-energy clock among those within ``flat_tol`` of the fastest
+  predicted latency, since clocks above the power-capped effective clock buy
+  nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from voltana.schemas.config import ControllerConfig
+from voltana.services.freqctl.controllers.base import (
+    ControlDecision,
+    ControlInput,
+    ControllerCore,
+    DecisionRule,
+    FloatArray,
+)
+from voltana.services.freqctl.profile import Profile
+
+__all__ = ["VoltanaController", "VoltanaTuning"]
+
+
+@dataclass(frozen=True, slots=True)
+class VoltanaTuning:
+    """Feedback gains; the defaults suit telemetry every 50-200 ms."""
+
+    ewma_alpha: float = 0.3
+    correction_min: float = 0.5
+    correction_max: float = 3.0
+    slack_tighten: float = 0.9
+    slack_relax_step: float = 0.01
+    slack_relax_below: float = 0.8
+    slack_min: float = 0.5
+    flat_tol: float = 0.005
+
+
+@dataclass(slots=True)
+class _State:
+    decode_correction: float = 1.0
+    itl_scale: float = 1.0
+    ttft_scale: float = 1.0
+    last_obs_t: float = float("-inf")
+    last_clock_mhz: int | None = None
+    last_change_t: float = float("-inf")
+
+
+class VoltanaController:
+    """Energy-minimising, SLO-bounded clock controller with online correction.
+
+    Args:
+        config: SLO, clock range, hysteresis (MHz), minimum dwell (s), staleness.
+        profile: the fitted predictor.
+        tuning: feedback gains.
+    """
+
+    name = "voltana"
+
+    def __init__(
+        self, config: ControllerConfig, profile: Profile, tuning: VoltanaTuning | None = None
+    ) -> None:
+        self.core = ControllerCore(config, profile)
+        self.tuning = tuning or VoltanaTuning()
+        self._state: dict[str, _State] = {}
+
+    def reset(self) -> None:
+        self._state.clear()
+
+    def state_of(self, instance: str) -> _State:
+        st = self._state.get(instance)
+        if st is None:
+            st = self._state[instance] = _State()
+        return st
+
+    # -- feedback -----------------------------------------------------------------------
+
+    def _observe(self, st: _State, inp: ControlInput) -> None:
+        """Fold the input's observed latencies into the corrections, once per telemetry."""
+        if inp.t <= st.last_obs_t:
+            return
+        st.last_obs_t = inp.t
+        tu, core = self.tuning, self.core
+        itl = inp.observed_itl_s
+        if itl is not None and itl > 0 and inp.role != "prefill":
+            clock = inp.current_clock_mhz or st.last_clock_mhz
+            if clock is not None and (inp.batch_size or 0) > 0:
+                pred = core.profile.decode_latency_s(
+                    clock, float(inp.batch_size or 0), float(inp.kv_tokens or 0)
+                )
+                ratio = min(max(itl / pred, tu.correction_min), tu.correction_max)
+                st.decode_correction += tu.ewma_alpha * (ratio - st.decode_correction)
+            st.itl_scale = self._slack(st.itl_scale, itl, core.itl_target_s)
+        ttft = inp.observed_ttft_s
+        if ttft is not None and ttft > 0 and inp.role != "decode":
+            st.ttft_scale = self._slack(st.ttft_scale, ttft, core.ttft_target_s)
+
+    def _slack(self, scale: float, observed_s: float, target_s: float) -> float:
+        tu = self.tuning
+        if observed_s > target_s:
+            return max(tu.slack_min, scale * tu.slack_tighten)
+        if observed_s < tu.slack_relax_below * target_s:
+            return min(1.0, scale + tu.slack_relax_step)
+        return scale
+
+    # -- decision -----------------------------------------------------------------------
+
+    def _fastest(self, lat: FloatArray, energy: FloatArray) -> int:
+        """Lowest-energy clock among those within ``flat_tol`` of the fastest latency."""
+        near = lat <= float(lat.min()) * (1.0 + self.tuning.flat_tol)
+        e = np.where(near, energy, np.inf)
+        return int(np.argmin(e))  # ties: the lowest such clock
+
+    def decide(self, inp: ControlInput, now: float) -> ControlDecision:
+        core = self.core
+        st = self.state_of(inp.instance)
+        safe = core.fail_safe(inp, now)
+        if safe is not None:
+            self._applied(st, safe.clock_mhz, now)
+            return safe
+        self._observe(st, inp)
+        if core.is_idle(inp):
+            i_target = 0
+            return self._finish(inp, st, now, i_target, None, "idle", "idle: park at lowest clock")
+        dec_l, pre_l, energy, _power = core.predict(inp)
+        dec_l = dec_l * st.decode_correction
+        itl_b, pre_b = core.budgets(inp, st.itl_scale, st.ttft_scale)
+        fits = (dec_l <= itl_b) & (pre_l <= pre_b)
+        pred = (dec_l, pre_l, energy, itl_b, pre_b, fits)
+        lat = np.maximum(dec_l, pre_l) if inp.role == "unified" else dec_l + pre_l
+        if inp.queue_reqs:
+            i = self._fastest(lat, energy)
+            return self._finish(
+                inp, st, now, i, pred, "queue", f"{inp.queue_reqs} requests waiting: fastest clock"
+            )
+        if fits.any():
+            i = int(np.argmin(np.where(fits, energy, np.inf)))
+            why = "lowest predicted energy within budget"
+            return self._finish(inp, st, now, i, pred, "feasible", why)
+        i = self._fastest(lat, energy)
+        return self._finish(inp, st, now, i, pred, "infeasible", "no clock fits: fastest clock")
+
+    def _finish(
+        self,
+        inp: ControlInput,
+        st: _State,
+        now: float,
+        i_target: int,
+        pred: tuple[FloatArray, FloatArray, FloatArray, float, float, FloatArray] | None,
+        rule: DecisionRule,
+        why: str,
+    ) -> ControlDecision:
+        """Apply hysteresis and dwell to the target, then build the decision."""
+        core, cfg = self.core, self.core.config
+        clocks = core.clocks
+        target = int(clocks[i_target])
+        cur = inp.current_clock_mhz if inp.current_clock_mhz is not None else st.last_clock_mhz
+        i = i_target
+        if cur is not None and cur != target and rule != "queue":
+            hits = np.nonzero(clocks == cur)[0]
+            if len(hits):
+                ic = int(hits[0])
+                cur_ok = bool(pred[5][ic]) if pred is not None else True
+                raise_needed = target > cur and not cur_ok
+                small = abs(target - cur) < cfg.hysteresis_mhz
+                dwelling = now - st.last_change_t < cfg.min_dwell_s
+                if pred is not None and not pred[5].any():
+                    cur_ok = False  # nothing fits: go where the target says (fastest)
+                if cur_ok and not raise_needed and (small or dwelling):
+                    i, rule = ic, "hold"
+                    why = f"hold {cur} MHz (target {target} MHz: " + (
+                        "within hysteresis)" if small else "minimum dwell)"
+                    )
+        clock = int(clocks[i])
+        self._applied(st, clock, now)
+        if pred is None:
+            return ControlDecision(
+                clock_mhz=clock,
+                rule=rule,
+                reason=why,
+                predicted_latency_s=0.0,
+                predicted_power_w=core.profile.idle_power_w(clock),
+            )
+        dec_l, pre_l, energy, itl_b, pre_b, _fits = pred
+        lat = core.latency_for_report(inp, float(dec_l[i]), float(pre_l[i]))
+        budget = core.budget_for_report(inp, itl_b, pre_b)
+        total = float(dec_l[i] + pre_l[i])
+        eff = core.profile.prefill_effective_clock_mhz(clock) if inp.role != "decode" else clock
+        cap = f"; effective ~{eff:.0f} MHz (power cap)" if eff < clock - 15 else ""
+        return ControlDecision(
+            clock_mhz=clock,
+            rule=rule,
+            reason=f"{why}: {lat * 1e3:.2f} ms vs {budget * 1e3:.2f} ms{cap}",
+            predicted_latency_s=lat,
+            budget_s=budget,
+            predicted_power_w=float(energy[i]) / max(total, 1e-9),
+        )
+
+    @staticmethod
+    def _applied(st: _State, clock: int, now: float) -> None:
+        if clock != st.last_clock_mhz:
+            st.last_clock_mhz = clock
+            st.last_change_t = now

@@ -1,0 +1,299 @@
+"""The latency/energy predictor: a fitted profile with lookups for any clock and state.
+
+Per profiled clock the file holds prefill and decode fits (see
+:mod:`voltana.services.freqctl.profile_format`); a lookup at a clock between
+profiled ones interpolates linearly, outside the profiled range it clamps.
+Decode batch sizes round UP to a bucket (never an exact match), prefill beyond
+the largest profiled batch is split into chunks, so every valid state gets a
+finite, positive prediction. Controllers use the ``*_table`` methods, which
+predict for every clock of the table in one vectorised step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from importlib import resources
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from voltana.common.errors import ConfigError
+from voltana.services.freqctl.buckets import bucket_index
+from voltana.services.freqctl.profile_format import ProfileFile, validate_profile_file
+
+__all__ = ["Profile", "default_profile", "load_profile", "profile_path", "save_profile"]
+
+FloatArray = npt.NDArray[np.float64]
+_MIN_LATENCY_S = 1e-6
+
+
+def _prefill_rows(pf: ProfileFile) -> tuple[FloatArray, FloatArray]:
+    clocks = np.array([p.clock_mhz for p in pf.prefill], dtype=np.float64)
+    coef = np.array(
+        [
+            [
+                p.latency_s_per_token,
+                p.latency_s_per_token2,
+                p.latency_s,
+                p.energy_j_per_token,
+                p.energy_j_per_token2,
+                p.energy_j,
+            ]
+            for p in pf.prefill
+        ],
+        dtype=np.float64,
+    )
+    return clocks, coef
+
+
+def _decode_rows(pf: ProfileFile) -> tuple[FloatArray, FloatArray]:
+    clocks = np.array([d.clock_mhz for d in pf.decode], dtype=np.float64)
+    coef = np.array(
+        [
+            [
+                [
+                    b.latency_s_per_req,
+                    b.latency_s_per_kv_token,
+                    b.latency_s,
+                    b.energy_j_per_req,
+                    b.energy_j_per_kv_token,
+                    b.energy_j,
+                ]
+                for b in d.buckets
+            ]
+            for d in pf.decode
+        ],
+        dtype=np.float64,
+    )  # [clock, bucket, 6]
+    return clocks, np.transpose(coef, (1, 0, 2))  # [bucket, clock, 6]
+
+
+def _interp_cols(x: FloatArray, xp: FloatArray, fp: FloatArray) -> FloatArray:
+    """Interpolate every column of ``fp`` (rows at ``xp``) at ``x``, clamped at the ends."""
+    return np.stack([np.interp(x, xp, fp[:, j]) for j in range(fp.shape[1])], axis=-1)
+
+
+def _check(name: str, value: float) -> float:
+    v = float(value)
+    if math.isnan(v) or v < 0.0 or math.isinf(v):
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return v
+
+
+class Profile:
+    """Predicts iteration latency (s), energy (J) and power (W) of one instance.
+
+    Args:
+        pf: a validated profile file.
+    """
+
+    def __init__(self, pf: ProfileFile) -> None:
+        validate_profile_file(pf)
+        self.file = pf
+        self.gpu = pf.gpu
+        self.model = pf.model
+        self.tp = pf.tp
+        self.buckets: tuple[int, ...] = tuple(pf.decode_buckets)
+        self.clocks_mhz: tuple[int, ...] = tuple(pf.supported_clocks_mhz)
+        self.max_clock_mhz = self.clocks_mhz[-1]
+        self.min_clock_mhz = self.clocks_mhz[0]
+        self.prefill_max_batched_tokens = pf.prefill_max_batched_tokens
+        self._clock_index = {c: i for i, c in enumerate(self.clocks_mhz)}
+        x = np.array(self.clocks_mhz, dtype=np.float64)
+        self._p_clocks, self._p_coef = _prefill_rows(pf)
+        self._d_clocks, self._d_coef = _decode_rows(pf)
+        self._i_clocks = np.array([i.clock_mhz for i in pf.idle], dtype=np.float64)
+        self._i_power = np.array([i.power_w for i in pf.idle], dtype=np.float64)
+        # Coefficients at every clock of the table, for vectorised controller lookups.
+        self._p_tab = _interp_cols(x, self._p_clocks, self._p_coef)  # [clock, 6]
+        self._d_tab = np.stack(
+            [_interp_cols(x, self._d_clocks, self._d_coef[b]) for b in range(len(self.buckets))]
+        )  # [bucket, clock, 6]
+        self._i_tab = np.interp(x, self._i_clocks, self._i_power)
+        eff = [(p.clock_mhz, p.effective_clock_mhz) for p in pf.prefill if p.effective_clock_mhz]
+        self._p_eff = (
+            (np.array([c for c, _ in eff], float), np.array([e for _, e in eff], float))
+            if eff
+            else None
+        )
+
+    # -- coefficient access -------------------------------------------------------------
+
+    def _prefill_coef(self, clock_mhz: float) -> FloatArray:
+        i = self._clock_index.get(int(clock_mhz)) if float(clock_mhz).is_integer() else None
+        if i is not None:
+            return self._p_tab[i]
+        c = _check("clock_mhz", clock_mhz)
+        return _interp_cols(np.array([c]), self._p_clocks, self._p_coef)[0]
+
+    def _decode_coef(self, clock_mhz: float, batch_size: float) -> FloatArray:
+        b = bucket_index(self.buckets, _check("batch_size", batch_size))
+        i = self._clock_index.get(int(clock_mhz)) if float(clock_mhz).is_integer() else None
+        if i is not None:
+            return self._d_tab[b, i]
+        c = _check("clock_mhz", clock_mhz)
+        return _interp_cols(np.array([c]), self._d_clocks, self._d_coef[b])[0]
+
+    # -- prefill ------------------------------------------------------------------------
+
+    def _chunks(self, batched_tokens: float) -> tuple[float, float]:
+        """(number of full chunks of the largest profiled batch, remaining tokens)."""
+        t = _check("batched_tokens", batched_tokens)
+        cap = float(self.prefill_max_batched_tokens)
+        if t <= cap:
+            return 0.0, t
+        full = math.floor(t / cap)
+        return float(full), t - full * cap
+
+    @staticmethod
+    def _poly(coef: FloatArray, t: float, off: int) -> FloatArray:
+        return coef[..., off] * t + coef[..., off + 1] * t * t + coef[..., off + 2]
+
+    def _prefill_eval(self, coef: FloatArray, batched_tokens: float, off: int) -> FloatArray:
+        full, rem = self._chunks(batched_tokens)
+        out = self._poly(coef, rem, off)
+        if full:
+            out = out + full * self._poly(coef, float(self.prefill_max_batched_tokens), off)
+        return out
+
+    def prefill_latency_s(self, clock_mhz: float, batched_tokens: float) -> float:
+        """Time to prefill ``batched_tokens`` new tokens at ``clock_mhz``."""
+        coef = self._prefill_coef(clock_mhz)
+        return max(float(self._prefill_eval(coef, batched_tokens, 0)), _MIN_LATENCY_S)
+
+    def prefill_energy_j(self, clock_mhz: float, batched_tokens: float) -> float:
+        """Instance energy of that prefill."""
+        coef = self._prefill_coef(clock_mhz)
+        return max(float(self._prefill_eval(coef, batched_tokens, 3)), 0.0)
+
+    def prefill_power_w(self, clock_mhz: float, batched_tokens: float) -> float:
+        """Mean instance power during that prefill."""
+        return self.prefill_energy_j(clock_mhz, batched_tokens) / self.prefill_latency_s(
+            clock_mhz, batched_tokens
+        )
+
+    def prefill_latency_table_s(self, batched_tokens: float) -> FloatArray:
+        """Prefill latency at every clock of ``clocks_mhz`` (ascending)."""
+        return np.maximum(self._prefill_eval(self._p_tab, batched_tokens, 0), _MIN_LATENCY_S)
+
+    def prefill_energy_table_j(self, batched_tokens: float) -> FloatArray:
+        """Prefill energy at every clock of ``clocks_mhz``."""
+        return np.maximum(self._prefill_eval(self._p_tab, batched_tokens, 3), 0.0)
+
+    def prefill_effective_clock_mhz(self, clock_mhz: float) -> float:
+        """The SM clock prefill actually ran at when ``clock_mhz`` was requested.
+
+        Below the power cap this is the requested clock; above it, the clock the
+        GPU throttled to (as measured while profiling). Without measurements,
+        the requested clock.
+        """
+        c = _check("clock_mhz", clock_mhz)
+        if self._p_eff is None:
+            return c
+        return min(c, float(np.interp(c, self._p_eff[0], self._p_eff[1])))
+
+    # -- decode -------------------------------------------------------------------------
+
+    def decode_latency_s(self, clock_mhz: float, batch_size: float, kv_tokens: float) -> float:
+        """One decode iteration of ``batch_size`` requests holding ``kv_tokens`` KV tokens."""
+        c = self._decode_coef(clock_mhz, batch_size)
+        k = _check("kv_tokens", kv_tokens)
+        return max(float(c[0] * batch_size + c[1] * k + c[2]), _MIN_LATENCY_S)
+
+    def decode_energy_j(self, clock_mhz: float, batch_size: float, kv_tokens: float) -> float:
+        """Instance energy of that iteration."""
+        c = self._decode_coef(clock_mhz, batch_size)
+        k = _check("kv_tokens", kv_tokens)
+        return max(float(c[3] * batch_size + c[4] * k + c[5]), 0.0)
+
+    def decode_power_w(self, clock_mhz: float, batch_size: float, kv_tokens: float) -> float:
+        """Mean instance power during that iteration."""
+        return self.decode_energy_j(clock_mhz, batch_size, kv_tokens) / self.decode_latency_s(
+            clock_mhz, batch_size, kv_tokens
+        )
+
+    def decode_latency_table_s(self, batch_size: float, kv_tokens: float) -> FloatArray:
+        """Decode iteration latency at every clock of ``clocks_mhz``."""
+        c = self._d_tab[bucket_index(self.buckets, _check("batch_size", batch_size))]
+        k = _check("kv_tokens", kv_tokens)
+        return np.maximum(c[:, 0] * batch_size + c[:, 1] * k + c[:, 2], _MIN_LATENCY_S)
+
+    def decode_energy_table_j(self, batch_size: float, kv_tokens: float) -> FloatArray:
+        """Decode iteration energy at every clock of ``clocks_mhz``."""
+        c = self._d_tab[bucket_index(self.buckets, _check("batch_size", batch_size))]
+        k = _check("kv_tokens", kv_tokens)
+        return np.maximum(c[:, 3] * batch_size + c[:, 4] * k + c[:, 5], 0.0)
+
+    # -- idle ---------------------------------------------------------------------------
+
+    def idle_power_w(self, clock_mhz: float) -> float:
+        """Instance power with nothing running at ``clock_mhz``."""
+        c = _check("clock_mhz", clock_mhz)
+        return float(np.interp(c, self._i_clocks, self._i_power))
+
+    def idle_power_table_w(self) -> FloatArray:
+        """Idle power at every clock of ``clocks_mhz``."""
+        return self._i_tab.copy()
+
+    def nearest_clock_mhz(self, clock_mhz: float) -> int:
+        """The table clock closest to ``clock_mhz`` (ties: the higher, safer one)."""
+        return min(self.clocks_mhz, key=lambda c: (abs(c - clock_mhz), -c))
+
+    def to_json(self) -> bytes:
+        """The profile file as indented JSON."""
+        return msgspec.json.format(msgspec.json.encode(self.file), indent=2)
+
+    def __repr__(self) -> str:
+        return (
+            f"Profile(gpu={self.gpu!r}, model={self.model!r}, tp={self.tp}, "
+            f"clocks={self.min_clock_mhz}-{self.max_clock_mhz} MHz, source={self.file.source!r})"
+        )
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile file.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or not a valid profile.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read profile {p}: {exc}") from exc
+    try:
+        return Profile(msgspec.json.decode(data, type=ProfileFile))
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"invalid profile {p}: {exc}") from exc
+
+
+def save_profile(profile: Profile | ProfileFile, path: str | Path) -> Path:
+    """Write a profile as indented JSON (validating it first); returns the path."""
+    prof = profile if isinstance(profile, Profile) else Profile(profile)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(prof.to_json() + b"\n")
+    return p
+
+
+def profile_path(gpu: str, model: str) -> str:
+    """File name of a packaged profile, e.g. ``h100-llama-3.1-8b.json``."""
+    return f"{gpu}-{model}.json"
+
+
+@functools.cache
+def default_profile(gpu: str = "h100", model: str = "llama-3.1-8b") -> Profile:
+    """The packaged profile for ``gpu`` and ``model`` (fitted from profiling runs).
+
+    Raises:
+        ConfigError: no packaged profile for that pair.
+    """
+    res = resources.files("voltana.services.freqctl").joinpath("profiles", profile_path(gpu, model))
+    if not res.is_file():
+        raise ConfigError(f"no packaged profile for gpu={gpu!r} model={model!r}")
+    try:
+        return Profile(msgspec.json.decode(res.read_bytes(), type=ProfileFile))
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"packaged profile {profile_path(gpu, model)} is invalid: {exc}") from exc
