@@ -1,0 +1,185 @@
+"""freqctl service core: instance specs, controller inputs from bus messages, config, renewal."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from voltana.common.errors import ConfigError
+from voltana.schemas import subjects
+from voltana.schemas.config import ControllerConfig
+from voltana.schemas.router import InstanceState
+from voltana.schemas.telemetry import InstanceTelemetry, LatencyWindow
+from voltana.services.freqctl.controllers import make_controller
+from voltana.services.freqctl.profile import default_profile
+from voltana.services.freqctl.service_core import (
+    ConfigStore,
+    InstanceSpec,
+    Sent,
+    build_input,
+    missing_input,
+    needs_send,
+    parse_instances,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("d0", [InstanceSpec("d0")]),
+        ("p0, d0", [InstanceSpec("p0"), InstanceSpec("d0")]),
+        ("d0@n1:0+1,p0@n2:3", [InstanceSpec("d0", "n1", (0, 1)), InstanceSpec("p0", "n2", (3,))]),
+    ],
+)
+def test_parse_instances(text: str, want: list[InstanceSpec]) -> None:
+    assert parse_instances(text) == want
+
+
+@pytest.mark.parametrize(
+    "text", ["", " , ", "d0@n1", "d0@n1:x", "d.0", "d0@n.1:0", "d0,d0", "d0@n1:-1"]
+)
+def test_parse_instances_rejects(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_instances(text)
+
+
+def tel(**kw: object) -> InstanceTelemetry:
+    base: dict[str, object] = dict(
+        t_ns=100_000_000_000, instance="d0", role="decode", node="n1", url="http://x", seq=1
+    )
+    base.update(kw)
+    return InstanceTelemetry(**base)  # type: ignore[arg-type]
+
+
+def test_build_input_decode_fields() -> None:
+    itl = LatencyWindow(count=10, window_s=1.0, mean_s=0.02, p50_s=0.019)
+    inp = build_input(
+        tel(num_running_reqs=12, num_queue_reqs=1, kv_used_tokens=9000, itl=itl),
+        received_s=100.01,
+        router=None,
+        router_received_s=None,
+        now_s=100.02,
+        stale_after_s=1.0,
+        current_clock_mhz=1410,
+    )
+    assert (inp.queue_reqs, inp.running_reqs, inp.batch_size, inp.kv_tokens) == (
+        1,
+        12,
+        12.0,
+        9000.0,
+    )
+    assert inp.observed_itl_s == 0.02 and inp.observed_ttft_s is None
+    assert inp.t == 100.0 and inp.current_clock_mhz == 1410
+    # busy and no router state: prefill work unknown -> None (the controller's safe clock)
+    assert inp.prefill_tokens is None and inp.oldest_wait_s is None
+
+
+def test_build_input_uses_fresh_router_state_only() -> None:
+    rs = InstanceState(
+        t_ns=100_000_000_000,
+        instance="p0",
+        role="prefill",
+        url="u",
+        seq=1,
+        queued_prefill_tokens=4096,
+        oldest_wait_s=0.3,
+    )
+    t = tel(instance="p0", role="prefill", num_running_reqs=1)
+    fresh = build_input(
+        t,
+        received_s=100.0,
+        router=rs,
+        router_received_s=100.0,
+        now_s=100.5,
+        stale_after_s=1.0,
+        current_clock_mhz=None,
+    )
+    assert (fresh.prefill_tokens, fresh.oldest_wait_s) == (4096.0, 0.3)
+    stale = build_input(
+        t,
+        received_s=100.0,
+        router=rs,
+        router_received_s=100.0,
+        now_s=101.5,
+        stale_after_s=1.0,
+        current_clock_mhz=None,
+    )
+    assert stale.prefill_tokens is None
+
+
+def test_build_input_idle_is_known_without_router() -> None:
+    inp = build_input(
+        tel(role="prefill"),
+        received_s=100.0,
+        router=None,
+        router_received_s=None,
+        now_s=100.0,
+        stale_after_s=1.0,
+        current_clock_mhz=None,
+    )
+    assert (inp.prefill_tokens, inp.oldest_wait_s) == (0.0, 0.0)
+
+
+def test_future_timestamp_cannot_hide_staleness() -> None:
+    """A sender whose clock runs ahead: arrival time bounds the telemetry time."""
+    inp = build_input(
+        tel(t_ns=500_000_000_000),
+        received_s=100.0,
+        router=None,
+        router_received_s=None,
+        now_s=102.0,
+        stale_after_s=1.0,
+        current_clock_mhz=None,
+    )
+    assert inp.t == 100.0
+
+
+@pytest.mark.parametrize("policy", ["voltana", "ecofreq", "ecofreq-2level"])
+def test_missing_and_stale_input_give_the_safe_clock(policy: str) -> None:
+    profile = default_profile("h100", "llama-3.1-8b")
+    ctl = make_controller(ControllerConfig(policy=policy), profile)  # type: ignore[arg-type]
+    d = ctl.decide(missing_input("d0"), 1000.0)
+    assert d.clock_mhz == profile.max_clock_mhz
+    idle = build_input(
+        tel(),
+        received_s=100.0,
+        router=None,
+        router_received_s=None,
+        now_s=105.0,
+        stale_after_s=1.0,
+        current_clock_mhz=None,
+    )
+    assert ctl.decide(idle, 105.0).clock_mhz == profile.max_clock_mhz
+
+
+def test_config_store_precedence() -> None:
+    base = ControllerConfig(policy="voltana")
+    store = ConfigStore(base)
+    assert store.for_instance("d0") is base
+    default = ControllerConfig(policy="ecofreq")
+    store.put(subjects.KV_DEFAULT_CONTROLLER_KEY, default)
+    assert store.for_instance("d0") is default
+    own = ControllerConfig(policy="static", static_clock_mhz=1005)
+    store.put(subjects.kv_controller_key("d0"), own)
+    assert store.for_instance("d0") is own and store.for_instance("d1") is default
+    store.put(subjects.kv_controller_key("d0"), None)
+    assert store.for_instance("d0") is default
+
+
+@pytest.mark.parametrize(
+    ("last", "clock", "now", "want"),
+    [
+        (None, 1410, 0.0, True),
+        (Sent(1410, 0.0), 1410, 0.5, False),
+        (Sent(1410, 0.0), 1410, 0.8, True),  # 0.4 of a 2 s lease
+        (Sent(1410, 0.0), 1005, 0.1, True),
+        (Sent(None, 0.0), None, 100.0, False),  # default clocks need no renewal
+        (Sent(None, 0.0), 1410, 0.1, True),
+    ],
+)
+def test_needs_send(last: Sent | None, clock: int | None, now: float, want: bool) -> None:
+    assert needs_send(last, clock, now, 2.0) is want
+
+
+def test_missing_input_is_maximally_stale() -> None:
+    assert math.isinf(missing_input("x").t)
