@@ -25,7 +25,7 @@ the lowest predicted latency at the top clock (fail safe toward the SLO).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from voltana.schemas.config import SloConfig
@@ -38,21 +38,25 @@ from voltana.services.router.policies.base import (
     healthy,
 )
 
+FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+
 
 class ProfileLike(Protocol):
-    """The part of ``voltana.services.freqctl.profile.Profile`` this policy uses."""
+    """The part of ``voltana.services.freqctl.profile.Profile`` this policy uses.
 
-    @property
-    def clocks_mhz(self) -> list[int]: ...
-    @property
-    def max_clock_mhz(self) -> int: ...
-    @property
-    def min_clock_mhz(self) -> int: ...
-    def prefill_latency_s(self, clock_mhz: float, batched_tokens: int) -> float: ...
-    def prefill_power_w(self, clock_mhz: float, batched_tokens: int) -> float: ...
-    def decode_latency_s(self, clock_mhz: float, batch_size: int, kv_tokens: int) -> float: ...
-    def decode_power_w(self, clock_mhz: float, batch_size: int, kv_tokens: int) -> float: ...
-    def idle_power_w(self, clock_mhz: float) -> float: ...
+    The ``*_table_*`` methods answer for every clock of ``clocks_mhz`` at once
+    (ascending), which keeps one decision well under a millisecond.
+    """
+
+    clocks_mhz: tuple[int, ...]
+    max_clock_mhz: int
+    min_clock_mhz: int
+
+    def prefill_latency_table_s(self, batched_tokens: float) -> FloatArray: ...
+    def prefill_energy_table_j(self, batched_tokens: float) -> FloatArray: ...
+    def decode_latency_table_s(self, batch_size: float, kv_tokens: float) -> FloatArray: ...
+    def decode_energy_table_j(self, batch_size: float, kv_tokens: float) -> FloatArray: ...
+    def idle_power_table_w(self) -> FloatArray: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,43 +73,52 @@ class WhatIf:
     load: int
 
 
-def candidate_clocks(clocks_mhz: list[int], max_levels: int) -> list[int]:
-    """An ascending subset of the clock table (always with the top clock) to keep decisions cheap."""
-    cl = sorted(set(clocks_mhz))
-    if len(cl) <= max_levels:
-        return cl
-    step = (len(cl) - 1) / (max_levels - 1)
-    picked = {cl[round(i * step)] for i in range(max_levels)}
-    picked.add(cl[-1])
-    return sorted(picked)
+@dataclass(frozen=True, slots=True)
+class ClockChoice:
+    """The cheapest clock meeting a budget (or the top clock when none does)."""
+
+    clock_mhz: int
+    index: int
+    latency_s: float
+    energy_j: float
+    feasible: bool
+
+
+def cheapest_within(
+    clocks_mhz: tuple[int, ...], latency_s: FloatArray, energy_j: FloatArray, budget_s: float
+) -> ClockChoice:
+    """Among clocks whose latency fits ``budget_s``, the one with the least energy.
+
+    Ties go to the higher clock (more slack for the same energy). When no clock
+    fits, the top clock (fail safe toward the SLO) with ``feasible`` False.
+    """
+    ok = latency_s <= budget_s
+    if not bool(ok.any()):
+        i = len(clocks_mhz) - 1
+        return ClockChoice(clocks_mhz[i], i, float(latency_s[i]), float(energy_j[i]), False)
+    masked = np.where(ok, energy_j, np.inf)
+    i = int(len(masked) - 1 - np.argmin(masked[::-1]))
+    return ClockChoice(clocks_mhz[i], i, float(latency_s[i]), float(energy_j[i]), True)
 
 
 class EcoRoutePolicy(PolicyBase):
     name = "ecoroute"
 
-    def __init__(self, profile: ProfileLike, slo: SloConfig | None = None, max_levels: int = 24):
+    def __init__(self, profile: ProfileLike, slo: SloConfig | None = None) -> None:
         self.profile = profile
         self.slo = slo or SloConfig()
-        self.clocks = candidate_clocks(list(profile.clocks_mhz), max(2, max_levels))
-        self.idle_w = float(profile.idle_power_w(profile.min_clock_mhz))
+        self.clocks = tuple(profile.clocks_mhz)
+        self.idle_tab_w = np.asarray(profile.idle_power_table_w(), dtype=np.float64)
+        self.idle_w = float(self.idle_tab_w.min())
 
     # -- decode -------------------------------------------------------------
 
-    def _decode_clock(self, b: int, kv: int, budget_s: float) -> tuple[int, float, float, bool]:
-        """(clock, latency_s, power_w, feasible) of the cheapest clock meeting ``budget_s``."""
-        p = self.profile
-        best: tuple[float, int, float, float] | None = None
-        for f in self.clocks:
-            t = p.decode_latency_s(f, b, kv)
-            if t > budget_s:
-                continue
-            w = p.decode_power_w(f, b, kv)
-            if best is None or w * t < best[0]:
-                best = (w * t, f, t, w)
-        if best is None:
-            f = self.clocks[-1]
-            return f, p.decode_latency_s(f, b, kv), p.decode_power_w(f, b, kv), False
-        return best[1], best[2], best[3], True
+    def _decode_clock(self, b: int, kv: int, budget_s: float) -> tuple[ClockChoice, float]:
+        """The cheapest clock for one iteration of (b, kv), and the instance power there (W)."""
+        lat = self.profile.decode_latency_table_s(b, kv)
+        en = self.profile.decode_energy_table_j(b, kv)
+        ch = cheapest_within(self.clocks, lat, en, budget_s)
+        return ch, ch.energy_j / max(ch.latency_s, 1e-9)
 
     def _decode_whatif(self, v: InstanceView, req: RouteRequest) -> WhatIf:
         budget = self.slo.itl_s * (1.0 - self.slo.margin)
@@ -113,48 +126,40 @@ class EcoRoutePolicy(PolicyBase):
         if b <= 0:
             f0, p0 = self.profile.min_clock_mhz, self.idle_w
         else:
-            f0, _, p0, _ = self._decode_clock(b, kv, budget)
+            ch0, p0 = self._decode_clock(b, kv, budget)
+            f0 = ch0.clock_mhz
         kv1 = kv + max(req.input_tokens, 0)
-        f1, t1, p1, ok = self._decode_clock(b + 1, kv1, budget)
-        t_max = self.profile.decode_latency_s(self.clocks[-1], b + 1, kv1)
-        added = (p1 - p0) * max(req.max_new_tokens, 1) * t1
-        return WhatIf(v.instance, ok, f0, f1, t1, t_max, added, b)
+        ch1, p1 = self._decode_clock(b + 1, kv1, budget)
+        t_max = float(self.profile.decode_latency_table_s(b + 1, kv1)[-1])
+        added = (p1 - p0) * max(req.max_new_tokens, 1) * ch1.latency_s
+        return WhatIf(v.instance, ch1.feasible, f0, ch1.clock_mhz, ch1.latency_s, t_max, added, b)
 
     # -- prefill ------------------------------------------------------------
 
-    def _prefill_clock(self, tokens: int, budget_s: float) -> tuple[int, float, float, bool]:
-        """(clock, latency_s, active energy_j, feasible) for prefilling ``tokens`` within budget."""
-        p = self.profile
-        if tokens <= 0:
-            return self.profile.min_clock_mhz, 0.0, 0.0, True
-        best: tuple[float, int, float] | None = None
-        for f in self.clocks:
-            t = p.prefill_latency_s(f, tokens)
-            if t > budget_s:
-                continue
-            e = (p.prefill_power_w(f, tokens) - self.idle_w) * t
-            if best is None or e < best[0]:
-                best = (e, f, t)
-        if best is None:
-            f = self.clocks[-1]
-            t = p.prefill_latency_s(f, tokens)
-            return f, t, (p.prefill_power_w(f, tokens) - self.idle_w) * t, False
-        return best[1], best[2], best[0], True
+    def _prefill_tables(self, tokens: int) -> tuple[FloatArray, FloatArray]:
+        """(latency_s, active energy_j above idle) of prefilling ``tokens`` at every clock."""
+        lat = self.profile.prefill_latency_table_s(tokens)
+        en = self.profile.prefill_energy_table_j(tokens) - self.idle_w * lat
+        return lat, en
 
     def _prefill_whatif(self, v: InstanceView, req: RouteRequest, now: float) -> WhatIf:
         full = self.slo.ttft_s * (1.0 - self.slo.margin)
         q = max(v.queued_prefill_tokens, 0)
-        f0, _, e0, _ = self._prefill_clock(q, full - v.oldest_wait_s)
+        if q > 0:
+            lat0, en0 = self._prefill_tables(q)
+            ch0 = cheapest_within(self.clocks, lat0, en0, full - v.oldest_wait_s)
+            f0, i0, e0 = ch0.clock_mhz, ch0.index, ch0.energy_j
+        else:
+            f0, i0, e0 = self.profile.min_clock_mhz, 0, 0.0
         budget = full - max(now - req.arrival_t, 0.0)
         tokens = q + max(req.input_tokens, 1)
-        f1, t1, e1, ok = self._prefill_clock(tokens, budget)
-        if f1 < f0:  # the queue ahead still needs its own clock
-            f1 = f0
-            t1 = self.profile.prefill_latency_s(f1, tokens)
-            e1 = (self.profile.prefill_power_w(f1, tokens) - self.idle_w) * t1
-            ok = t1 <= budget
-        t_max = self.profile.prefill_latency_s(self.clocks[-1], tokens)
-        return WhatIf(v.instance, ok, f0, f1, t1, t_max, e1 - e0, q)
+        lat1, en1 = self._prefill_tables(tokens)
+        # the queue ahead still needs the clock it needed before: only clocks >= f0
+        ch1 = cheapest_within(self.clocks[i0:], lat1[i0:], en1[i0:], budget)
+        t_max = float(lat1[-1])
+        return WhatIf(
+            v.instance, ch1.feasible, f0, ch1.clock_mhz, ch1.latency_s, t_max, ch1.energy_j - e0, q
+        )
 
     # -- policy -------------------------------------------------------------
 

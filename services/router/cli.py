@@ -1,0 +1,145 @@
+"""``voltana router``: the PD router, with flags shaped like sglang-router's where they overlap.
+
+Precedence: flags > ``--config`` TOML file (keys of ``RouterConfig``) > defaults.
+The API key may also come from ``VOLTANA_ROUTER_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from voltana.services.router.policies.factory import POLICY_NAMES
+
+_POLICIES = [*POLICY_NAMES, "round_robin", "power_of_two"]
+
+
+def _prefill_arg(values: list[str]) -> tuple[str, int | None]:
+    if not 1 <= len(values) <= 2:
+        raise argparse.ArgumentTypeError("--prefill takes URL [BOOTSTRAP_PORT]")
+    port: int | None = None
+    if len(values) == 2 and values[1].lower() not in ("none", "null", ""):
+        try:
+            port = int(values[1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad bootstrap port {values[1]!r}") from None
+    return values[0], port
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "router",
+        help="PD router: SGLang prefill/decode dispatch with energy-aware routing",
+        description="Route SGLang requests to prefill and decode workers (PD disaggregation).",
+    )
+    p.add_argument("--config", default=None, help="TOML file with RouterConfig keys")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="bind port (default 8000)")
+    p.add_argument("--prefill", nargs="+", action="append", default=None,
+                   metavar=("URL", "BOOTSTRAP_PORT"),
+                   help="prefill worker URL and optional bootstrap port (none = server's own); "
+                        "repeat per worker")  # fmt: skip
+    p.add_argument("--decode", action="append", default=None, metavar="URL",
+                   help="decode worker URL; repeat per worker")  # fmt: skip
+    p.add_argument("--policy", choices=_POLICIES, default=None, help="policy for both sides")
+    p.add_argument("--prefill-policy", choices=_POLICIES, default=None)
+    p.add_argument("--decode-policy", choices=_POLICIES, default=None)
+    p.add_argument("--profile", default=None, help="profile JSON for ecoroute (default: packaged)")
+    p.add_argument("--slo-ttft-s", type=float, default=None)
+    p.add_argument("--slo-itl-s", type=float, default=None)
+    p.add_argument("--no-nats", action="store_true", help="run without the bus")
+    p.add_argument("--seed", type=int, default=None)
+    g = p.add_argument_group("protection")
+    g.add_argument("--max-concurrent-requests", type=int, default=None)
+    g.add_argument("--max-queued-requests", type=int, default=None)
+    g.add_argument("--queue-timeout-s", type=float, default=None)
+    g.add_argument("--max-request-bytes", type=int, default=None)
+    g.add_argument(
+        "--api-key", default=None, help="require Bearer key (env VOLTANA_ROUTER_API_KEY)"
+    )
+    g.add_argument("--request-timeout-s", type=float, default=None)
+    g.add_argument("--connect-timeout-s", type=float, default=None)
+    g.add_argument("--read-timeout-s", type=float, default=None)
+    g.add_argument("--prefill-retries", type=int, default=None)
+    g.add_argument("--health-check-interval-s", type=float, default=None)
+    g.add_argument("--health-check-timeout-s", type=float, default=None)
+    g.add_argument("--health-failure-threshold", type=int, default=None)
+    g.add_argument("--breaker-failures", type=int, default=None)
+    g.add_argument("--breaker-open-s", type=float, default=None)
+    from voltana.common.cliopts import add_nats_args
+
+    add_nats_args(p)
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """RouterConfig from flags over the optional TOML file."""
+    import msgspec
+    from voltana.common.cliopts import bus_options_from_args
+    from voltana.common.errors import ConfigError
+    from voltana.services.router.config import RouterConfig, WorkerSpec
+
+    base: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as f:
+                base = msgspec.toml.decode(f.read())
+        except (OSError, msgspec.DecodeError) as exc:
+            raise ConfigError(f"cannot read {args.config}: {exc}") from exc
+    try:
+        cfg = msgspec.convert(base, RouterConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{args.config}: {exc}") from exc
+    if args.prefill:
+        try:
+            pairs = [_prefill_arg(v) for v in args.prefill]
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(str(exc)) from exc
+        cfg.prefill = [WorkerSpec(url=u, role="prefill", bootstrap_port=bp) for u, bp in pairs]
+    if args.decode:
+        cfg.decode = [WorkerSpec(url=u, role="decode") for u in args.decode]
+    if args.policy:
+        cfg.prefill_policy = cfg.decode_policy = args.policy
+    simple = {
+        "host": "host", "port": "port", "prefill_policy": "prefill_policy",
+        "decode_policy": "decode_policy", "profile": "profile", "slo_ttft_s": "slo_ttft_s",
+        "slo_itl_s": "slo_itl_s", "seed": "seed",
+    }  # fmt: skip
+    for flag in (
+        "max_concurrent_requests", "max_queued_requests", "queue_timeout_s", "max_request_bytes",
+        "api_key", "request_timeout_s", "connect_timeout_s", "read_timeout_s", "prefill_retries",
+        "health_check_interval_s", "health_check_timeout_s", "health_failure_threshold",
+        "breaker_failures", "breaker_open_s",
+    ):  # fmt: skip
+        simple[flag] = flag
+    for flag, key in simple.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            setattr(cfg, key, value)
+    if cfg.api_key is None and os.environ.get("VOLTANA_ROUTER_API_KEY"):
+        cfg.api_key = os.environ["VOLTANA_ROUTER_API_KEY"]
+    if args.no_nats:
+        cfg.nats, cfg.bus_options = None, None
+    else:
+        if args.nats is None and cfg.nats:
+            args.nats = [cfg.nats]
+        cfg.bus_options = bus_options_from_args(args, name="voltana-router")
+    return cfg.validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from voltana.common.shutdown import shutdown_event
+    from voltana.services.router.server import Router
+
+    cfg = build_config(args)
+
+    async def main() -> int:
+        stop = shutdown_event()
+        async with Router(cfg):
+            await stop.wait()
+        return 0
+
+    return asyncio.run(main())

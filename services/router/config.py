@@ -1,0 +1,129 @@
+"""Router configuration: one msgspec Struct, built from flags (or a TOML file)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import msgspec
+from voltana.common.bus import BusOptions
+from voltana.common.errors import ConfigError
+
+__all__ = ["RouterConfig", "WorkerSpec", "instance_name"]
+
+
+class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One worker: its URL, its role, and (prefill) its bootstrap port (None = server's own)."""
+
+    url: str
+    role: str
+    bootstrap_port: int | None = None
+    name: str = ""
+
+
+def instance_name(url: str) -> str:
+    """A subject-safe instance name from a URL: ``127.0.0.1:30000`` -> ``127-0-0-1_30000``."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "worker").replace(".", "-")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{host}_{port}")
+
+
+def normalize_url(url: str) -> str:
+    """``host:port`` -> ``http://host:port``; no trailing slash.
+
+    Raises:
+        ConfigError: not an http(s) URL with a host.
+    """
+    u = url.strip().rstrip("/")
+    if "://" not in u:
+        u = "http://" + u
+    parts = urlsplit(u)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"worker URL must be http(s)://host:port, got {url!r}")
+    return u
+
+
+class RouterConfig(msgspec.Struct, kw_only=True):
+    """Everything the router can be told. Times in seconds, sizes in bytes.
+
+    Protection knobs: ``max_concurrent_requests`` run at once, up to ``max_queued_requests``
+    wait (longer than ``queue_timeout_s`` -> 503; queue full -> 429);
+    ``max_request_bytes`` (413); ``api_key`` (401 without ``Authorization: Bearer``);
+    ``prefill_retries`` re-pair a failed prefill before any byte reached the client;
+    a worker whose health check fails ``health_failure_threshold`` times in a row is
+    unhealthy; ``breaker_failures`` request failures in a row open its circuit for
+    ``breaker_open_s`` (then one trial request decides).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    prefill: list[WorkerSpec] = msgspec.field(default_factory=list)
+    decode: list[WorkerSpec] = msgspec.field(default_factory=list)
+    prefill_policy: str = "random"
+    decode_policy: str = "random"
+    nats: str | None = None
+    bus_options: BusOptions | None = None  # full NATS options (wins over ``nats``)
+    node: str = "router"
+    seed: int | None = None
+    # timeouts
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 1800.0
+    read_timeout_s: float = 300.0
+    # admission
+    max_concurrent_requests: int = 4096
+    max_queued_requests: int = 4096
+    queue_timeout_s: float = 60.0
+    max_request_bytes: int = 32 * 1024 * 1024
+    api_key: str | None = None
+    # retries and worker protection
+    prefill_retries: int = 2
+    retry_backoff_s: float = 0.02
+    health_check_interval_s: float = 10.0
+    health_check_timeout_s: float = 5.0
+    health_check_path: str = "/health"
+    health_failure_threshold: int = 3
+    breaker_failures: int = 5
+    breaker_open_s: float = 10.0
+    # SLO (for records and ecoroute) and state
+    slo_ttft_s: float = 1.0
+    slo_itl_s: float = 0.05
+    slo_margin: float = 0.1
+    profile: str | None = None
+    state_publish_hz: float = 20.0
+    telemetry_stale_s: float = 2.0
+    latency_window_s: float = 10.0
+    upstream_connections: int = 0  # 0 = unlimited pool
+
+    def validate(self) -> RouterConfig:
+        """Normalise worker URLs and check ranges; returns self.
+
+        Raises:
+            ConfigError: no prefill or decode worker, or a value out of range.
+        """
+        if not self.prefill:
+            raise ConfigError("at least one --prefill worker is required")
+        if not self.decode:
+            raise ConfigError("at least one --decode worker is required")
+        seen: set[str] = set()
+        fixed: dict[str, list[WorkerSpec]] = {"prefill": [], "decode": []}
+        for role, specs in (("prefill", self.prefill), ("decode", self.decode)):
+            for w in specs:
+                url = normalize_url(w.url)
+                name = w.name or instance_name(url)
+                if name in seen:
+                    raise ConfigError(f"worker {url} listed twice")
+                seen.add(name)
+                fixed[role].append(
+                    WorkerSpec(url=url, role=role, bootstrap_port=w.bootstrap_port, name=name)
+                )
+        self.prefill, self.decode = fixed["prefill"], fixed["decode"]
+        for name in ("max_concurrent_requests", "max_request_bytes", "state_publish_hz"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        for name in ("max_queued_requests", "prefill_retries", "health_check_interval_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0")
+        if not 0 <= self.slo_margin < 1:
+            raise ConfigError("slo_margin must be in [0, 1)")
+        return self

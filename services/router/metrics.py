@@ -1,0 +1,70 @@
+"""Prometheus metrics of one router (its own registry, so several can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40)
+ITL_BUCKETS = (0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04,
+               0.06, 0.08, 0.1, 0.2, 0.4, 0.8, 2)  # fmt: skip
+E2E_BUCKETS = (0.05, 0.1, 0.2, 0.4, 0.8, 1, 2, 4, 8, 16, 32, 64, 128, 300, 600)
+
+
+class RouterMetrics:
+    """Every metric the router exports, prefixed ``voltana_router_``."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "voltana_router_"
+        self.requests = Counter(p + "requests", "Requests answered", ["path", "status"], registry=r)
+        self.rejected = Counter(p + "rejected", "Requests refused", ["reason"], registry=r)
+        self.errors = Counter(
+            p + "upstream_errors", "Upstream failures", ["role", "kind"], registry=r
+        )
+        self.retries = Counter(p + "prefill_retries", "Prefill re-pairings", registry=r)
+        self.cancelled = Counter(p + "client_cancelled", "Client went away mid-request", registry=r)
+        self.in_flight = Gauge(p + "in_flight", "Requests being served", registry=r)
+        self.queued = Gauge(p + "queued", "Requests waiting for a slot", registry=r)
+        self.worker_in_flight = Gauge(
+            p + "worker_in_flight",
+            "In-flight requests per worker",
+            ["instance", "role"],
+            registry=r,
+        )
+        self.worker_healthy = Gauge(
+            p + "worker_healthy", "1 when the worker passes health checks", ["instance"], registry=r
+        )
+        self.circuit_open = Gauge(
+            p + "worker_circuit_open",
+            "1 while the worker's breaker is open",
+            ["instance"],
+            registry=r,
+        )
+        self.telemetry_age = Gauge(
+            p + "telemetry_age_seconds",
+            "Age of the freshest telemetry (-1: none)",
+            ["instance"],
+            registry=r,
+        )
+        self.nats_connected = Gauge(
+            p + "nats_connected", "1 when the bus is up; 0 = serving on own accounting", registry=r
+        )
+        self.bus_dropped = Counter(
+            p + "bus_dropped", "Bus messages not published", ["kind"], registry=r
+        )
+        self.decisions = Counter(
+            p + "decisions", "Route decisions", ["role", "instance"], registry=r
+        )
+        self.ttft = Histogram(
+            p + "ttft_seconds", "TTFT seen by the router", buckets=TTFT_BUCKETS, registry=r
+        )
+        self.itl = Histogram(
+            p + "itl_seconds",
+            "Inter-chunk gaps seen by the router",
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            p + "e2e_seconds", "End-to-end request latency", buckets=E2E_BUCKETS, registry=r
+        )
+        self.slo_met = Counter(p + "slo", "Finished requests by SLO outcome", ["met"], registry=r)

@@ -1,0 +1,388 @@
+"""The router service: HTTP front, admission control, health checks, state publishing.
+
+``Router`` owns one shared aiohttp ``ClientSession``, the :class:`ClusterState`,
+one policy per side and the bus link; :class:`~voltana.services.router.dispatch.Pd`
+does the PD exchange for each request. Use it as an async context manager or
+through ``voltana router``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import random
+import time
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from voltana.common.bus import BusOptions
+from voltana.common.logs import get_logger
+from voltana.schemas import subjects
+from voltana.schemas.base import now_ns
+from voltana.schemas.config import SloConfig
+from voltana.schemas.router import RequestRecord, RouteDecision
+from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
+from voltana.services.router import protocol as proto
+from voltana.services.router.busio import RouterBus
+from voltana.services.router.config import RouterConfig
+from voltana.services.router.dispatch import Outcome, Pd
+from voltana.services.router.metrics import RouterMetrics
+from voltana.services.router.policies import RouteRequest, make_policy
+from voltana.services.router.state import ClusterState, WorkerState
+from voltana.services.router.stats import request_record
+
+log = get_logger("router")
+
+GENERATE_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
+
+
+class Router:
+    """One running router. ``await start()`` binds; ``await stop()`` drains and closes."""
+
+    def __init__(self, cfg: RouterConfig) -> None:
+        self.cfg = cfg.validate()
+        self.metrics = RouterMetrics()
+        self.state = ClusterState(
+            [*cfg.prefill, *cfg.decode],
+            breaker_failures=cfg.breaker_failures,
+            breaker_open_s=cfg.breaker_open_s,
+            health_failure_threshold=cfg.health_failure_threshold,
+            telemetry_stale_s=cfg.telemetry_stale_s,
+            latency_window_s=cfg.latency_window_s,
+        )
+        self.slo = SloConfig(ttft_s=cfg.slo_ttft_s, itl_s=cfg.slo_itl_s, margin=cfg.slo_margin)
+        profile = None
+        if "ecoroute" in (cfg.prefill_policy, cfg.decode_policy) and cfg.profile:
+            from voltana.services.freqctl.profile import load_profile
+
+            profile = load_profile(cfg.profile)
+        self.prefill_policy = make_policy(cfg.prefill_policy, profile=profile, slo=self.slo)
+        self.decode_policy = make_policy(cfg.decode_policy, profile=profile, slo=self.slo)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.pyrng = random.Random(cfg.seed)
+        bus_opts = cfg.bus_options
+        if bus_opts is None and cfg.nats:
+            bus_opts = BusOptions(servers=[cfg.nats], name="voltana-router")
+        self.bus = RouterBus(bus_opts, self.metrics, self._on_instance, self._on_gpu)
+        self.pd = Pd(self)
+        self._sem = asyncio.Semaphore(cfg.max_concurrent_requests)
+        self._waiting = 0
+        self._active = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+        self._changed = asyncio.Event()
+        self.session: aiohttp.ClientSession
+        self.port = cfg.port
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.cfg.max_request_bytes)
+        for path in GENERATE_PATHS:
+            app.router.add_post(path, self._generate)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/health_generate", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/models", self._forward_get)
+        app.router.add_get("/get_model_info", self._forward_get)
+        app.router.add_get("/get_server_info", self._server_info)
+        app.router.add_post("/flush_cache", self._flush_cache)
+        app.router.add_get("/voltana/router/state", self._state_json)
+        return app
+
+    async def start(self) -> Router:
+        connector = aiohttp.TCPConnector(limit=self.cfg.upstream_connections, limit_per_host=0,
+                                         ttl_dns_cache=300, keepalive_timeout=60)  # fmt: skip
+        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_s,
+                                        sock_connect=self.cfg.connect_timeout_s,
+                                        sock_read=self.cfg.read_timeout_s)  # fmt: skip
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                             auto_decompress=False)  # fmt: skip
+        await self.bus.start()
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, backlog=4096)
+        await site.start()
+        if self.cfg.port == 0:
+            self.port = int(self._runner.addresses[0][1])
+        self._tasks = [asyncio.create_task(self._state_loop(), name="router-state")]
+        if self.cfg.health_check_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._health_loop(), name="router-health"))
+        log.info("router_started", host=self.cfg.host, port=self.port,
+                 prefill=[w.url for w in self.cfg.prefill], decode=[w.url for w in self.cfg.decode],
+                 prefill_policy=self.prefill_policy.name, decode_policy=self.decode_policy.name,
+                 nats=self.cfg.nats)  # fmt: skip
+        return self
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.bus.stop()
+        await self.session.close()
+        log.info("router_stopped")
+
+    async def __aenter__(self) -> Router:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}"
+
+    # -- decisions (called by Pd) ----------------------------------------------
+
+    def choose(self, rreq: RouteRequest, excluded: set[str],
+               path: str) -> tuple[WorkerState, WorkerState] | None:  # fmt: skip
+        now = time.monotonic()
+        st = self.state
+        pview = st.view("prefill", now)
+        if excluded:
+            from voltana.services.router.policies import ClusterView
+
+            pview = ClusterView(v for v in pview if v.instance not in excluded)
+        psel = self.prefill_policy.select(pview, rreq, now, self.rng)
+        dsel = self.decode_policy.select(st.view("decode", now), rreq, now, self.rng)
+        if psel is None or dsel is None:
+            return None
+        self._last_reasons = (psel.reason, dsel.reason)
+        return st.workers[psel.instance], st.workers[dsel.instance]
+
+    def on_dispatched(self, pw: WorkerState, dw: WorkerState, rreq: RouteRequest, room: int,
+                      path: str, info: proto.RequestInfo) -> None:  # fmt: skip
+        now = time.monotonic()
+        self.state.dispatched(pw.name, dw.name, rreq.request_id, rreq.input_tokens,
+                              rreq.max_new_tokens, now)  # fmt: skip
+        self.prefill_policy.on_dispatch(pw.name, rreq, now)
+        self.decode_policy.on_dispatch(dw.name, rreq, now)
+        self.metrics.decisions.labels("prefill", pw.name).inc()
+        self.metrics.decisions.labels("decode", dw.name).inc()
+        self._changed.set()
+        preason, dreason = getattr(self, "_last_reasons", ("", ""))
+        self.bus.publish(subjects.ROUTE_DECISION, RouteDecision(
+            t_ns=now_ns(), request_id=rreq.request_id, prefill=pw.name, decode=dw.name,
+            prefill_policy=self.prefill_policy.name, decode_policy=self.decode_policy.name,
+            bootstrap_room=room, input_tokens=rreq.input_tokens,
+            max_new_tokens=rreq.max_new_tokens, prefill_reason=preason, decode_reason=dreason,
+            path=path))  # fmt: skip
+
+    def breaker_result(self, name: str, ok: bool) -> None:
+        if self.state.request_result(name, ok, time.monotonic()):
+            w = self.state.workers[name]
+            log.warning("circuit_" + ("open" if w.breaker.opened_at else "closed"), instance=name)
+            self._changed.set()
+
+    def on_finished(self, rreq: RouteRequest, info: proto.RequestInfo, path: str, out: Outcome,
+                    arrival: float, arrival_ns: int) -> None:  # fmt: skip
+        now = time.monotonic()
+        if out.prefill:
+            self.prefill_policy.on_complete(out.prefill, rreq, now)
+        if out.decode:
+            self.decode_policy.on_complete(out.decode, rreq, now)
+        self._changed.set()
+        m = self.metrics
+        m.requests.labels(path, out.status).inc()
+        e2e = now - arrival
+        m.e2e.observe(e2e)
+        if out.ttft_s is not None and info.stream:
+            m.ttft.observe(out.ttft_s)
+        for g in out.gaps_s:
+            m.itl.observe(g)
+        rec = request_record(rreq, info, out, e2e, arrival_ns, self.slo, now_ns())
+        if rec.slo_met is not None:
+            m.slo_met.labels("true" if rec.slo_met else "false").inc()
+        self.bus.publish(subjects.REQUEST_DONE, rec)
+        if out.status != "ok":
+            log.warning("request_failed", request_id=rreq.request_id, status=out.status,
+                        prefill=out.prefill, decode=out.decode, error=out.error, path=path)  # fmt: skip
+        else:
+            log.debug("request_done", request_id=rreq.request_id, prefill=out.prefill,
+                      decode=out.decode, ttft_s=out.ttft_s, e2e_s=e2e, tokens=out.output_tokens)  # fmt: skip
+
+    def last_record(self) -> RequestRecord | None:  # pragma: no cover - debugging aid
+        return None
+
+    # -- telemetry -------------------------------------------------------------
+
+    def _on_instance(self, msg: InstanceTelemetry) -> None:
+        if self.state.on_instance_telemetry(msg, time.monotonic()):
+            self._changed.set()
+
+    def _on_gpu(self, msg: GpuTelemetry) -> None:
+        self.state.on_gpu_telemetry(msg, time.monotonic())
+
+    # -- background loops ------------------------------------------------------
+
+    async def _state_loop(self) -> None:
+        """Publish InstanceState on change (coalesced, <= 100 Hz) and at least at state_publish_hz."""
+        period = 1.0 / self.cfg.state_publish_hz
+        m = self.metrics
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), period)
+            self._changed.clear()
+            now = time.monotonic()
+            t_ns = now_ns()
+            for w in self.state.workers.values():
+                m.worker_in_flight.labels(w.name, w.spec.role).set(w.in_flight_requests)
+                m.worker_healthy.labels(w.name).set(1 if w.healthy else 0)
+                m.circuit_open.labels(w.name).set(1 if w.breaker.is_open(now) else 0)
+                age = self.state.telemetry_age_s(w, now)
+                m.telemetry_age.labels(w.name).set(-1 if age is None else age)
+                if self.bus.connected:
+                    msg = self.state.instance_state(w.name, now, t_ns)
+                    self.bus.publish(subjects.router_state(msg.role, w.name), msg)
+            m.in_flight.set(self._active)
+            m.queued.set(self._waiting)
+            await asyncio.sleep(0.01)
+
+    async def _check(self, w: WorkerState) -> None:
+        url = w.spec.url + self.cfg.health_check_path
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.cfg.health_check_timeout_s)
+            async with self.session.get(url, timeout=timeout) as resp:
+                await resp.read()
+                ok, err = resp.status == 200, None if resp.status == 200 else f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            ok, err = False, f"{type(exc).__name__}: {exc}"
+        if self.state.health_result(w.name, ok, err):
+            log.warning("worker_health_changed", instance=w.name, healthy=ok, error=err)
+            self._changed.set()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._check(w) for w in self.state.workers.values()))
+            await asyncio.sleep(self.cfg.health_check_interval_s)
+
+    # -- handlers --------------------------------------------------------------
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        key = self.cfg.api_key
+        if key is None:
+            return None
+        got = request.headers.get("Authorization", "")
+        if got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip(), key):
+            return None
+        self.metrics.rejected.labels("auth").inc()
+        return web.Response(status=401, body=proto.error_body("invalid or missing API key",
+                            code=401), content_type="application/json")  # fmt: skip
+
+    @staticmethod
+    def _err(status: int, message: str) -> web.Response:
+        return web.Response(status=status, body=proto.error_body(message, code=status),
+                            content_type="application/json")  # fmt: skip
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        denied = self._auth(request)
+        if denied is not None:
+            return denied
+        if (request.content_length or 0) > self.cfg.max_request_bytes:
+            self.metrics.rejected.labels("too_large").inc()
+            return self._err(413, f"request body over {self.cfg.max_request_bytes} bytes")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.metrics.rejected.labels("too_large").inc()
+            return self._err(413, f"request body over {self.cfg.max_request_bytes} bytes")
+        path = request.path
+        try:
+            body = proto.decode(raw)
+            info = proto.inspect_request(path, body)
+        except proto.ProtocolError as exc:
+            self.metrics.rejected.labels("bad_request").inc()
+            return self._err(400, str(exc))
+        if self._sem.locked():
+            if self._waiting >= self.cfg.max_queued_requests:
+                self.metrics.rejected.labels("queue_full").inc()
+                return self._err(429, "router queue is full; retry later")
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(self._sem.acquire(), self.cfg.queue_timeout_s)
+            except TimeoutError:
+                self.metrics.rejected.labels("queue_timeout").inc()
+                return self._err(503, "timed out waiting for a free slot")
+            finally:
+                self._waiting -= 1
+        else:
+            await self._sem.acquire()
+        self._active += 1
+        try:
+            return await self.pd.serve(request, path, body, info)
+        finally:
+            self._active -= 1
+            self._sem.release()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        ok = all(any(w.available(now) for w in self.state.role(r)) for r in ("prefill", "decode"))
+        return web.Response(status=200 if ok else 503, text="" if ok else "no healthy workers")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
+
+    def _first_available(self) -> WorkerState | None:
+        now = time.monotonic()
+        for role in ("decode", "prefill"):
+            for w in self.state.role(role):
+                if w.available(now):
+                    return w
+        return None
+
+    async def _forward_get(self, request: web.Request) -> web.Response:
+        w = self._first_available()
+        if w is None:
+            return self._err(503, "no healthy worker")
+        try:
+            async with self.session.get(w.spec.url + request.path_qs) as resp:
+                data = await resp.read()
+                return web.Response(status=resp.status, body=data, content_type=resp.content_type)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._err(502, f"{w.name}: {exc}")
+
+    async def _info(self, w: WorkerState) -> Any:
+        try:
+            async with self.session.get(w.spec.url + "/get_server_info") as resp:
+                return proto.decode(await resp.read()) if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, proto.ProtocolError):
+            return None
+
+    async def _server_info(self, request: web.Request) -> web.Response:
+        out: dict[str, Any] = {}
+        for role in ("prefill", "decode"):
+            ws = self.state.role(role)
+            out[role] = [i for i in await asyncio.gather(*(self._info(w) for w in ws)) if i]
+        out["router"] = {"name": "voltana-router", "prefill_policy": self.prefill_policy.name,
+                         "decode_policy": self.decode_policy.name}  # fmt: skip
+        return web.json_response(out)
+
+    async def _flush_cache(self, request: web.Request) -> web.Response:
+        async def one(w: WorkerState) -> bool:
+            try:
+                async with self.session.post(w.spec.url + "/flush_cache") as resp:
+                    return resp.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        res = await asyncio.gather(*(one(w) for w in self.state.workers.values()))
+        return web.Response(status=200 if all(res) else 502)
+
+    async def _state_json(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        from voltana.schemas.codec import to_json
+
+        views = [self.state.instance_state(n, now, now_ns()) for n in self.state.workers]
+        body = b'{"nats_connected":' + (b"true" if self.bus.connected else b"false")
+        body += b',"instances":[' + b",".join(to_json(v) for v in views) + b"]}"
+        return web.Response(body=body, content_type="application/json")

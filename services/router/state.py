@@ -1,0 +1,307 @@
+"""The router's picture of its workers: own accounting merged with telemetry, each with its age.
+
+Pure bookkeeping: every method takes ``now`` (monotonic seconds) and does no I/O.
+The shell calls ``dispatched``/``first_token``/``finished`` around each request,
+``health_result`` from the health checker, ``request_result`` for the circuit
+breaker, and ``on_*_telemetry`` from the bus; ``view(role, now)`` builds the
+:class:`ClusterView` a policy sees.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from voltana.schemas.router import InstanceState
+from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry, LatencyWindow
+from voltana.services.router.config import WorkerSpec
+from voltana.services.router.policies.base import ClusterView, InstanceView
+
+__all__ = ["Breaker", "ClusterState", "WorkerState"]
+
+
+@dataclass(slots=True)
+class Breaker:
+    """Consecutive-failure circuit breaker: closed -> open (cool-down) -> half-open -> closed."""
+
+    failures_to_open: int
+    open_s: float
+    failures: int = 0
+    opened_at: float | None = None
+    trial_in_flight: bool = False
+
+    def allows(self, now: float) -> bool:
+        """True when a request may go to this worker now (half-open allows one trial)."""
+        if self.opened_at is None:
+            return True
+        return now - self.opened_at >= self.open_s and not self.trial_in_flight
+
+    def is_open(self, now: float) -> bool:
+        return self.opened_at is not None and now - self.opened_at < self.open_s
+
+    def on_dispatch(self, now: float) -> None:
+        if self.opened_at is not None and now - self.opened_at >= self.open_s:
+            self.trial_in_flight = True
+
+    def record(self, ok: bool, now: float) -> bool:
+        """Count one outcome; returns True when the breaker changed state."""
+        was_open = self.opened_at is not None
+        self.trial_in_flight = False
+        if ok:
+            self.failures = 0
+            self.opened_at = None
+            return was_open
+        self.failures += 1
+        if self.failures >= self.failures_to_open or was_open:
+            self.opened_at = now
+            return not was_open
+        return False
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """Everything known about one worker."""
+
+    spec: WorkerSpec
+    breaker: Breaker
+    healthy: bool = True
+    health_failures: int = 0
+    last_health_error: str | None = None
+    in_flight_requests: int = 0
+    in_flight_tokens: int = 0
+    queued_prefill_tokens: int = 0
+    waiting_since: dict[str, float] = field(default_factory=dict)
+    completed: int = 0
+    failed: int = 0
+    engine: InstanceTelemetry | None = None
+    engine_at: float | None = None
+    gpus: dict[int, tuple[GpuTelemetry, float]] = field(default_factory=dict)
+    ttft_samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=4096))
+    itl_samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=4096))
+    seq: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def available(self, now: float) -> bool:
+        return self.healthy and self.breaker.allows(now)
+
+
+def _window(
+    samples: deque[tuple[float, float]], now: float, window_s: float
+) -> LatencyWindow | None:
+    vals = [v for t, v in samples if now - t <= window_s]
+    if not vals:
+        return None
+    a = np.asarray(vals, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return LatencyWindow(
+        count=len(vals),
+        window_s=window_s,
+        mean_s=float(a.mean()),
+        p50_s=float(p50),
+        p90_s=float(p90),
+        p99_s=float(p99),
+        max_s=float(a.max()),
+    )
+
+
+class ClusterState:
+    """All workers, by name, with URL lookup for telemetry matching."""
+
+    def __init__(
+        self,
+        workers: list[WorkerSpec],
+        *,
+        breaker_failures: int = 5,
+        breaker_open_s: float = 10.0,
+        health_failure_threshold: int = 3,
+        telemetry_stale_s: float = 2.0,
+        latency_window_s: float = 10.0,
+    ) -> None:
+        self.workers: dict[str, WorkerState] = {
+            w.name: WorkerState(w, Breaker(breaker_failures, breaker_open_s)) for w in workers
+        }
+        self.by_url = {w.url.rstrip("/"): w.name for w in workers}
+        self.health_failure_threshold = max(1, health_failure_threshold)
+        self.telemetry_stale_s = telemetry_stale_s
+        self.latency_window_s = latency_window_s
+        self.changed: set[str] = set()
+
+    def role(self, role: str) -> list[WorkerState]:
+        return [w for w in self.workers.values() if w.spec.role == role]
+
+    # -- request accounting ----------------------------------------------
+
+    def dispatched(
+        self,
+        prefill: str,
+        decode: str,
+        request_id: str,
+        input_tokens: int,
+        out_tokens: int,
+        now: float,
+    ) -> None:
+        p, d = self.workers[prefill], self.workers[decode]
+        p.in_flight_requests += 1
+        p.in_flight_tokens += input_tokens
+        p.queued_prefill_tokens += input_tokens
+        p.waiting_since[request_id] = now
+        p.breaker.on_dispatch(now)
+        d.in_flight_requests += 1
+        d.in_flight_tokens += input_tokens + out_tokens
+        d.waiting_since[request_id] = now
+        d.breaker.on_dispatch(now)
+        self.changed.update((prefill, decode))
+
+    def prefill_done(self, prefill: str, request_id: str, input_tokens: int) -> None:
+        """The prefill side of a request ended (answered, failed or cancelled)."""
+        p = self.workers[prefill]
+        if p.waiting_since.pop(request_id, None) is None:
+            return
+        p.in_flight_requests -= 1
+        p.in_flight_tokens -= input_tokens
+        p.queued_prefill_tokens -= input_tokens
+        self.changed.add(prefill)
+
+    def first_token(self, decode: str, request_id: str, ttft_s: float, now: float) -> None:
+        d = self.workers[decode]
+        d.waiting_since.pop(request_id, None)
+        d.ttft_samples.append((now, ttft_s))
+        self.changed.add(decode)
+
+    def decode_done(
+        self,
+        decode: str,
+        request_id: str,
+        input_tokens: int,
+        out_tokens: int,
+        itl_s: list[float],
+        now: float,
+    ) -> None:
+        d = self.workers[decode]
+        d.waiting_since.pop(request_id, None)
+        d.in_flight_requests -= 1
+        d.in_flight_tokens -= input_tokens + out_tokens
+        for gap in itl_s[-256:]:
+            d.itl_samples.append((now, gap))
+        self.changed.add(decode)
+
+    def request_result(self, name: str, ok: bool, now: float) -> bool:
+        """Feed the worker's circuit breaker; True when it opened or closed."""
+        w = self.workers[name]
+        if ok:
+            w.completed += 1
+        else:
+            w.failed += 1
+        flipped = w.breaker.record(ok, now)
+        if flipped:
+            self.changed.add(name)
+        return flipped
+
+    def health_result(self, name: str, ok: bool, error: str | None) -> bool:
+        """Record one health check; True when the worker's health flipped."""
+        w = self.workers[name]
+        before = w.healthy
+        if ok:
+            w.health_failures = 0
+            w.healthy = True
+            w.last_health_error = None
+        else:
+            w.health_failures += 1
+            w.last_health_error = error
+            if w.health_failures >= self.health_failure_threshold:
+                w.healthy = False
+        if before != w.healthy:
+            self.changed.add(name)
+        return before != w.healthy
+
+    # -- telemetry ---------------------------------------------------------
+
+    def _match(self, instance: str | None, url: str | None) -> WorkerState | None:
+        if url and url.rstrip("/") in self.by_url:
+            return self.workers[self.by_url[url.rstrip("/")]]
+        if instance and instance in self.workers:
+            return self.workers[instance]
+        return None
+
+    def on_instance_telemetry(self, msg: InstanceTelemetry, now: float) -> bool:
+        w = self._match(msg.instance, msg.url)
+        if w is None:
+            return False
+        w.engine, w.engine_at = msg, now
+        return True
+
+    def on_gpu_telemetry(self, msg: GpuTelemetry, now: float) -> bool:
+        w = self._match(msg.instance, None)
+        if w is None:
+            return False
+        w.gpus[msg.gpu] = (msg, now)
+        return True
+
+    def _fresh_gpus(self, w: WorkerState, now: float) -> list[GpuTelemetry]:
+        return [g for g, at in w.gpus.values() if now - at <= self.telemetry_stale_s]
+
+    def telemetry_age_s(self, w: WorkerState, now: float) -> float | None:
+        ages = [now - at for _, at in w.gpus.values()]
+        if w.engine_at is not None:
+            ages.append(now - w.engine_at)
+        return min(ages) if ages else None
+
+    # -- views -------------------------------------------------------------
+
+    def instance_view(self, w: WorkerState, now: float) -> InstanceView:
+        fresh_engine = (
+            w.engine
+            if (w.engine_at is not None and now - w.engine_at <= self.telemetry_stale_s)
+            else None
+        )
+        gpus = self._fresh_gpus(w, now)
+        oldest = min(w.waiting_since.values()) if w.waiting_since else None
+        return InstanceView(
+            instance=w.name,
+            role="prefill" if w.spec.role == "prefill" else "decode",
+            url=w.spec.url,
+            healthy=w.available(now),
+            in_flight_requests=w.in_flight_requests,
+            in_flight_tokens=w.in_flight_tokens,
+            queued_prefill_tokens=w.queued_prefill_tokens,
+            running_batch=fresh_engine.num_running_reqs if fresh_engine else None,
+            kv_tokens=fresh_engine.kv_used_tokens if fresh_engine else None,
+            clock_mhz=max(g.sm_clock_mhz for g in gpus) if gpus else None,
+            oldest_wait_s=0.0 if oldest is None else max(now - oldest, 0.0),
+            power_w=sum(g.power_w for g in gpus) if gpus else None,
+            engine_queue_reqs=fresh_engine.num_queue_reqs if fresh_engine else None,
+            telemetry_age_s=self.telemetry_age_s(w, now),
+        )
+
+    def view(self, role: str, now: float) -> ClusterView:
+        return ClusterView(self.instance_view(w, now) for w in self.role(role))
+
+    def instance_state(self, name: str, now: float, t_ns: int) -> InstanceState:
+        """The bus message for one instance (increments its sequence number)."""
+        w = self.workers[name]
+        v = self.instance_view(w, now)
+        w.seq += 1
+        return InstanceState(
+            t_ns=t_ns,
+            instance=w.name,
+            role="prefill" if w.spec.role == "prefill" else "decode",
+            url=w.spec.url,
+            seq=w.seq,
+            in_flight_requests=w.in_flight_requests,
+            in_flight_tokens=w.in_flight_tokens,
+            queued_prefill_tokens=w.queued_prefill_tokens,
+            oldest_wait_s=v.oldest_wait_s,
+            healthy=w.healthy,
+            circuit_open=w.breaker.is_open(now),
+            sm_clock_mhz=v.clock_mhz,
+            power_w=v.power_w,
+            engine_running_reqs=v.running_batch,
+            engine_queue_reqs=v.engine_queue_reqs,
+            telemetry_age_s=v.telemetry_age_s,
+            ttft=_window(w.ttft_samples, now, self.latency_window_s),
+            itl=_window(w.itl_samples, now, self.latency_window_s),
+        )

@@ -1,0 +1,44 @@
+"""Per-request statistics: TTFT, ITL and SLO attainment as the client saw them (pure)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import numpy as np
+from voltana.schemas.config import SloConfig
+from voltana.schemas.router import RequestRecord, RequestStatus
+from voltana.services.router import protocol as proto
+from voltana.services.router.dispatch import Outcome
+from voltana.services.router.policies import RouteRequest
+
+
+def request_record(rreq: RouteRequest, info: proto.RequestInfo, out: Outcome, e2e_s: float,
+                   arrival_ns: int, slo: SloConfig, t_ns: int) -> RequestRecord:  # fmt: skip
+    """The bus record of one finished request.
+
+    TTFT and ITL are measured only for streamed requests (a non-streamed answer
+    has no first token to time). ITL is the gap between consecutive SSE data
+    events; ``slo_met`` = TTFT within its SLO and mean ITL within its SLO.
+    """
+    itl_mean = itl_p99 = itl_max = frac = None
+    ttft = out.ttft_s if info.stream else None
+    if out.gaps_s:
+        a = np.asarray(out.gaps_s, dtype=np.float64)
+        itl_mean, itl_p99, itl_max = float(a.mean()), float(np.percentile(a, 99)), float(a.max())
+        frac = float((a <= slo.itl_s).mean())
+    ttft_met = None if ttft is None else ttft <= slo.ttft_s
+    itl_met = None if itl_mean is None else itl_mean <= slo.itl_s
+    slo_met = None
+    if out.status == "ok" and ttft_met is not None:
+        slo_met = ttft_met and (itl_met is not False)
+    elif out.status != "ok":
+        slo_met = False
+    status = cast(RequestStatus, out.status)
+    return RequestRecord(
+        t_ns=t_ns, request_id=rreq.request_id, prefill=out.prefill, decode=out.decode,
+        status=status, arrival_t_ns=arrival_ns, input_tokens=rreq.input_tokens,
+        output_tokens=out.output_tokens, ttft_s=ttft, e2e_s=e2e_s, itl_mean_s=itl_mean,
+        itl_p99_s=itl_p99, itl_max_s=itl_max, itl_within_slo_frac=frac, slo_ttft_s=slo.ttft_s,
+        slo_itl_s=slo.itl_s, ttft_met=ttft_met, itl_met=itl_met, slo_met=slo_met,
+        error=out.error, stream=info.stream,
+    )  # fmt: skip
