@@ -48,7 +48,9 @@ class BusOptions(msgspec.Struct, kw_only=True):
     """How to reach NATS. Every field has a working default for a local server.
 
     ``reconnect_*`` set the exponential backoff between reconnect attempts;
-    ``max_reconnect_attempts`` -1 retries forever.
+    ``max_reconnect_attempts`` -1 retries forever once connected; the first
+    connection tries each server ``connect_attempts`` times, then fails with a
+    clear :class:`BusError`.
     """
 
     servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
@@ -63,6 +65,7 @@ class BusOptions(msgspec.Struct, kw_only=True):
     tls_key_file: str | None = None
     tls_hostname: str | None = None
     connect_timeout_s: float = 2.0
+    connect_attempts: int = 3
     allow_reconnect: bool = True
     max_reconnect_attempts: int = -1
     reconnect_initial_s: float = 0.1
@@ -109,6 +112,7 @@ class Bus:
         self.published = 0
         self.received = 0
         self._js: JetStreamContext | None = None
+        self._closing = False
         self._on_disconnect: list[Callable[[], Awaitable[None] | None]] = []
         self._on_reconnect: list[Callable[[], Awaitable[None] | None]] = []
 
@@ -140,6 +144,8 @@ class Bus:
             log.warning("nats_error", error=str(exc) or type(exc).__name__)
 
         async def on_disconnect() -> None:
+            if holder and holder["bus"]._closing:
+                return
             log.warning("nats_disconnected")
             if holder:
                 await holder["bus"]._fire(holder["bus"]._on_disconnect)
@@ -157,7 +163,8 @@ class Bus:
             name=opts.name,
             connect_timeout=opts.connect_timeout_s,
             allow_reconnect=opts.allow_reconnect,
-            max_reconnect_attempts=opts.max_reconnect_attempts,
+            # bounded while connecting for the first time; opts' value once connected
+            max_reconnect_attempts=max(1, opts.connect_attempts),
             reconnect_time_wait=opts.reconnect_initial_s,
             reconnect_to_server_handler=pick,
             error_cb=on_error,
@@ -189,6 +196,7 @@ class Bus:
             with contextlib.suppress(Exception):
                 await nc.close()
             raise BusError(msg, servers=opts.servers) from exc
+        nc.options["max_reconnect_attempts"] = opts.max_reconnect_attempts
         bus = cls(nc, opts)
         holder["bus"] = bus
         return bus
@@ -218,6 +226,7 @@ class Bus:
         """Flush what is pending and close (drain)."""
         if self.nc.is_closed:
             return
+        self._closing = True
         try:
             await asyncio.wait_for(self.nc.drain(), timeout=2.0)
         except Exception:
@@ -274,13 +283,23 @@ class Bus:
             except Exception:
                 log.exception("bus_handler_failed", subject=m.subject)
 
-        return await self.nc.subscribe(subject, queue=queue, cb=cb)
+        sub = await self.nc.subscribe(subject, queue=queue, cb=cb)
+        await self._flush_interest()
+        return sub
+
+    async def _flush_interest(self) -> None:
+        """Round-trip to the server so a subscription is live before we return."""
+        if self.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
 
     async def subscribe_raw(
         self, subject: str, handler: Callable[[Msg], Awaitable[None]]
     ) -> Subscription:
         """Subscribe without decoding (tools such as ``voltana tail``)."""
-        return await self.nc.subscribe(subject, cb=handler)
+        sub = await self.nc.subscribe(subject, cb=handler)
+        await self._flush_interest()
+        return sub
 
     def decode_error_total(self) -> int:
         return sum(self.decode_errors.values())
