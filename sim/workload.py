@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-
 from voltana.common.errors import ConfigError
 
 __all__ = [
@@ -146,9 +145,7 @@ def _rows_burstgpt(path: Path) -> list[tuple[float, int, int]]:
                 out = int(float(norm["response tokens"]))
                 if out <= 0:
                     continue  # a failed request in BurstGPT's log
-                rows.append(
-                    (float(norm["timestamp"]), int(float(norm["request tokens"])), out)
-                )
+                rows.append((float(norm["timestamp"]), int(float(norm["request tokens"])), out))
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 raise ConfigError(
                     f"trace {path}:{lineno}: bad BurstGPT row {rec!r}: {exc}"
@@ -288,7 +285,5 @@ def synthetic(
     n = len(times)
     ins = (input_len or LengthDist("lognormal", 1155.0, 0.9, 16, 16384)).sample(rng, n)
     outs = (output_len or LengthDist("lognormal", 211.0, 1.0, 1, 4096)).sample(rng, n)
-    reqs = tuple(
-        SimRequest(f"s{i}", float(times[i]), int(ins[i]), int(outs[i])) for i in range(n)
-    )
+    reqs = tuple(SimRequest(f"s{i}", float(times[i]), int(ins[i]), int(outs[i])) for i in range(n))
     return Workload(name=f"{arrival}-{rate_rps:g}rps", requests=reqs, source="synthetic")

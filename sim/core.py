@@ -1,0 +1,448 @@
+"""The discrete-event simulator: P prefill + D decode instances in virtual time.
+
+Events (a heap ordered by time, then insertion):
+
+- arrival: the routing policies pick a prefill and a decode instance (as
+  SGLang's PD router does, both at dispatch); the request is submitted to both
+  engines and the decode engine preallocates its KV when it can;
+- iteration end: the engine applies the iteration (chunked prefill or one
+  decode step); finished prefills start their KV transfer once the decode side
+  holds the KV reservation; the next iteration starts at once;
+- transfer end: the prefill side frees the KV; the decode side receives it and
+  emits the first token (TTFT ends here, as a client of SGLang PD sees it);
+- telemetry tick: refreshes what the router sees (and, in ``telemetry``
+  control mode, feeds the clock controllers).
+
+Clock control, per instance, with the very controllers of freqctl:
+``control="iteration"`` decides before every engine iteration and on wake/idle
+from fresh state (the in-engine placement of the published method);
+``control="telemetry"`` decides only on telemetry samples (what the NATS
+deployment does). Either way a decision takes effect ``control_lag_s`` later
+(bus + NVML), possibly in the middle of an iteration.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from voltana.schemas.config import SloConfig
+from voltana.services.emulator.engine import AdmissionError, BatchPlan, EngineConfig
+from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
+from voltana.services.freqctl.controllers.base import ClockController
+from voltana.services.router.policies.base import (
+    ClusterView,
+    InstanceView,
+    RouteRequest,
+    RoutingPolicy,
+)
+from voltana.sim.instance import Instance
+from voltana.sim.metrics import ItlRecorder, RequestOutcome, RunMetrics
+from voltana.sim.workload import Workload
+
+__all__ = ["ClusterSpec", "SimConfig", "Simulator"]
+
+_ARRIVE, _ITER, _XFER, _TICK = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """Instances and hardware: ``n_prefill`` + ``n_decode`` instances of ``tp`` GPUs."""
+
+    n_prefill: int = 2
+    n_decode: int = 2
+    gpu: str = "h100"
+    model: str = "llama-3.1-8b"
+    tp: int = 1
+
+    @staticmethod
+    def parse(text: str, **kw: Any) -> ClusterSpec:
+        """``"2p2d"`` -> 2 prefill + 2 decode."""
+        t = text.strip().lower()
+        try:
+            p, d = t.rstrip("d").split("p")
+            return ClusterSpec(n_prefill=int(p), n_decode=int(d), **kw)
+        except ValueError as exc:
+            from voltana.common.errors import ConfigError
+
+            raise ConfigError(f"cluster must look like 2p2d, got {text!r}") from exc
+
+    @property
+    def label(self) -> str:
+        return f"{self.n_prefill}p{self.n_decode}d"
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything about a run except the policy and the workload."""
+
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+    slo: SloConfig = field(default_factory=SloConfig)
+    seed: int = 0
+    noise: float = 0.02  # ground-truth iteration-time jitter (relative std)
+    control: Literal["iteration", "telemetry"] = "iteration"
+    control_lag_s: float = 0.003  # decision -> clock in effect (NVML apply ~3 ms)
+    telemetry_period_s: float = 0.25  # router (and telemetry-mode controller) refresh
+    observed_window_s: float = 1.0  # span of observed TTFT/ITL fed to controllers
+    max_running_requests: int = 256
+    chunked_prefill_size: int = 8192
+    kv_mem_fraction: float = 0.88
+    series_min_dt_s: float = 0.05
+    drain_limit_s: float = 600.0  # stop this long after the last arrival, whatever is left
+
+    def kv_capacity_tokens(self) -> int:
+        c = self.cluster
+        return GpuModel(GPUS[c.gpu], MODELS[c.model], c.tp).kv_capacity_tokens(self.kv_mem_fraction)
+
+
+ClockChooser = Callable[[Instance, BatchPlan, float], int]
+"""Oracle hook: picks the clock for the iteration about to run (no lag)."""
+
+
+class Simulator:
+    """One run of one policy over one workload.
+
+    Args:
+        config: cluster, SLO, seed and timing knobs.
+        controllers: one controller object per role ("prefill", "decode"); may be the same.
+        prefill_policy / decode_policy: routing policies (from ``make_policy``).
+        start_clock_mhz: the clock every GPU holds at t = 0 (default: max, GPU default).
+        oracle: optional per-iteration clock chooser used instead of the controllers.
+    """
+
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        controllers: dict[str, ClockController],
+        prefill_policy: RoutingPolicy,
+        decode_policy: RoutingPolicy,
+        name: str,
+        oracle: ClockChooser | None = None,
+    ) -> None:
+        self.cfg = config
+        self.name = name
+        self.controllers = controllers
+        self.policies = {"prefill": prefill_policy, "decode": decode_policy}
+        self.oracle = oracle
+        c = config.cluster
+        if c.gpu not in GPUS or c.model not in MODELS:
+            from voltana.common.errors import ConfigError
+
+            raise ConfigError(f"unknown gpu {c.gpu!r} or model {c.model!r}")
+        seeds = np.random.SeedSequence(config.seed).spawn(c.n_prefill + c.n_decode + 1)
+        self.rng = np.random.default_rng(seeds[-1])
+        kv_cap = config.kv_capacity_tokens()
+        self.instances: dict[str, Instance] = {}
+        self.by_role: dict[str, list[Instance]] = {"prefill": [], "decode": []}
+        i = 0
+        for role, n in (("prefill", c.n_prefill), ("decode", c.n_decode)):
+            for k in range(n):
+                model = GpuModel(
+                    GPUS[c.gpu],
+                    MODELS[c.model],
+                    c.tp,
+                    noise=config.noise,
+                    seed=int(seeds[i].generate_state(1)[0]),
+                )
+                i += 1
+                eng = EngineConfig(
+                    role=role,
+                    max_running_requests=config.max_running_requests,
+                    chunked_prefill_size=config.chunked_prefill_size,
+                    kv_capacity_tokens=kv_cap,
+                )
+                inst = Instance(
+                    f"{role[0]}{k}",
+                    role,
+                    eng,
+                    model,
+                    model.max_clock_mhz,
+                    series_min_dt_s=config.series_min_dt_s,
+                    observed_window_s=config.observed_window_s,
+                )
+                self.instances[inst.name] = inst
+                self.by_role[role].append(inst)
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._seq = 0
+        self.outcomes: dict[str, RequestOutcome] = {}
+        self._route: dict[str, RouteRequest] = {}
+        self._allocated: set[str] = set()
+        self._prefilled: set[str] = set()
+        self._last_tok: dict[str, float] = {}
+        self.itl = ItlRecorder()
+        # router accounting per instance
+        self._inflight: dict[str, dict[str, int]] = {n: {} for n in self.instances}
+        self._awaiting_first: dict[str, dict[str, float]] = {n: {} for n in self.instances}
+        self._telemetry: dict[str, tuple[int, int, int, float]] = {}
+        self.now = 0.0
+
+    # ----- event plumbing -------------------------------------------------------------
+    def _push(self, t: float, kind: int, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, payload))
+
+    # ----- control ----------------------------------------------------------------------
+    def _decide(self, inst: Instance, t: float) -> None:
+        if self.oracle is not None:
+            return
+        ctl = self.controllers[inst.role]
+        dec = ctl.decide(inst.control_input(t), t)
+        clock = inst.model.max_clock_mhz if dec.default_clocks else dec.clock_mhz
+        inst.last_decision_rule = dec.rule
+        inst.command_clock(t + self.cfg.control_lag_s, clock)
+
+    def _kick(self, inst: Instance, t: float) -> None:
+        """Start the next iteration on an idle instance (deciding its clock first)."""
+        if inst.running is not None:
+            return
+        if self.oracle is not None:
+            run = inst.start_iteration(t, self.oracle)
+            if run is None:  # idle: the oracle parks at the lowest clock at once
+                inst.command_clock(t, inst.model.min_clock_mhz)
+                inst.apply_pending(t)
+                return
+            self._push(run.t_end, _ITER, inst)
+            return
+        if self.cfg.control == "iteration":
+            self._decide(inst, t)
+        run = inst.start_iteration(t)
+        if run is not None:
+            self._push(run.t_end, _ITER, inst)
+
+    # ----- routing ----------------------------------------------------------------------
+    def _view(self, role: str, t: float) -> ClusterView:
+        views = []
+        for inst in self.by_role[role]:
+            fl = self._inflight[inst.name]
+            aw = self._awaiting_first[inst.name]
+            tele = self._telemetry.get(inst.name)
+            queued = 0
+            oldest = 0.0
+            if aw:
+                oldest = max(t - min(aw.values()), 0.0)
+                for rid in aw:
+                    queued += self._route[rid].input_tokens
+            views.append(
+                InstanceView(
+                    instance=inst.name,
+                    role=role,
+                    in_flight_requests=len(fl),
+                    in_flight_tokens=sum(fl.values()),
+                    queued_prefill_tokens=queued,
+                    running_batch=None if tele is None else tele[0],
+                    kv_tokens=None if tele is None else tele[1],
+                    clock_mhz=None if tele is None else tele[2],
+                    power_w=None if tele is None else tele[3],
+                    oldest_wait_s=oldest,
+                    telemetry_age_s=None if tele is None else 0.0,
+                )
+            )
+        return ClusterView(views)
+
+    def _refresh_telemetry(self, t: float) -> None:
+        for inst in self.instances.values():
+            st = inst.engine.stats()
+            p = inst.running.power_w if inst.running is not None else inst.idle_power_w()
+            self._telemetry[inst.name] = (st.running_reqs, st.decode_kv_tokens, inst.clock_mhz, p)
+            if self.cfg.control == "telemetry" and self.oracle is None:
+                self._decide(inst, t)
+                if inst.running is None:
+                    inst.apply_pending(t)
+
+    def _select(self, role: str, rr: RouteRequest, t: float) -> Instance | None:
+        sel = self.policies[role].select(self._view(role, t), rr, t, self.rng)
+        if sel is None:
+            return None
+        return self.instances.get(sel.instance)
+
+    # ----- request flow -----------------------------------------------------------------
+    def _arrive(self, rr: RouteRequest, out: RequestOutcome, t: float) -> None:
+        p = self._select("prefill", rr, t)
+        d = self._select("decode", rr, t)
+        if p is None or d is None:
+            return  # rejected: stays unfinished, counted as a miss
+        try:
+            p.engine.submit(
+                rr.request_id,
+                prompt_tokens=rr.input_tokens,
+                max_new_tokens=rr.max_new_tokens,
+                now=t,
+            )
+            d.engine.submit(
+                rr.request_id,
+                prompt_tokens=rr.input_tokens,
+                max_new_tokens=rr.max_new_tokens,
+                now=t,
+            )
+        except AdmissionError:
+            p.engine.abort(rr.request_id)
+            return
+        out.prefill, out.decode = p.name, d.name
+        for inst in (p, d):
+            self.policies[inst.role].on_dispatch(inst.name, rr, t)
+            self._inflight[inst.name][rr.request_id] = rr.input_tokens + rr.max_new_tokens
+            self._awaiting_first[inst.name][rr.request_id] = t
+        self._admit_decode(d, t)
+        self._kick(p, t)
+
+    def _admit_decode(self, d: Instance, t: float) -> None:
+        for ev in d.engine.admit(t):
+            self._allocated.add(ev.rid)
+            if ev.rid in self._prefilled:
+                self._start_transfer(ev.rid, t)
+
+    def _start_transfer(self, rid: str, t: float) -> None:
+        out = self.outcomes[rid]
+        d = self.instances[out.decode]
+        self._push(t + d.model.kv_transfer_s(out.input_tokens), _XFER, rid)
+
+    def _transfer_done(self, rid: str, t: float) -> None:
+        out = self.outcomes[rid]
+        p, d = self.instances[out.prefill], self.instances[out.decode]
+        self._prefilled.discard(rid)
+        self._allocated.discard(rid)
+        p.engine.transfer_done(rid, t)
+        self._inflight[p.name].pop(rid, None)
+        self._awaiting_first[p.name].pop(rid, None)
+        self._awaiting_first[d.name].pop(rid, None)
+        self.policies["prefill"].on_complete(p.name, self._route[rid], t)
+        out.first_token_s = t
+        self._last_tok[rid] = t
+        for ev in d.engine.kv_arrived(rid, t):
+            if ev.kind == "finished":
+                self._finish(d, rid, t)
+        self._kick(p, t)  # freed KV may unblock waiting prefills
+        self._kick(d, t)
+
+    def _finish(self, d: Instance, rid: str, t: float) -> None:
+        out = self.outcomes[rid]
+        out.finish_s = t
+        self._last_tok.pop(rid, None)
+        self._inflight[d.name].pop(rid, None)
+        self.policies["decode"].on_complete(d.name, self._route[rid], t)
+
+    def _iteration_done(self, inst: Instance, t: float) -> None:
+        run = inst.finish_iteration()
+        plan = run.plan
+        events = inst.engine.complete(plan, t)
+        if plan.kind == "prefill":
+            for ev in events:
+                if ev.kind == "prefill_done":
+                    rid = ev.rid
+                    out = self.outcomes[rid]
+                    out.prefill_done_s = t
+                    inst.observe_ttft(t, t - out.arrival_s)
+                    self._prefilled.add(rid)
+                    if rid in self._allocated:
+                        self._start_transfer(rid, t)
+        else:
+            prev = inst.last_iter_end
+            last_tok = self._last_tok
+            n_cont = 0
+            for rid in plan.rids:
+                lt = last_tok.get(rid)
+                if lt is None:
+                    continue
+                if lt == prev:
+                    n_cont += 1
+                else:
+                    self.itl.add(t - lt, 1)
+                    inst.observe_itl(t, t - lt, 1)
+                last_tok[rid] = t
+            if n_cont:
+                self.itl.add(t - prev, n_cont)
+                inst.observe_itl(t, t - prev, n_cont)
+            inst.last_iter_end = t
+            finished = False
+            for ev in events:
+                if ev.kind == "finished":
+                    self._finish(inst, ev.rid, t)
+                    finished = True
+            if finished:
+                self._admit_decode(inst, t)
+        self._kick(inst, t)
+
+    # ----- the run ----------------------------------------------------------------------
+    def run(
+        self, workload: Workload, progress: Callable[[float], None] | None = None
+    ) -> RunMetrics:
+        """Simulate the whole workload; ``progress(sim_t)`` is called now and then."""
+        wall0 = time.perf_counter()
+        for r in workload.requests:
+            rr = RouteRequest(
+                request_id=r.request_id,
+                input_tokens=r.input_tokens,
+                max_new_tokens=r.output_tokens,
+                arrival_t=r.arrival_s,
+            )
+            self._route[r.request_id] = rr
+            self.outcomes[r.request_id] = RequestOutcome(
+                r.request_id, r.arrival_s, r.input_tokens, r.output_tokens
+            )
+            self._push(r.arrival_s, _ARRIVE, r.request_id)
+        last_arrival = workload.requests[-1].arrival_s if workload.requests else 0.0
+        horizon = last_arrival + self.cfg.drain_limit_s
+        if self.cfg.telemetry_period_s > 0:
+            self._push(0.0, _TICK, None)
+        for inst in self.instances.values():
+            if self.oracle is None:
+                self._decide(inst, 0.0)
+            else:
+                inst.command_clock(0.0, inst.model.min_clock_mhz)
+            inst.apply_pending(0.0)
+        open_reqs = len(workload.requests)
+        t_end = 0.0
+        next_prog = 0.0
+        heap = self._heap
+        while heap:
+            t, _, kind, payload = heapq.heappop(heap)
+            if t > horizon:
+                break
+            self.now = t
+            if kind == _ITER:
+                self._iteration_done(payload, t)
+            elif kind == _ARRIVE:
+                self._arrive(self._route[payload], self.outcomes[payload], t)
+            elif kind == _XFER:
+                self._transfer_done(payload, t)
+            else:
+                open_reqs = (
+                    sum(1 for o in self.outcomes.values() if o.finish_s is None)
+                    if (t > last_arrival)
+                    else open_reqs
+                )
+                if t > last_arrival and open_reqs == 0:
+                    continue  # done: stop ticking
+                self._refresh_telemetry(t)
+                self._push(t + self.cfg.telemetry_period_s, _TICK, None)
+            if kind != _TICK:
+                t_end = max(t_end, t)
+            if progress is not None and t >= next_prog:
+                progress(t)
+                next_prog = t + 10.0
+        finished = [o.finish_s for o in self.outcomes.values() if o.finish_s is not None]
+        t_end = max(finished) if finished else t_end
+        if any(o.finish_s is None for o in self.outcomes.values()):
+            t_end = max(t_end, self.now)
+        for inst in self.instances.values():
+            inst.close(t_end)
+        return RunMetrics(
+            policy=self.name,
+            slo_ttft_s=self.cfg.slo.ttft_s,
+            slo_itl_s=self.cfg.slo.itl_s,
+            requests=list(self.outcomes.values()),
+            energy_j_by_instance={n: i.energy_j for n, i in self.instances.items()},
+            busy_s_by_instance={n: i.busy_s for n, i in self.instances.items()},
+            clock_switches_by_instance={n: i.switches for n, i in self.instances.items()},
+            window_s=t_end,
+            itl=self.itl,
+            series={n: i.series for n, i in self.instances.items()},
+            iterations=sum(i.iterations for i in self.instances.values()),
+            wall_s=time.perf_counter() - wall0,
+            unfinished=sum(1 for o in self.outcomes.values() if o.finish_s is None),
+        )

@@ -1,0 +1,230 @@
+"""One simulated serving instance: the shared engine, the ground-truth GPU, its clock and meters.
+
+The scheduler (``services.emulator.engine.Engine``) and the GPU model
+(``services.emulator.gpu_model.GpuModel``) are the very objects the emulator
+server drives; this class only paces them in virtual time and keeps the
+books: energy of every GPU of the TP group (busy and idle), busy time, clock
+switches, and the latency observations telemetry would report.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from voltana.services.emulator.engine import BatchPlan, Engine, EngineConfig, Phase
+from voltana.services.emulator.gpu_model import GpuModel, IterCost
+from voltana.services.freqctl.controllers.base import ControlInput
+from voltana.sim.metrics import TimeSeries
+
+__all__ = ["Instance", "IterationRun"]
+
+
+@dataclass(slots=True)
+class IterationRun:
+    """An iteration in flight: what runs, when it ends, and what it costs (instance totals)."""
+
+    plan: BatchPlan
+    t_start: float
+    t_end: float
+    energy_j: float
+    clock_mhz: int
+    power_w: float
+
+
+class Instance:
+    """A prefill or decode instance of ``tp`` GPUs.
+
+    Args:
+        name: instance id (used by routing policies and controllers).
+        role: ``prefill`` or ``decode``.
+        engine_config: the scheduler's knobs.
+        model: ground-truth GPU model of this instance (own noise stream).
+        start_clock_mhz: the clock the GPUs hold at t = 0.
+        series_min_dt_s: decimation of the recorded time series.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        role: str,
+        engine_config: EngineConfig,
+        model: GpuModel,
+        start_clock_mhz: int,
+        *,
+        series_min_dt_s: float = 0.05,
+        observed_window_s: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.role = role
+        self.engine = Engine(engine_config)
+        self.model = model
+        self.tp = model.tp
+        self.clock_mhz = start_clock_mhz
+        self.pending: tuple[float, int] | None = None  # (t effective, clock)
+        self.running: IterationRun | None = None
+        self.idle_since = 0.0
+        self.energy_j = 0.0
+        self.busy_s = 0.0
+        self.switches = 0
+        self.iterations = 0
+        self.series = TimeSeries()
+        self._series_min_dt = series_min_dt_s
+        self._last_series_t = -1e9
+        self.last_iter_end = -1.0
+        # latency observations (t, value, weight) for telemetry windows
+        self._obs_window_s = observed_window_s
+        self._itl_obs: deque[tuple[float, float, int]] = deque()
+        self._ttft_obs: deque[tuple[float, float, int]] = deque()
+        self.last_decision_rule = ""
+
+    # ----- clocks and energy --------------------------------------------------------
+    def _set_clock(self, t: float, clock_mhz: int) -> None:
+        if clock_mhz == self.clock_mhz:
+            return
+        if self.running is None:  # idle: close the idle segment at the old clock
+            self.accrue_idle(t)
+        self.clock_mhz = clock_mhz
+        self.switches += 1
+        self._sample(t, self.idle_power_w() if self.running is None else None, force=True)
+
+    def command_clock(self, t_effective: float, clock_mhz: int) -> None:
+        """A clock decision that takes effect at ``t_effective`` (replaces any pending one)."""
+        if clock_mhz == self.clock_mhz:
+            self.pending = None
+        elif self.pending is None or self.pending[1] != clock_mhz:
+            self.pending = (t_effective, clock_mhz)
+
+    def apply_pending(self, t: float) -> None:
+        """Apply a pending clock change due at or before ``t``."""
+        if self.pending is not None and self.pending[0] <= t:
+            t_c, c = self.pending
+            self.pending = None
+            self._set_clock(max(t_c, self.idle_since) if self.running is None else t, c)
+
+    def idle_power_w(self) -> float:
+        return self.model.idle_power_w(self.clock_mhz) * self.tp
+
+    def accrue_idle(self, t: float) -> None:
+        """Idle energy from ``idle_since`` to ``t`` at the current clock."""
+        if t > self.idle_since:
+            self.energy_j += self.idle_power_w() * (t - self.idle_since)
+            self.idle_since = t
+
+    # ----- iterations -----------------------------------------------------------------
+    def start_iteration(
+        self, t: float, chooser: Callable[[Instance, BatchPlan, float], int] | None = None
+    ) -> IterationRun | None:
+        """Plan and cost the next iteration starting at ``t``; None when idle.
+
+        A clock change that lands mid-iteration is honoured: the part of the work
+        done before it runs at the old clock, the rest at the new one.
+        ``chooser`` (the oracle) sets the clock for this very plan, without lag.
+        """
+        assert self.running is None
+        self.apply_pending(t)
+        plan = self.engine.next_batch(t)
+        if plan is None:
+            return None
+        self.accrue_idle(t)
+        if chooser is not None:
+            self.pending = None
+            self._set_clock(t, chooser(self, plan, t))
+        cost = self._cost(plan, self.clock_mhz)
+        dur, energy = cost.time_s, cost.energy_j * self.tp
+        if self.pending is not None and self.pending[0] < t + dur:
+            t_c, new_clock = self.pending
+            frac = (t_c - t) / dur
+            cost2 = self._cost(plan, new_clock)
+            dur2 = (1.0 - frac) * cost2.time_s
+            energy = frac * energy + (1.0 - frac) * cost2.energy_j * self.tp
+            dur = (t_c - t) + dur2
+            self.pending = None
+            self.clock_mhz = new_clock
+            self.switches += 1
+        run = IterationRun(plan, t, t + dur, energy, self.clock_mhz, energy / dur)
+        self.running = run
+        return run
+
+    def _cost(self, plan: BatchPlan, clock_mhz: int) -> IterCost:
+        if plan.kind == "prefill":
+            return self.model.prefill_batch(clock_mhz, plan.chunks)
+        return self.model.decode(clock_mhz, plan.batch_size, plan.kv_tokens)
+
+    def finish_iteration(self) -> IterationRun:
+        """Book the iteration in flight; the instance becomes idle at its end."""
+        run = self.running
+        assert run is not None
+        self.running = None
+        self.energy_j += run.energy_j
+        self.busy_s += run.t_end - run.t_start
+        self.idle_since = run.t_end
+        self.iterations += 1
+        self._sample(run.t_start, run.power_w, batch=run.plan.batch_size)
+        return run
+
+    def _sample(
+        self, t: float, power_w: float | None, *, batch: int = 0, force: bool = False
+    ) -> None:
+        if force or t - self._last_series_t >= self._series_min_dt:
+            p = self.idle_power_w() if power_w is None else power_w
+            self.series.add(t, self.clock_mhz, p, batch)
+            self._last_series_t = t
+
+    def close(self, t_end: float) -> None:
+        """Account idle energy up to the end of the window."""
+        if self.running is None:
+            self.apply_pending(t_end)
+            self.accrue_idle(t_end)
+        self._sample(t_end, None if self.running is None else self.running.power_w, force=True)
+
+    # ----- telemetry ------------------------------------------------------------------
+    def observe_itl(self, t: float, gap_s: float, count: int) -> None:
+        self._itl_obs.append((t, gap_s * count, count))
+
+    def observe_ttft(self, t: float, ttft_s: float) -> None:
+        self._ttft_obs.append((t, ttft_s, 1))
+
+    def _window_mean(self, obs: deque[tuple[float, float, int]], t: float) -> float | None:
+        lo = t - self._obs_window_s
+        while obs and obs[0][0] < lo:
+            obs.popleft()
+        n = sum(o[2] for o in obs)
+        return sum(o[1] for o in obs) / n if n else None
+
+    def control_input(self, t: float) -> ControlInput:
+        """The engine state telemetry would publish at ``t`` (as a controller input)."""
+        waiting = running = 0
+        prefill_tokens = 0
+        oldest = None
+        decode_kv = 0
+        for r in self.engine.requests.values():
+            ph = r.phase
+            if ph is Phase.RUNNING:
+                running += 1
+                decode_kv += r.prefilled_tokens + r.generated_tokens
+            elif ph is Phase.WAITING:
+                waiting += 1
+                if self.role == "prefill":
+                    prefill_tokens += r.prompt_tokens
+                    oldest = r.arrival_s if oldest is None else min(oldest, r.arrival_s)
+            elif ph is Phase.PREFILLING:
+                running += 1
+                prefill_tokens += r.prompt_tokens - r.prefilled_tokens
+                oldest = r.arrival_s if oldest is None else min(oldest, r.arrival_s)
+        is_decode = self.role == "decode"
+        return ControlInput(
+            instance=self.name,
+            role="decode" if is_decode else "prefill",
+            t=t,
+            queue_reqs=waiting,
+            running_reqs=running,
+            batch_size=float(running) if is_decode else 0.0,
+            kv_tokens=float(decode_kv) if is_decode else 0.0,
+            prefill_tokens=float(prefill_tokens),
+            oldest_wait_s=0.0 if oldest is None else max(t - oldest, 0.0),
+            observed_ttft_s=None if is_decode else self._window_mean(self._ttft_obs, t),
+            observed_itl_s=self._window_mean(self._itl_obs, t) if is_decode else None,
+            current_clock_mhz=self.clock_mhz,
+        )

@@ -1,0 +1,68 @@
+"""The evaluated policy combinations: which clock controller and which routing policies.
+
+Every entry names objects that live in the services (``make_controller`` from
+freqctl, ``make_policy`` from the router); the simulator only picks them.
+
+| name         | clock controller | prefill routing | decode routing |
+| ------------ | ---------------- | --------------- | -------------- |
+| static-max   | static-max       | random          | round-robin    |
+| static-min   | static-min       | random          | round-robin    |
+| ecofreq      | ecofreq          | random          | round-robin    |
+| voltana-ref  | ecofreq          | random          | ecoroute-tile  |
+| voltana      | voltana          | ecoroute        | ecoroute       |
+
+``voltana-ref`` is the published method (EcoFreq + the released EcoRoute, a
+tile packer, with random prefill placement); ``voltana`` is the project's own.
+``oracle`` is not a deployable policy: see :mod:`voltana.sim.oracle`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voltana.common.errors import ConfigError
+
+__all__ = ["POLICIES", "PolicySpec", "parse_policies"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    """One evaluated combination (controller policy name as in ``ControllerConfig``)."""
+
+    name: str
+    controller: str
+    prefill_routing: str
+    decode_routing: str
+    static_clock: str | None = None  # "max" | "min" for the static controllers
+
+
+POLICIES: dict[str, PolicySpec] = {
+    "static-max": PolicySpec("static-max", "static", "random", "round-robin", "max"),
+    "static-min": PolicySpec("static-min", "static", "random", "round-robin", "min"),
+    "ecofreq": PolicySpec("ecofreq", "ecofreq", "random", "round-robin"),
+    "ecofreq-2level": PolicySpec("ecofreq-2level", "ecofreq-2level", "random", "round-robin"),
+    "voltana-ref": PolicySpec("voltana-ref", "ecofreq", "random", "ecoroute-tile"),
+    "voltana": PolicySpec("voltana", "voltana", "ecoroute", "ecoroute"),
+    "voltana-rr": PolicySpec("voltana-rr", "voltana", "random", "round-robin"),
+}
+
+
+def parse_policies(text: str) -> list[PolicySpec]:
+    """Comma-separated names -> specs (order kept, duplicates dropped).
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    out: list[PolicySpec] = []
+    for raw in text.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        spec = POLICIES.get(name)
+        if spec is None:
+            raise ConfigError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+        if spec not in out:
+            out.append(spec)
+    if not out:
+        raise ConfigError("no policy given")
+    return out
