@@ -9,10 +9,12 @@ minimises energy among those meeting the budget (below the bottom of the U a
 lower clock costs more energy, not less).
 
 - Decode: batch ``b`` -> ``b+1``, KV ``kv`` -> ``kv + input_tokens``; budget =
-  ITL SLO minus margin. Added energy = (P_after - P_before) x the request's
-  expected decode time. An idle instance pays its wake-up (idle -> active power),
-  so light load consolidates onto busy instances until a tile bucket or the
-  SLO makes another instance cheaper.
+  ITL SLO minus margin. The requests already there need the same number of
+  iterations either way, so the added energy is (iteration energy after -
+  before, each at its cheapest feasible clock) x the request's output tokens.
+  An idle instance pays its wake-up (active instead of idle power), so light
+  load consolidates onto busy instances until a tile bucket or the SLO makes
+  another instance cheaper.
 - Prefill: the request waits behind the prompt tokens already queued there;
   budget = TTFT SLO minus margin minus the time the request already waited.
   Added energy = active energy of (queue + request) at its clock minus that of
@@ -113,25 +115,26 @@ class EcoRoutePolicy(PolicyBase):
 
     # -- decode -------------------------------------------------------------
 
-    def _decode_clock(self, b: int, kv: int, budget_s: float) -> tuple[ClockChoice, float]:
-        """The cheapest clock for one iteration of (b, kv), and the instance power there (W)."""
+    def _decode_clock(self, b: int, kv: int, budget_s: float) -> ClockChoice:
+        """The cheapest clock for one iteration of (b, kv) within the ITL budget."""
         lat = self.profile.decode_latency_table_s(b, kv)
         en = self.profile.decode_energy_table_j(b, kv)
-        ch = cheapest_within(self.clocks, lat, en, budget_s)
-        return ch, ch.energy_j / max(ch.latency_s, 1e-9)
+        return cheapest_within(self.clocks, lat, en, budget_s)
 
     def _decode_whatif(self, v: InstanceView, req: RouteRequest) -> WhatIf:
         budget = self.slo.itl_s * (1.0 - self.slo.margin)
         b, kv = v.batch_size, v.kv_tokens_est
-        if b <= 0:
-            f0, p0 = self.profile.min_clock_mhz, self.idle_w
-        else:
-            ch0, p0 = self._decode_clock(b, kv, budget)
-            f0 = ch0.clock_mhz
         kv1 = kv + max(req.input_tokens, 0)
-        ch1, p1 = self._decode_clock(b + 1, kv1, budget)
+        ch1 = self._decode_clock(b + 1, kv1, budget)
+        if b <= 0:
+            # idle: the request's iterations replace idle time at the parked clock
+            f0, e0 = self.profile.min_clock_mhz, self.idle_w * ch1.latency_s
+        else:
+            ch0 = self._decode_clock(b, kv, budget)
+            f0, e0 = ch0.clock_mhz, ch0.energy_j
         t_max = float(self.profile.decode_latency_table_s(b + 1, kv1)[-1])
-        added = (p1 - p0) * max(req.max_new_tokens, 1) * ch1.latency_s
+        # the others need the same number of iterations either way: each one now costs more
+        added = (ch1.energy_j - e0) * max(req.max_new_tokens, 1)
         return WhatIf(v.instance, ch1.feasible, f0, ch1.clock_mhz, ch1.latency_s, t_max, added, b)
 
     # -- prefill ------------------------------------------------------------

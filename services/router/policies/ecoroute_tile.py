@@ -4,7 +4,9 @@ Decode batches get slower and costlier each time the batch crosses a kernel
 tile bucket (128 requests). Below one bucket everywhere, take the instance at
 the lowest clock (ties: fewest requests). Otherwise, among the instances using
 the fewest buckets, take the fullest one to which one more request opens no
-new bucket; if every such instance sits exactly on a boundary, the emptiest.
+new bucket; if every such instance sits exactly on a boundary, the fullest
+instance anywhere with room left in its open bucket; else the emptiest (the
+released code leaves that case open; this is our reading).
 """
 
 from __future__ import annotations
@@ -60,5 +62,10 @@ class EcoRouteTilePolicy(PolicyBase):
         if fits:
             pick = max(fits, key=self._n)
             return Selection(pick.instance, f"pack into bucket {fewest} ({self._n(pick)} reqs)")
+        # the least-bucket instances all sit on a boundary: fill any open bucket first
+        anywhere = [v for v in cands if self._n(v) % b > 0]
+        if anywhere:
+            pick = max(anywhere, key=self._n)
+            return Selection(pick.instance, f"pack into open bucket ({self._n(pick)} reqs)")
         pick = min(group, key=self._n)
         return Selection(pick.instance, f"open bucket {fewest + 1} ({self._n(pick)} reqs)")

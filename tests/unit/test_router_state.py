@@ -1,0 +1,95 @@
+"""Router state: accounting, breaker, health, telemetry merge with ages."""
+
+from __future__ import annotations
+
+import pytest
+from voltana.common.errors import ConfigError
+from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
+from voltana.services.router.config import RouterConfig, WorkerSpec, instance_name
+from voltana.services.router.state import Breaker, ClusterState
+
+
+def cluster(**kw: float) -> ClusterState:
+    cfg = RouterConfig(prefill=[WorkerSpec(url="127.0.0.1:1", role="prefill")],
+                       decode=[WorkerSpec(url="http://127.0.0.1:2/", role="decode")]).validate()  # fmt: skip
+    return ClusterState([*cfg.prefill, *cfg.decode], **kw)
+
+
+P, D = "127-0-0-1_1", "127-0-0-1_2"
+
+
+def test_config_normalises_and_names_workers() -> None:
+    cfg = RouterConfig(prefill=[WorkerSpec(url="127.0.0.1:1", role="prefill")],
+                       decode=[WorkerSpec(url="http://127.0.0.1:2/", role="decode")]).validate()  # fmt: skip
+    assert cfg.prefill[0].url == "http://127.0.0.1:1" and cfg.decode[0].url == "http://127.0.0.1:2"
+    assert instance_name("http://a.b:5") == "a-b_5"
+    with pytest.raises(ConfigError, match="decode"):
+        RouterConfig(prefill=cfg.prefill).validate()
+    with pytest.raises(ConfigError, match="twice"):
+        RouterConfig(prefill=cfg.prefill, decode=[*cfg.decode, *cfg.decode]).validate()
+    with pytest.raises(ConfigError, match="http"):
+        RouterConfig(prefill=[WorkerSpec(url="ftp://x:1", role="prefill")],
+                     decode=cfg.decode).validate()  # fmt: skip
+
+
+def test_accounting_round_trip_returns_to_zero() -> None:
+    st = cluster()
+    st.dispatched(P, D, "r1", 100, 20, now=1.0)
+    st.dispatched(P, D, "r2", 50, 10, now=2.0)
+    v = st.instance_view(st.workers[P], 3.0)
+    assert (v.in_flight_requests, v.queued_prefill_tokens, v.oldest_wait_s) == (2, 150, 2.0)
+    d = st.instance_view(st.workers[D], 3.0)
+    assert (d.in_flight_requests, d.in_flight_tokens) == (2, 180)
+    st.prefill_done(P, "r1", 100)
+    st.prefill_done(P, "r1", 100)  # twice: counted once
+    st.first_token(D, "r1", 0.3, 3.0)
+    st.decode_done(D, "r1", 100, 20, [0.01, 0.02], 4.0)
+    st.prefill_done(P, "r2", 50)
+    st.decode_done(D, "r2", 50, 10, [], 4.0)
+    for name in (P, D):
+        w = st.workers[name]
+        assert (w.in_flight_requests, w.in_flight_tokens, w.queued_prefill_tokens) == (0, 0, 0)
+        assert not w.waiting_since
+    msg = st.instance_state(D, 4.0, 123)
+    assert msg.seq == 1 and msg.ttft is not None and msg.ttft.count == 1
+    assert msg.itl is not None and msg.itl.max_s == pytest.approx(0.02)
+
+
+def test_breaker_opens_then_half_opens_and_closes() -> None:
+    b = Breaker(failures_to_open=2, open_s=5.0)
+    assert not b.record(False, 0.0) and b.allows(0.0)
+    assert b.record(False, 1.0) and not b.allows(2.0) and b.is_open(2.0)
+    assert b.allows(6.5)  # half-open: one trial
+    b.on_dispatch(6.5)
+    assert not b.allows(6.6)
+    assert not b.record(False, 7.0) and not b.allows(7.5)  # trial failed: open again
+    assert b.allows(12.5)
+    assert b.record(True, 12.6) and b.allows(12.6) and b.failures == 0
+
+
+def test_unhealthy_after_threshold_and_back() -> None:
+    st = cluster(health_failure_threshold=2)
+    assert not st.health_result(D, False, "refused")
+    assert st.view("decode", 0)[0].healthy
+    assert st.health_result(D, False, "refused")
+    assert not st.view("decode", 0)[0].healthy
+    assert st.health_result(D, True, None) and st.view("decode", 0)[0].healthy
+
+
+def test_telemetry_merges_by_url_and_goes_stale() -> None:
+    st = cluster(telemetry_stale_s=1.0)
+    st.on_instance_telemetry(InstanceTelemetry(t_ns=1, instance="decode-0", role="decode",
+                             node="n", url="http://127.0.0.1:2", seq=1, num_running_reqs=7,
+                             kv_used_tokens=900, num_queue_reqs=2), now=10.0)  # fmt: skip
+    st.on_gpu_telemetry(GpuTelemetry(t_ns=1, node="n", gpu=0, seq=1, instance=D, power_w=300.0,
+                        energy_j=5.0, sm_clock_mhz=1005), now=10.2)  # fmt: skip
+    assert not st.on_gpu_telemetry(GpuTelemetry(t_ns=1, node="n", gpu=1, seq=1, instance="other",
+                                   power_w=1.0, energy_j=1.0, sm_clock_mhz=1), now=10.2)  # fmt: skip
+    v = st.instance_view(st.workers[D], 10.5)
+    assert (v.running_batch, v.kv_tokens, v.clock_mhz, v.power_w, v.engine_queue_reqs) == (
+        7, 900, 1005, 300.0, 2)  # fmt: skip
+    assert v.telemetry_age_s == pytest.approx(0.3)
+    stale = st.instance_view(st.workers[D], 12.0)
+    assert stale.running_batch is None and stale.clock_mhz is None
+    assert stale.telemetry_age_s == pytest.approx(1.8)
+    assert st.instance_view(st.workers[P], 12.0).telemetry_age_s is None
