@@ -5,7 +5,8 @@ Per profiled clock the file holds prefill and decode fits (see
 profiled ones interpolates linearly, outside the profiled range it clamps.
 Decode batch sizes round UP to a bucket (never an exact match), prefill beyond
 the largest profiled batch is split into chunks, so every valid state gets a
-finite, positive prediction. Controllers use the ``*_table`` methods, which
+finite, positive prediction; predicted energy never falls below idle power
+times latency (a busy GPU draws at least its idle power). Controllers use the ``*_table`` methods, which
 predict for every clock of the table in one vectorised step.
 """
 
@@ -153,10 +154,10 @@ class Profile:
 
     def _prefill_eval(self, coef: FloatArray, batched_tokens: float, off: int) -> FloatArray:
         full, rem = self._chunks(batched_tokens)
-        out = self._poly(coef, rem, off)
-        if full:
-            out = out + full * self._poly(coef, float(self.prefill_max_batched_tokens), off)
-        return out
+        if not full:
+            return self._poly(coef, rem, off)
+        out = full * self._poly(coef, float(self.prefill_max_batched_tokens), off)
+        return out + self._poly(coef, rem, off) if rem > 0 else out
 
     def prefill_latency_s(self, clock_mhz: float, batched_tokens: float) -> float:
         """Time to prefill ``batched_tokens`` new tokens at ``clock_mhz``."""
@@ -166,7 +167,8 @@ class Profile:
     def prefill_energy_j(self, clock_mhz: float, batched_tokens: float) -> float:
         """Instance energy of that prefill."""
         coef = self._prefill_coef(clock_mhz)
-        return max(float(self._prefill_eval(coef, batched_tokens, 3)), 0.0)
+        floor = self.idle_power_w(clock_mhz) * self.prefill_latency_s(clock_mhz, batched_tokens)
+        return max(float(self._prefill_eval(coef, batched_tokens, 3)), floor)
 
     def prefill_power_w(self, clock_mhz: float, batched_tokens: float) -> float:
         """Mean instance power during that prefill."""
@@ -180,7 +182,8 @@ class Profile:
 
     def prefill_energy_table_j(self, batched_tokens: float) -> FloatArray:
         """Prefill energy at every clock of ``clocks_mhz``."""
-        return np.maximum(self._prefill_eval(self._p_tab, batched_tokens, 3), 0.0)
+        floor = self._i_tab * self.prefill_latency_table_s(batched_tokens)
+        return np.maximum(self._prefill_eval(self._p_tab, batched_tokens, 3), floor)
 
     def prefill_effective_clock_mhz(self, clock_mhz: float) -> float:
         """The SM clock prefill actually ran at when ``clock_mhz`` was requested.
@@ -206,7 +209,8 @@ class Profile:
         """Instance energy of that iteration."""
         c = self._decode_coef(clock_mhz, batch_size)
         k = _check("kv_tokens", kv_tokens)
-        return max(float(c[3] * batch_size + c[4] * k + c[5]), 0.0)
+        floor = self.idle_power_w(clock_mhz) * self.decode_latency_s(clock_mhz, batch_size, k)
+        return max(float(c[3] * batch_size + c[4] * k + c[5]), floor)
 
     def decode_power_w(self, clock_mhz: float, batch_size: float, kv_tokens: float) -> float:
         """Mean instance power during that iteration."""
@@ -224,7 +228,10 @@ class Profile:
         """Decode iteration energy at every clock of ``clocks_mhz``."""
         c = self._d_tab[bucket_index(self.buckets, _check("batch_size", batch_size))]
         k = _check("kv_tokens", kv_tokens)
-        return np.maximum(c[:, 3] * batch_size + c[:, 4] * k + c[:, 5], 0.0)
+        floor = self._i_tab * np.maximum(
+            c[:, 0] * batch_size + c[:, 1] * k + c[:, 2], _MIN_LATENCY_S
+        )
+        return np.maximum(c[:, 3] * batch_size + c[:, 4] * k + c[:, 5], floor)
 
     # -- idle ---------------------------------------------------------------------------
 
