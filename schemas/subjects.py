@@ -13,6 +13,15 @@ instance, role) must be a plain ASCII name: letters, digits, ``-`` and ``_``.
 | ``voltana.clock.set.<node>.<gpu>`` | SetClock or ResetClock | freqctl controller |
 | ``voltana.clock.state.<node>.<gpu>`` | ClockState | actuator |
 | ``voltana.freqctl.decision.<instance>`` | ClockDecision | freqctl controller |
+
+Request/reply endpoints (``nats.micro`` services, JSON replies) live under
+``voltana-svc.`` instead, outside the ``voltana.>`` event log, so the stream never
+captures a request nor answers it with a PubAck:
+
+| subject | reply | service |
+| --- | --- | --- |
+| ``voltana-svc.actuator.<node>.status`` | per-GPU target, lock and lease; outcome and drop counts | actuator |
+| ``voltana-svc.freqctl.<name>.status`` | per-instance policy, clock, rule, telemetry age; counts | freqctl controller |
 """
 
 from __future__ import annotations
@@ -92,6 +101,21 @@ CLOCK_STATE_ALL = f"{ROOT}.clock.state.>"
 def clock_set_node(node: str) -> str:
     """Every clock command addressed to one node (what that node's actuator hears)."""
     return f"{ROOT}.clock.set.{_tok(node, 'node')}.*"
+
+
+# -- request/reply services (outside the event log) -------------------------
+
+SERVICE_ROOT = "voltana-svc"
+
+
+def actuator_status(node: str) -> str:
+    """Status endpoint of one node's actuator (nats.micro service ``voltana-actuator``)."""
+    return f"{SERVICE_ROOT}.actuator.{_tok(node, 'node')}.status"
+
+
+def freqctl_status(name: str) -> str:
+    """Status endpoint of one freqctl controller (nats.micro service ``voltana-freqctl``)."""
+    return f"{SERVICE_ROOT}.freqctl.{_tok(name, 'controller name')}.status"
 
 
 # -- KV keys ----------------------------------------------------------------

@@ -312,10 +312,8 @@ class Actuator:
                 "outcomes": dict(self.outcomes),
             },
         )
-        group = self._service.add_group(name=f"voltana.actuator.{self.node}")
+        group = self._service.add_group(name=subjects.actuator_status(self.node).rsplit(".", 1)[0])
         await group.add_endpoint(name="status", handler=status)
 
 
-def status_subject(node: str) -> str:
-    """The request subject of an actuator's status endpoint."""
-    return f"voltana.actuator.{node}.status"
+status_subject = subjects.actuator_status

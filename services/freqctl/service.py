@@ -398,5 +398,5 @@ class FreqctlService:
                 "counts": dict(self.counts),
             },
         )
-        group = self._service.add_group(name=f"voltana.freqctl.{self.name}")
+        group = self._service.add_group(name=subjects.freqctl_status(self.name).rsplit(".", 1)[0])
         await group.add_endpoint(name="status", handler=status)
