@@ -1,0 +1,266 @@
+"""A whole voltana deployment on one machine, on emulated GPUs: ``voltana up``.
+
+Starts, as child processes of this one: nats-server (JetStream), P prefill and
+D decode emulated SGLang workers, one telemetry service, one actuator (emulated
+backend), one freqctl controller for every instance and the router. Each child
+writes its log to ``<workdir>/logs/<name>.log``. Everything is stopped (by PID,
+SIGTERM then SIGKILL) on :meth:`LocalCluster.stop`, also after a failed start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from voltana.common.errors import VoltanaError
+from voltana.common.logs import get_logger
+from voltana.common.natsserver import NatsServer
+
+log = get_logger("up")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def _setup_nats(url: str) -> None:
+    """Create the event stream and the config bucket before any service starts."""
+    from voltana.common.bus import Bus
+
+    bus = await Bus.connect(servers=[url], name="voltana-up")
+    try:
+        await bus.ensure_event_stream()
+        await bus.kv()
+    finally:
+        await bus.close()
+
+
+def _run_in_thread(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine to completion on a private loop (safe inside a running loop)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What to run. Ports 0 mean "any free port"."""
+
+    prefill: int = 1
+    decode: int = 1
+    gpu: str = "h100"
+    model: str = "llama-3.1-8b"
+    node: str = "local"
+    policy: str = "voltana"
+    prefill_policy: str = "ecoroute"
+    decode_policy: str = "ecoroute"
+    router_port: int = 8000
+    nats_port: int = 0
+    slo_ttft_s: float = 1.0
+    slo_itl_s: float = 0.05
+    seed: int = 0
+    noise: float = 0.02
+    sglang_version: str = "0.4.7"
+    workdir: Path = Path(".voltana/up")
+    extra_emulator_args: tuple[str, ...] = ()
+
+
+@dataclass
+class Instance:
+    name: str
+    role: str
+    url: str
+    port: int
+    bootstrap_port: int
+    gpu: int
+
+
+@dataclass
+class LocalCluster:
+    """Start/stop a local cluster; ``router_url`` and ``nats_url`` once started."""
+
+    spec: ClusterSpec
+    instances: list[Instance] = field(default_factory=list)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    nats: NatsServer | None = None
+    router_url: str = ""
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def nats_url(self) -> str:
+        if self.nats is None:
+            raise VoltanaError("the local cluster is not started")
+        return self.nats.url
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        logdir = self.spec.workdir / "logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        out = open(logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._logs.append(out)
+        env = dict(os.environ, VOLTANA_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voltana", *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+        self.procs[name] = proc
+        log.info("started", process=name, pid=proc.pid)
+        return proc
+
+    def _wait_http(self, name: str, url: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise VoltanaError(
+                    f"{name} exited with code {proc.returncode}; see {self.spec.workdir}/logs/{name}.log"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise VoltanaError(f"{name} did not answer {url} within {timeout_s:.0f} s")
+
+    def start(self) -> LocalCluster:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        s = self.spec
+        s.workdir.mkdir(parents=True, exist_ok=True)
+        self.nats = NatsServer(port=s.nats_port or -1, store_dir=s.workdir / "nats")
+        self.nats.start()
+        _run_in_thread(_setup_nats(self.nats.url))
+        gpu = 0
+        for role, count in (("prefill", s.prefill), ("decode", s.decode)):
+            for i in range(count):
+                port, boot = free_port(), free_port()
+                name = f"{role}-{i}"
+                inst = Instance(name, role, f"http://127.0.0.1:{port}", port, boot, gpu)
+                self.instances.append(inst)
+                self._spawn(
+                    name,
+                    [
+                        "emulator", "--role", role, "--gpu", s.gpu, "--model", s.model,
+                        "--host", "127.0.0.1", "--port", str(port),
+                        "--disaggregation-bootstrap-port", str(boot), "--gpu-ids", str(gpu),
+                        "--seed", str(s.seed + gpu), "--noise", str(s.noise),
+                        "--sglang-version", s.sglang_version, *s.extra_emulator_args,
+                    ],
+                )  # fmt: skip
+                gpu += 1
+        for inst in self.instances:
+            self._wait_http(inst.name, inst.url + "/health")
+        config = self.spec.workdir / "node.toml"
+        config.write_text(self._node_toml())
+        self._spawn("telemetry", ["telemetry", "--config", str(config), "--nats", self.nats.url])
+        actuator = ["actuator", "--node", s.node, "--backend", "emulated", "--nats", self.nats.url]
+        for inst in self.instances:
+            actuator += ["--emulator-url", inst.url]
+        self._spawn("actuator", actuator)
+        targets = ",".join(f"{i.name}@{s.node}:{i.gpu}" for i in self.instances)
+        self._spawn(
+            "freqctl",
+            [
+                "freqctl", "--instances", targets, "--policy", s.policy, "--gpu", s.gpu,
+                "--model", s.model, "--ttft-slo-s", str(s.slo_ttft_s), "--itl-slo-s",
+                str(s.slo_itl_s), "--nats", self.nats.url,
+            ],
+        )  # fmt: skip
+        router_port = s.router_port or free_port()
+        router = [
+            "router", "--host", "127.0.0.1", "--port", str(router_port),
+            "--prefill-policy", s.prefill_policy, "--decode-policy", s.decode_policy,
+            "--slo-ttft-s", str(s.slo_ttft_s), "--slo-itl-s", str(s.slo_itl_s),
+            "--nats", self.nats.url, "--seed", str(s.seed),
+        ]  # fmt: skip
+        for inst in self.instances:
+            if inst.role == "prefill":
+                router += ["--prefill", inst.url, str(inst.bootstrap_port)]
+        for inst in self.instances:
+            if inst.role == "decode":
+                router += ["--decode", inst.url]
+        self._spawn("router", router)
+        self.router_url = f"http://127.0.0.1:{router_port}"
+        self._wait_http("router", self.router_url + "/health")
+        for name in ("telemetry", "actuator", "freqctl"):
+            if self.procs[name].poll() is not None:
+                raise VoltanaError(f"{name} exited; see {s.workdir}/logs/{name}.log")
+
+    def _node_toml(self) -> str:
+        lines = [f'node = "{self.spec.node}"', "", "[metrics]", "port = -1", ""]
+        for inst in self.instances:
+            lines += [
+                "[[instances]]",
+                f'name = "{inst.name}"',
+                f'role = "{inst.role}"',
+                f'url = "{inst.url}"',
+                f"gpus = [{inst.gpu}]",
+                'gpu_backend = "emulated"',
+                "",
+            ]
+        return "\n".join(lines)
+
+    def check_alive(self) -> list[str]:
+        """Names of children that have exited."""
+        return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop every child (router first, emulators last) and the NATS server."""
+        order = ["router", "freqctl", "actuator", "telemetry"]
+        names = [n for n in order if n in self.procs] + [n for n in self.procs if n not in order]
+        for name in names:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for name in names:
+            proc = self.procs[name]
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("killing", process=name, pid=proc.pid)
+                proc.kill()
+                proc.wait(5)
+        self.procs.clear()
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
