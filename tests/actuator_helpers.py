@@ -17,7 +17,7 @@ from typing import Any
 from helpers import free_port
 from voltana.schemas import codec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def voltana_cmd(*args: str) -> list[str]:
