@@ -137,6 +137,7 @@ class EngineStats:
     kv_reserved_tokens: int
     kv_capacity_tokens: int
     decode_kv_tokens: int  # sum of contexts of the decode batch
+    waiting_prompt_tokens: int = 0
 
     @property
     def token_usage(self) -> float:
@@ -362,7 +363,7 @@ class Engine:
 
     # ----- introspection -----------------------------------------------------------
     def stats(self) -> EngineStats:
-        running = waiting = transfer = used = decode_kv = 0
+        running = waiting = transfer = used = decode_kv = waiting_tokens = 0
         for r in self.requests.values():
             used += r.kv_tokens
             if r.phase is Phase.RUNNING:
@@ -370,6 +371,7 @@ class Engine:
                 decode_kv += r.kv_tokens
             elif r.phase is Phase.WAITING:
                 waiting += 1
+                waiting_tokens += r.prompt_tokens
             elif r.phase is Phase.TRANSFER:
                 transfer += 1
                 if self.config.role == "decode":
@@ -384,6 +386,7 @@ class Engine:
             kv_reserved_tokens=self._reserved,
             kv_capacity_tokens=self.config.kv_capacity_tokens,
             decode_kv_tokens=decode_kv,
+            waiting_prompt_tokens=waiting_tokens,
         )
 
     @property

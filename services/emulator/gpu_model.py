@@ -164,14 +164,14 @@ GPUS: dict[str, GpuSpec] = {
         weight_bw_eff=0.749,
         kv_bw_eff=0.898,
         decode_compute_eff=0.636,
-        prefill_linear_eff=0.694,
+        prefill_linear_eff=0.686,
         prefill_half_tokens=151.5,
         prefill_linear_activity=0.718,
         prefill_attn_activity=0.867,
         prefill_attn_eff=0.468,
         roofline_sharpness=2.0,
         decode_fixed_s=0.75e-3,
-        prefill_fixed_s=0.35e-3,
+        prefill_fixed_s=0.44e-3,
         launch_cycles=1.0e6,
         allreduce_latency_s=12e-6,
     ),
@@ -397,7 +397,9 @@ class GpuModel:
             eff = g.prefill_linear_eff * w.tokens / (w.tokens + g.prefill_half_tokens)
             t_lin = w.linear_flops / (peak * eff)
             t_attn = w.attn_flops / (peak * g.prefill_attn_eff)
-            busy = t_lin * g.prefill_linear_activity + t_attn * g.prefill_attn_activity
+            # SM power follows the work done: an under-filled GEMM is slow, not hot.
+            t_lin_full = w.linear_flops / (peak * g.prefill_linear_eff)
+            busy = t_lin_full * g.prefill_linear_activity + t_attn * g.prefill_attn_activity
             t_m = (w.weight_bytes + w.kv_bytes) / (bw * g.weight_bw_eff)
             t = max(t_lin + t_attn, t_m)
         if self.tp > 1 and w.allreduce_calls:

@@ -1,0 +1,118 @@
+"""``voltana emulator``: an SGLang-compatible worker on an emulated GPU."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def _gpu_ids(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--gpu-ids wants integers like 0,1: {text!r}") from exc
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    p = subparsers.add_parser(
+        "emulator",
+        help="run an emulated SGLang PD worker on an emulated GPU",
+        description="SGLang-compatible server (SGLang flag names) paced in real time by the "
+        "calibrated GPU model; admin API under /voltana/ (docs/emulator.md).",
+    )
+    p.add_argument(
+        "--role",
+        "--disaggregation-mode",
+        dest="role",
+        default="unified",
+        choices=["prefill", "decode", "unified", "null"],
+    )
+    p.add_argument("--gpu", default="h100", choices=["h100", "a100"])
+    p.add_argument(
+        "--model",
+        "--model-path",
+        dest="model",
+        default="llama-3.1-8b",
+        choices=["llama-3.1-8b", "llama-3.1-70b"],
+    )
+    p.add_argument("--tp", "--tp-size", dest="tp", type=int, default=1)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--disaggregation-bootstrap-port", dest="bootstrap_port", type=int, default=8998)
+    p.add_argument(
+        "--gpu-ids", type=_gpu_ids, default=(), help="node-global GPU indices (default 0..tp-1)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=0.0, help="relative std of iteration time")
+    p.add_argument("--max-running-requests", type=int, default=256)
+    p.add_argument("--chunked-prefill-size", type=int, default=8192)
+    p.add_argument(
+        "--kv-capacity-tokens",
+        "--max-total-tokens",
+        dest="kv_capacity_tokens",
+        type=int,
+        default=None,
+        help="KV capacity in tokens (default: what fits in GPU memory)",
+    )
+    p.add_argument("--mem-fraction-static", type=float, default=0.88)
+    p.add_argument(
+        "--sglang-version",
+        choices=["0.4.7", "0.5.23"],
+        default="0.4.7",
+        help="which SGLang line's metrics and load endpoints to mimic",
+    )
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument(
+        "--bootstrap-timeout-s",
+        type=float,
+        default=300.0,
+        help="how long a PD request waits for its partner (SGLang: 300 s)",
+    )
+    p.add_argument(
+        "--eos-mean-tokens",
+        type=float,
+        default=256.0,
+        help="mean output length when a request does not set ignore_eos",
+    )
+    p.add_argument("--enable-metrics", action="store_true", help="accepted; metrics are always on")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from voltana.common.errors import ConfigError
+    from voltana.services.emulator.app import run_emulator
+    from voltana.services.emulator.server import EmulatorConfig
+
+    role = "unified" if args.role == "null" else args.role
+    try:
+        config = EmulatorConfig(
+            role=role,
+            gpu=args.gpu,
+            model=args.model,
+            tp=args.tp,
+            host=args.host,
+            port=args.port,
+            bootstrap_port=args.bootstrap_port,
+            gpu_ids=args.gpu_ids,
+            seed=args.seed,
+            noise=args.noise,
+            max_running_requests=args.max_running_requests,
+            chunked_prefill_size=args.chunked_prefill_size,
+            kv_capacity_tokens=args.kv_capacity_tokens,
+            mem_fraction_static=args.mem_fraction_static,
+            sglang_version=args.sglang_version,
+            served_model_name=args.served_model_name,
+            bootstrap_timeout_s=args.bootstrap_timeout_s,
+            eos_mean_tokens=args.eos_mean_tokens,
+        )
+        if config.tp < 1 or config.max_running_requests < 1 or config.chunked_prefill_size < 1:
+            raise ConfigError(
+                "--tp, --max-running-requests and --chunked-prefill-size must be >= 1"
+            )
+        asyncio.run(run_emulator(config))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return 0

@@ -1,0 +1,68 @@
+"""Deterministic token counting and filler text of the emulated model (no tokenizer)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["EOS_TOKEN_ID", "chat_prompt_tokens", "count_prompt_tokens", "filler_ids", "filler_text"]
+
+EOS_TOKEN_ID = 128009  # Llama-3 <|eot_id|>, what SGLang reports in finish_reason.matched
+_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "energy",
+    "meters",
+    "tick",
+    "and",
+    "clocks",
+    "settle",
+    "near",
+    "the",
+    "knee",
+    "of",
+    "the",
+    "curve",
+    "so",
+    "every",
+    "token",
+    "arrives",
+    "in",
+    "time",
+]
+
+
+def count_prompt_tokens(prompt: Any) -> int:
+    """Tokens of a prompt: len(input_ids), or about one per 4 bytes of text (at least 1)."""
+    if isinstance(prompt, list):
+        return len(prompt)
+    text = str(prompt)
+    return max(1, math.ceil(len(text.encode()) / 4))
+
+
+def chat_prompt_tokens(messages: list[Any]) -> int:
+    """Tokens of a chat: content bytes / 4 plus the template's ~4 tokens per message."""
+    total = 0
+    for m in messages:
+        content = m.get("content", "") if isinstance(m, dict) else m
+        if isinstance(content, list):  # content parts
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        total += count_prompt_tokens(str(content)) + 4
+    return max(1, total)
+
+
+def filler_text(start: int, end: int) -> str:
+    """Text of output tokens ``start`` .. ``end``-1 (one word each, with a leading space)."""
+    return "".join(" " + _WORDS[i % len(_WORDS)] for i in range(start, end))
+
+
+def filler_ids(start: int, end: int) -> list[int]:
+    return [1000 + (i % len(_WORDS)) for i in range(start, end)]
