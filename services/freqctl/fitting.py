@@ -13,7 +13,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -194,21 +195,40 @@ def _fit_decode_clock(
     )
 
 
+_MIN_TRAIN = 4
+"""Points a fit keeps at least (three coefficients plus one), per clock and bucket."""
+
+
 def split_heldout(
-    m: Measurements, fraction: float, rng: np.random.Generator
+    m: Measurements,
+    fraction: float,
+    rng: np.random.Generator,
+    buckets: Sequence[int] | None = None,
 ) -> tuple[Measurements, Measurements]:
-    """Split into (train, held-out) by point; each clock keeps most of its points."""
+    """Split into (train, held-out), stratified so every fit keeps enough points.
 
-    def split(items: list, n_min: int) -> tuple[list, list]:
-        if fraction <= 0 or len(items) <= n_min:
-            return list(items), []
-        mask = rng.random(len(items)) < fraction
-        return [s for s, h in zip(items, mask, strict=True) if not h], [
-            s for s, h in zip(items, mask, strict=True) if h
-        ]
+    Prefill points are grouped by clock, decode points by clock and batch
+    bucket; each group holds out about ``fraction`` of its points but keeps at
+    least four for the fit, so no held-out point is judged by a fit that never
+    had the data to exist.
+    """
 
-    p_tr, p_te = split(m.prefill, 4)
-    d_tr, d_te = split(m.decode, 4)
+    def split(items: Sequence[Any], key: Callable[[Any], Any]) -> tuple[list[Any], list[Any]]:
+        groups: dict[Any, list[int]] = defaultdict(list)
+        for i, s in enumerate(items):
+            groups[key(s)].append(i)
+        held: set[int] = set()
+        for idx in groups.values():
+            n_hold = min(round(fraction * len(idx)), max(0, len(idx) - _MIN_TRAIN))
+            if fraction > 0 and n_hold > 0:
+                held.update(int(i) for i in rng.permutation(idx)[:n_hold])
+        train = [s for i, s in enumerate(items) if i not in held]
+        test = [s for i, s in enumerate(items) if i in held]
+        return train, test
+
+    bk = list(buckets) if buckets is not None else [2**31]
+    p_tr, p_te = split(m.prefill, lambda s: s.clock_mhz)
+    d_tr, d_te = split(m.decode, lambda s: (s.clock_mhz, bucket_index(bk, s.batch_size)))
     return (
         msgspec.structs.replace(m, prefill=p_tr, decode=d_tr),
         msgspec.structs.replace(m, prefill=p_te, decode=d_te, idle=[]),
@@ -260,7 +280,7 @@ def fit_profile(
         ValueError: a clock lacks the points a fit needs.
     """
     rng = np.random.default_rng(seed)
-    train, test = split_heldout(m, heldout_fraction, rng)
+    train, test = split_heldout(m, heldout_fraction, rng, buckets)
     pre: dict[int, list[PrefillSample]] = defaultdict(list)
     for p in train.prefill:
         pre[p.clock_mhz].append(p)

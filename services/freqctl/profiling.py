@@ -114,13 +114,13 @@ def default_plan(
     """A plan for ``hw``: dense for simulated hardware, ``quick`` for live runs.
 
     ``quick`` profiles every 12th clock (180 MHz at 15 MHz steps) with the two
-    sides of each bucket at two context lengths; the full plan every 6th clock,
+    sides of each bucket at three context lengths; the full plan every 6th clock,
     bucket middles too, four context lengths and more prefill lengths.
     """
     buckets = default_buckets(max_batch_size)
     if quick:
-        prefill = [64, 256, 1024, 2048, 4096, 8192]
-        contexts = [128, 1024]
+        prefill = [64, 128, 256, 512, 1024, 2048, 3072, 4096, 6144, 8192]
+        contexts = [128, 512, 1536]
     else:
         prefill = [32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
         contexts = [64, 512, 1536, 3072]

@@ -135,7 +135,7 @@ def test_heldout_points_are_not_used_for_fitting() -> None:
     from voltana.services.freqctl.fitting import split_heldout
 
     m, _ = _synthetic(np.random.default_rng(5), noise=0.01)
-    _, test = split_heldout(m, 0.3, np.random.default_rng(2))
+    _, test = split_heldout(m, 0.3, np.random.default_rng(2), default_buckets(256))
     held = {id(s) for s in test.decode}
     assert held
     # Corrupt exactly the held-out decode points: the fit must not move, the accuracy must.
