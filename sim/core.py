@@ -91,10 +91,13 @@ class SimConfig:
     max_running_requests: int = 256
     chunked_prefill_size: int = 8192
     kv_mem_fraction: float = 0.88
+    kv_capacity_override_tokens: int | None = None  # instead of the memory-derived capacity
     series_min_dt_s: float = 0.05
     drain_limit_s: float = 600.0  # stop this long after the last arrival, whatever is left
 
     def kv_capacity_tokens(self) -> int:
+        if self.kv_capacity_override_tokens is not None:
+            return self.kv_capacity_override_tokens
         c = self.cluster
         return GpuModel(GPUS[c.gpu], MODELS[c.model], c.tp).kv_capacity_tokens(self.kv_mem_fraction)
 
@@ -180,6 +183,7 @@ class Simulator:
         self._awaiting_first: dict[str, dict[str, float]] = {n: {} for n in self.instances}
         self._telemetry: dict[str, tuple[int, int, int, float]] = {}
         self.now = 0.0
+        self._open = 0
 
     # ----- event plumbing -------------------------------------------------------------
     def _push(self, t: float, kind: int, payload: Any) -> None:
@@ -265,7 +269,8 @@ class Simulator:
         p = self._select("prefill", rr, t)
         d = self._select("decode", rr, t)
         if p is None or d is None:
-            return  # rejected: stays unfinished, counted as a miss
+            self._open -= 1  # rejected: stays unfinished, counted as a miss
+            return
         try:
             p.engine.submit(
                 rr.request_id,
@@ -281,6 +286,7 @@ class Simulator:
             )
         except AdmissionError:
             p.engine.abort(rr.request_id)
+            self._open -= 1  # rejected: never finishes, counted as a miss
             return
         out.prefill, out.decode = p.name, d.name
         for inst in (p, d):
@@ -322,6 +328,7 @@ class Simulator:
     def _finish(self, d: Instance, rid: str, t: float) -> None:
         out = self.outcomes[rid]
         out.finish_s = t
+        self._open -= 1
         self._last_tok.pop(rid, None)
         self._inflight[d.name].pop(rid, None)
         self.policies["decode"].on_complete(d.name, self._route[rid], t)
@@ -395,7 +402,7 @@ class Simulator:
             else:
                 inst.command_clock(0.0, inst.model.min_clock_mhz)
             inst.apply_pending(0.0)
-        open_reqs = len(workload.requests)
+        self._open = len(workload.requests)
         t_end = 0.0
         next_prog = 0.0
         heap = self._heap
@@ -411,12 +418,7 @@ class Simulator:
             elif kind == _XFER:
                 self._transfer_done(payload, t)
             else:
-                open_reqs = (
-                    sum(1 for o in self.outcomes.values() if o.finish_s is None)
-                    if (t > last_arrival)
-                    else open_reqs
-                )
-                if t > last_arrival and open_reqs == 0:
+                if t > last_arrival and self._open == 0:
                     continue  # done: stop ticking
                 self._refresh_telemetry(t)
                 self._push(t + self.cfg.telemetry_period_s, _TICK, None)

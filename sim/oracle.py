@@ -11,13 +11,18 @@ per-iteration energy ``E(f)`` bottoms out near 900 MHz on the H100 model,
 while the energy above the idle floor keeps falling to the lowest clock for
 decode; minimising ``E(f)`` per iteration over-clocks.) The SLO conditions:
 
-- decode: the step time is within the ITL SLO (no margin);
-- prefill: every request of the batch that completes in it, and every request
-  still waiting behind it (at its own max-clock prefill time), still makes the
-  TTFT SLO after the KV transfer;
+- decode: every request of the batch keeps its mean ITL within the SLO: its
+  remaining allowance ``first_token + SLO * (out - 1) - now`` spread over its
+  remaining tokens (the oracle knows each request's output length);
+- prefill: every request of the batch (its later chunks at the top clock) and
+  every request waiting behind it (FIFO, each at the top clock) still makes
+  the TTFT SLO after its KV transfer; and no prefill iteration takes more
+  than half the TTFT SLO (the oracle does not foresee arrivals, so it leaves
+  room for a request that arrives just after an iteration starts);
 - idle: the lowest clock at once, woken for free.
 
-Routing is least-load prefill and round-robin decode. What it bounds: the
+The oracle's run uses noise-free hardware (perfect knowledge means knowing
+every iteration's time exactly). Routing is least-load prefill and round-robin decode. What it bounds: the
 energy of the clock-control lever alone on this trace, cluster and SLO under
 that routing, with perfect knowledge. It is a reference, not a proof of
 optimality: a policy may beat it by routing (consolidation) or by missing SLOs
@@ -56,7 +61,7 @@ class OracleChooser:
         self.clocks = np.array(sorted(picked), dtype=np.int64)
         self.slo = slo
         self.idle_floor_w = self.gm.idle_power_w(self.gm.min_clock_mhz)
-        self._dec_cache: dict[tuple[int, int], int] = {}
+        self._dec_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._pre_cache: dict[tuple[tuple[int, int], ...], tuple[np.ndarray, np.ndarray]] = {}
         self._max_prefill_cache: dict[int, float] = {}
 
@@ -88,28 +93,41 @@ class OracleChooser:
         return v
 
     def __call__(self, inst: Instance, plan: BatchPlan, now: float) -> int:
-        if plan.kind == "decode":
-            key = (plan.batch_size, plan.kv_tokens // 1024)
-            c = self._dec_cache.get(key)
-            if c is None:
-                t, e = self._table(plan)
-                c = self._dec_cache[key] = int(self.clocks[self._pick(t, e, self.slo.itl_s)])
-            return c
-        # prefill: the tightest remaining slack among requests this iteration completes
-        # and those still waiting behind it.
         reqs = inst.engine.requests
-        budget = np.inf
+        if plan.kind == "decode":
+            # Mean ITL <= SLO  <=>  finish - first_token <= SLO * (out - 1): spread each
+            # request's remaining allowance over its remaining tokens (known to the oracle).
+            itl = self.slo.itl_s
+            budget = np.inf
+            for rid in plan.rids:
+                r = reqs[rid]
+                left = r.output_tokens - r.generated_tokens
+                if left > 0 and r.first_token_s is not None:
+                    allow = r.first_token_s + itl * (r.output_tokens - 1) - now
+                    budget = min(budget, allow / left)
+            key = (plan.batch_size, plan.kv_tokens // 1024)
+            tab = self._dec_cache.get(key)
+            if tab is None:
+                tab = self._dec_cache[key] = self._table(plan)
+            return int(self.clocks[self._pick(tab[0], tab[1], min(budget, itl))])
+        # prefill: the tightest slack among the requests in this batch (their remaining
+        # chunks at the top clock) and those waiting behind it (FIFO, at the top clock).
+        ttft = self.slo.ttft_s
+        budget = ttft / 2  # leaves half the SLO to a request arriving just after the start
         for rid, (n, ctx) in zip(plan.rids, plan.chunks, strict=True):
             r = reqs[rid]
-            if n + ctx >= r.prompt_tokens:
-                deadline = r.arrival_s + self.slo.ttft_s - self.gm.kv_transfer_s(r.prompt_tokens)
-                budget = min(budget, deadline - now)
+            rest = r.prompt_tokens - ctx - n
+            later = self._max_prefill_s(rest) if rest > 0 else 0.0
+            xfer = self.gm.kv_transfer_s(r.prompt_tokens)
+            budget = min(budget, r.arrival_s + ttft - now - xfer - later)
+        ahead = 0.0
         for r in reqs.values():
             if r.phase is Phase.WAITING:
-                own = self._max_prefill_s(r.prompt_tokens) + self.gm.kv_transfer_s(r.prompt_tokens)
-                budget = min(budget, r.arrival_s + self.slo.ttft_s - now - own)
+                ahead += self._max_prefill_s(r.prompt_tokens)
+                xfer = self.gm.kv_transfer_s(r.prompt_tokens)
+                budget = min(budget, r.arrival_s + ttft - now - ahead - xfer)
         pkey = tuple((-(-n // 32) * 32, -(-c // 256) * 256) for n, c in plan.chunks)
-        tab = self._pre_cache.get(pkey)
-        if tab is None:
-            tab = self._pre_cache[pkey] = self._table(plan)
-        return int(self.clocks[self._pick(tab[0], tab[1], budget)])
+        ptab = self._pre_cache.get(pkey)
+        if ptab is None:
+            ptab = self._pre_cache[pkey] = self._table(plan)
+        return int(self.clocks[self._pick(ptab[0], ptab[1], budget)])

@@ -70,7 +70,7 @@ def run_oracle(
     c = cfg.cluster
     chooser = OracleChooser(c.gpu, c.model, c.tp, cfg.slo)
     sim = Simulator(
-        cfg,
+        replace(cfg, noise=0.0),  # perfect knowledge: the hardware does what the model says
         controllers={},
         prefill_policy=make_policy("least-load"),
         decode_policy=make_policy("round-robin"),

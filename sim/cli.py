@@ -1,0 +1,238 @@
+"""``voltana sim``: run policies over a trace in the discrete-event simulator.
+
+Example::
+
+    voltana sim --trace ../shared/data/traces/azure_llm_2023_conv.csv --cluster 2p2d \\
+        --gpu h100 --model llama-3.1-8b --policies static-max,ecofreq,voltana-ref,voltana \\
+        --slo-ttft 0.5 --slo-itl 0.025 --rate-scale 2 --window 0,600 --out out/sim
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+DEFAULT_POLICIES = "static-max,static-min,ecofreq,voltana-ref,voltana"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _window(text: str) -> tuple[float, float | None]:
+    parts = text.split(",")
+    try:
+        start = float(parts[0])
+        dur = float(parts[1]) if len(parts) > 1 and parts[1].strip() else None
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"--window wants START[,DURATION] seconds: {text!r}"
+        ) from None
+    return start, dur
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "sim",
+        help="discrete-event simulation of a PD cluster: energy and SLO per policy",
+        description="Simulate prefill/decode instances on the ground-truth GPU model with the "
+        "project's clock controllers and routing policies, in virtual time.",
+    )
+    src = p.add_argument_group("workload")
+    src.add_argument("--trace", help="Azure CSV, BurstGPT CSV or Mooncake JSONL (auto-detected)")
+    src.add_argument(
+        "--synthetic",
+        choices=["poisson", "gamma"],
+        default=None,
+        help="synthetic arrivals instead of a trace",
+    )
+    src.add_argument("--rate", type=float, default=5.0, help="synthetic: requests/s")
+    src.add_argument("--duration", type=float, default=300.0, help="synthetic: seconds")
+    src.add_argument("--cv", type=float, default=2.0, help="gamma: coefficient of variation")
+    src.add_argument("--input-mean", type=float, default=1155.0, help="synthetic prompt mean")
+    src.add_argument("--output-mean", type=float, default=211.0, help="synthetic output mean")
+    src.add_argument(
+        "--rate-scale",
+        type=float,
+        default=1.0,
+        help="multiply the arrival rate (arrival times divided)",
+    )
+    src.add_argument(
+        "--window",
+        type=_window,
+        default=None,
+        metavar="START[,DUR]",
+        help="keep arrivals in [START, START+DUR) seconds (after rate scaling)",
+    )
+    cl = p.add_argument_group("cluster and SLO")
+    cl.add_argument("--cluster", default="2p2d", help="e.g. 2p2d, 1p1d, 32p32d")
+    cl.add_argument("--gpu", default="h100", help="h100 | a100")
+    cl.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.1-70b")
+    cl.add_argument("--tp", type=int, default=1, help="GPUs per instance")
+    cl.add_argument("--slo-ttft", type=float, default=1.0, help="TTFT SLO (s)")
+    cl.add_argument("--slo-itl", type=float, default=0.05, help="ITL SLO (s)")
+    cl.add_argument("--slo-margin", type=float, default=0.1, help="controllers' SLO margin")
+    run = p.add_argument_group("run")
+    run.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--noise", type=float, default=0.02, help="ground-truth time jitter")
+    run.add_argument(
+        "--control",
+        choices=["iteration", "telemetry"],
+        default="iteration",
+        help="controller cadence: every engine iteration, or per telemetry sample",
+    )
+    run.add_argument("--control-lag", type=float, default=0.003, help="decision -> clock (s)")
+    run.add_argument("--telemetry-period", type=float, default=0.25, help="seconds")
+    run.add_argument("--no-oracle", action="store_true", help="skip the oracle reference")
+    run.add_argument(
+        "--quick-profile",
+        action="store_true",
+        help="coarser profiling plan (faster start, for tests)",
+    )
+    run.add_argument(
+        "--sweep-rate",
+        type=_floats,
+        default=None,
+        metavar="X,Y,...",
+        help="sweep rate scales (table)",
+    )
+    run.add_argument(
+        "--sweep-slo",
+        type=_floats,
+        default=None,
+        metavar="X,Y,...",
+        help="sweep SLO scales (both SLOs multiplied)",
+    )
+    run.add_argument("--out", default=None, help="write results.json and plots here")
+    run.add_argument("--no-plots", action="store_true")
+    run.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from voltana.common.errors import ConfigError
+    from voltana.schemas.config import SloConfig
+    from voltana.sim.core import ClusterSpec, SimConfig
+    from voltana.sim.metrics import RunMetrics
+    from voltana.sim.policies import parse_policies
+    from voltana.sim.report import evaluation_table, markdown_table, sweep_table, write_results
+    from voltana.sim.runner import evaluate, sweep
+    from voltana.sim.workload import LengthDist, load_trace, scale_rate, synthetic, window
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=180)
+    if args.trace and args.synthetic:
+        raise ConfigError("give either --trace or --synthetic, not both")
+    if args.trace:
+        wl = load_trace(args.trace)
+    elif args.synthetic:
+        wl = synthetic(
+            rate_rps=args.rate,
+            duration_s=args.duration,
+            arrival=args.synthetic,
+            cv=args.cv,
+            input_len=LengthDist("lognormal", args.input_mean, 0.9, 16, 16384),
+            output_len=LengthDist("lognormal", args.output_mean, 1.0, 1, 4096),
+            seed=args.seed,
+        )
+    else:
+        raise ConfigError("give --trace FILE or --synthetic poisson|gamma")
+    wl = scale_rate(wl, args.rate_scale)
+    if args.window is not None:
+        wl = window(wl, args.window[0], args.window[1])
+    if args.slo_ttft <= 0 or args.slo_itl <= 0:
+        raise ConfigError("SLOs must be positive")
+    cluster = ClusterSpec.parse(args.cluster, gpu=args.gpu, model=args.model, tp=args.tp)
+    cfg = SimConfig(
+        cluster=cluster,
+        slo=SloConfig(ttft_s=args.slo_ttft, itl_s=args.slo_itl, margin=args.slo_margin),
+        seed=args.seed,
+        noise=args.noise,
+        control=args.control,
+        control_lag_s=args.control_lag,
+        telemetry_period_s=args.telemetry_period,
+    )
+    specs = parse_policies(args.policies)
+    console.print(f"[bold]workload[/] {wl.summary()}  [bold]cluster[/] {cluster}")
+    out = Path(args.out) if args.out else None
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.no_progress,
+        transient=True,
+    ) as prog:
+        tasks: dict[str, Any] = {}
+        horizon = max(wl.duration_s, 1e-9)
+
+        def progress(name: str, t: float) -> None:
+            if name not in tasks:
+                tasks[name] = prog.add_task(name, total=horizon)
+            prog.update(tasks[name], completed=min(t, horizon))
+
+        if args.sweep_rate or args.sweep_slo:
+            rows = sweep(
+                wl,
+                specs,
+                cfg,
+                rate_scales=args.sweep_rate or [1.0],
+                slo_scales=args.sweep_slo or [1.0],
+                oracle=not args.no_oracle,
+                quick_profile=args.quick_profile,
+                progress=progress,
+            )
+            prog.stop()
+            console.print(sweep_table(rows, title=f"sweep: {wl.name} on {cluster.label}"))
+            if out is not None:
+                import json
+
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
+                lead = (
+                    ("rate_scale", "rate x"),
+                    ("rate_rps", "req/s"),
+                    ("slo_scale", "SLO x"),
+                    ("policy", "policy"),
+                )
+                (out / "sweep.md").write_text(markdown_table(rows, lead) + "\n")
+                console.print(f"wrote {out / 'sweep.json'} and {out / 'sweep.md'}")
+            return 0
+        runs: list[RunMetrics] = []
+        ev = evaluate(
+            wl,
+            specs,
+            replace(cfg),
+            oracle=not args.no_oracle,
+            quick_profile=args.quick_profile,
+            progress=progress,
+            keep_runs=runs,
+        )
+    title = (
+        f"{wl.name} | {cluster.label} {cluster.gpu} {cluster.model} | "
+        f"SLO TTFT {args.slo_ttft * 1e3:.0f} ms, ITL {args.slo_itl * 1e3:.0f} ms"
+    )
+    console.print(evaluation_table(ev, title))
+    if out is not None:
+        p = write_results(ev, out)
+        console.print(f"wrote {p}")
+        if not args.no_plots:
+            from voltana.sim.plots import plot_runs
+
+            for f in plot_runs(runs, out):
+                console.print(f"wrote {f}")
+    return 0

@@ -1,0 +1,121 @@
+"""Workload loading (format detection), synthetic arrivals, rate scaling and windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from voltana.common.errors import ConfigError
+from voltana.sim.workload import LengthDist, load_trace, scale_rate, synthetic, window
+
+SHARED_TRACE = Path(__file__).resolve().parents[3] / "shared/data/traces/azure_llm_2023_conv.csv"
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fmt", "expect"),
+    [
+        (
+            "az.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+            "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,396,109\n",
+            "azure",
+            [(0.0, 374, 44), (4.314579, 396, 109)],
+        ),
+        (
+            "b.csv",
+            "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+            "5,ChatGPT,472,18,490,Conversation log\n7.5,GPT-4,1000,0,1000,Conversation log\n"
+            "9,GPT-4,1200,30,1230,API log\n",
+            "burstgpt",
+            [(0.0, 472, 18), (4.0, 1200, 30)],
+        ),
+        (
+            "m.jsonl",
+            '{"timestamp": 1000, "input_length": 500, "output_length": 20, "hash_ids": [1]}\n'
+            '\n{"timestamp": 3500, "input_length": 800, "output_length": 10}\n',
+            "mooncake",
+            [(0.0, 500, 20), (2.5, 800, 10)],
+        ),
+    ],
+)
+def test_formats_are_detected_and_rebased(
+    tmp_path: Path, name: str, text: str, fmt: str, expect: list[tuple[float, int, int]]
+) -> None:
+    wl = load_trace(_write(tmp_path, name, text))
+    assert wl.source.startswith(fmt)
+    got = [(r.arrival_s, r.input_tokens, r.output_tokens) for r in wl.requests]
+    assert len(got) == len(expect)
+    for (t, i, o), (et, ei, eo) in zip(got, expect, strict=True):
+        assert t == pytest.approx(et, abs=1e-6)
+        assert (i, o) == (ei, eo)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("e.csv", "", "empty"),
+        ("u.csv", "a,b,c\n1,2,3\n", "unknown format"),
+        ("bad.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\nnot-a-date,1,2\n", "bad.csv:2"),
+        ("bad.jsonl", '{"timestamp": 1}\n', "bad.jsonl:1"),
+    ],
+)
+def test_bad_traces_give_clear_errors(tmp_path: Path, name: str, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_trace(_write(tmp_path, name, text))
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_trace("/nonexistent/trace.csv")
+
+
+def test_scale_and_window() -> None:
+    wl = synthetic(rate_rps=10, duration_s=50, seed=1)
+    fast = scale_rate(wl, 2.0)
+    assert fast.rate_rps == pytest.approx(2 * wl.rate_rps, rel=1e-6)
+    w = window(fast, 5.0, 10.0)
+    assert all(0.0 <= r.arrival_s < 10.0 for r in w.requests)
+    assert len(w.requests) == sum(1 for r in fast.requests if 5.0 <= r.arrival_s < 15.0)
+    with pytest.raises(ConfigError):
+        scale_rate(wl, 0.0)
+    with pytest.raises(ConfigError, match="holds no request"):
+        window(wl, 1e6, 1.0)
+
+
+@pytest.mark.parametrize("arrival", ["poisson", "gamma"])
+def test_synthetic_rate_and_determinism(arrival: str) -> None:
+    a = synthetic(rate_rps=20, duration_s=500, arrival=arrival, cv=3.0, seed=3)  # type: ignore[arg-type]
+    b = synthetic(rate_rps=20, duration_s=500, arrival=arrival, cv=3.0, seed=3)  # type: ignore[arg-type]
+    assert a == b
+    assert a.rate_rps == pytest.approx(20, rel=0.25)
+    gaps = np.diff([r.arrival_s for r in a.requests])
+    cv = gaps.std() / gaps.mean()
+    if arrival == "poisson":
+        assert cv == pytest.approx(1.0, abs=0.15)
+    else:
+        assert cv > 2.0  # bursty
+
+
+def test_length_distributions() -> None:
+    rng = np.random.default_rng(0)
+    x = LengthDist("lognormal", 500.0, 0.8, 1, 100000).sample(rng, 20000)
+    assert x.mean() == pytest.approx(500, rel=0.05)
+    assert (LengthDist("fixed", 7.0).sample(rng, 5) == 7).all()
+    u = LengthDist("uniform", lo=3, hi=5).sample(rng, 1000)
+    assert set(u.tolist()) == {3, 4, 5}
+
+
+@pytest.mark.skipif(not SHARED_TRACE.is_file(), reason="../shared/data traces not present")
+def test_azure_conversation_trace_summary() -> None:
+    wl = load_trace(SHARED_TRACE)
+    s = wl.summary()
+    assert s["requests"] == 19366
+    assert s["input_tokens_mean"] == pytest.approx(1155, rel=0.01)
+    assert s["output_tokens_mean"] == pytest.approx(211, rel=0.01)
