@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from helpers import free_port
-from voltana.schemas import codec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,5 +121,18 @@ def actuator_proc(
         log.close()
 
 
-def encode(msg: Any) -> bytes:
-    return codec.encode(msg)
+@contextmanager
+def spawn_voltana(args: Sequence[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Any ``voltana`` subcommand as a subprocess, stopped with SIGTERM (killed if it hangs)."""
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        voltana_cmd(*args),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "VOLTANA_LOG_FORMAT": "json"},
+    )
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+        log.close()
