@@ -1,0 +1,59 @@
+"""EmulatedGpu: NVML-like clocks, energy integration and throttle reasons."""
+
+from __future__ import annotations
+
+import pytest
+from voltana.common.errors import GpuError
+from voltana.services.emulator.gpu_device import (
+    THROTTLE_GPU_IDLE,
+    THROTTLE_SW_POWER_CAP,
+    EmulatedGpu,
+)
+from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
+
+MODEL = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
+
+
+def test_idle_energy_follows_the_clock() -> None:
+    g = EmulatedGpu(0, MODEL, now_s=0.0)
+    assert g.energy_mj(10.0) == pytest.approx(117.0 * 10 * 1e3, rel=1e-6)  # default: max clock
+    g.set_locked_clocks(345, 345, now_s=10.0)
+    assert g.sm_clock_mhz() == 345
+    e0 = g.energy_mj(10.0)
+    assert g.energy_mj(20.0) - e0 == pytest.approx(69.0 * 10 * 1e3, rel=1e-6)
+    assert g.throttle_reasons() & THROTTLE_GPU_IDLE
+
+
+def test_busy_energy_and_late_iterations() -> None:
+    g = EmulatedGpu(3, MODEL, now_s=0.0)
+    cost = MODEL.prefill(1980, 4096)
+    g.begin_busy(1.0, cost)
+    assert g.power_w(1.0 + cost.time_s / 2) == pytest.approx(cost.power_w)
+    assert g.sm_clock_mhz() == cost.effective_clock_mhz < 1980
+    assert g.throttle_reasons() & THROTTLE_SW_POWER_CAP
+    late = 1.0 + cost.time_s * 1.5
+    g.end_busy(late)
+    expected = 117.0 * 1.0 + cost.power_w * (late - 1.0)
+    assert g.energy_mj(late) == pytest.approx(expected * 1e3, abs=1.0)
+    assert g.util_gpu_pct(late) == pytest.approx(100 * (late - 1.0), rel=1e-3)
+    snap = g.snapshot(late)
+    assert snap["index"] == 3 and snap["power_limit_w"] == 700.0
+    assert snap["supported_sm_clocks_mhz"][0] == 1980
+
+
+def test_locked_clocks_drive_the_busy_clock() -> None:
+    g = EmulatedGpu(0, MODEL, now_s=0.0)
+    g.set_locked_clocks(900, 1200, now_s=0.0)
+    assert g.busy_clock_mhz == 1200 and g.idle_clock_mhz == 900
+    assert g.snapshot(0.0)["locked_clock_mhz"] == 1200
+    g.reset_locked_clocks(now_s=1.0)
+    assert g.busy_clock_mhz == 1980 and g.snapshot(1.0)["locked_clock_mhz"] is None
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(1000, 1200), (1200, 900), (300, 300), (1980, 1995)])
+def test_bad_locked_clocks_raise(lo: int, hi: int) -> None:
+    g = EmulatedGpu(0, MODEL, now_s=0.0)
+    with pytest.raises(GpuError) as err:
+        g.set_locked_clocks(lo, hi, now_s=0.0)
+    assert err.value.code == "NVML_ERROR_INVALID_ARGUMENT"
+    assert g.locked_max_mhz is None
