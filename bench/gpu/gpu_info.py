@@ -22,6 +22,12 @@ def _get(fn: Callable[..., Any], *args: Any) -> Any:
     return value
 
 
+def _uuid_hash(uuid: str | None) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(uuid.encode()).hexdigest()[:12] if uuid else None
+
+
 def nvml_info(index: int) -> dict[str, Any]:
     """Device name, driver, power limits, clocks and modes of GPU ``index``, read-only.
 
@@ -55,7 +61,8 @@ def nvml_info(index: int) -> dict[str, Any]:
             "driver": _get(nv.nvmlSystemGetDriverVersion),
             "nvml_version": _get(nv.nvmlSystemGetNVMLVersion),
             "cuda_driver_version": _get(nv.nvmlSystemGetCudaDriverVersion),
-            "pci_bus_id": None,  # not recorded: identifies the host, not the kind of GPU
+            # A short hash of the GPU's UUID tells two runs' cards apart without naming them.
+            "gpu_uuid_sha256_12": _uuid_hash(_get(nv.nvmlDeviceGetUUID, h)),
             "memory_total_mib": mem.total / 2**20 if mem is not None else None,
             "power_limit_w": mw_to_w(_get(nv.nvmlDeviceGetEnforcedPowerLimit, h)),
             "power_limit_default_w": mw_to_w(_get(nv.nvmlDeviceGetPowerManagementDefaultLimit, h)),

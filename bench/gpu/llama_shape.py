@@ -137,6 +137,7 @@ class RandomLlama:
         self.cos = ang.cos().to(self.dtype)
         self.sin = ang.sin().to(self.dtype)
         self.gqa_native = False  # set by probe_gqa(): SDPA's enable_gqa usable on this device
+        self.decode_attn = "sdpa"  # or "matmul": QK^T and PV as batched matmuls
 
     # -- pieces --------------------------------------------------------------------------
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -231,7 +232,13 @@ class RandomLlama:
             kc[:, :, pos].copy_(k)
             vc[:, :, pos].copy_(v)
             qg = q.view(b, s.kv_heads, group, s.head_dim)
-            o = F.scaled_dot_product_attention(qg, kc, vc)
+            if self.decode_attn == "matmul":
+                # The matmuls spread over the KV length, so few sequences still fill the
+                # GPU (SDPA's kernel here runs one block per sequence and KV head).
+                sc = torch.matmul(qg, kc.transpose(-1, -2)) * (s.head_dim**-0.5)
+                o = torch.matmul(torch.softmax(sc.float(), dim=-1).to(qg.dtype), vc)
+            else:
+                o = F.scaled_dot_product_attention(qg, kc, vc)
             x = x + F.linear(o.reshape(b, s.hidden), lw["wo"])
             x = self._mlp(x, lw)
         out = F.linear(self._norm(x, self.norm), self.lm_head)

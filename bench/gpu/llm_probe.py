@@ -203,6 +203,35 @@ class Probe:
         return out
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    """``"1x512,64x2048"`` -> [(1, 512), (64, 2048)] (batch x KV tokens per sequence)."""
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if item:
+            b, k = item.lower().split("x")
+            out.append((int(b), int(k)))
+    return out
+
+
+def _repeats(text: str) -> list[tuple[str, int, int]]:
+    """``"p:4096,d:64x512"`` -> [("prefill", 4096, 0), ("decode", 64, 512)]."""
+    out: list[tuple[str, int, int]] = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        kind, spec = item.split(":")
+        if kind == "p":
+            out.append(("prefill", int(spec), 0))
+        else:
+            ((b, k),) = _pairs(spec)
+            out.append(("decode", b, k))
+    return out
+
+
 def _attempt(what: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """One point; an error (e.g. out of memory) is recorded with the point, not fatal."""
     try:
@@ -225,12 +254,17 @@ def _run_points(
     cuda = probe.cuda
     results["model"] = describe(shape)
     results["gqa_native_sdpa"] = model.probe_gqa()
+    model.decode_attn = probe.args.decode_attn
+    results["decode_attn"] = model.decode_attn
     results["self_check"] = self_check(model)
     print(f"self check: {results['self_check']}", flush=True)
     results["idle"] = [probe.idle("start, model loaded", 2.0 if cuda else 0.3)]
-    results["microbench"] = probe.microbench()
+    results["microbench"] = [] if probe.args.no_microbench else probe.microbench()
     _free(cuda)
-    need = max([*prefill_tokens, *(b * (k + 1) for b, k in decode_points)])
+    need = max(
+        [1, *prefill_tokens, *eager_tokens, *(b * (k + 1) for b, k in decode_points)]
+        + [x if kind == "prefill" else x * (k + 1) for kind, x, k in repeats]
+    )
     pool_tokens = int(probe.args.kv_pool_gib * 2**30 // shape.kv_bytes_per_token)
     probe.pool = kv_pool(shape, min(pool_tokens, need), model.device)
     results["kv_pool_tokens"] = probe.pool.numel() // (shape.kv_bytes_per_token // 2)
@@ -301,6 +335,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-pool-gib", type=float, default=40.0)
     ap.add_argument("--no-graphs", action="store_true", help="run decode/prefill eagerly")
     ap.add_argument("--quick", action="store_true", help="a few points only (dry runs)")
+    ap.add_argument("--prefill-tokens", type=_ints, default=None, help="e.g. 128,1024")
+    ap.add_argument("--prefill-eager-tokens", type=_ints, default=None, help="e.g. 128")
+    ap.add_argument("--decode-points", type=_pairs, default=None, help="BxK list: 1x512,64x2048")
+    ap.add_argument("--repeats", type=_repeats, default=None, help="p:4096,d:64x512")
+    ap.add_argument("--no-microbench", action="store_true")
+    ap.add_argument(
+        "--decode-attn",
+        default="sdpa",
+        choices=["sdpa", "matmul"],
+        help="decode attention: SDPA (flash) or two matmuls around a softmax (split over KV)",
+    )
     ap.add_argument("--out", required=True, help="results JSON")
     ap.add_argument("--samples-out", default=None, help="raw telemetry samples JSON")
     args = ap.parse_args(argv)
@@ -318,9 +363,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         prefill_tokens, eager_tokens = [128, 1024], [128]
         decode_points = [(1, 512), (16, 512), (4, 2048)]
-    if args.quick:
         repeats = [("prefill", 1024, 0), ("decode", 16, 512)]
-    max_pos = max([*prefill_tokens, *(k + 1 for _, k in decode_points)]) + 1
+    prefill_tokens = prefill_tokens if args.prefill_tokens is None else args.prefill_tokens
+    eager_tokens = eager_tokens if args.prefill_eager_tokens is None else args.prefill_eager_tokens
+    decode_points = decode_points if args.decode_points is None else args.decode_points
+    repeats = repeats if args.repeats is None else args.repeats
+    max_pos = 2 + max(
+        [1, *prefill_tokens, *eager_tokens, *(k + 1 for _, k in decode_points)]
+        + [x if kind == "prefill" else k + 1 for kind, x, k in repeats]
+    )
 
     sampler = None
     source_label = "none"
