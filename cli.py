@@ -18,6 +18,7 @@ from voltana.common.errors import VoltanaError
 _COMMANDS: list[str] = [
     "voltana.common.cli_up",
     "voltana.common.cli_nats",
+    "voltana.common.cli_replay",
     "voltana.services.emulator.cli",
     "voltana.services.telemetry.cli",
     "voltana.services.freqctl.cli",
