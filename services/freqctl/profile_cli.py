@@ -42,6 +42,10 @@ def add_profile_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         )
         sp.add_argument("--quick", action="store_true", help="a smaller plan (live runs)")
         sp.add_argument("--repeats", type=int, default=1, help="samples per point")
+        sp.add_argument("--clocks", help="explicit clocks to profile, e.g. 1980,1410,990")
+        sp.add_argument("--batch-sizes", help="explicit decode batch sizes, e.g. 1,8,9,16")
+        sp.add_argument("--context-tokens", help="decode context lengths per request")
+        sp.add_argument("--prefill-tokens", help="prefill lengths, e.g. 256,1024,4096")
 
     s = sub.add_parser("simulate", help="profile the simulated hardware (ground-truth model)")
     s.add_argument("--gpu", default="h100", help="GPU kind of the model (h100, a100)")
@@ -110,11 +114,37 @@ def _progress() -> Any:
     )
 
 
+def _override(args: argparse.Namespace, plan: Any, supported: list[int]) -> Any:
+    """Replace parts of the default plan with explicit lists from the command line."""
+    import msgspec
+    from voltana.common.errors import ConfigError
+
+    changes: dict[str, list[int]] = {}
+    for flag, field in (
+        ("clocks", "clocks_mhz"),
+        ("batch_sizes", "decode_batch_sizes"),
+        ("context_tokens", "decode_context_tokens"),
+        ("prefill_tokens", "prefill_tokens"),
+    ):
+        text = getattr(args, flag, None)
+        if text:
+            changes[field] = sorted(set(_indices(text)))
+    bad = sorted(set(changes.get("clocks_mhz", [])) - set(supported))
+    if bad:
+        raise ConfigError(f"--clocks: {bad} not supported by the GPU")
+    return msgspec.structs.replace(plan, **changes) if changes else plan
+
+
 def _run_plan(args: argparse.Namespace, prober: Any, plan: Any, notes: str) -> int:
     import msgspec
     from voltana.services.freqctl.profile import Profile, save_profile
     from voltana.services.freqctl.profiling import profile_from_prober
 
+    try:
+        plan = _override(args, plan, prober.hardware().supported_clocks_mhz)
+    except BaseException:
+        prober.close()
+        raise
     with _progress() as prog:
         task = prog.add_task("profiling", total=plan.size())
 
@@ -179,9 +209,9 @@ def _indices(text: str) -> list[int]:
     try:
         out = [int(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise ConfigError(f"bad GPU index list {text!r}") from exc
-    if not out:
-        raise ConfigError("empty GPU index list")
+        raise ConfigError(f"bad integer list {text!r}") from exc
+    if not out or any(x < 0 for x in out):
+        raise ConfigError(f"bad integer list {text!r}")
     return out
 
 
