@@ -1,0 +1,67 @@
+"""The whole system on one machine (`voltana up`'s cluster): requests flow, clocks are driven."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from helpers import wait_for
+from voltana.common.bus import Bus
+from voltana.common.localcluster import ClusterSpec, LocalCluster
+from voltana.schemas import ClockState, GpuTelemetry, RequestRecord, subjects
+
+
+async def exercise(
+    cluster: LocalCluster,
+) -> tuple[list[RequestRecord], list[ClockState], list[GpuTelemetry]]:
+    bus = await Bus.connect(servers=[cluster.nats_url])
+    records: list[RequestRecord] = []
+    states: list[ClockState] = []
+    gpus: list[GpuTelemetry] = []
+    await bus.subscribe(subjects.REQUEST_DONE, RequestRecord, lambda m, s: records.append(m))
+    await bus.subscribe(subjects.CLOCK_STATE_ALL, ClockState, lambda m, s: states.append(m))
+    await bus.subscribe(subjects.TELEMETRY_GPU_ALL, GpuTelemetry, lambda m, s: gpus.append(m))
+    body = {
+        "text": "energy " * 300,
+        "sampling_params": {"max_new_tokens": 24, "ignore_eos": True},
+        "stream": True,
+    }
+    async with aiohttp.ClientSession() as session:
+
+        async def one(i: int) -> dict[str, Any]:
+            last: dict[str, Any] = {}
+            async with session.post(cluster.router_url + "/generate", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                async for line in resp.content:
+                    if line.startswith(b"data: {"):
+                        last = json.loads(line[6:])
+            return last
+
+        outs = await asyncio.gather(*(one(i) for i in range(4)))
+    assert all(o["meta_info"]["completion_tokens"] == 24 for o in outs)
+    await wait_for(lambda: len(records) >= 4, timeout_s=10)
+    await wait_for(lambda: any(s.status == "applied" for s in states), timeout_s=10)
+    await wait_for(lambda: {g.gpu for g in gpus} == {0, 1}, timeout_s=10)
+    await bus.close()
+    return records, states, gpus
+
+
+def test_local_cluster_serves_and_controls_clocks(tmp_path: Path) -> None:
+    spec = ClusterSpec(router_port=0, workdir=tmp_path / "up", noise=0.0)
+    cluster = LocalCluster(spec)
+    try:
+        cluster.start()
+        records, states, _gpus = asyncio.run(exercise(cluster))
+        assert all(r.status == "ok" and r.output_tokens == 24 for r in records[:4])
+        assert all(r.slo_met for r in records[:4]), records
+        applied = [s for s in states if s.status == "applied"]
+        assert all(s.backend == "emulated" and s.locked_clock_mhz for s in applied)
+        assert cluster.check_alive() == []
+        procs = list(cluster.procs.values())
+    finally:
+        cluster.stop()
+    assert all(p.poll() is not None for p in procs)
+    assert (tmp_path / "up" / "logs" / "router.log").exists()
