@@ -63,10 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
     import msgspec
     from voltana.common.bus import Bus
-    from voltana.common.errors import ConfigError
     from voltana.common.shutdown import shutdown_event
     from voltana.services.telemetry.config import load_config, validate
-    from voltana.services.telemetry.service import TelemetryService
+    from voltana.services.telemetry.service import TelemetryService, build_sources
 
     cfg = load_config(args.config)
     rates = cfg.rates
@@ -80,30 +79,30 @@ def run(args: argparse.Namespace) -> int:
     node = args.node or os.environ.get("VOLTANA_NODE") or cfg.node
     nats = msgspec.structs.replace(cfg.nats, **_nats_overrides(args))
     cfg = validate(msgspec.structs.replace(cfg, node=node, rates=rates, metrics=metrics, nats=nats))
+    sources = build_sources(cfg)  # GPU errors surface before anything connects
     if args.check:
-        svc_sources = TelemetryService(cfg, publisher=_NoPublisher()).sources
-        for s in svc_sources.values():
-            print(f"{s.kind} GPUs {list(s.indices)}: {len(s.sample())} sample(s) read")
-            s.close()
+        try:
+            for s in sources.values():
+                print(f"{s.kind} GPUs {list(s.indices)}: {len(s.sample())} sample(s) read")
+        finally:
+            for s in sources.values():
+                s.close()
         print(f"config {args.config}: ok ({len(cfg.instances)} instance(s))")
         return 0
 
     async def main() -> None:
         stop = shutdown_event()
-        bus = await Bus.connect(cfg.nats)
         try:
-            service = TelemetryService(cfg, bus)
+            bus = await Bus.connect(cfg.nats)
+        except BaseException:
+            for s in sources.values():
+                s.close()
+            raise
+        try:
+            service = TelemetryService(cfg, bus, sources=sources, close_sources=True)
             await service.run(stop)
         finally:
             await bus.close()
 
-    try:
-        asyncio.run(main())
-    except ConfigError:
-        raise
+    asyncio.run(main())
     return 0
-
-
-class _NoPublisher:
-    async def publish(self, subject: str, msg: Any) -> None:  # pragma: no cover - never called
-        raise RuntimeError("--check publishes nothing")

@@ -80,6 +80,25 @@ def make_source(inst: InstanceConfig, timeout_s: float) -> GpuSource | None:
     return EmulatedGpuSource(inst.gpu_admin_url, inst.gpus, timeout_s=timeout_s)
 
 
+def build_sources(cfg: NodeConfig) -> dict[str, GpuSource]:
+    """Open every instance's GPU source; on failure close those already open.
+
+    Raises:
+        GpuError: NVML missing, an index out of range, a bad admin URL.
+    """
+    sources: dict[str, GpuSource] = {}
+    try:
+        for inst in cfg.instances:
+            src = make_source(inst, cfg.rates.http_timeout_s)
+            if src is not None:
+                sources[inst.name] = src
+    except BaseException:
+        for s in sources.values():
+            s.close()
+        raise
+    return sources
+
+
 @dataclass
 class _Status:
     """The last error per loop, so logs say when things break and recover, not every tick."""
@@ -101,7 +120,8 @@ class TelemetryService:
     Args:
         cfg: the node config.
         publisher: where messages go (a connected ``Bus``).
-        sources: GPU sources per instance name; default built from ``cfg``.
+        sources: GPU sources per instance name; default built from ``cfg`` (and
+            closed on exit, as given ones are with ``close_sources``).
         clock: monotonic time in seconds (injectable for tests of scheduling).
     """
 
@@ -112,6 +132,7 @@ class TelemetryService:
         *,
         sources: dict[str, GpuSource] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        close_sources: bool = False,
     ) -> None:
         self.cfg = cfg
         self.publisher = publisher
@@ -120,18 +141,9 @@ class TelemetryService:
         self.published: dict[str, int] = {"gpu": 0, "engine": 0}
         self.metrics_port: int | None = None
         self._runner: web.AppRunner | None = None
-        self._owns_sources = sources is None
+        self._owns_sources = sources is None or close_sources
         if sources is None:
-            sources = {}
-            try:
-                for inst in cfg.instances:
-                    src = make_source(inst, cfg.rates.http_timeout_s)
-                    if src is not None:
-                        sources[inst.name] = src
-            except BaseException:
-                for s in sources.values():
-                    s.close()
-                raise
+            sources = build_sources(cfg)
         self.sources = sources
 
     # -- loops ------------------------------------------------------------
