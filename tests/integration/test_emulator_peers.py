@@ -79,7 +79,7 @@ def cluster() -> Iterator[Cluster]:
                 str(boot),
                 "--bootstrap-timeout-s",
                 "20",
-            ],  # fmt: skip
+            ],
             stdout=subprocess.DEVNULL,
         )
         procs.append(prefill)
@@ -123,7 +123,7 @@ def cluster() -> Iterator[Cluster]:
                 "1",
                 "--log-level",
                 "warning",
-            ],  # fmt: skip
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
