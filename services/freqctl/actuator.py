@@ -242,6 +242,9 @@ class Actuator:
         expires_t_ns = None
         if v.lease_expires_s is not None:
             expires_t_ns = time.time_ns() + int(1e9 * (v.lease_expires_s - self._now()))
+        reason = reason or v.reason
+        if self.backend.name == "dry-run" and status in ("applied", "reset", "expired"):
+            reason += " (dry-run: nothing applied)"
         state = ClockState(
             t_ns=time.time_ns(),
             node=self.node,
@@ -253,7 +256,7 @@ class Actuator:
             command_seq=v.command_seq,
             lease_expires_t_ns=expires_t_ns,
             backend=self.backend.name,
-            reason=reason or v.reason,
+            reason=reason,
             apply_latency_s=latency_s,
         )
         self.outcomes[status] += 1

@@ -157,6 +157,28 @@ async def test_bus_loss_resets_clocks(tmp_path: Path, emu: str) -> None:
         server.close()
 
 
+async def test_backend_failure_is_reported_as_error(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The emulator goes away: the lock fails, an error state is published, the target drops."""
+    with emulator(gpu_ids=(0,), log_dir=tmp_path) as url:
+        backend = EmulatedBackend([url], timeout_s=0.5)
+        mhz = backend.supported_sm_clocks_mhz(0)[3]
+        bus = await Bus.connect(fast(nats_server.url))
+        got = await states(bus)
+        act = Actuator(bus, backend, ActuatorConfig(node=NODE, min_change_interval_s=0.0))
+        await act.start()
+    try:  # the emulator is stopped now
+        await bus.publish(subjects.clock_set(NODE, 0), set_cmd(mhz, lease_s=30))
+        await wait_for(lambda: any(s.status == "error" for s in got), timeout_s=5)
+        err = next(s for s in got if s.status == "error")
+        assert "UNREACHABLE" in err.reason and err.requested_clock_mhz == mhz
+        await wait_for(lambda: act.stats()["gpus"][0]["target_mhz"] is None)
+    finally:
+        await act.stop()
+        await bus.close()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_signal_resets_clocks_subprocess(
     nats_server: NatsServer, emu: str, tmp_path: Path, sig: int
