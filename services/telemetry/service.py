@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -141,6 +142,7 @@ class TelemetryService:
         self.published: dict[str, int] = {"gpu": 0, "engine": 0}
         self.metrics_port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._owns_sources = sources is None or close_sources
         if sources is None:
             sources = build_sources(cfg)
@@ -183,7 +185,8 @@ class TelemetryService:
         async def tick(t_sched: float) -> None:
             t0 = self.clock()
             try:
-                samples = await asyncio.to_thread(src.sample)
+                loop = asyncio.get_running_loop()
+                samples = await loop.run_in_executor(self._executor, src.sample)
             except GpuError as exc:
                 ERRORS.labels("gpu", name).inc()
                 self._status.report(key, str(exc), instance=name)
@@ -254,6 +257,10 @@ class TelemetryService:
         """Run until ``stop`` is set; close sources (if built here) on the way out."""
         by_name = {i.name: i for i in self.cfg.instances}
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        # one worker per source: a source stuck in a read never holds up another's
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, len(self.sources)), thread_name_prefix="gpu-source"
+        )
         tasks: list[asyncio.Task[None]] = []
         try:
             await self._start_metrics()
@@ -292,5 +299,6 @@ class TelemetryService:
                 await self._runner.cleanup()
             if self._owns_sources:
                 for s in self.sources.values():
-                    await asyncio.to_thread(s.close)
+                    s.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
             log.info("telemetry_stopped", node=self.cfg.node, published=self.published)
