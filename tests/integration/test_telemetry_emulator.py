@@ -244,3 +244,36 @@ def test_cli_errors_are_one_line(tmp_path: Path, body: str, fragment: str) -> No
     assert out.returncode == 1
     assert fragment in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("voltana telemetry: error:")
+
+
+def test_emulated_source_errors_and_restart(tmp_path: Path) -> None:
+    """Bad index, a dead emulator, and an emulator restart (its counter restarts at 0)."""
+    from voltana.common.errors import GpuError
+    from voltana.services.telemetry.emulated import EmulatedGpuSource
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = emulator_args(port, "0.5.23", "4,5", 2, 8)
+    src = EmulatedGpuSource(url, [4, 5], timeout_s=0.5)
+    bad = EmulatedGpuSource(url, [4, 9], timeout_s=0.5)
+    try:
+        with process(args, tmp_path / "a.log", READY_LINE):
+            time.sleep(0.3)
+            first = src.sample()
+            assert [s.index for s in first] == [4, 5] and first[0].source == "emulated"
+            assert first[0].name and first[0].max_sm_clock_mhz and first[0].power_w > 0
+            with pytest.raises(GpuError, match=r"GPU index 9 is not served .* \(it has 4,5\)"):
+                bad.sample()
+            time.sleep(0.3)
+            before = src.sample()[0].energy_j
+        with pytest.raises(GpuError, match="unreachable") as info:
+            src.sample()
+        assert info.value.code == "UNREACHABLE"
+        with process(args, tmp_path / "b.log", READY_LINE):
+            after = [src.sample()[0].energy_j for _ in range(3)]
+        assert after[0] >= before and after == sorted(after)  # never goes backwards
+    finally:
+        src.close()
+        bad.close()
+    with pytest.raises(GpuError, match="closed"):
+        src.sample()
