@@ -112,6 +112,9 @@ class Profile:
         self._d_tab = np.stack(
             [_interp_cols(x, self._d_clocks, self._d_coef[b]) for b in range(len(self.buckets))]
         )  # [bucket, clock, 6]
+        # Column-contiguous copies: a table lookup reads one coefficient across all clocks.
+        self._p_tab = np.ascontiguousarray(self._p_tab.T).T
+        self._d_tab = np.ascontiguousarray(self._d_tab.transpose(0, 2, 1)).transpose(0, 2, 1)
         self._i_tab = np.interp(x, self._i_clocks, self._i_power)
         eff = [(p.clock_mhz, p.effective_clock_mhz) for p in pf.prefill if p.effective_clock_mhz]
         self._p_eff = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from voltana.services.freqctl.profile import load_profile
 
 
 @pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     logs = tmp_path_factory.mktemp("emu")
     with (
         emulator(role="prefill", gpu_ids=(0,), log_dir=logs, extra=("--noise", "0.01")) as pre,

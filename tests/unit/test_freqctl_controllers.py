@@ -17,6 +17,7 @@ from voltana.services.freqctl.controllers import (
     ControlInput,
     EcoFreqController,
     VoltanaController,
+    VoltanaTuning,
     make_controller,
     to_event,
 )
@@ -409,3 +410,33 @@ def test_decision_event_round_trips() -> None:
     assert isinstance(ev, ClockDecision) and ev.clock_mhz == d.clock_mhz
     assert ev.reason.startswith(d.rule) and math.isclose(ev.telemetry_age_s or 0, 0.25)
     assert np.isfinite(ev.predicted_power_w or float("nan"))
+
+
+def test_prefill_queue_lookahead_budgets_the_whole_backlog() -> None:
+    prof = PROFILES[0]
+    ctl = VoltanaController(cfg(), prof, VoltanaTuning(prefill_queue_lookahead=True))
+    small = ControlInput(
+        instance="p",
+        role="prefill",
+        t=0.0,
+        prefill_tokens=3000,
+        running_reqs=1,
+        queue_reqs=2,
+        oldest_wait_s=0.05,
+    )
+    d = ctl.decide(small, 0.0)
+    assert d.rule == "feasible" and d.clock_mhz < 1500
+    assert prof.prefill_latency_s(d.clock_mhz, 3000) <= 0.6 * 0.9 - 0.05
+    big = msgspec.structs.replace(small, instance="q", prefill_tokens=60_000, queue_reqs=20)
+    assert ctl.decide(big, 0.0).rule == "infeasible"
+    # Decode queues still go to the safe clock.
+    dec = ControlInput(
+        instance="d",
+        role="decode",
+        t=0.0,
+        batch_size=8,
+        kv_tokens=800,
+        running_reqs=8,
+        queue_reqs=1,
+    )
+    assert ctl.decide(dec, 0.0).rule == "queue"

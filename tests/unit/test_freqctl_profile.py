@@ -72,7 +72,7 @@ def tiny_file(**over: object) -> ProfileFile:
         idle=[IdlePoint(clock_mhz=1000, power_w=100.0), IdlePoint(clock_mhz=2000, power_w=200.0)],
     )
     base.update(over)
-    return ProfileFile(**base)  # type: ignore[arg-type]
+    return ProfileFile(**base)
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,10 @@ class VoltanaTuning:
     slack_relax_below: float = 0.8
     slack_min: float = 0.5
     flat_tol: float = 0.005
+    prefill_queue_lookahead: bool = False
+    """Prefill with a waiting queue: instead of the safe (fastest) clock, require the
+    whole backlog (queued + running prompt tokens) to finish within the oldest
+    request's remaining TTFT budget, and pick the cheapest clock that does."""
 
 
 @dataclass(slots=True)
@@ -142,7 +146,8 @@ class VoltanaController:
         fits = (dec_l <= itl_b) & (pre_l <= pre_b)
         pred = (dec_l, pre_l, energy, itl_b, pre_b, fits)
         lat = np.maximum(dec_l, pre_l) if inp.role == "unified" else dec_l + pre_l
-        if inp.queue_reqs:
+        lookahead = self.tuning.prefill_queue_lookahead and inp.role == "prefill"
+        if inp.queue_reqs and not lookahead:
             i = self._fastest(lat, energy)
             return self._finish(
                 inp, st, now, i, pred, "queue", f"{inp.queue_reqs} requests waiting: fastest clock"
@@ -150,6 +155,8 @@ class VoltanaController:
         if fits.any():
             i = int(np.argmin(np.where(fits, energy, np.inf)))
             why = "lowest predicted energy within budget"
+            if inp.queue_reqs:
+                why += f" (whole backlog of {inp.queue_reqs} queued)"
             return self._finish(inp, st, now, i, pred, "feasible", why)
         i = self._fastest(lat, energy)
         return self._finish(inp, st, now, i, pred, "infeasible", "no clock fits: fastest clock")
