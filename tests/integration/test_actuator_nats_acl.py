@@ -1,0 +1,128 @@
+"""The shipped NATS config (deploy/nats/nats-server.conf): each role's user can do its job, no more."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from actuator_helpers import ROOT, emulator, gpus_of
+from helpers import wait_for
+from voltana.common.bus import Bus, BusOptions
+from voltana.common.natsserver import NatsServer
+from voltana.schemas import subjects
+from voltana.schemas.clock import ClockState, SetClock
+from voltana.schemas.config import ControllerConfig
+from voltana.schemas.telemetry import InstanceTelemetry
+from voltana.services.freqctl.actuator import Actuator
+from voltana.services.freqctl.actuator_core import ActuatorConfig
+from voltana.services.freqctl.backend_emulated import EmulatedBackend
+from voltana.services.freqctl.profile import default_profile
+from voltana.services.freqctl.service import FreqctlService
+from voltana.services.freqctl.service_core import InstanceSpec
+
+CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
+NODE = "gpu-node-1"  # the node the example config's actuator user is for
+ROLES = ("ACTUATOR", "TELEMETRY", "FREQCTL", "ROUTER", "ADMIN")
+
+
+def opts(url: str, user: str) -> BusOptions:
+    return BusOptions(servers=[url], user=user, password=f"pw-{user.split('-')[0]}")
+
+
+@pytest.fixture
+def acl_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    for role in ROLES:
+        monkeypatch.setenv(f"VOLTANA_NATS_{role}_PASSWORD", f"pw-{role.lower()}")
+    conf = tmp_path / "nats-server.conf"  # the shipped file, with its store in tmp_path
+    text = CONF.read_text()
+    assert "store_dir: /var/lib/voltana-nats" in text
+    conf.write_text(text.replace("/var/lib/voltana-nats", str(tmp_path / "js")))
+    server = NatsServer(jetstream=False, extra_args=["-c", str(conf)])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def test_role_users_run_the_control_loop(acl_server: NatsServer, tmp_path: Path) -> None:
+    url = acl_server.url
+    admin = await Bus.connect(opts(url, "admin"))
+    await admin.kv()  # the bucket is created by an operator; freqctl may not create streams
+    with emulator(gpu_ids=(0,), log_dir=tmp_path) as emu:
+        act_bus = await Bus.connect(opts(url, f"actuator-{NODE}"))
+        fc_bus = await Bus.connect(opts(url, "freqctl"))
+        tel_bus = await Bus.connect(opts(url, "telemetry"))
+        states: list[ClockState] = []
+        await admin.subscribe(subjects.CLOCK_STATE_ALL, ClockState, lambda m, s: states.append(m))
+        actuator = Actuator(act_bus, EmulatedBackend([emu]), ActuatorConfig(node=NODE))
+        profile = default_profile("h100", "llama-3.1-8b")
+        freqctl = FreqctlService(
+            fc_bus, [InstanceSpec("d0", NODE, (0,))], profile, ControllerConfig(), name="acl"
+        )
+        await actuator.start()
+        await freqctl.start()
+        stop = asyncio.Event()
+
+        async def telemetry() -> None:
+            seq = 0
+            while not stop.is_set():
+                seq += 1
+                msg = InstanceTelemetry(
+                    t_ns=time.time_ns(), instance="d0", role="decode", node=NODE,
+                    url=emu, seq=seq, gpus=[0],
+                )  # fmt: skip
+                await tel_bus.publish(subjects.telemetry_engine("decode", "d0"), msg)
+                await asyncio.sleep(0.05)
+
+        pub = asyncio.create_task(telemetry())
+        try:
+            # telemetry user -> freqctl user -> actuator user: idle instance parked
+            await wait_for(lambda: gpus_of(emu)[0]["locked_clock_mhz"] == profile.min_clock_mhz, 10)
+            # the admin changes the policy live through the KV bucket; freqctl reads it
+            await admin.kv_put_json(
+                subjects.kv_controller_key("d0"),
+                ControllerConfig(policy="static", static_clock_mhz=1200),
+            )
+            await wait_for(lambda: gpus_of(emu)[0]["locked_clock_mhz"] == 1200, 10)
+            # the admin reaches both status endpoints
+            for subject in (subjects.actuator_status(NODE), subjects.freqctl_status("acl")):
+                reply = await admin.nc.request(subject, b"", timeout=2)
+                assert reply.data.startswith(b"{")
+
+            # the telemetry user cannot command a GPU: the server drops its SetClock
+            before = actuator.outcomes.copy()
+            forged = SetClock(t_ns=time.time_ns(), node=NODE, gpu=0, sm_clock_mhz=345, lease_s=30)
+            await tel_bus.publish(subjects.clock_set(NODE, 0), forged)
+            await asyncio.sleep(0.5)
+            assert actuator.outcomes["applied"] == before["applied"]
+            assert gpus_of(emu)[0]["locked_clock_mhz"] == 1200
+        finally:
+            stop.set()
+            await pub
+            await freqctl.stop()
+            await actuator.stop()
+            for b in (fc_bus, tel_bus, act_bus):
+                await b.close()
+        assert gpus_of(emu)[0]["locked_clock_mhz"] is None
+    await admin.close()
+
+
+async def test_actuator_user_hears_only_its_node(acl_server: NatsServer) -> None:
+    admin = await Bus.connect(opts(acl_server.url, "admin"))
+    act = await Bus.connect(opts(acl_server.url, f"actuator-{NODE}"))
+    heard: list[SetClock] = []
+    await act.subscribe(
+        subjects.clock_set_node("gpu-node-2"), SetClock, lambda m, s: heard.append(m)
+    )
+    await act.subscribe(subjects.clock_set_node(NODE), SetClock, lambda m, s: heard.append(m))
+    for node in ("gpu-node-2", NODE):
+        cmd = SetClock(t_ns=time.time_ns(), node=node, gpu=0, sm_clock_mhz=1200)
+        await admin.publish(subjects.clock_set(node, 0), cmd)
+    await wait_for(lambda: len(heard) >= 1)
+    await asyncio.sleep(0.3)
+    assert [m.node for m in heard] == [NODE]
+    await act.close()
+    await admin.close()
