@@ -81,8 +81,7 @@ class SglangMetrics:
         self.generation_tokens = counter("generation_tokens", "Number of generation tokens.")
         self.cached_tokens = counter("cached_tokens", "Number of cached prompt tokens.")
         self.num_requests = counter("num_requests", "Number of requests processed.")
-        aborted = "num_aborted_requests_total" if self.new_style else "num_aborted_requests"
-        self.aborted = counter(aborted.removesuffix("_total"), "Number of aborted requests.")
+        self.aborted = counter("num_aborted_requests", "Number of aborted requests.")
 
         def hist(name: str, doc: str, buckets: list[float]) -> Histogram:
             return Histogram(
@@ -99,28 +98,42 @@ class SglangMetrics:
                 "request_time_per_output_token_seconds", "Time per output token (s).", ITL_BUCKETS
             )
 
+        # Labelled children resolved once: labels() is too slow for a per-token path.
+        lt = self._tok_labels
+        self._ttft, self._itl, self._e2e = (
+            self.ttft.labels(**lt),
+            self.itl.labels(**lt),
+            self.e2e.labels(**lt),
+        )
+        self._gen, self._prompt = (
+            self.generation_tokens.labels(**lt),
+            self.prompt_tokens.labels(**lt),
+        )
+        self._nreq, self._aborted = self.num_requests.labels(**lt), self.aborted.labels(**lt)
+        self._tpot = self.tpot.labels(**lt) if self.tpot is not None else None
+
     def set_gauge(self, name: str, value: float) -> None:
         g = self.gauges.get(name)
         if g is not None:
             g.labels(**self._sched_labels).set(value)
 
     def on_first_token(self, ttft_s: float) -> None:
-        self.ttft.labels(**self._tok_labels).observe(ttft_s)
+        self._ttft.observe(ttft_s)
 
     def on_tokens(self, n: int, itl_s: float | None) -> None:
-        self.generation_tokens.labels(**self._tok_labels).inc(n)
+        self._gen.inc(n)
         if itl_s is not None:
-            self.itl.labels(**self._tok_labels).observe(itl_s)
+            self._itl.observe(itl_s)
 
     def on_finish(self, prompt_tokens: int, e2e_s: float, tpot_s: float | None) -> None:
-        self.prompt_tokens.labels(**self._tok_labels).inc(prompt_tokens)
-        self.num_requests.labels(**self._tok_labels).inc()
-        self.e2e.labels(**self._tok_labels).observe(e2e_s)
-        if self.tpot is not None and tpot_s is not None:
-            self.tpot.labels(**self._tok_labels).observe(tpot_s)
+        self._prompt.inc(prompt_tokens)
+        self._nreq.inc()
+        self._e2e.observe(e2e_s)
+        if self._tpot is not None and tpot_s is not None:
+            self._tpot.observe(tpot_s)
 
     def on_abort(self) -> None:
-        self.aborted.labels(**self._tok_labels).inc()
+        self._aborted.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

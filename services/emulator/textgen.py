@@ -59,9 +59,25 @@ def chat_prompt_tokens(messages: list[Any]) -> int:
     return max(1, total)
 
 
+_PIECES = [" " + w for w in _WORDS]
+_CYCLE = "".join(_PIECES)
+_OFFSETS = [0]
+for _p in _PIECES:
+    _OFFSETS.append(_OFFSETS[-1] + len(_p))
+
+
+def _offset(i: int) -> int:
+    q, r = divmod(i, len(_WORDS))
+    return q * len(_CYCLE) + _OFFSETS[r]
+
+
 def filler_text(start: int, end: int) -> str:
     """Text of output tokens ``start`` .. ``end``-1 (one word each, with a leading space)."""
-    return "".join(" " + _WORDS[i % len(_WORDS)] for i in range(start, end))
+    if end <= start:
+        return ""
+    a, b = _offset(start), _offset(end)
+    reps = b // len(_CYCLE) + 1
+    return (_CYCLE * reps)[a:b] if reps > 1 else _CYCLE[a:b]
 
 
 def filler_ids(start: int, end: int) -> list[int]:

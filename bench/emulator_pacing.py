@@ -1,0 +1,119 @@
+"""How many concurrent streams one emulated decode worker paces within 5% of the model.
+
+Starts ``voltana emulator --role decode`` pinned to one CPU core (taskset, when
+available), sends N concurrent streaming /generate requests (fake bootstrap host, so
+no prefill partner is needed) from this process, then reads the worker's
+/voltana/iterations and compares each decode iteration's wall time with the model's
+time for it. Prints a table and the largest N whose mean |error| stays under 5%.
+
+Usage: .venv/bin/python bench/emulator_pacing.py [N ...]   (default 64 128 256 384 512)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+OUTPUT_TOKENS = 48
+PROMPT_TOKENS = 512
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(port: int, core: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "voltana", "--log-level", "warning", "emulator", "--role", "decode",
+           "--port", str(port), "--max-running-requests", "1024"]  # fmt: skip
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(core), *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("emulator did not start")
+
+
+async def _one(session: aiohttp.ClientSession, url: str, i: int) -> int:
+    body = {"input_ids": [1] * PROMPT_TOKENS, "stream": True, "bootstrap_host": "2.2.2.2",
+            "bootstrap_room": i, "sampling_params": {"max_new_tokens": OUTPUT_TOKENS, "ignore_eos": True}}  # fmt: skip
+    n = 0
+    async with session.post(url, json=body) as r:
+        async for line in r.content:
+            n += line.startswith(b"data: {")
+    return n
+
+
+async def _run(n: int, core: int) -> dict[str, float]:
+    port = _free_port()
+    proc = _start(port, core)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn) as s:
+            t0 = time.monotonic()
+            counts = await asyncio.gather(*(_one(s, f"{base}/generate", i) for i in range(n)))
+            wall = time.monotonic() - t0
+            async with s.get(f"{base}/voltana/iterations") as r:
+                its = (await r.json())["iterations"]
+        dec = [it for it in its if it["kind"] == "decode" and it["batch_size"] >= 0.9 * n]
+        errs = [abs((it["t_end_s"] - it["t_start_s"]) / it["model_time_s"] - 1) for it in dec]
+        return {
+            "n": n,
+            "ok": float(sum(c == OUTPUT_TOKENS for c in counts)),
+            "iters": float(len(dec)),
+            "model_ms": statistics.mean(it["model_time_s"] for it in dec) * 1e3 if dec else 0.0,
+            "mean_err": statistics.mean(errs) if errs else float("nan"),
+            "p90_err": sorted(errs)[int(0.9 * (len(errs) - 1))] if errs else float("nan"),
+            "wall_s": wall,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def main() -> int:
+    ns = [int(a) for a in sys.argv[1:]] or [64, 128, 256, 384, 512]
+    core = (os.cpu_count() or 1) - 1
+    rows = [asyncio.run(_run(n, core)) for n in ns]
+    t = Table(title=f"one emulated decode worker on CPU core {core} (H100, Llama-3.1-8B, "
+                    f"prompt {PROMPT_TOKENS}, {OUTPUT_TOKENS} tokens each, full-batch iterations)")  # fmt: skip
+    for col in (
+        "streams",
+        "complete",
+        "iterations",
+        "model ms/iter",
+        "mean |err|",
+        "p90 |err|",
+        "wall s",
+    ):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(f"{r['n']}", f"{r['ok']:.0f}", f"{r['iters']:.0f}", f"{r['model_ms']:.2f}",
+                  f"{r['mean_err'] * 100:.1f}%", f"{r['p90_err'] * 100:.1f}%", f"{r['wall_s']:.1f}")  # fmt: skip
+    Console().print(t)
+    good = [r["n"] for r in rows if r["mean_err"] < 0.05 and r["ok"] == r["n"]]
+    print(f"largest N paced with mean iteration-time error < 5%: {max(good) if good else 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
