@@ -185,7 +185,7 @@ def main() -> int:
                         server.url,
                     ],
                     d / "actuator.log",
-                )  # fmt: skip
+                )
             )
             procs.append(
                 spawn(
@@ -200,12 +200,12 @@ def main() -> int:
                         "0.1",
                     ],
                     d / "freqctl.log",
-                )  # fmt: skip
+                )
             )
             time.sleep(2.0)
             for p in procs:
                 if p.poll() is not None:
-                    raise RuntimeError(f"a child exited early: {p.args}")
+                    raise RuntimeError(f"a child exited early: {p.args!r}")
             result = asyncio.run(measure(server.url, args.steps, node, instance))
         finally:
             for p in reversed(procs):

@@ -32,7 +32,7 @@ def opts(url: str, user: str) -> BusOptions:
 
 
 @pytest.fixture
-def acl_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def acl_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for role in ROLES:
         monkeypatch.setenv(f"VOLTANA_NATS_{role}_PASSWORD", f"pw-{role.lower()}")
     conf = tmp_path / "nats-server.conf"  # the shipped file, with its store in tmp_path

@@ -45,7 +45,7 @@ async def states(bus: Bus) -> list[ClockState]:
 
 
 @pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def emu(tmp_path_factory: pytest.TempPathFactory):
     with emulator(gpu_ids=(0, 1), log_dir=tmp_path_factory.mktemp("emu")) as url:
         yield url
 

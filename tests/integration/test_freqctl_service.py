@@ -34,7 +34,7 @@ MAX, MIN = PROFILE.max_clock_mhz, PROFILE.min_clock_mhz
 
 
 @pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def emu(tmp_path_factory: pytest.TempPathFactory):
     with emulator(gpu_ids=(0, 1), log_dir=tmp_path_factory.mktemp("emu")) as url:
         yield url
 
@@ -52,7 +52,7 @@ class Loop:
         self.seq += 1
         msg = InstanceTelemetry(
             t_ns=time.time_ns(), instance=instance, role="decode", node=NODE,
-            url="http://127.0.0.1:1", seq=self.seq, gpus=gpus, **kw,  # type: ignore[arg-type]
+            url="http://127.0.0.1:1", seq=self.seq, gpus=gpus, **kw,
         )  # fmt: skip
         await self.client.publish(subjects.telemetry_engine("decode", instance), msg)
 

@@ -51,7 +51,7 @@ def fake_pynvml(*, count: int = 2, privileged: bool = True) -> tuple[Any, list[t
 
 def test_nvml_backend_is_a_clock_backend() -> None:
     nvml, _ = fake_pynvml()
-    backend = NvmlBackend(nvml=nvml)  # type: ignore[arg-type]
+    backend = NvmlBackend(nvml=nvml)
     assert isinstance(backend, ClockBackend)
     assert backend.gpu_indices() == [0, 1]
     assert backend.supported_sm_clocks_mhz(1)[:2] == [1980, 1965]
@@ -59,7 +59,7 @@ def test_nvml_backend_is_a_clock_backend() -> None:
 
 def test_nvml_setters_skip_value_already_applied() -> None:
     nvml, calls = fake_pynvml()
-    backend = NvmlBackend([1], nvml=nvml)  # type: ignore[arg-type]
+    backend = NvmlBackend([1], nvml=nvml)
     assert backend.locked_clock_mhz(1) is None
     assert backend.set_locked_sm_clock_mhz(1, 1410) is True
     assert backend.set_locked_sm_clock_mhz(1, 1410) is False
@@ -73,7 +73,7 @@ def test_nvml_setters_skip_value_already_applied() -> None:
 def test_nvml_first_reset_is_always_issued() -> None:
     """At start NVML cannot tell whether a lock is left over: the first reset goes out."""
     nvml, calls = fake_pynvml()
-    backend = NvmlBackend([0], nvml=nvml)  # type: ignore[arg-type]
+    backend = NvmlBackend([0], nvml=nvml)
     assert backend.reset_locked_clocks(0) is True
     assert ("reset", "handle0") in calls
 
@@ -84,7 +84,7 @@ def test_nvml_first_reset_is_always_issued() -> None:
 )
 def test_nvml_rejects_bad_requests_before_the_driver(gpu: int, mhz: int, code: str) -> None:
     nvml, calls = fake_pynvml()
-    backend = NvmlBackend([0], nvml=nvml)  # type: ignore[arg-type]
+    backend = NvmlBackend([0], nvml=nvml)
     with pytest.raises(GpuError) as info:
         backend.set_locked_sm_clock_mhz(gpu, mhz)
     assert info.value.code == code
@@ -93,7 +93,7 @@ def test_nvml_rejects_bad_requests_before_the_driver(gpu: int, mhz: int, code: s
 
 def test_nvml_errors_mapped_through_table() -> None:
     nvml, _ = fake_pynvml(privileged=False)
-    backend = NvmlBackend([0], nvml=nvml)  # type: ignore[arg-type]
+    backend = NvmlBackend([0], nvml=nvml)
     with pytest.raises(GpuError) as info:
         backend.set_locked_sm_clock_mhz(0, 1410)
     assert info.value.code == "NVML_ERROR_NO_PERMISSION"
@@ -106,13 +106,13 @@ def test_nvml_errors_mapped_through_table() -> None:
 def test_nvml_unknown_index_at_start() -> None:
     nvml, calls = fake_pynvml(count=1)
     with pytest.raises(GpuError, match="does not exist"):
-        NvmlBackend([3], nvml=nvml)  # type: ignore[arg-type]
+        NvmlBackend([3], nvml=nvml)
     assert ("nvmlShutdown",) in calls
 
 
 def test_dry_run_reads_inner_and_never_writes() -> None:
     nvml, calls = fake_pynvml()
-    backend = DryRunBackend(NvmlBackend(nvml=nvml))  # type: ignore[arg-type]
+    backend = DryRunBackend(NvmlBackend(nvml=nvml))
     assert backend.supported_sm_clocks_mhz(0) == H100_SM_MHZ
     assert backend.set_locked_sm_clock_mhz(0, 1005) is True
     assert backend.set_locked_sm_clock_mhz(0, 1005) is False

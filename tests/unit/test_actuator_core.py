@@ -134,7 +134,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.t_ns = 0
         self.last_apply: dict[int, float] = {}
 
-    def _observe(self, verdicts: list) -> None:  # type: ignore[type-arg]
+    def _observe(self, verdicts: list) -> None:
         for v in verdicts:
             if v.kind == "apply":
                 prev = self.last_apply.get(v.gpu, -math.inf)
@@ -149,7 +149,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self._observe(self.t.on_tick(self.now))
         for g in self.t.gpus:  # nothing is held past its lease once the tick ran
             if self.t.target_mhz(g) is not None:
-                assert self.t.lease_expires_s(g) > self.now  # type: ignore[operator]
+                assert self.t.lease_expires_s(g) > self.now
 
     @rule(
         gpu=st.integers(-1, 2),

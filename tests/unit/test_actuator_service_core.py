@@ -48,7 +48,7 @@ def tel(**kw: object) -> InstanceTelemetry:
         t_ns=100_000_000_000, instance="d0", role="decode", node="n1", url="http://x", seq=1
     )
     base.update(kw)
-    return InstanceTelemetry(**base)  # type: ignore[arg-type]
+    return InstanceTelemetry(**base)
 
 
 def test_build_input_decode_fields() -> None:
@@ -137,7 +137,7 @@ def test_future_timestamp_cannot_hide_staleness() -> None:
 @pytest.mark.parametrize("policy", ["voltana", "ecofreq", "ecofreq-2level"])
 def test_missing_and_stale_input_give_the_safe_clock(policy: str) -> None:
     profile = default_profile("h100", "llama-3.1-8b")
-    ctl = make_controller(ControllerConfig(policy=policy), profile)  # type: ignore[arg-type]
+    ctl = make_controller(ControllerConfig(policy=policy), profile)
     d = ctl.decide(missing_input("d0"), 1000.0)
     assert d.clock_mhz == profile.max_clock_mhz
     idle = build_input(
