@@ -322,8 +322,9 @@ class LiveProber:
                 kv += context + (m[-1][1] if m else 0) / 2
         if not per_token or t2 <= t1:
             raise UpstreamError(
-                f"decode B={batch}: no steady window (requests did not overlap; raise "
-                f"--decode-tokens above {self.decode_tokens})",
+                f"decode B={batch}: no steady window (the requests never ran together: "
+                f"is B above the worker's max running requests? else raise --decode-tokens "
+                f"above {self.decode_tokens})",
                 url=self.decode.url,
             )
         latency = statistics.median(per_token)

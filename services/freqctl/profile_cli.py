@@ -84,7 +84,7 @@ def add_profile_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="workers are not PD-disaggregated (no bootstrap fields)",
     )
     common(lv)
-    lv.set_defaults(func=_cmd_live)
+    lv.set_defaults(func=_cmd_live, max_batch_size=256)
 
     f = sub.add_parser("fit", help="fit a profile from saved measurements")
     f.add_argument("measurements", help="measurements JSON written by --save-measurements")

@@ -38,14 +38,20 @@ __all__ = ["VoltanaController", "VoltanaTuning"]
 
 @dataclass(frozen=True, slots=True)
 class VoltanaTuning:
-    """Feedback gains; the defaults suit telemetry every 50-200 ms."""
+    """Feedback gains; the defaults suit telemetry every 50-200 ms.
+
+    The slack scale works as a quantile tracker: it shrinks by ``slack_tighten``
+    on each observation above the target and grows by ``slack_relax_step`` on
+    each one below ``slack_relax_below`` x target, so at equilibrium about one
+    observation in ten exceeds the target (which already holds the SLO margin).
+    """
 
     ewma_alpha: float = 0.3
     correction_min: float = 0.5
     correction_max: float = 3.0
     slack_tighten: float = 0.9
     slack_relax_step: float = 0.01
-    slack_relax_below: float = 0.8
+    slack_relax_below: float = 1.0
     slack_min: float = 0.5
     flat_tol: float = 0.005
     prefill_queue_lookahead: bool = False
