@@ -257,6 +257,14 @@ class FreqctlService:
         self._locked[(st.node, st.gpu)] = st.locked_clock_mhz
         if st.status in ("rejected", "error"):
             self.counts[f"clock_{st.status}"] += 1
+        if st.locked_clock_mhz is None and st.status in ("expired", "reset", "error"):
+            # the actuator dropped a lock we hold (restart, bus blip, lapse): re-send at the
+            # next decision instead of waiting for the renewal
+            for inst in self.instances.values():
+                held = inst.last_sent is not None and inst.last_sent.clock_mhz is not None
+                if held and inst.node == st.node and st.gpu in inst.gpus:
+                    inst.last_sent = None
+                    self.counts["locks_lost"] += 1
 
     # -- decisions -------------------------------------------------------------------------
 
