@@ -50,6 +50,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--slo-itl-s", type=float, default=None)
     p.add_argument("--no-nats", action="store_true", help="run without the bus")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                   help="event loop (auto: uvloop when installed)")  # fmt: skip
     g = p.add_argument_group("protection")
     g.add_argument("--max-concurrent-requests", type=int, default=None)
     g.add_argument("--max-queued-requests", type=int, default=None)
@@ -142,4 +144,16 @@ def run(args: argparse.Namespace) -> int:
             await stop.wait()
         return 0
 
-    return asyncio.run(main())
+    factory = None
+    if args.loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            if args.loop == "uvloop":
+                from voltana.common.errors import ConfigError
+
+                raise ConfigError("--loop uvloop: uvloop is not installed") from None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())

@@ -91,9 +91,12 @@ class Pd:
         excluded: set[str] = set()
         out = Outcome()
         attempt = 0
+        last_failure: PrefillFailed | None = None
         try:
             while True:
                 pair = r.choose(rreq, excluded, path)
+                if pair is None and last_failure is not None:
+                    return self._prefill_error(last_failure, out)  # nothing left to retry on
                 if pair is None:
                     out.status, out.http_status = "rejected", 503
                     out.error = "no healthy prefill/decode worker"
@@ -111,6 +114,7 @@ class Pd:
                     return await self._attempt(request, path, payload, info, rreq, pw.name,
                                                dw.name, arrival, out)  # fmt: skip
                 except PrefillFailed as exc:
+                    last_failure = exc
                     if exc.retryable and not out.bytes_sent and attempt < r.cfg.prefill_retries:
                         attempt += 1
                         excluded.add(pw.name)
@@ -118,19 +122,25 @@ class Pd:
                         log.info("prefill_retry", request_id=rid, prefill=pw.name, error=str(exc))
                         await asyncio.sleep(r.cfg.retry_backoff_s)
                         continue
-                    out.status, out.error = "error", f"prefill failed: {exc}"
-                    out.http_status = exc.status
-                    if out.bytes_sent:
-                        raise AssertionError("unreachable: handled in _attempt") from exc
-                    body_bytes = exc.body or proto.error_body(out.error, code=exc.status)
-                    return web.Response(status=exc.status, body=body_bytes,
-                                        content_type="application/json")  # fmt: skip
+                    return self._prefill_error(exc, out)
         except asyncio.CancelledError:
             out.status, out.error = "cancelled", "client disconnected"
             r.metrics.cancelled.inc()
             raise
         finally:
             r.on_finished(rreq, info, path, out, arrival, arrival_ns)
+
+    @staticmethod
+    def _prefill_error(exc: PrefillFailed, out: Outcome) -> web.Response:
+        """The client's answer when the prefill side failed before any byte was sent."""
+        out.status, out.error, out.http_status = "error", f"prefill failed: {exc}", exc.status
+        # a 4xx is about the request: pass the worker's explanation through unchanged
+        body = (
+            exc.body
+            if exc.body and exc.status < 500
+            else proto.error_body(out.error, code=exc.status)
+        )
+        return web.Response(status=exc.status, body=body, content_type="application/json")
 
     async def _attempt(self, request: web.Request, path: str, payload: bytes,
                        info: proto.RequestInfo, rreq: RouteRequest, pname: str, dname: str,
@@ -260,7 +270,9 @@ class Pd:
         out.ttft_s = t_first - arrival
         r.state.first_token(dname, rreq.request_id, out.ttft_s, t_first)
         scan = proto.SseScanner()
-        scan.feed(first)
+        gaps = out.gaps_s
+        # events that arrive in one read reach the client together: gap 0, as it sees them
+        gaps.extend([0.0] * max(scan.feed(first) - 1, 0))
         await resp.write(first)
 
         def _on_prefill_done(t: asyncio.Task[bytes]) -> None:
@@ -269,12 +281,14 @@ class Pd:
 
         p_task.add_done_callback(_on_prefill_done)
         last = t_first
-        gaps = out.gaps_s
         try:
             async for chunk in chunks:
                 now = time.monotonic()
-                if scan.feed(chunk):
+                n = scan.feed(chunk)
+                if n:
                     gaps.append(now - last)
+                    if n > 1:
+                        gaps.extend([0.0] * (n - 1))
                     last = now
                 await resp.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:

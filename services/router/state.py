@@ -125,6 +125,9 @@ class ClusterState:
             w.name: WorkerState(w, Breaker(breaker_failures, breaker_open_s)) for w in workers
         }
         self.by_url = {w.url.rstrip("/"): w.name for w in workers}
+        # telemetry may name an instance differently (e.g. "decode-0"): learnt from
+        # InstanceTelemetry, which carries both its name and the worker URL
+        self.aliases: dict[str, str] = {}
         self.health_failure_threshold = max(1, health_failure_threshold)
         self.telemetry_stale_s = telemetry_stale_s
         self.latency_window_s = latency_window_s
@@ -225,12 +228,16 @@ class ClusterState:
             return self.workers[self.by_url[url.rstrip("/")]]
         if instance and instance in self.workers:
             return self.workers[instance]
+        if instance and instance in self.aliases:
+            return self.workers[self.aliases[instance]]
         return None
 
     def on_instance_telemetry(self, msg: InstanceTelemetry, now: float) -> bool:
         w = self._match(msg.instance, msg.url)
         if w is None:
             return False
+        if msg.instance != w.name:
+            self.aliases[msg.instance] = w.name
         w.engine, w.engine_at = msg, now
         return True
 
@@ -259,7 +266,8 @@ class ClusterState:
             else None
         )
         gpus = self._fresh_gpus(w, now)
-        oldest = min(w.waiting_since.values()) if w.waiting_since else None
+        # dicts keep insertion order and entries are added at dispatch time: first = oldest
+        oldest = next(iter(w.waiting_since.values())) if w.waiting_since else None
         return InstanceView(
             instance=w.name,
             role="prefill" if w.spec.role == "prefill" else "decode",

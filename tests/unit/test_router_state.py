@@ -83,11 +83,13 @@ def test_telemetry_merges_by_url_and_goes_stale() -> None:
                              kv_used_tokens=900, num_queue_reqs=2), now=10.0)  # fmt: skip
     st.on_gpu_telemetry(GpuTelemetry(t_ns=1, node="n", gpu=0, seq=1, instance=D, power_w=300.0,
                         energy_j=5.0, sm_clock_mhz=1005), now=10.2)  # fmt: skip
+    assert st.on_gpu_telemetry(GpuTelemetry(t_ns=1, node="n", gpu=1, seq=1, instance="decode-0",
+                               power_w=100.0, energy_j=1.0, sm_clock_mhz=990), now=10.2)  # fmt: skip
     assert not st.on_gpu_telemetry(GpuTelemetry(t_ns=1, node="n", gpu=1, seq=1, instance="other",
                                    power_w=1.0, energy_j=1.0, sm_clock_mhz=1), now=10.2)  # fmt: skip
     v = st.instance_view(st.workers[D], 10.5)
     assert (v.running_batch, v.kv_tokens, v.clock_mhz, v.power_w, v.engine_queue_reqs) == (
-        7, 900, 1005, 300.0, 2)  # fmt: skip
+        7, 900, 1005, 400.0, 2)  # fmt: skip
     assert v.telemetry_age_s == pytest.approx(0.3)
     stale = st.instance_view(st.workers[D], 12.0)
     assert stale.running_batch is None and stale.clock_mhz is None

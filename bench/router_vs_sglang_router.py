@@ -1,0 +1,317 @@
+"""Benchmark: voltana's router against sglang-router (PD mode), same emulated workers, one run.
+
+Starts P prefill + D decode emulated SGLang workers, the voltana router and
+``sglang_router.launch_router --pd-disaggregation`` in front of the same workers,
+then drives each router in turn with a closed loop of C clients (each sends its
+next request when the previous one ended) for streaming and non-streaming
+``/generate``. Prints requests/s and the latency each router adds, as ratios to
+sglang-router.
+
+Added latency of one request = client-observed end-to-end time minus the decode
+worker's own ``meta_info.e2e_latency`` (time from the decode server receiving the
+request to its last token): what the router in front costs, both directions.
+
+Usage:
+    .venv/bin/python bench/router_vs_sglang_router.py [--clients 32 256] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Procs:
+    """Child processes, stopped by PID (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        env = {**os.environ, "VOLTANA_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            cwd=ROOT, start_new_session=True)  # fmt: skip
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 8
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen[bytes] | None = None,
+              log: Path | None = None) -> None:  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log else ""
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up within {timeout_s} s")
+        time.sleep(0.2)
+
+
+@dataclass
+class RunResult:
+    router: str
+    stream: bool
+    clients: int
+    seconds: float
+    ok: int = 0
+    errors: int = 0
+    e2e_s: list[float] = field(default_factory=list)
+    added_s: list[float] = field(default_factory=list)
+    ttft_s: list[float] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.seconds
+
+    def pct(self, xs: list[float], q: float) -> float:
+        return float(np.percentile(xs, q)) * 1e3 if xs else float("nan")
+
+
+def _server_e2e(tail: bytes) -> float | None:
+    """The decode server's meta_info.e2e_latency from the last data event (or JSON body)."""
+    text = tail.decode(errors="replace")
+    if "data:" in text:
+        events = [
+            e.strip()[5:].strip() for e in text.split("\n\n") if e.strip().startswith("data:")
+        ]
+        events = [e for e in events if e != "[DONE]"]
+        if not events:
+            return None
+        text = events[-1]
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    v = obj.get("meta_info", {}).get("e2e_latency") if isinstance(obj, dict) else None
+    return float(v) if isinstance(v, int | float) else None
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, stream: bool,
+                      res: RunResult) -> None:  # fmt: skip
+    t0 = time.perf_counter()
+    ttft = None
+    try:
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            if stream:
+                tail = b""
+                async for chunk in r.content.iter_any():
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+                    tail = (tail + chunk)[-4096:]
+            else:
+                tail = await r.read()
+            ok = r.status == 200
+    except aiohttp.ClientError:
+        ok = False
+    e2e = time.perf_counter() - t0
+    if not ok:
+        res.errors += 1
+        return
+    res.ok += 1
+    res.e2e_s.append(e2e)
+    if ttft is not None:
+        res.ttft_s.append(ttft)
+    srv = _server_e2e(tail)
+    if srv is not None:
+        res.added_s.append(max(e2e - srv, 0.0))
+
+
+async def closed_loop(base: str, name: str, stream: bool, clients: int, seconds: float,
+                      input_len: int, output_len: int) -> RunResult:  # fmt: skip
+    body = json.dumps({
+        "input_ids": list(range(1, input_len + 1)), "stream": stream,
+        "sampling_params": {"max_new_tokens": output_len, "ignore_eos": True, "temperature": 0},
+    }).encode()  # fmt: skip
+    res = RunResult(name, stream, clients, seconds)
+    conn = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        url = base + "/generate"
+        for _ in range(min(clients, 16)):  # warm the connection pools
+            await one_request(session, url, body, stream, RunResult(name, stream, 1, 1))
+        stop_at = time.perf_counter() + seconds
+
+        async def client() -> None:
+            while time.perf_counter() < stop_at:
+                await one_request(session, url, body, stream, res)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        res.seconds = time.perf_counter() - t0
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prefill", type=int, default=1, help="prefill workers")
+    ap.add_argument("--decode", type=int, default=1, help="decode workers")
+    ap.add_argument("--clients", type=int, nargs="+", default=[32, 256])
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured time per run")
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=32)
+    ap.add_argument(
+        "--policy",
+        default="random",
+        help="same policy on both routers (sglang-router 0.1.5 PD: random, power_of_two)",
+    )
+    ap.add_argument("--emulator-args", default="", help="extra flags for the emulated workers")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/router_vs_sglang_router.json"))
+    args = ap.parse_args()
+
+    import tempfile
+
+    logdir = Path(tempfile.mkdtemp(prefix="voltana-bench-router-"))
+    procs = Procs(logdir)
+    prefill: list[tuple[str, int]] = []
+    decode: list[str] = []
+    try:
+        for role, n in (("prefill", args.prefill), ("decode", args.decode)):
+            for i in range(n):
+                port, boot = free_port(), free_port()
+                procs.spawn(f"{role}-{i}", [
+                    PY, "-m", "voltana", "emulator", "--role", role, "--port", str(port),
+                    "--disaggregation-bootstrap-port", str(boot), "--gpu-ids", str(len(procs.procs)),
+                    "--seed", str(i), *args.emulator_args.split()])  # fmt: skip
+                url = f"http://127.0.0.1:{port}"
+                (prefill.append((url, boot)) if role == "prefill" else decode.append(url))
+        for url in [u for u, _ in prefill] + decode:
+            wait_http(url + "/health")
+        vport, sport = free_port(), free_port()
+        vargv = [PY, "-m", "voltana", "--log-level", "warning", "router", "--port", str(vport),
+                 "--policy", args.policy, "--no-nats"]  # fmt: skip
+        sargv = [PY, "-m", "sglang_router.launch_router", "--pd-disaggregation", "--port",
+                 str(sport), "--policy", args.policy, "--log-level", "warning",
+                 "--prometheus-port", str(free_port())]  # fmt: skip
+        for url, boot in prefill:
+            vargv += ["--prefill", url, str(boot)]
+            sargv += ["--prefill", url, str(boot)]
+        for url in decode:
+            vargv += ["--decode", url]
+            sargv += ["--decode", url]
+        procs.spawn("voltana-router", vargv)
+        procs.spawn("sglang-router", sargv)
+        routers = {
+            "voltana": f"http://127.0.0.1:{vport}",
+            "sglang-router": f"http://127.0.0.1:{sport}",
+        }
+        for name, url in routers.items():
+            proc_name = "voltana-router" if name == "voltana" else name
+            # sglang-router 0.1.5 answers /health with 500 in PD mode; /health_generate works
+            path = "/health" if name == "voltana" else "/health_generate"
+            wait_http(url + path, 60, procs.procs[proc_name], logdir / f"{proc_name}.log")
+        results: list[RunResult] = []
+        for stream in (True, False):
+            for clients in args.clients:
+                order = (
+                    ["sglang-router", "voltana"]
+                    if clients % 2 == 0
+                    else ["voltana", "sglang-router"]
+                )
+                for name in order:
+                    r = asyncio.run(closed_loop(routers[name], name, stream, clients, args.seconds,
+                                                args.input_len, args.output_len))  # fmt: skip
+                    results.append(r)
+                    print(f"  {name:14s} stream={stream!s:5s} clients={clients:4d} "
+                          f"{r.rps:8.1f} req/s  added p50 {r.pct(r.added_s, 50):6.2f} ms "
+                          f"p99 {r.pct(r.added_s, 99):6.2f} ms  errors {r.errors}", flush=True)  # fmt: skip
+        report(results, args, logdir)
+        return 0
+    finally:
+        procs.stop()
+
+
+def report(results: list[RunResult], args: argparse.Namespace, logdir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="voltana router / sglang-router 0.1.5 (PD, same emulated workers)")
+    for col in ("mode", "clients", "req/s v / s", "ratio", "added p50 ms v / s", "ratio",
+                "added p99 ms v / s", "ratio", "errors v / s"):  # fmt: skip
+        table.add_column(col, justify="right")
+    rows = []
+    for stream in (True, False):
+        for clients in args.clients:
+            v = next(
+                r
+                for r in results
+                if r.router == "voltana" and r.stream == stream and r.clients == clients
+            )
+            s = next(
+                r
+                for r in results
+                if r.router == "sglang-router" and r.stream == stream and r.clients == clients
+            )
+            row = {
+                "mode": "stream" if stream else "non-stream", "clients": clients,
+                "voltana_rps": v.rps, "sglang_router_rps": s.rps, "rps_ratio": v.rps / s.rps if s.rps else None,
+                "voltana_added_p50_ms": v.pct(v.added_s, 50), "sglang_router_added_p50_ms": s.pct(s.added_s, 50),
+                "voltana_added_p99_ms": v.pct(v.added_s, 99), "sglang_router_added_p99_ms": s.pct(s.added_s, 99),
+                "voltana_ttft_p50_ms": v.pct(v.ttft_s, 50), "sglang_router_ttft_p50_ms": s.pct(s.ttft_s, 50),
+                "voltana_errors": v.errors, "sglang_router_errors": s.errors,
+            }  # fmt: skip
+            rows.append(row)
+            table.add_row(
+                row["mode"], str(clients), f"{v.rps:.1f} / {s.rps:.1f}", f"{row['rps_ratio']:.2f}x",
+                f"{row['voltana_added_p50_ms']:.2f} / {row['sglang_router_added_p50_ms']:.2f}",
+                f"{row['voltana_added_p50_ms'] / row['sglang_router_added_p50_ms']:.2f}x",
+                f"{row['voltana_added_p99_ms']:.2f} / {row['sglang_router_added_p99_ms']:.2f}",
+                f"{row['voltana_added_p99_ms'] / row['sglang_router_added_p99_ms']:.2f}x",
+                f"{v.errors} / {s.errors}",
+            )  # fmt: skip
+    Console().print(table)
+    meta = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+                   f"load avg {os.getloadavg()[0]:.2f}, Python {platform.python_version()}",
+        "args": vars(args), "logs": str(logdir), "rows": rows,
+        "t": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(meta, indent=2))
+    print(f"results written to {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The router against real emulated SGLang workers (both SGLang lines), and SGLang's own client.
+
+Prefill and decode workers run as ``voltana emulator`` subprocesses with real PD
+rendezvous on ``bootstrap_room`` (a wrong host, port or room would leave the
+decode waiting for KV, so every successful answer proves the pairing). The
+router runs in the test's event loop and speaks real HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from helpers import free_port, wait_for
+
+from voltana.services.router.config import RouterConfig, WorkerSpec
+from voltana.services.router.server import Router
+
+VERSIONS = ("0.4.7", "0.5.23")
+
+
+@dataclass
+class Workers:
+    version: str
+    prefill: list[tuple[str, int]]
+    decode: list[str]
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready in {timeout_s} s")
+
+
+def _emulator(role: str, port: int, gpu: int, version: str, boot: int | None = None
+              ) -> subprocess.Popen[bytes]:  # fmt: skip
+    argv = [sys.executable, "-m", "voltana", "--log-level", "warning", "emulator", "--role", role,
+            "--host", "127.0.0.1", "--port", str(port), "--gpu-ids", str(gpu),
+            "--sglang-version", version, "--bootstrap-timeout-s", "10"]  # fmt: skip
+    if boot is not None:
+        argv += ["--disaggregation-bootstrap-port", str(boot)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[dict[str, Workers]]:
+    """Per SGLang line: one prefill and one decode emulated worker (started in parallel)."""
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    out: dict[str, Workers] = {}
+    try:
+        gpu = 0
+        for v in VERSIONS:
+            pp, bp, dp = free_port(), free_port(), free_port()
+            procs.append((f"http://127.0.0.1:{pp}", _emulator("prefill", pp, gpu, v, bp)))
+            procs.append((f"http://127.0.0.1:{dp}", _emulator("decode", dp, gpu + 1, v)))
+            out[v] = Workers(v, [(f"http://127.0.0.1:{pp}", bp)], [f"http://127.0.0.1:{dp}"])
+            gpu += 2
+        for url, p in procs:
+            _wait_http(url + "/health", p)
+        yield out
+    finally:
+        for _, p in procs:
+            p.terminate()
+        for _, p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def config(w: Workers, **kw: Any) -> RouterConfig:
+    return RouterConfig(
+        port=0,
+        prefill=[WorkerSpec(url=u, role="prefill", bootstrap_port=b) for u, b in w.prefill],
+        decode=[WorkerSpec(url=u, role="decode") for u in w.decode],
+        health_check_interval_s=kw.pop("health_check_interval_s", 0.5), **kw)  # fmt: skip
+
+
+@pytest.fixture(params=VERSIONS)
+async def router(request: pytest.FixtureRequest, workers: dict[str, Workers]
+                 ) -> AsyncIterator[Router]:  # fmt: skip
+    r = Router(config(workers[request.param]))
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+
+
+async def post(url: str, body: Any, headers: dict[str, str] | None = None
+               ) -> tuple[int, Any]:  # fmt: skip
+    """POST JSON; returns (status, parsed JSON) or (status, [SSE data items]) for streams."""
+    async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
+        raw = await r.read()
+        ctype = r.content_type
+    if ctype == "text/event-stream":
+        items: list[Any] = []
+        for ev in raw.split(b"\n\n"):
+            ev = ev.strip()
+            if ev.startswith(b"data:"):
+                data = ev[5:].strip().decode()
+                items.append(data if data == "[DONE]" else json.loads(data))
+        return r.status, items
+    try:
+        return r.status, json.loads(raw)
+    except ValueError:
+        return r.status, raw.decode(errors="replace")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_generate_single(router: Router, stream: bool) -> None:
+    body = {"text": "tell me about clocks", "stream": stream,
+            "sampling_params": {"max_new_tokens": 6, "ignore_eos": True}}  # fmt: skip
+    status, got = await post(router.url + "/generate", body)
+    assert status == 200, got
+    if stream:
+        assert got[-1] == "[DONE]"
+        assert [c["meta_info"]["completion_tokens"] for c in got[:-1]] == [1, 2, 3, 4, 5, 6]
+        final = got[-2]
+    else:
+        final = got
+    assert final["meta_info"]["finish_reason"] == {"type": "length", "length": 6}
+    assert len(final["text"].split()) == 6
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_generate_batch(router: Router, stream: bool) -> None:
+    body = {"text": ["a", "bb", "ccc"], "stream": stream,
+            "sampling_params": {"max_new_tokens": 4, "ignore_eos": True}}  # fmt: skip
+    status, got = await post(router.url + "/generate", body)
+    assert status == 200, got
+    if stream:
+        assert got[-1] == "[DONE]"
+        finals = [c for c in got[:-1] if c["meta_info"]["finish_reason"] is not None]
+        assert sorted(c["index"] for c in finals) == [0, 1, 2]
+    else:
+        finals = got
+        assert isinstance(got, list) and len(got) == 3
+    assert all(c["meta_info"]["completion_tokens"] == 4 for c in finals)
+    # the batch's input_ids form too
+    status, got2 = await post(router.url + "/generate", {
+        "input_ids": [[1, 2, 3], [4, 5]], "sampling_params": {"max_new_tokens": 2}})  # fmt: skip
+    assert status == 200 and len(got2) == 2, got2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_chat_and_completions(router: Router, stream: bool) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+            "stream": stream, "stream_options": {"include_usage": True}}  # fmt: skip
+    status, got = await post(router.url + "/v1/chat/completions", body)
+    assert status == 200, got
+    if stream:
+        assert got[-1] == "[DONE]"
+        deltas = [c for c in got[:-1] if c["choices"]]
+        assert all(c["object"] == "chat.completion.chunk" for c in deltas)
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in deltas)
+    else:
+        assert got["object"] == "chat.completion" and got["usage"]["completion_tokens"] == 5
+        text = got["choices"][0]["message"]["content"]
+    assert len(text.split()) == 5
+    status, comp = await post(router.url + "/v1/completions", {
+        "model": "m", "prompt": "once upon", "max_tokens": 3, "stream": stream})  # fmt: skip
+    assert status == 200, comp
+
+
+async def test_introspection_endpoints(router: Router) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(router.url + "/v1/models") as r:
+            assert r.status == 200 and (await r.json())["object"] == "list"
+        async with s.get(router.url + "/get_model_info") as r:
+            assert r.status == 200 and "model_path" in await r.json()
+        async with s.get(router.url + "/get_server_info") as r:
+            info = await r.json()
+            assert r.status == 200 and len(info["prefill"]) == 1 and len(info["decode"]) == 1
+        async with s.get(router.url + "/health") as r:
+            assert r.status == 200
+        await post(
+            router.url + "/generate", {"text": "x", "sampling_params": {"max_new_tokens": 2}}
+        )
+        async with s.get(router.url + "/metrics") as r:
+            text = await r.text()
+    assert 'voltana_router_requests_total{path="/generate",status="ok"} 1.0' in text
+    assert "voltana_router_nats_connected 0.0" in text
+
+
+async def test_accounting_returns_to_zero_after_load(router: Router) -> None:
+    body = {"text": "x" * 400, "stream": True,
+            "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}}  # fmt: skip
+    res = await asyncio.gather(*(post(router.url + "/generate", body) for _ in range(24)))
+    assert all(s == 200 and r[-1] == "[DONE]" for s, r in res)
+    for w in router.state.workers.values():
+        assert (w.in_flight_requests, w.in_flight_tokens, w.queued_prefill_tokens) == (0, 0, 0)
+        assert not w.waiting_since
+    d = next(w for w in router.state.workers.values() if w.spec.role == "decode")
+    assert len(d.ttft_samples) == 24 and len(d.itl_samples) == 24 * 7
+
+
+@pytest.fixture(scope="module")
+def bench_serving() -> Any:
+    try:
+        import sglang.bench_serving as bs
+    except ImportError as exc:
+        pytest.skip(f"sglang 0.4.7 (pip install --no-deps sglang==0.4.7) is not importable: {exc}")
+    bs.args = argparse.Namespace(disable_ignore_eos=False, disable_stream=False,
+                                 return_logprob=False)  # fmt: skip
+    return bs
+
+
+async def test_sglang_client_functions_through_router(router: Router, bench_serving: Any) -> None:
+    bs = bench_serving
+    gen = bs.RequestFuncInput(
+        prompt=list(range(2000)), api_url=router.url + "/generate", prompt_len=2000,
+        output_len=12, model="m", lora_name=None, image_data=None, extra_request_body={},
+    )  # fmt: skip
+    res = await bs.async_request_sglang_generate(gen)
+    assert res.success, res.error
+    assert res.output_len == 12 and len(res.itl) == 11 and 0 < res.ttft < 1.0
+    comp = bs.RequestFuncInput(
+        prompt="an emulated prompt " * 50, api_url=router.url + "/v1/completions", prompt_len=0,
+        output_len=8, model="m", lora_name=None, image_data=None, extra_request_body={},
+    )  # fmt: skip
+    res2 = await bs.async_request_openai_completions(comp)
+    assert res2.success, res2.error
+    assert len(res2.generated_text.split()) == 8 and res2.ttft > 0
+    # the router measured the same stream: its TTFT is within the client's
+    d = next(w for w in router.state.workers.values() if w.spec.role == "decode")
+    await wait_for(lambda: len(d.ttft_samples) >= 2)
+    assert d.ttft_samples[0][1] <= res.ttft + 0.005
