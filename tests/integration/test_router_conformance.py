@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 import pytest
 from helpers import free_port, wait_for
-
 from voltana.services.router.config import RouterConfig, WorkerSpec
 from voltana.services.router.server import Router
 
