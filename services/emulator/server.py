@@ -40,6 +40,7 @@ __all__ = ["EmulatorConfig", "EmulatorServer", "RequestError", "RequestSpec", "T
 
 log = structlog.get_logger("voltana.emulator")
 _SPIN_S = 0.0012  # asyncio timers have ms resolution: the last stretch is a precise sleep
+_MAX_LAG_S = 0.05  # behind the model's timeline by more than this: restart it
 
 
 @dataclass(frozen=True)
@@ -180,33 +181,44 @@ class EmulatorServer:
             time.sleep(left)
 
     async def _run(self) -> None:
-        prev_end: float | None = None
+        """Iterations back to back on the model's timeline.
+
+        Each iteration is planned to start where the previous one was planned to end, so
+        a late wake-up (host busy, process preempted) delays token delivery but does not
+        stretch the emulated GPU's timeline: the next sleep is shorter and catches up.
+        When the host falls more than ``_MAX_LAG_S`` behind, the timeline restarts at
+        "now" instead of bursting.
+        """
+        planned_end: float | None = None
         scale = self.config.time_scale
         while True:
             now = time.monotonic()
             self._dispatch(self.engine.admit(now))
             plan = self.engine.next_batch(now)
             if plan is None:
-                prev_end = None
+                planned_end = None
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            start = prev_end if prev_end is not None else now
+            start = now
+            if planned_end is not None and now - planned_end < _MAX_LAG_S:
+                start = planned_end
             clock = self.gpus[0].busy_clock_mhz
             cost = iteration_cost(self.model, plan, clock)
+            planned_end = start + cost.time_s / scale
             for g in self.gpus:
                 g.begin_busy(start, cost)
-            await self._sleep_until(start + cost.time_s / scale)
+            await self._sleep_until(planned_end)
             end = time.monotonic()
             for g in self.gpus:
-                g.end_busy(end)
-            prev_end = end
+                g.end_busy(planned_end)
             self._seq += 1
             self.iterations.append(
                 {
                     "seq": self._seq,
                     "t_start_s": start + self.wall_offset_s,
-                    "t_end_s": end + self.wall_offset_s,
+                    "t_end_s": planned_end + self.wall_offset_s,
+                    "late_s": end - planned_end,
                     "kind": plan.kind,
                     "batch_size": plan.batch_size,
                     "new_tokens": plan.new_tokens,
@@ -215,7 +227,7 @@ class EmulatorServer:
                     "effective_clock_mhz": cost.effective_clock_mhz,
                     "model_time_s": cost.time_s,
                     "power_w": cost.power_w,
-                    "energy_j": cost.energy_j * (end - start) / cost.time_s * scale,
+                    "energy_j": cost.energy_j,
                 }
             )
             if plan.kind == "decode":
