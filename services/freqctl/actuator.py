@@ -85,6 +85,7 @@ class Actuator:
         self._state_seq = 0
         self._queues: dict[int, asyncio.Queue[Verdict | None]] = {}
         self._workers: list[asyncio.Task[None]] = []
+        self._reports: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._sub: Any = None
@@ -185,7 +186,11 @@ class Actuator:
         for v in verdicts:
             q = self._queues.get(v.gpu)
             if q is None:  # a command for a GPU this node does not have: report only
-                asyncio.get_running_loop().create_task(self._publish(v, _STATUS_OF[v.kind], None))
+                task = asyncio.get_running_loop().create_task(
+                    self._publish(v, _STATUS_OF[v.kind], None)
+                )
+                self._reports.add(task)
+                task.add_done_callback(self._reports.discard)
             else:
                 q.put_nowait(v)
 
