@@ -240,3 +240,29 @@ async def test_sglang_client_openai_completions(cluster: Cluster, bench_serving:
     assert res.success, res.error
     assert len(res.generated_text.split()) == 8 and len(res.itl) >= 6
     assert res.ttft > 0 and all(x < 0.1 for x in res.itl)
+
+
+async def test_router_pd_concurrent_requests_all_finish_and_free(cluster: Cluster) -> None:
+    import asyncio
+
+    async def one(i: int) -> list[Any]:
+        body = {"input_ids": list(range(200 + 300 * i)), "stream": True,
+                "sampling_params": {"max_new_tokens": 5 + i, "ignore_eos": True}}  # fmt: skip
+        status, chunks = await _post(f"{cluster.router}/generate", body)
+        assert status == 200, chunks
+        return chunks
+
+    results = await asyncio.gather(*(one(i) for i in range(12)))
+    for i, chunks in enumerate(results):
+        assert chunks[-1] == "[DONE]"
+        assert chunks[-2]["meta_info"]["completion_tokens"] == 5 + i
+        assert chunks[-2]["meta_info"]["prompt_tokens"] == 200 + 300 * i
+    async with aiohttp.ClientSession() as s:
+        for base in (cluster.prefill, cluster.decode):
+            for _ in range(50):  # the prefill side finishes its transfer bookkeeping async
+                async with s.get(f"{base}/get_load") as r:
+                    load = (await r.json())["load"]
+                if load == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert load == 0, base
