@@ -40,7 +40,7 @@ DEFAULT_PROBE = (
 )
 
 
-def _points(probe: dict) -> list[tuple[str, int, int, float, float]]:
+def _points(probe: dict) -> list[tuple[str, int, int, float, float, int]]:
     pts = []
     for e in probe["prefill"]:
         if e["tokens"] >= 1024:  # below, the eager probe was launch-bound (gpu-model.md)
