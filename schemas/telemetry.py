@@ -30,7 +30,13 @@ class GpuTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
 
     ``energy_j`` is the cumulative counter since the source started counting:
     it is never reset and never wrapped; ``avg_power_w`` is the energy delta over
-    ``interval_s`` (the time since this GPU's previous sample).
+    ``interval_s`` (the time since this GPU's previous counter read).
+    ``energy_t_ns`` is when the counter was read: NVML sources read it at a
+    lower rate than power (a read costs ~4 ms of CPU on an H100, and the counter
+    itself moves every 100 ms), so between reads ``energy_j`` repeats the last
+    value and ``avg_power_w``/``interval_s`` are None. ``power_instant_w`` is
+    NVML's instantaneous power where available (``power_w`` is NVML's power
+    usage reading, a 1 s average on recent GPUs and drivers).
     """
 
     node: str
@@ -53,6 +59,8 @@ class GpuTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     mem_used_mib: float | None = None
     temperature_c: float | None = None
     source: Literal["nvml", "emulated"] = "nvml"
+    energy_t_ns: int | None = None
+    power_instant_w: float | None = None
 
 
 class InstanceTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
