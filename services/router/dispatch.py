@@ -157,6 +157,8 @@ class Pd:
             d_resp = await self._watch(p_task, d_ctx.__aenter__())
             if d_resp.status != 200:
                 data = await self._watch(p_task, d_resp.read())
+                if d_resp.status >= 500:
+                    await self._raise_if_prefill_failed(p_task)
                 decode_ok = d_resp.status < 500
                 out.status, out.http_status = "error", d_resp.status
                 out.error = f"decode answered {d_resp.status}"
@@ -213,6 +215,16 @@ class Pd:
                 with contextlib.suppress(BaseException):
                     await fut
 
+    @staticmethod
+    async def _raise_if_prefill_failed(p_task: asyncio.Task[bytes], wait_s: float = 1.0) -> None:
+        """Before passing a decode error on, give the prefill a moment to show it failed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(p_task), wait_s)
+        if p_task.done() and not p_task.cancelled():
+            exc = p_task.exception()
+            if isinstance(exc, PrefillFailed):
+                raise exc
+
     async def _prefill(self, url: str, payload: bytes, pname: str, rreq: RouteRequest) -> bytes:
         r = self.r
         ok: bool | None = None  # None: cancelled by us, not the worker's doing
@@ -263,6 +275,12 @@ class Pd:
         except StopAsyncIteration:
             raise aiohttp.ClientPayloadError("decode stream ended before any data") from None
         t_first = time.monotonic()
+        if b'"error"' in first:
+            # a decode that fails at once often failed because its prefill partner did
+            probe = proto.SseScanner()
+            probe.feed(first)
+            if probe.saw_error:
+                await self._raise_if_prefill_failed(p_task)
         resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
         resp.content_type = d_resp.content_type or "text/event-stream"
         await resp.prepare(request)
