@@ -43,9 +43,12 @@ class RatesConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     ``engine_hz`` is the scrape rate of SGLang (its gauges refresh slower than
     the GPU's counters); ``latency_window_s`` is the span of TTFT/ITL windows.
+    ``energy_hz`` caps NVML energy-counter reads (about 4 ms of CPU each on an
+    H100; the counter moves every 100 ms); emulated GPUs report it every sample.
     """
 
     gpu_hz: float = 20.0
+    energy_hz: float = 2.0
     engine_hz: float = 4.0
     latency_window_s: float = 5.0
     http_timeout_s: float = 1.0
@@ -102,7 +105,7 @@ def validate(cfg: NodeConfig) -> NodeConfig:
         if not inst.url.startswith(("http://", "https://")):
             raise ConfigError(f"instance {inst.name!r}: url {inst.url!r} must start with http://")
     r = cfg.rates
-    for what, hz in (("gpu_hz", r.gpu_hz), ("engine_hz", r.engine_hz)):
+    for what, hz in (("gpu_hz", r.gpu_hz), ("engine_hz", r.engine_hz), ("energy_hz", r.energy_hz)):
         if not 0 < hz <= 1000:
             raise ConfigError(f"rates.{what} = {hz}: must be in (0, 1000]")
     if r.latency_window_s <= 0 or r.http_timeout_s <= 0:

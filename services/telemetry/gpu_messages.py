@@ -1,8 +1,9 @@
 """Turn GPU samples into ``GpuTelemetry`` messages: sequence numbers and interval power.
 
 Pure: samples in, messages out. ``avg_power_w`` is the energy-counter delta
-over the time since the same GPU's previous sample, so summing
+over the time since the same GPU's previous counter read, so summing
 ``avg_power_w * interval_s`` over messages reproduces the counter exactly.
+Samples that did not re-read the counter carry no interval power.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ class GpuMessageBuilder:
         prev.seq += 1
         avg_power_w: float | None = None
         interval_s: float | None = None
-        if prev.mono_ns is not None and s.mono_ns > prev.mono_ns:
-            interval_s = (s.mono_ns - prev.mono_ns) / 1e9
-            avg_power_w = (s.energy_j - prev.energy_j) / interval_s
-        prev.mono_ns, prev.energy_j = s.mono_ns, s.energy_j
+        e_mono_ns = s.energy_mono_ns if s.energy_mono_ns is not None else s.mono_ns
+        if s.energy_fresh:
+            if prev.mono_ns is not None and e_mono_ns > prev.mono_ns:
+                interval_s = (e_mono_ns - prev.mono_ns) / 1e9
+                avg_power_w = (s.energy_j - prev.energy_j) / interval_s
+            prev.mono_ns, prev.energy_j = e_mono_ns, s.energy_j
         return GpuTelemetry(
             t_ns=s.t_ns,
             node=self.node,
@@ -60,4 +63,6 @@ class GpuMessageBuilder:
             mem_used_mib=s.mem_used_mib,
             temperature_c=s.temperature_c,
             source=s.source,
+            energy_t_ns=s.energy_t_ns if s.energy_t_ns is not None else s.t_ns,
+            power_instant_w=s.power_instant_w,
         )

@@ -4,6 +4,14 @@ Nothing here changes a GPU setting: only ``nvmlDeviceGet*`` calls are made.
 Power, energy and SM clock are required readings; every other reading is
 optional and becomes None where the GPU or driver answers NOT_SUPPORTED (the
 answer is remembered so unsupported calls are not retried at 20 Hz).
+
+Read costs differ by three orders of magnitude. Measured on an H100 (driver
+580.159.04, see docs/telemetry.md): power, clocks, utilisation, memory,
+temperature, throttle reasons and the instantaneous-power field take about
+5 us each; the total-energy counter takes about 4 ms of CPU per read (reads
+of two threads do not overlap) and only moves every 100 ms; the applications
+clock about 1 ms and the P0 clock range about 1.5 ms. So the counter is read
+every ``energy_period_s`` and those two clocks every ``slow_period_s``.
 """
 
 from __future__ import annotations
@@ -87,6 +95,10 @@ class NvmlGpuSource:
         indices: NVML device indices (as ``nvidia-smi`` numbers them).
         nvml: the pynvml module (injectable so the mapping logic can be tested
             on machines without GPUs).
+        energy_period_s: least time between reads of a GPU's energy counter
+            (0 = every sample).
+        slow_period_s: least time between reads of the applications clock and
+            the P0 clock range (which change only when someone sets clocks).
 
     Raises:
         GpuError: NVML cannot be loaded/initialised, or an index does not exist.
@@ -94,8 +106,17 @@ class NvmlGpuSource:
 
     kind: SourceKind = "nvml"
 
-    def __init__(self, indices: list[int] | tuple[int, ...], nvml: ModuleType | None = None):
+    def __init__(
+        self,
+        indices: list[int] | tuple[int, ...],
+        nvml: ModuleType | None = None,
+        *,
+        energy_period_s: float = 0.5,
+        slow_period_s: float = 1.0,
+    ) -> None:
         self._nvml = nvml if nvml is not None else _import_pynvml()
+        self._energy_period_ns = int(0.9 * energy_period_s * 1e9)  # tick jitter tolerance
+        self._slow_period_ns = int(0.9 * slow_period_s * 1e9)
         self._indices = tuple(int(i) for i in indices)
         if not self._indices:
             raise GpuError("no GPU indices given to the NVML source")
@@ -140,6 +161,10 @@ class NvmlGpuSource:
             raise
         self._energy = [EnergyCounter() for _ in self._indices]
         self._integrators = [PowerIntegrator() for _ in self._indices]
+        # per GPU: (mono_ns, t_ns, energy_j) of the last counter read
+        self._last_energy: list[tuple[int, int, float] | None] = [None] * len(self._indices)
+        # per GPU: (mono_ns, app_clock_mhz, locked_clock_mhz) of the last slow read
+        self._slow: list[tuple[int, int | None, int | None] | None] = [None] * len(self._indices)
 
     @property
     def indices(self) -> tuple[int, ...]:
@@ -210,6 +235,34 @@ class NvmlGpuSource:
         value = self._optional(handle, gpu, "throttle", fn, handle)
         return int(value) if value is not None else 0
 
+    def _read_energy(
+        self, k: int, mono_ns: int, t_ns: int, power_w: float
+    ) -> tuple[float, bool, bool, int, int]:
+        """(energy_j, from_power, fresh, read t_ns, read mono_ns) for GPU ``k``."""
+        h, gpu = self._handles[k], self._indices[k]
+        last = self._last_energy[k]
+        if last is not None and mono_ns - last[0] < self._energy_period_ns:
+            return last[2], False, False, last[1], last[0]
+        raw_mj = self._optional(h, gpu, "energy", self._nvml.nvmlDeviceGetTotalEnergyConsumption, h)
+        if raw_mj is None:
+            return self._integrators[k].update(mono_ns, power_w), True, True, t_ns, mono_ns
+        energy_j = self._energy[k].update(int(raw_mj))
+        self._last_energy[k] = (mono_ns, t_ns, energy_j)
+        return energy_j, False, True, t_ns, mono_ns
+
+    def _slow_clocks(self, k: int, mono_ns: int) -> tuple[int | None, int | None]:
+        """Applications clock and locked clock, re-read every ``slow_period_s``."""
+        cached = self._slow[k]
+        if cached is not None and mono_ns - cached[0] < self._slow_period_ns:
+            return cached[1], cached[2]
+        nv, h, gpu = self._nvml, self._handles[k], self._indices[k]
+        app = self._optional(h, gpu, "app_clock", nv.nvmlDeviceGetApplicationsClock, h,
+                             nv.NVML_CLOCK_SM)  # fmt: skip
+        app_mhz = int(app) if app is not None else None
+        locked = self._locked_clock_mhz(h, gpu, self._max_clock[k])
+        self._slow[k] = (mono_ns, app_mhz, locked)
+        return app_mhz, locked
+
     def _read_one(self, k: int) -> GpuSample:
         nv = self._nvml
         h, gpu = self._handles[k], self._indices[k]
@@ -218,20 +271,15 @@ class NvmlGpuSource:
         sm_clock = int(
             self._call(nv.nvmlDeviceGetClockInfo, "read SM clock", gpu, h, nv.NVML_CLOCK_SM)
         )
-        raw_mj = self._optional(h, gpu, "energy", nv.nvmlDeviceGetTotalEnergyConsumption, h)
-        if raw_mj is not None:
-            energy_j, from_power = self._energy[k].update(int(raw_mj)), False
-        else:
-            energy_j, from_power = self._integrators[k].update(mono_ns, power_w), True
+        energy_j, from_power, fresh, e_t_ns, e_mono_ns = self._read_energy(k, mono_ns, t_ns,
+                                                                            power_w)  # fmt: skip
         util = self._optional(h, gpu, "util", nv.nvmlDeviceGetUtilizationRates, h)
         mem = self._optional(h, gpu, "memory", nv.nvmlDeviceGetMemoryInfo, h)
         limit_mw = self._optional(h, gpu, "power_limit", nv.nvmlDeviceGetEnforcedPowerLimit, h)
         temp = self._optional(
             h, gpu, "temperature", nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU
         )
-        app = self._optional(
-            h, gpu, "app_clock", nv.nvmlDeviceGetApplicationsClock, h, nv.NVML_CLOCK_SM
-        )
+        app, locked = self._slow_clocks(k, mono_ns)
         mem_clock = self._optional(
             h, gpu, "mem_clock", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM
         )
@@ -247,7 +295,7 @@ class NvmlGpuSource:
             name=self._names[k],
             power_instant_w=self._instant_power_w(h, gpu),
             app_clock_mhz=int(app) if app is not None else None,
-            locked_clock_mhz=self._locked_clock_mhz(h, gpu, max_clock),
+            locked_clock_mhz=locked,
             mem_clock_mhz=int(mem_clock) if mem_clock is not None else None,
             max_sm_clock_mhz=int(max_clock) if max_clock is not None else None,
             power_limit_w=limit_mw / 1000.0 if limit_mw is not None else None,
@@ -256,6 +304,9 @@ class NvmlGpuSource:
             mem_used_mib=mem.used / 2**20 if mem is not None else None,
             temperature_c=float(temp) if temp is not None else None,
             energy_from_power=from_power,
+            energy_fresh=fresh,
+            energy_t_ns=e_t_ns,
+            energy_mono_ns=e_mono_ns,
         )
 
     def sample(self) -> list[GpuSample]:

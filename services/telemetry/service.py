@@ -68,14 +68,14 @@ class Publisher(Protocol):
     async def publish(self, subject: str, msg: msgspec.Struct) -> None: ...
 
 
-def make_source(inst: InstanceConfig, timeout_s: float) -> GpuSource | None:
+def make_source(inst: InstanceConfig, timeout_s: float, energy_hz: float = 2.0) -> GpuSource | None:
     """The GPU source an instance's config asks for (None for ``gpu_backend = "none"``)."""
     if inst.gpu_backend == "none" or not inst.gpus:
         return None
     if inst.gpu_backend == "nvml":
         from voltana.services.telemetry.nvml import NvmlGpuSource
 
-        return NvmlGpuSource(inst.gpus)
+        return NvmlGpuSource(inst.gpus, energy_period_s=1.0 / energy_hz)
     from voltana.services.telemetry.emulated import EmulatedGpuSource
 
     return EmulatedGpuSource(inst.gpu_admin_url, inst.gpus, timeout_s=timeout_s)
@@ -90,7 +90,7 @@ def build_sources(cfg: NodeConfig) -> dict[str, GpuSource]:
     sources: dict[str, GpuSource] = {}
     try:
         for inst in cfg.instances:
-            src = make_source(inst, cfg.rates.http_timeout_s)
+            src = make_source(inst, cfg.rates.http_timeout_s, cfg.rates.energy_hz)
             if src is not None:
                 sources[inst.name] = src
     except BaseException:

@@ -48,6 +48,12 @@ class GpuSample(msgspec.Struct, frozen=True, kw_only=True):
     temperature_c: float | None = None
     energy_from_power: bool = False
     """True when the GPU has no energy counter and ``energy_j`` integrates ``power_w``."""
+    energy_fresh: bool = True
+    """False when the counter was not re-read for this sample (``energy_j`` repeats)."""
+    energy_t_ns: int | None = None
+    """Wall time of the counter read (None = ``t_ns``)."""
+    energy_mono_ns: int | None = None
+    """Monotonic time of the counter read (None = ``mono_ns``)."""
 
 
 @runtime_checkable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from voltana.schemas import codec
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
@@ -33,6 +34,17 @@ def test_gpu_messages_seq_and_interval_power() -> None:
     total = sum(m.avg_power_w * m.interval_s for m in (m2, m3) if m.avg_power_w and m.interval_s)
     assert total == pytest.approx(m3.energy_j - m1.energy_j)
     assert codec.decode(codec.encode(m3), GpuTelemetry) == m3
+
+
+def test_gpu_message_stale_energy_has_no_interval_power() -> None:
+    b = GpuMessageBuilder("n1")
+    b.build(sample(0, 1.0, 10.0))
+    stale = msgspec.structs.replace(sample(0, 1.05, 10.0), energy_fresh=False,
+                                    energy_mono_ns=int(1e9), energy_t_ns=123)  # fmt: skip
+    m = b.build(stale)
+    assert m.avg_power_w is None and m.interval_s is None and m.energy_t_ns == 123
+    fresh = b.build(sample(0, 1.5, 60.0))
+    assert fresh.interval_s == pytest.approx(0.5) and fresh.avg_power_w == pytest.approx(100.0)
 
 
 def test_gpu_message_same_instant_has_no_interval() -> None:

@@ -7,6 +7,7 @@ conventions; the missing-library path runs against the real pynvml.
 
 from __future__ import annotations
 
+import time
 import types
 from typing import Any
 
@@ -32,7 +33,7 @@ def fake_nvml(
 ) -> Any:
     """A pynvml-shaped module; ``unsupported`` names calls answering NOT_SUPPORTED."""
     energy = list(energy_mj or [1_000_000, 1_050_000, 1_100_000])
-    calls = {"init": 0, "shutdown": 0}
+    calls = {"init": 0, "shutdown": 0, "energy": 0, "app_clock": 0, "pstate": 0}
     fail = fail or {}
 
     def guard(name: str) -> None:
@@ -44,6 +45,8 @@ def fake_nvml(
     def dev(name: str, value: Any) -> Any:
         def fn(handle: int, *args: Any) -> Any:
             guard(name)
+            if name in calls:
+                calls[name] += 1
             return value(handle, *args) if callable(value) else value
 
         return fn
@@ -54,6 +57,7 @@ def fake_nvml(
 
     def total_energy(handle: int) -> int:
         guard("energy")
+        calls["energy"] += 1
         return energy.pop(0) if len(energy) > 1 else energy[0]
 
     field = types.SimpleNamespace(nvmlReturn=0, value=types.SimpleNamespace(uiVal=312_500))
@@ -191,7 +195,9 @@ def test_required_reading_failure_raises() -> None:
 
 
 def test_no_energy_counter_integrates_power() -> None:
-    with NvmlGpuSource([0], nvml=fake_nvml(1, unsupported=frozenset({"energy"}))) as src:
+    with NvmlGpuSource(
+        [0], nvml=fake_nvml(1, unsupported=frozenset({"energy"})), energy_period_s=0.0
+    ) as src:
         first = src.sample()[0]
         second = src.sample()[0]
     assert first.energy_from_power and first.energy_j == 0.0
@@ -200,9 +206,30 @@ def test_no_energy_counter_integrates_power() -> None:
 
 
 def test_energy_counter_restart_never_goes_back() -> None:
-    with NvmlGpuSource([0], nvml=fake_nvml(1, energy_mj=[5_000, 9_000, 1_000, 4_000])) as src:
+    nv = fake_nvml(1, energy_mj=[5_000, 9_000, 1_000, 4_000])
+    with NvmlGpuSource([0], nvml=nv, energy_period_s=0.0) as src:
         values = [src.sample()[0].energy_j for _ in range(4)]
     assert values == [5.0, 9.0, 10.0, 13.0]
+
+
+def test_expensive_reads_are_rate_limited() -> None:
+    """The energy counter (~4 ms a read on an H100) and the slow clocks are not read every tick."""
+    nv = fake_nvml(1, energy_mj=[1_000_000, 1_060_000, 1_120_000])
+    with NvmlGpuSource([0], nvml=nv, energy_period_s=0.2, slow_period_s=0.5) as src:
+        first = src.sample()[0]
+        second = src.sample()[0]
+        assert first.energy_fresh and not second.energy_fresh
+        assert second.energy_j == first.energy_j == 1000.0
+        assert second.energy_t_ns == first.energy_t_ns and second.energy_mono_ns == first.mono_ns
+        assert (nv.calls["energy"], nv.calls["app_clock"], nv.calls["pstate"]) == (1, 1, 1)
+        assert second.app_clock_mhz == 1755  # cached, not None
+        time.sleep(0.2)
+        third = src.sample()[0]
+        assert third.energy_fresh and third.energy_j == 1060.0 and nv.calls["energy"] == 2
+        assert nv.calls["app_clock"] == 1
+        time.sleep(0.3)
+        src.sample()
+        assert nv.calls["app_clock"] == 2 and nv.calls["pstate"] == 2
 
 
 def test_closed_source_raises() -> None:
