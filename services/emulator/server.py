@@ -267,8 +267,14 @@ class EmulatorServer:
             return
         task = asyncio.create_task(self._run_detached(spec))
         self._detached.add(task)
-        task.add_done_callback(self._detached.discard)
+        task.add_done_callback(self._detached_done)
         yield await asyncio.shield(task)
+
+    def _detached_done(self, task: asyncio.Task[TokenUpdate]) -> None:
+        self._detached.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Its HTTP client may be gone (routers drop the prefill's answer): log it here.
+            log.info("prefill_failed", error=str(task.exception()))
 
     async def _run_detached(self, spec: RequestSpec) -> TokenUpdate:
         last: TokenUpdate | None = None

@@ -97,12 +97,14 @@ async def test_admin_gpu_contract(make_emulator: Factory, http: aiohttp.ClientSe
         assert r.status == 404
     async with http.delete(url(app, "/voltana/gpus/3/locked_clocks")) as r:
         assert r.status == 200 and (await r.json())["locked_clock_mhz"] is None
+    t1 = time.monotonic()
     async with http.get(url(app, "/voltana/gpus")) as r:
         e1 = (await r.json())["gpus"][0]["energy_mj"]
     await asyncio.sleep(0.2)
     async with http.get(url(app, "/voltana/gpus")) as r:
         e2 = (await r.json())["gpus"][0]["energy_mj"]
-    assert 0.15 * 117e3 < e2 - e1 < 0.5 * 117e3  # idle at the default (max) clock
+    elapsed = time.monotonic() - t1
+    assert 117.0 * 0.19e3 < e2 - e1 < 117.0 * elapsed * 1e3 + 1  # idle at the default (max) clock
 
 
 # ----- formats and pacing ----------------------------------------------------------------
@@ -129,10 +131,11 @@ async def test_generate_stream_paced_by_the_model(
     assert data[0]["meta_info"]["prompt_tokens"] == 4096 and "e2e_latency" in data[-1]["meta_info"]
     ttft = chunks[0][0] - t0
     want_ttft = model.prefill(1980, 4096).time_s
-    assert want_ttft * 0.95 < ttft < want_ttft + 0.05
+    # Upper bounds are generous: CI machines are shared and the worker can be preempted.
+    assert want_ttft * 0.95 < ttft < want_ttft + 0.15
     itl = [b[0] - a[0] for a, b in itertools.pairwise(chunks[:12])]
     want_itl = model.decode(1980, 1, 4100).time_s
-    assert abs(sum(itl) / len(itl) / want_itl - 1) < 0.15
+    assert abs(sum(itl) / len(itl) / want_itl - 1) < 0.3
     # A lower locked clock slows prefill (compute-bound) as the model says.
     async with http.post(
         url(app, "/voltana/gpus/0/locked_clocks"), json={"min_mhz": 900, "max_mhz": 900}
@@ -142,7 +145,7 @@ async def test_generate_stream_paced_by_the_model(
     async with http.post(url(app, "/generate"), json=body) as r:
         chunks = await sse(r)
     slow = model.prefill(900, 4096).time_s
-    assert slow * 0.95 < chunks[0][0] - t0 < slow + 0.05
+    assert slow * 0.95 < chunks[0][0] - t0 < slow + 0.15
     async with http.get(url(app, "/voltana/iterations?after=0")) as r:
         its = (await r.json())["iterations"]
     assert {"seq", "t_start_s", "t_end_s", "kind", "batch_size", "new_tokens", "kv_tokens", "clock_mhz",
