@@ -210,7 +210,10 @@ async def test_accounting_returns_to_zero_after_load(router: Router) -> None:
         assert (w.in_flight_requests, w.in_flight_tokens, w.queued_prefill_tokens) == (0, 0, 0)
         assert not w.waiting_since
     d = next(w for w in router.state.workers.values() if w.spec.role == "decode")
-    assert len(d.ttft_samples) == 24 and len(d.itl_samples) == 24 * 7
+    # one gap per event after the first, as the client saw them (a slow reader may get
+    # several tokens in one event, as from SGLang)
+    assert len(d.ttft_samples) == 24
+    assert len(d.itl_samples) == sum(len(r) - 2 for _, r in res)
 
 
 @pytest.fixture(scope="module")
