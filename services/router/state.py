@@ -20,6 +20,8 @@ from voltana.services.router.policies.base import ClusterView, InstanceView
 
 __all__ = ["Breaker", "ClusterState", "WorkerState"]
 
+WINDOW_REFRESH_S = 0.25
+
 
 @dataclass(slots=True)
 class Breaker:
@@ -80,6 +82,7 @@ class WorkerState:
     ttft_samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=4096))
     itl_samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=4096))
     seq: int = 0
+    windows: tuple[float, LatencyWindow | None, LatencyWindow | None] | None = None
 
     @property
     def name(self) -> str:
@@ -293,6 +296,11 @@ class ClusterState:
         w = self.workers[name]
         v = self.instance_view(w, now)
         w.seq += 1
+        # latency windows cost a sort each: refresh them at most every WINDOW_REFRESH_S
+        if w.windows is None or now - w.windows[0] >= WINDOW_REFRESH_S:
+            w.windows = (now, _window(w.ttft_samples, now, self.latency_window_s),
+                         _window(w.itl_samples, now, self.latency_window_s))  # fmt: skip
+        _, ttft, itl = w.windows
         return InstanceState(
             t_ns=t_ns,
             instance=w.name,
@@ -310,6 +318,6 @@ class ClusterState:
             engine_running_reqs=v.running_batch,
             engine_queue_reqs=v.engine_queue_reqs,
             telemetry_age_s=v.telemetry_age_s,
-            ttft=_window(w.ttft_samples, now, self.latency_window_s),
-            itl=_window(w.itl_samples, now, self.latency_window_s),
+            ttft=ttft,
+            itl=itl,
         )
