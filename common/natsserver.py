@@ -135,17 +135,23 @@ class NatsServer:
         ready = threading.Event()
         found_port: list[int] = []
 
+        proc = self.proc
+
         def read(stream: object) -> None:
-            assert self.proc is not None and self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.log_lines.append(line.rstrip())
-                if len(self.log_lines) > 2000:
-                    del self.log_lines[:1000]
-                m = _LISTEN.search(line)
-                if m:
-                    found_port.append(int(m.group(2)))
-                if _READY in line:
-                    ready.set()
+            if proc.stderr is None:
+                return
+            try:
+                for line in proc.stderr:
+                    self.log_lines.append(line.rstrip())
+                    if len(self.log_lines) > 2000:
+                        del self.log_lines[:1000]
+                    m = _LISTEN.search(line)
+                    if m:
+                        found_port.append(int(m.group(2)))
+                    if _READY in line:
+                        ready.set()
+            except (ValueError, OSError):
+                pass  # the stream was closed by stop()
             ready.set()
 
         self._reader = threading.Thread(target=read, args=(None,), daemon=True)
