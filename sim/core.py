@@ -195,6 +195,9 @@ class Simulator:
         if self.oracle is not None:
             return
         ctl = self.controllers[inst.role]
+        if inst.static_decided:
+            return  # a static controller's answer never changes: ask it once
+        inst.static_decided = getattr(ctl, "name", "").startswith("static")
         dec = ctl.decide(inst.control_input(t), t)
         clock = inst.model.max_clock_mhz if dec.default_clocks else dec.clock_mhz
         inst.last_decision_rule = dec.rule

@@ -77,7 +77,10 @@ class Instance:
         self._obs_window_s = observed_window_s
         self._itl_obs: deque[tuple[float, float, int]] = deque()
         self._ttft_obs: deque[tuple[float, float, int]] = deque()
+        self._itl_sum = [0.0, 0.0]
+        self._ttft_sum = [0.0, 0.0]
         self.last_decision_rule = ""
+        self.static_decided = False
 
     # ----- clocks and energy --------------------------------------------------------
     def _set_clock(self, t: float, clock_mhz: int) -> None:
@@ -182,16 +185,27 @@ class Instance:
     # ----- telemetry ------------------------------------------------------------------
     def observe_itl(self, t: float, gap_s: float, count: int) -> None:
         self._itl_obs.append((t, gap_s * count, count))
+        self._itl_sum[0] += gap_s * count
+        self._itl_sum[1] += count
 
     def observe_ttft(self, t: float, ttft_s: float) -> None:
         self._ttft_obs.append((t, ttft_s, 1))
+        self._ttft_sum[0] += ttft_s
+        self._ttft_sum[1] += 1
 
-    def _window_mean(self, obs: deque[tuple[float, float, int]], t: float) -> float | None:
+    def _window_mean(
+        self, obs: deque[tuple[float, float, int]], sums: list[float], t: float
+    ) -> float | None:
+        """Mean of the observations in (t - window, t], with running sums."""
         lo = t - self._obs_window_s
         while obs and obs[0][0] < lo:
-            obs.popleft()
-        n = sum(o[2] for o in obs)
-        return sum(o[1] for o in obs) / n if n else None
+            _, v, n = obs.popleft()
+            sums[0] -= v
+            sums[1] -= n
+        if not obs:
+            sums[0] = sums[1] = 0.0  # no drift from float round-off
+            return None
+        return sums[0] / sums[1]
 
     def control_input(self, t: float) -> ControlInput:
         """The engine state telemetry would publish at ``t`` (as a controller input)."""
@@ -224,7 +238,7 @@ class Instance:
             kv_tokens=float(decode_kv) if is_decode else 0.0,
             prefill_tokens=float(prefill_tokens),
             oldest_wait_s=0.0 if oldest is None else max(t - oldest, 0.0),
-            observed_ttft_s=None if is_decode else self._window_mean(self._ttft_obs, t),
-            observed_itl_s=self._window_mean(self._itl_obs, t) if is_decode else None,
+            observed_ttft_s=None if is_decode else self._window_mean(self._ttft_obs, self._ttft_sum, t),
+            observed_itl_s=self._window_mean(self._itl_obs, self._itl_sum, t) if is_decode else None,
             current_clock_mhz=self.clock_mhz,
         )

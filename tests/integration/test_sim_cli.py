@@ -1,0 +1,74 @@
+"""``voltana sim`` as a real subprocess: table on stdout, results.json and PNGs on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TRACE = Path(__file__).resolve().parents[3] / "shared/data/traces/azure_llm_2023_conv.csv"
+
+
+def _voltana(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "voltana", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+@pytest.mark.skipif(not TRACE.is_file(), reason="../shared/data/traces not present")
+def test_sim_cli_on_a_trace_slice(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    proc = _voltana(
+        "sim", "--trace", str(TRACE), "--window", "0,40", "--cluster", "1p1d",
+        "--policies", "static-max,ecofreq,voltana", "--slo-ttft", "0.5", "--slo-itl", "0.025",
+        "--quick-profile", "--no-progress", "--out", str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "static-max" in proc.stdout and "oracle" in proc.stdout
+    data = json.loads((out / "results.json").read_text())
+    keys = {"energy_j", "energy_per_output_token_j", "saving_vs_static_max", "slo_attainment",
+            "ttft_attainment", "itl_attainment", "ttft_p99_ms", "itl_p99_ms"}
+    for name in ("static-max", "ecofreq", "voltana"):
+        assert keys <= set(data["policies"][name]), name
+        assert data["policies"][name]["finished"] == data["workload"]["requests"]
+    assert data["policies"]["static-max"]["saving_vs_static_max"] == 0.0
+    assert data["policies"]["ecofreq"]["energy_j"] < data["policies"]["static-max"]["energy_j"]
+    assert data["oracle"]["energy_j"] > 0
+    assert data["params"]["cluster"]["n_prefill"] == 1
+    assert data["params"]["slo"]["itl_s"] == 0.025
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "latency_cdf.png" in pngs and "timeseries_voltana.png" in pngs
+    assert all((out / p).stat().st_size > 10_000 for p in pngs)
+
+
+def test_sim_cli_synthetic_sweep(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = _voltana(
+        "sim", "--synthetic", "poisson", "--rate", "2", "--duration", "15", "--cluster", "1p1d",
+        "--policies", "static-max,static-min", "--sweep-rate", "1,2", "--sweep-slo", "1",
+        "--no-oracle", "--quick-profile", "--no-progress", "--out", str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "sweep.json").read_text())
+    assert {(r["rate_scale"], r["policy"]) for r in rows} == {
+        (1.0, "static-max"), (1.0, "static-min"), (2.0, "static-max"), (2.0, "static-min")}
+    assert "| rate x |" in (out / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--trace", "/nonexistent.csv"], "not found"),
+        (["--synthetic", "poisson", "--policies", "bogus"], "unknown policy"),
+        (["--synthetic", "poisson", "--cluster", "two"], "2p2d"),
+        ([], "--trace"),
+    ],
+)
+def test_sim_cli_bad_input_is_a_clear_error(args: list[str], needle: str) -> None:
+    proc = _voltana("sim", "--no-progress", *args)
+    assert proc.returncode == 1
+    assert needle in proc.stderr
