@@ -46,6 +46,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prefill-policy", choices=_POLICIES, default=None)
     p.add_argument("--decode-policy", choices=_POLICIES, default=None)
     p.add_argument("--profile", default=None, help="profile JSON for ecoroute (default: packaged)")
+    p.add_argument("--gpu", dest="profile_gpu", default=None,
+                   help="packaged profile's GPU for ecoroute (default h100)")  # fmt: skip
+    p.add_argument("--model", dest="profile_model", default=None,
+                   help="packaged profile's model for ecoroute (default llama-3.1-8b)")  # fmt: skip
     p.add_argument("--slo-ttft-s", type=float, default=None)
     p.add_argument("--slo-itl-s", type=float, default=None)
     p.add_argument("--no-nats", action="store_true", help="run without the bus")
@@ -106,7 +110,8 @@ def build_config(args: argparse.Namespace) -> Any:
     simple = {
         "host": "host", "port": "port", "prefill_policy": "prefill_policy",
         "decode_policy": "decode_policy", "profile": "profile", "slo_ttft_s": "slo_ttft_s",
-        "slo_itl_s": "slo_itl_s", "seed": "seed",
+        "slo_itl_s": "slo_itl_s", "seed": "seed", "profile_gpu": "profile_gpu",
+        "profile_model": "profile_model",
     }  # fmt: skip
     for flag in (
         "max_concurrent_requests", "max_queued_requests", "queue_timeout_s", "max_request_bytes",

@@ -89,7 +89,9 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     slo_ttft_s: float = 1.0
     slo_itl_s: float = 0.05
     slo_margin: float = 0.1
-    profile: str | None = None
+    profile: str | None = None  # profile JSON for ecoroute; None = packaged one below
+    profile_gpu: str = "h100"
+    profile_model: str = "llama-3.1-8b"
     state_publish_hz: float = 20.0
     telemetry_stale_s: float = 2.0
     latency_window_s: float = 10.0

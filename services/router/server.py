@@ -57,10 +57,11 @@ class Router:
         )
         self.slo = SloConfig(ttft_s=cfg.slo_ttft_s, itl_s=cfg.slo_itl_s, margin=cfg.slo_margin)
         profile = None
-        if "ecoroute" in (cfg.prefill_policy, cfg.decode_policy) and cfg.profile:
-            from voltana.services.freqctl.profile import load_profile
+        if "ecoroute" in (cfg.prefill_policy, cfg.decode_policy):
+            from voltana.services.freqctl.profile import default_profile, load_profile
 
-            profile = load_profile(cfg.profile)
+            profile = (load_profile(cfg.profile) if cfg.profile
+                       else default_profile(cfg.profile_gpu, cfg.profile_model))  # fmt: skip
         self.prefill_policy = make_policy(cfg.prefill_policy, profile=profile, slo=self.slo)
         self.decode_policy = make_policy(cfg.decode_policy, profile=profile, slo=self.slo)
         self.rng = np.random.default_rng(cfg.seed)

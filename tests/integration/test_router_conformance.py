@@ -247,3 +247,33 @@ async def test_sglang_client_functions_through_router(router: Router, bench_serv
     d = next(w for w in router.state.workers.values() if w.spec.role == "decode")
     await wait_for(lambda: len(d.ttft_samples) >= 2)
     assert d.ttft_samples[0][1] <= res.ttft + 0.005
+
+
+def test_cli_router_with_energy_aware_policies(workers: dict[str, Workers]) -> None:
+    """`voltana router` as a process, ecoroute for prefill and the tile packer for decode."""
+    w = workers["0.4.7"]
+    port = free_port()
+    argv = [sys.executable, "-m", "voltana", "--log-level", "warning", "router", "--port",
+            str(port), "--prefill-policy", "ecoroute", "--decode-policy", "ecoroute-tile",
+            "--no-nats", "--prefill", w.prefill[0][0], str(w.prefill[0][1]),
+            "--decode", w.decode[0]]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/generate", method="POST",
+            data=json.dumps({"text": "hi", "sampling_params": {"max_new_tokens": 3}}).encode(),
+            headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read())["meta_info"]["completion_tokens"] >= 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert 'voltana_router_decisions_total{instance="' in text
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]

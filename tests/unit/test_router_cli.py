@@ -1,0 +1,62 @@
+"""`voltana router` flags: sglang-router shapes, TOML file, precedence, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from voltana.cli import build_parser
+from voltana.common.errors import ConfigError
+from voltana.services.router.cli import build_config
+
+
+def parse(*argv: str):  # type: ignore[no-untyped-def]
+    return build_config(build_parser().parse_args(["router", *argv]))
+
+
+def test_sglang_router_shaped_flags() -> None:
+    cfg = parse("--prefill", "http://10.0.0.1:30000", "8998", "--prefill", "10.0.0.2:30000", "none",
+                "--prefill", "http://10.0.0.3:30000", "--decode", "http://10.0.0.4:30001",
+                "--decode", "http://10.0.0.5:30001", "--policy", "power_of_two",
+                "--decode-policy", "ecoroute-tile", "--host", "0.0.0.0", "--port", "9000",
+                "--nats", "nats://10.0.0.9:4222")  # fmt: skip
+    assert [(w.url, w.bootstrap_port) for w in cfg.prefill] == [
+        ("http://10.0.0.1:30000", 8998), ("http://10.0.0.2:30000", None),
+        ("http://10.0.0.3:30000", None)]  # fmt: skip
+    assert [w.url for w in cfg.decode] == ["http://10.0.0.4:30001", "http://10.0.0.5:30001"]
+    assert (cfg.prefill_policy, cfg.decode_policy) == ("power_of_two", "ecoroute-tile")
+    assert (cfg.host, cfg.port) == ("0.0.0.0", 9000)
+    assert cfg.bus_options is not None and cfg.bus_options.servers == ["nats://10.0.0.9:4222"]
+
+
+def test_toml_file_under_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "router.toml"
+    f.write_text('port = 7000\nmax_concurrent_requests = 5\nprefill_retries = 0\n'
+                 '[[prefill]]\nurl = "http://p:1"\nrole = "prefill"\nbootstrap_port = 9\n'
+                 '[[decode]]\nurl = "http://d:2"\nrole = "decode"\n')  # fmt: skip
+    monkeypatch.setenv("VOLTANA_ROUTER_API_KEY", "k")
+    cfg = parse("--config", str(f), "--port", "7001", "--no-nats")
+    assert (cfg.port, cfg.max_concurrent_requests, cfg.prefill_retries) == (7001, 5, 0)
+    assert cfg.prefill[0].bootstrap_port == 9 and cfg.decode[0].url == "http://d:2"
+    assert cfg.api_key == "k" and cfg.bus_options is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--decode", "http://d:1"], "prefill"),
+        (["--prefill", "http://p:1", "x", "--decode", "http://d:1"], "bootstrap port"),
+        (["--prefill", "http://p:1", "1", "2", "--decode", "http://d:1"], "URL"),
+        (["--prefill", "ftp://p:1", "--decode", "http://d:1"], "http"),
+    ],
+)
+def test_bad_flags_are_config_errors(argv: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse(*argv)
+
+
+def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text("port = 'x'\n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        parse("--config", str(f))
