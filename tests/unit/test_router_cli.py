@@ -58,5 +58,5 @@ def test_bad_flags_are_config_errors(argv: list[str], match: str) -> None:
 def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
     f = tmp_path / "bad.toml"
     f.write_text("port = 'x'\n")
-    with pytest.raises(ConfigError, match="bad.toml"):
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
         parse("--config", str(f))
