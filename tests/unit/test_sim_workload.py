@@ -119,3 +119,16 @@ def test_azure_conversation_trace_summary() -> None:
     assert s["requests"] == 19366
     assert s["input_tokens_mean"] == pytest.approx(1155, rel=0.01)
     assert s["output_tokens_mean"] == pytest.approx(211, rel=0.01)
+
+
+def test_crosscheck_figures_and_compare() -> None:
+    from voltana.sim.crosscheck import compare, sim_figures
+
+    wl = synthetic(rate_rps=2, duration_s=20, seed=9)
+    figs = sim_figures(wl, window_s=(0.0, 20.0), policy="ecofreq")
+    assert figs["finished"] == figs["requests"] == len(wl.requests)
+    assert set(figs["energy_j_by_instance"]) == {"p0", "d0"}
+    live = dict(figs, energy_j=figs["energy_j"] * 1.03, slo_attainment=figs["slo_attainment"] - 0.1)
+    rows = {r["figure"]: r for r in compare(figs, live)}
+    assert rows["energy_j"]["ok"] and not rows["slo_attainment"]["ok"]
+    assert rows["energy_j"]["diff"] == pytest.approx(0.03 / 1.03, rel=1e-3)
