@@ -8,9 +8,10 @@ import pytest
 from voltana.cli import build_parser
 from voltana.common.errors import ConfigError
 from voltana.services.router.cli import build_config
+from voltana.services.router.config import RouterConfig
 
 
-def parse(*argv: str):  # type: ignore[no-untyped-def]
+def parse(*argv: str) -> RouterConfig:
     return build_config(build_parser().parse_args(["router", *argv]))
 
 
