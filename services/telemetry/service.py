@@ -181,6 +181,7 @@ class TelemetryService:
             self.cfg.node, inst.name if inst else None, inst.role if inst else None
         )
         key = f"gpu:{name}"
+        subject_of: dict[int, str] = {}
 
         async def tick(t_sched: float) -> None:
             t0 = self.clock()
@@ -194,9 +195,10 @@ class TelemetryService:
             SAMPLE_DURATION.labels("gpu").observe(self.clock() - t0)
             self._status.report(key, None, instance=name)
             for s in samples:
-                msg = builder.build(s)
-                await self._publish("gpu", subjects.telemetry_gpu(self.cfg.node, s.index), msg,
-                                    name)  # fmt: skip
+                subject = subject_of.get(s.index)
+                if subject is None:
+                    subject = subject_of[s.index] = subjects.telemetry_gpu(self.cfg.node, s.index)
+                await self._publish("gpu", subject, builder.build(s), name)
             SAMPLING_LAG.labels("gpu").observe(self.clock() - t_sched)
 
         await self._ticks(self.cfg.rates.gpu_hz, "gpu", tick)

@@ -266,6 +266,15 @@ def test_emulated_source_errors_and_restart(tmp_path: Path) -> None:
                 bad.sample()
             time.sleep(0.3)
             before = src.sample()[0].energy_j
+            cfg = tmp_path / "node.toml"
+            cfg.write_text(f'node = "n"\n[[instances]]\nname = "e"\nrole = "decode"\n'
+                           f'url = "{url}"\ngpus = [4, 5]\ngpu_backend = "emulated"\n')  # fmt: skip
+            check = subprocess.run(
+                [sys.executable, "-m", "voltana", "telemetry", "--config", str(cfg), "--check"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert check.returncode == 0, check.stderr
+            assert "emulated GPUs [4, 5]: 2 sample(s) read" in check.stdout
         with pytest.raises(GpuError, match="unreachable") as info:
             src.sample()
         assert info.value.code == "UNREACHABLE"
