@@ -28,7 +28,7 @@ ops = st.lists(
 def test_engine_invariants(role: str, cap: int, max_running: int, chunk: int, script: list) -> None:
     eng = Engine(
         EngineConfig(
-            role=role,  # type: ignore[arg-type]
+            role=role,  # type: ignore[arg-type,unused-ignore]
             kv_capacity_tokens=cap,
             max_running_requests=max_running,
             chunked_prefill_size=chunk,
