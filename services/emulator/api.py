@@ -224,6 +224,13 @@ async def _openai(request: web.Request, chat: bool) -> web.StreamResponse:
         else:
             prompt = body.get("prompt")
             if prompt is None:
+                # sglang-router 0.1.5 (PD mode) forwards /v1/completions rewritten in its
+                # generate shape: text/input_ids and parameters.max_new_tokens.
+                prompt = body.get("text") if body.get("text") is not None else body.get("input_ids")
+                limit_alt = (body.get("parameters") or {}).get("max_new_tokens")
+                if body.get("max_tokens") is None and limit_alt is not None:
+                    body["max_tokens"] = limit_alt
+            if prompt is None:
                 raise RequestError("prompt is required")
             if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
                 prompt = prompt[0]  # one choice per request here

@@ -197,6 +197,14 @@ async def test_router_pd_chat(cluster: Cluster, stream: bool) -> None:
     assert len(text.split()) == 5
 
 
+async def test_router_pd_completions(cluster: Cluster) -> None:
+    # sglang-router 0.1.5 rewrites /v1/completions into text + parameters.max_new_tokens.
+    body = {"model": "m", "prompt": "complete this", "max_tokens": 4}
+    status, chunks = await _post(f"{cluster.router}/v1/completions", body)
+    assert status == 200, chunks
+    assert chunks[0]["object"] == "text_completion" and chunks[0]["usage"]["completion_tokens"] == 4
+
+
 @pytest.fixture(scope="module")
 def bench_serving() -> Any:
     try:
