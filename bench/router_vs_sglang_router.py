@@ -29,6 +29,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -89,6 +90,12 @@ def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen[bytes] |
         time.sleep(0.2)
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class RunResult:
     router: str
@@ -100,6 +107,11 @@ class RunResult:
     e2e_s: list[float] = field(default_factory=list)
     added_s: list[float] = field(default_factory=list)
     ttft_s: list[float] = field(default_factory=list)
+    router_cpu_s: float = 0.0
+
+    @property
+    def cpu_ms_per_req(self) -> float:
+        return self.router_cpu_s * 1e3 / self.ok if self.ok else float("nan")
 
     @property
     def rps(self) -> float:
@@ -183,6 +195,18 @@ async def closed_loop(base: str, name: str, stream: bool, clients: int, seconds:
     return res
 
 
+def run_loop(coro: Any) -> Any:
+    """Run the load generator on uvloop when installed (the same client for both routers)."""
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prefill", type=int, default=1, help="prefill workers")
@@ -199,6 +223,7 @@ def main() -> int:
     ap.add_argument("--emulator-args", default="", help="extra flags for the emulated workers")
     ap.add_argument("--out", default=str(ROOT / "bench/results/router_vs_sglang_router.json"))
     args = ap.parse_args()
+    args.load_avg_start = round(os.getloadavg()[0], 2)
 
     import tempfile
 
@@ -250,12 +275,15 @@ def main() -> int:
                     else ["voltana", "sglang-router"]
                 )
                 for name in order:
-                    r = asyncio.run(closed_loop(routers[name], name, stream, clients, args.seconds,
-                                                args.input_len, args.output_len))  # fmt: skip
+                    pid = procs.procs["voltana-router" if name == "voltana" else name].pid
+                    c0 = cpu_s(pid)
+                    r = run_loop(closed_loop(routers[name], name, stream, clients, args.seconds,
+                                             args.input_len, args.output_len))  # fmt: skip
+                    r.router_cpu_s = cpu_s(pid) - c0  # warm-up requests included (few)
                     results.append(r)
                     print(f"  {name:14s} stream={stream!s:5s} clients={clients:4d} "
                           f"{r.rps:8.1f} req/s  added p50 {r.pct(r.added_s, 50):6.2f} ms "
-                          f"p99 {r.pct(r.added_s, 99):6.2f} ms  errors {r.errors}", flush=True)  # fmt: skip
+                          f"p99 {r.pct(r.added_s, 99):6.2f} ms  cpu {r.cpu_ms_per_req:5.2f} ms/req  errors {r.errors}", flush=True)  # fmt: skip
         report(results, args, logdir)
         return 0
     finally:
@@ -268,7 +296,7 @@ def report(results: list[RunResult], args: argparse.Namespace, logdir: Path) -> 
 
     table = Table(title="voltana router / sglang-router 0.1.5 (PD, same emulated workers)")
     for col in ("mode", "clients", "req/s v / s", "ratio", "added p50 ms v / s", "ratio",
-                "added p99 ms v / s", "ratio", "errors v / s"):  # fmt: skip
+                "added p99 ms v / s", "ratio", "CPU ms/req v / s", "errors v / s"):  # fmt: skip
         table.add_column(col, justify="right")
     rows = []
     for stream in (True, False):
@@ -290,6 +318,8 @@ def report(results: list[RunResult], args: argparse.Namespace, logdir: Path) -> 
                 "voltana_added_p99_ms": v.pct(v.added_s, 99), "sglang_router_added_p99_ms": s.pct(s.added_s, 99),
                 "voltana_ttft_p50_ms": v.pct(v.ttft_s, 50), "sglang_router_ttft_p50_ms": s.pct(s.ttft_s, 50),
                 "voltana_errors": v.errors, "sglang_router_errors": s.errors,
+                "voltana_cpu_ms_per_req": v.cpu_ms_per_req,
+                "sglang_router_cpu_ms_per_req": s.cpu_ms_per_req,
             }  # fmt: skip
             rows.append(row)
             table.add_row(
@@ -298,13 +328,15 @@ def report(results: list[RunResult], args: argparse.Namespace, logdir: Path) -> 
                 f"{row['voltana_added_p50_ms'] / row['sglang_router_added_p50_ms']:.2f}x",
                 f"{row['voltana_added_p99_ms']:.2f} / {row['sglang_router_added_p99_ms']:.2f}",
                 f"{row['voltana_added_p99_ms'] / row['sglang_router_added_p99_ms']:.2f}x",
+                f"{v.cpu_ms_per_req:.2f} / {s.cpu_ms_per_req:.2f}",
                 f"{v.errors} / {s.errors}",
             )  # fmt: skip
     Console().print(table)
     meta = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
-                   f"load avg {os.getloadavg()[0]:.2f}, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), "
+                   f"load avg at the end {os.getloadavg()[0]:.2f}, Python {platform.python_version()}",
+        "load_avg_start": args.load_avg_start,
         "args": vars(args), "logs": str(logdir), "rows": rows,
         "t": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip

@@ -132,3 +132,11 @@ def test_request_record_slo_accounting() -> None:
     assert request_record(rreq, info, good, 0.3, 1, slo, 2).slo_met is True
     bad = Outcome(status="error", error="x")
     assert request_record(rreq, info, bad, 0.3, 1, slo, 2).slo_met is False
+
+
+def test_sse_scanner_is_not_fooled_by_text_that_looks_like_events() -> None:
+    ev = b'data: {"text": "data: [DONE]\\n\\ndata: x {\\"error\\"", "meta_info": {}}\n\n'
+    sc = proto.SseScanner()
+    assert sc.feed(ev * 2) == 2
+    assert not sc.saw_done and not sc.saw_error
+    assert sc.feed(proto.DONE_EVENT) == 0 and sc.saw_done and sc.last_data == ev[5:].strip()
