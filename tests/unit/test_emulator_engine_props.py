@@ -77,14 +77,18 @@ def test_engine_invariants(role: str, cap: int, max_running: int, chunk: int, sc
     # Drain: everything left either finishes or is aborted, and the engine ends empty.
     for _ in range(20_000):
         t += 0.01
-        drive(eng.admit(t))
+        admitted = eng.admit(t)
+        drive(admitted)
+        moved = bool(admitted)
         for rid, r in list(eng.requests.items()):
             if r.phase is Phase.TRANSFER and role == "decode":
                 drive(eng.kv_arrived(rid, t))
+                moved = True
         plan = eng.next_batch(t)
-        if plan is None:
+        if plan is None and not moved:
             break
-        drive(eng.complete(plan, t))
+        if plan is not None:
+            drive(eng.complete(plan, t))
         check()
     assert eng.idle
     assert eng.stats().kv_reserved_tokens == 0
