@@ -6,10 +6,11 @@ Usage:
     python bench/gpu/compare_model.py --fit [--legacy PATH]     # refit (needs scipy)
 
 Reads the probe files written by ``bench/gpu/llm_probe.py`` (default: the two H100
-runs in bench/results/). The GPU ran at default clocks, which is what the model
+runs in bench/results/). The lent GPU ran at default clocks, which is what the model
 calls a request for the maximum clock (1980 MHz on an H100): the model throttles
 that request to its power cap itself, so its effective clock is compared with the
-median SM clock NVML reported. ``--fit`` also takes the earlier probe in
+median SM clock NVML reported. A run made under a locked clock (on a GPU of your
+own, see docs/gpu-in-the-loop.md) is compared at that clock. ``--fit`` also takes the earlier probe in
 ../shared/data/calibration (``--legacy``; the emulator's own tests hold the model
 to it), fits the knobs in ``FIT_KNOBS`` to all runs at once, and prints them.
 """
@@ -73,6 +74,7 @@ class Point:
     power_w: float
     clock_mhz: float  # median SM clock NVML reported
     excluded: str  # why the model is not held to it ("" = it is)
+    requested_mhz: int | None = None  # a locked clock, if the run had one (None: default)
 
     def label(self) -> str:
         if self.kind == "prefill":
@@ -100,16 +102,31 @@ def exclusion(kind: str, size: int, kv_tokens: int, graph: bool = True) -> str:
     return ""
 
 
+def locked_clock_mhz(doc: dict[str, Any]) -> int | None:
+    """The SM clock a run was locked to, from the P0 range NVML reported (None: default).
+
+    NVML has no getter for locked clocks, but a lock narrows the P0 clock range:
+    a P0 maximum under the board's maximum is the locked clock (as the telemetry
+    source reports it).
+    """
+    nvml = doc.get("info", {}).get("nvml") or {}
+    rng, top = nvml.get("pstate0_sm_clock_range_mhz"), nvml.get("max_sm_clock_mhz")
+    if rng and top and 0 < int(rng[1]) < int(top):
+        return int(rng[1])
+    return None
+
+
 def probe_points(doc: dict[str, Any], source: str) -> list[Point]:
     """Points of one ``llm_probe.py`` results file (errored points skipped)."""
     out = []
+    lock = locked_clock_mhz(doc)
     for r in doc.get("prefill", []):
         if "error" in r:
             continue
         out.append(
             Point(
                 source, "prefill", r["tokens"], 0, r["time_s_median"], r["avg_power_w"],
-                r["sm_clock_mhz_median"], exclusion("prefill", r["tokens"], 0, r["graph"]),
+                r["sm_clock_mhz_median"], exclusion("prefill", r["tokens"], 0, r["graph"]), lock,
             )
         )  # fmt: skip
     for r in doc.get("decode", []):
@@ -119,7 +136,7 @@ def probe_points(doc: dict[str, Any], source: str) -> list[Point]:
         out.append(
             Point(
                 source, "decode", b, k, r["time_s_median"], r["avg_power_w"],
-                r["sm_clock_mhz_median"], exclusion("decode", b, k),
+                r["sm_clock_mhz_median"], exclusion("decode", b, k), lock,
             )
         )  # fmt: skip
     return out
@@ -144,10 +161,11 @@ def legacy_points(doc: dict[str, Any]) -> list[Point]:
 
 
 def model_cost(model: GpuModel, p: Point) -> IterCost:
-    """The model at default clocks (a request for the maximum clock) for point ``p``."""
+    """The model for point ``p`` at its locked clock, else at default clocks (the maximum)."""
+    f = p.requested_mhz or model.max_clock_mhz
     if p.kind == "prefill":
-        return model.prefill(model.max_clock_mhz, p.size)
-    return model.decode(model.max_clock_mhz, p.size, p.size * p.kv_tokens)
+        return model.prefill(f, p.size)
+    return model.decode(f, p.size, p.size * p.kv_tokens)
 
 
 def compare(model: GpuModel, points: list[Point]) -> list[dict[str, Any]]:

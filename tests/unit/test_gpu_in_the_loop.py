@@ -151,3 +151,15 @@ def test_idle_power_at_the_top_clock(name: str) -> None:
     (start,) = [r for r in DOCS[name]["idle"] if r["when"].startswith("start")]
     assert start["sm_clock_mhz_median"] == 1980
     assert abs(MODEL.idle_power_w(1980) / start["avg_power_w"] - 1.0) < TOL
+
+
+@pytest.mark.parametrize(
+    ("pstate0", "expected"),
+    [([345, 1980], None), ([345, 1410], 1410), ([1005, 1005], 1005), (None, None)],
+)
+def test_a_locked_run_is_compared_at_its_clock(pstate0: Any, expected: int | None) -> None:
+    doc = {"info": {"nvml": {"pstate0_sm_clock_range_mhz": pstate0, "max_sm_clock_mhz": 1980}}}
+    assert CM.locked_clock_mhz(doc) == expected
+    locked = [CM.Point("x", "decode", 64, 512, 0.01, 500.0, 1410.0, "", expected)]
+    c = CM.model_cost(MODEL, locked[0])
+    assert c.effective_clock_mhz == (expected or MODEL.max_clock_mhz)
