@@ -440,3 +440,85 @@ def test_prefill_queue_lookahead_budgets_the_whole_backlog() -> None:
         queue_reqs=1,
     )
     assert ctl.decide(dec, 0.0).rule == "queue"
+
+
+@st.composite
+def random_profiles(draw: st.DrawFn) -> Profile:
+    """Arbitrary valid profiles: a few profiled clocks, random non-negative coefficients."""
+    from voltana.services.freqctl.profile_format import (
+        DecodeBucketFit,
+        DecodeClockFit,
+        IdlePoint,
+        PrefillClockFit,
+        ProfileFile,
+    )
+
+    table = list(range(300, 2001, 50))
+    prof_clocks = sorted(draw(st.sets(st.sampled_from(table), min_size=2, max_size=4)))
+    buckets = [8, 16, 128, 256]
+    coef = st.floats(0.0, 1.0)
+
+    def pre(c: int) -> PrefillClockFit:
+        return PrefillClockFit(
+            clock_mhz=c,
+            latency_s_per_token=draw(coef) * 1e-4,
+            latency_s_per_token2=draw(coef) * 1e-9,
+            latency_s=draw(coef) * 0.02,
+            energy_j_per_token=draw(coef) * 0.05,
+            energy_j_per_token2=draw(coef) * 1e-7,
+            energy_j=draw(coef) * 3,
+        )
+
+    def dec(c: int) -> DecodeClockFit:
+        return DecodeClockFit(
+            clock_mhz=c,
+            buckets=[
+                DecodeBucketFit(
+                    bucket=b,
+                    latency_s_per_req=draw(coef) * 1e-4,
+                    latency_s_per_kv_token=draw(coef) * 1e-7,
+                    latency_s=draw(coef) * 0.03,
+                    energy_j_per_req=draw(coef) * 0.02,
+                    energy_j_per_kv_token=draw(coef) * 1e-5,
+                    energy_j=draw(coef) * 5,
+                )
+                for b in buckets
+            ],
+        )
+
+    return Profile(
+        ProfileFile(
+            gpu="g",
+            model="m",
+            source="synthetic",
+            supported_clocks_mhz=table,
+            decode_buckets=buckets,
+            prefill_max_batched_tokens=8192,
+            prefill=[pre(c) for c in prof_clocks],
+            decode=[dec(c) for c in prof_clocks],
+            idle=[IdlePoint(clock_mhz=c, power_w=draw(st.floats(20, 150))) for c in prof_clocks],
+        )
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(prof=random_profiles(), inp=inputs(), slo=slos)
+def test_properties_hold_on_arbitrary_profiles(
+    prof: Profile, inp: ControlInput, slo: SloConfig
+) -> None:
+    c_eco, c_volt = cfg("ecofreq", slo=slo), cfg("voltana", slo=slo)
+    eco = make_controller(c_eco, prof).decide(inp, 100.0)
+    volt = make_controller(c_volt, prof).decide(inp, 100.0)
+    any_fit = any(fits(c_eco, inp, predicted(prof, inp, k)) for k in prof.clocks_mhz)
+    for d in (eco, volt):
+        assert d.clock_mhz in prof.clocks_mhz
+        assert d.predicted_latency_s is not None and math.isfinite(d.predicted_latency_s)
+        assert d.predicted_power_w is not None and math.isfinite(d.predicted_power_w)
+        if any_fit:
+            assert fits(c_eco, inp, predicted(prof, inp, d.clock_mhz)), d
+    if any_fit:
+        assert predicted(prof, inp, volt.clock_mhz)[2] <= predicted(prof, inp, eco.clock_mhz)[2] * (
+            1 + 1e-9
+        )
+    stale = make_controller(c_volt, prof).decide(inp, 1e9)
+    assert stale.clock_mhz == prof.max_clock_mhz
