@@ -163,6 +163,7 @@ class NvmlGpuSource:
         self._integrators = [PowerIntegrator() for _ in self._indices]
         # per GPU: (mono_ns, t_ns, energy_j) of the last counter read
         self._last_energy: list[tuple[int, int, float] | None] = [None] * len(self._indices)
+        self._energy_due_ns = [0] * len(self._indices)
         # per GPU: (mono_ns, app_clock_mhz, locked_clock_mhz) of the last slow read
         self._slow: list[tuple[int, int | None, int | None] | None] = [None] * len(self._indices)
 
@@ -241,12 +242,17 @@ class NvmlGpuSource:
         """(energy_j, from_power, fresh, read t_ns, read mono_ns) for GPU ``k``."""
         h, gpu = self._handles[k], self._indices[k]
         last = self._last_energy[k]
-        if last is not None and mono_ns - last[0] < self._energy_period_ns:
+        if last is not None and mono_ns < self._energy_due_ns[k]:
             return last[2], False, False, last[1], last[0]
         raw_mj = self._optional(h, gpu, "energy", self._nvml.nvmlDeviceGetTotalEnergyConsumption, h)
         if raw_mj is None:
             return self._integrators[k].update(mono_ns, power_w), True, True, t_ns, mono_ns
         energy_j = self._energy[k].update(int(raw_mj))
+        if last is None:  # spread the GPUs' later reads over the period, not one tick
+            n = len(self._indices)
+            self._energy_due_ns[k] = mono_ns + self._energy_period_ns * (k + 1) // n
+        else:
+            self._energy_due_ns[k] = mono_ns + self._energy_period_ns
         self._last_energy[k] = (mono_ns, t_ns, energy_j)
         return energy_j, False, True, t_ns, mono_ns
 

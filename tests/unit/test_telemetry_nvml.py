@@ -232,6 +232,18 @@ def test_expensive_reads_are_rate_limited() -> None:
         assert nv.calls["app_clock"] == 2 and nv.calls["pstate"] == 2
 
 
+def test_energy_reads_are_spread_over_the_period() -> None:
+    nv = fake_nvml(4, energy_mj=list(range(1_000_000, 2_000_000, 1000)))
+    with NvmlGpuSource([0, 1, 2, 3], nvml=nv, energy_period_s=0.4) as src:
+        src.sample()
+        assert nv.calls["energy"] == 4  # everyone's baseline at once
+        fresh_per_tick = []
+        for _ in range(16):
+            time.sleep(0.05)
+            fresh_per_tick.append(sum(s.energy_fresh for s in src.sample()))
+    assert max(fresh_per_tick) < 4 and sum(fresh_per_tick) >= 6  # never all on one tick
+
+
 def test_closed_source_raises() -> None:
     src = NvmlGpuSource([0], nvml=fake_nvml(1))
     src.close()
