@@ -73,21 +73,31 @@ def main() -> int:
     for control in args.controls.split(","):
         for name in args.policies.split(","):
             r = _one(wl, POLICIES[name], replace(cfg, control=control), profile)  # type: ignore[arg-type]
-            print(f"| {name} | {control} | {r['sim_s']:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
-                  f"| {r['x_wall']:.0f} | {r['x_cpu']:.0f} | {r['iterations']} |", flush=True)
-    print(f"\n## scaling: {args.scaling_policy}, rate x (instances / 4), "
-          f"{args.scaling_window:.0f} s window")
-    print("| instances | cluster | requests | simulated s | wall s | CPU s | x wall | x CPU "
-          "| CPU us / iteration |")
+            print(
+                f"| {name} | {control} | {r['sim_s']:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
+                f"| {r['x_wall']:.0f} | {r['x_cpu']:.0f} | {r['iterations']} |",
+                flush=True,
+            )
+    print(
+        f"\n## scaling: {args.scaling_policy}, rate x (instances / 4), "
+        f"{args.scaling_window:.0f} s window"
+    )
+    print(
+        "| instances | cluster | requests | simulated s | wall s | CPU s | x wall | x CPU "
+        "| CPU us / iteration |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.sizes.split(",")):
         half = max(n // 2, 1)
         c = replace(cfg, cluster=ClusterSpec(half, half))
         wl_n = window(scale_rate(base, 2 * half / 4), 0.0, args.scaling_window)
         r = _one(wl_n, POLICIES[args.scaling_policy], c, profile)
-        print(f"| {2 * half} | {half}p{half}d | {r['requests']} | {r['sim_s']:.0f} | "
-              f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['x_wall']:.0f} | {r['x_cpu']:.0f} | "
-              f"{r['cpu_s'] / max(r['iterations'], 1) * 1e6:.0f} |", flush=True)
+        print(
+            f"| {2 * half} | {half}p{half}d | {r['requests']} | {r['sim_s']:.0f} | "
+            f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['x_wall']:.0f} | {r['x_cpu']:.0f} | "
+            f"{r['cpu_s'] / max(r['iterations'], 1) * 1e6:.0f} |",
+            flush=True,
+        )
     return 0
 
 

@@ -198,7 +198,8 @@ class Simulator:
         if inst.static_decided:
             return  # a static controller's answer never changes: ask it once
         inst.static_decided = getattr(ctl, "name", "").startswith("static")
-        dec = ctl.decide(inst.control_input(t), t)
+        per_iter = self.cfg.control == "iteration" and self.cfg.telemetry_period_s > 0
+        dec = ctl.decide(inst.control_input(t, inst.obs_t if per_iter else None), t)
         clock = inst.model.max_clock_mhz if dec.default_clocks else dec.clock_mhz
         inst.last_decision_rule = dec.rule
         inst.command_clock(t + self.cfg.control_lag_s, clock)
@@ -253,13 +254,16 @@ class Simulator:
 
     def _refresh_telemetry(self, t: float) -> None:
         for inst in self.instances.values():
+            inst.sample_observations(t)
             st = inst.engine.stats()
             p = inst.running.power_w if inst.running is not None else inst.idle_power_w()
             self._telemetry[inst.name] = (st.running_reqs, st.decode_kv_tokens, inst.clock_mhz, p)
-            if self.cfg.control == "telemetry" and self.oracle is None:
+            if self.oracle is None and (self.cfg.control == "telemetry" or inst.running is None):
+                # telemetry mode: every sample; iteration mode: an idle engine runs no
+                # iterations, so its controller is asked on telemetry (to park it).
                 self._decide(inst, t)
-                if inst.running is None:
-                    inst.apply_pending(t)
+            if inst.running is None:
+                inst.apply_pending(t)
 
     def _select(self, role: str, rr: RouteRequest, t: float) -> Instance | None:
         sel = self.policies[role].select(self._view(role, t), rr, t, self.rng)

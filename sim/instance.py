@@ -81,6 +81,9 @@ class Instance:
         self._ttft_sum = [0.0, 0.0]
         self.last_decision_rule = ""
         self.static_decided = False
+        self.obs_t = 0.0
+        self.obs_itl_s: float | None = None
+        self.obs_ttft_s: float | None = None
 
     # ----- clocks and energy --------------------------------------------------------
     def _set_clock(self, t: float, clock_mhz: int) -> None:
@@ -207,8 +210,19 @@ class Instance:
             return None
         return sums[0] / sums[1]
 
-    def control_input(self, t: float) -> ControlInput:
-        """The engine state telemetry would publish at ``t`` (as a controller input)."""
+    def sample_observations(self, t: float) -> None:
+        """A telemetry sample at ``t``: the latency windows controllers will see until the next."""
+        self.obs_t = t
+        self.obs_itl_s = self._window_mean(self._itl_obs, self._itl_sum, t)
+        self.obs_ttft_s = self._window_mean(self._ttft_obs, self._ttft_sum, t)
+
+    def control_input(self, t: float, obs_t: float | None = None) -> ControlInput:
+        """The engine state at ``t`` as a controller input.
+
+        Observed latencies come from the latest telemetry sample when ``obs_t`` is
+        given (then ``ControlInput.t`` is that sample's time, so controllers fold
+        each observation once, as they do on the bus); else from a window ending at ``t``.
+        """
         waiting = running = 0
         prefill_tokens = 0
         oldest = None
@@ -228,17 +242,25 @@ class Instance:
                 prefill_tokens += r.prompt_tokens - r.prefilled_tokens
                 oldest = r.arrival_s if oldest is None else min(oldest, r.arrival_s)
         is_decode = self.role == "decode"
+        if obs_t is None:
+            itl = self._window_mean(self._itl_obs, self._itl_sum, t) if is_decode else None
+            ttft = None if is_decode else self._window_mean(self._ttft_obs, self._ttft_sum, t)
+            t_inp = t
+        else:
+            itl = self.obs_itl_s if is_decode else None
+            ttft = None if is_decode else self.obs_ttft_s
+            t_inp = obs_t
         return ControlInput(
             instance=self.name,
             role="decode" if is_decode else "prefill",
-            t=t,
+            t=t_inp,
             queue_reqs=waiting,
             running_reqs=running,
             batch_size=float(running) if is_decode else 0.0,
             kv_tokens=float(decode_kv) if is_decode else 0.0,
             prefill_tokens=float(prefill_tokens),
             oldest_wait_s=0.0 if oldest is None else max(t - oldest, 0.0),
-            observed_ttft_s=None if is_decode else self._window_mean(self._ttft_obs, self._ttft_sum, t),
-            observed_itl_s=self._window_mean(self._itl_obs, self._itl_sum, t) if is_decode else None,
+            observed_ttft_s=ttft,
+            observed_itl_s=itl,
             current_clock_mhz=self.clock_mhz,
         )

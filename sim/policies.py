@@ -11,6 +11,10 @@ freqctl, ``make_policy`` from the router); the simulator only picks them.
 | voltana-ref  | ecofreq          | random          | ecoroute-tile  |
 | voltana      | voltana          | ecoroute        | ecoroute       |
 
+Diagnostics that change one lever at a time: ``voltana-rr`` (voltana clocks,
+random/round-robin routing), ``voltana-tile`` (voltana clocks, ecoroute-tile
+decode routing), ``ecofreq-ecoroute`` (EcoFreq clocks, ecoroute routing).
+
 ``voltana-ref`` is the published method (EcoFreq + the released EcoRoute, a
 tile packer, with random prefill placement); ``voltana`` is the project's own.
 ``oracle`` is not a deployable policy: see :mod:`voltana.sim.oracle`.
@@ -43,7 +47,10 @@ POLICIES: dict[str, PolicySpec] = {
     "ecofreq-2level": PolicySpec("ecofreq-2level", "ecofreq-2level", "random", "round-robin"),
     "voltana-ref": PolicySpec("voltana-ref", "ecofreq", "random", "ecoroute-tile"),
     "voltana": PolicySpec("voltana", "voltana", "ecoroute", "ecoroute"),
+    # diagnostics: one lever at a time
     "voltana-rr": PolicySpec("voltana-rr", "voltana", "random", "round-robin"),
+    "ecofreq-ecoroute": PolicySpec("ecofreq-ecoroute", "ecofreq", "ecoroute", "ecoroute"),
+    "voltana-tile": PolicySpec("voltana-tile", "voltana", "random", "ecoroute-tile"),
 }
 
 

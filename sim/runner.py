@@ -64,7 +64,12 @@ def run_policy(
 
 
 def run_oracle(
-    workload: Workload, cfg: SimConfig, *, progress: Progress | None = None
+    workload: Workload,
+    cfg: SimConfig,
+    *,
+    progress: Progress | None = None,
+    routing: tuple[str, str] = ("ecoroute", "ecoroute"),
+    profile: Profile | None = None,
 ) -> RunMetrics:
     """The oracle reference (see :mod:`voltana.sim.oracle`): ground truth, no lag, per iteration."""
     c = cfg.cluster
@@ -72,8 +77,8 @@ def run_oracle(
     sim = Simulator(
         replace(cfg, noise=0.0),  # perfect knowledge: the hardware does what the model says
         controllers={},
-        prefill_policy=make_policy("least-load"),
-        decode_policy=make_policy("round-robin"),
+        prefill_policy=make_policy(routing[0], profile=profile, slo=cfg.slo),
+        decode_policy=make_policy(routing[1], profile=profile, slo=cfg.slo),
         name="oracle",
         oracle=chooser,
     )
@@ -120,7 +125,7 @@ def evaluate(
     runs: dict[str, RunMetrics] = {}
     for spec in ([ref_spec] if ref_spec not in wanted else []) + wanted:
         runs[spec.name] = run_policy(workload, spec, cfg, profile, progress=progress)
-    orc = run_oracle(workload, cfg, progress=progress) if oracle else None
+    orc = run_oracle(workload, cfg, progress=progress, profile=profile) if oracle else None
     ref = runs["static-max"].energy_j
     rows: dict[str, dict[str, Any]] = {}
     for spec in wanted:
