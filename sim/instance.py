@@ -72,6 +72,7 @@ class Instance:
         self.series = TimeSeries()
         self._series_min_dt = series_min_dt_s
         self._last_series_t = -1e9
+        self._last_sample_busy = False
         self.last_iter_end = -1.0
         # latency observations (t, value, weight) for telemetry windows
         self._obs_window_s = observed_window_s
@@ -132,6 +133,8 @@ class Instance:
         self.apply_pending(t)
         plan = self.engine.next_batch(t)
         if plan is None:
+            if self._last_sample_busy:  # the series shows the idle stretch from here
+                self._sample(t, None, force=True)
             return None
         self.accrue_idle(t)
         if chooser is not None:
@@ -177,6 +180,7 @@ class Instance:
             p = self.idle_power_w() if power_w is None else power_w
             self.series.add(t, self.clock_mhz, p, batch)
             self._last_series_t = t
+            self._last_sample_busy = power_w is not None and batch > 0
 
     def close(self, t_end: float) -> None:
         """Account idle energy up to the end of the window."""

@@ -19,13 +19,20 @@ def _agg() -> object:
     return plt
 
 
-def _bin_series(t: np.ndarray, y: np.ndarray, edges: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Time-weighted mean of y in each bin (weights = durations); NaN where empty."""
-    idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
-    num = np.bincount(idx, weights=y * weights, minlength=len(edges) - 1)
-    den = np.bincount(idx, weights=weights, minlength=len(edges) - 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan)
+def _bin_series(t: np.ndarray, y: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Mean of the step function (y[i] held from t[i] to t[i+1]) over each bin."""
+    y = y.astype(float)
+    seg = np.diff(np.append(t, max(edges[-1], t[-1])))
+    cum = np.concatenate([[0.0], np.cumsum(y * seg)])
+
+    def integral(x: np.ndarray) -> np.ndarray:
+        k = np.clip(np.searchsorted(t, x, side="right") - 1, 0, len(t) - 1)
+        before = x < t[0]
+        val = cum[k] + y[k] * (x - t[k])
+        return np.where(before, y[0] * (x - t[0]), val)
+
+    f = integral(edges)
+    return np.diff(f) / np.diff(edges)
 
 
 def plot_runs(runs: list[RunMetrics], out_dir: Path, *, bins: int = 300) -> list[Path]:
@@ -41,18 +48,9 @@ def plot_runs(runs: list[RunMetrics], out_dir: Path, *, bins: int = 300) -> list
             if not s.t_s:
                 continue
             t = np.asarray(s.t_s)
-            dur = np.diff(np.append(t, horizon))
-            dur = np.clip(dur, 0.0, None)
             mids = 0.5 * (edges[:-1] + edges[1:])
-            axes[0].plot(
-                mids, _bin_series(t, np.asarray(s.clock_mhz, float), edges, dur), label=name, lw=0.8
-            )
-            axes[1].plot(
-                mids, _bin_series(t, np.asarray(s.power_w, float), edges, dur), label=name, lw=0.8
-            )
-            axes[2].plot(
-                mids, _bin_series(t, np.asarray(s.batch, float), edges, dur), label=name, lw=0.8
-            )
+            for ax, vals in ((axes[0], s.clock_mhz), (axes[1], s.power_w), (axes[2], s.batch)):
+                ax.plot(mids, _bin_series(t, np.asarray(vals, float), edges), label=name, lw=0.8)
         done = [r for r in run.requests if r.first_token_s is not None]
         if done:
             ta = np.array([r.arrival_s for r in done])
@@ -67,7 +65,7 @@ def plot_runs(runs: list[RunMetrics], out_dir: Path, *, bins: int = 300) -> list
         axes[1].set_ylabel("power / instance (W)")
         axes[2].set_ylabel("running batch")
         axes[3].set_ylabel("latency (ms)")
-        axes[3].set_xlabel("simulated time (s), binned means")
+        axes[3].set_xlabel("simulated time (s); time-weighted means per bin")
         axes[0].legend(fontsize=7, ncol=4, loc="upper right")
         axes[3].legend(fontsize=7, loc="upper right", markerscale=6)
         fig.suptitle(f"{run.policy}: clocks, power, batch, latency over time")
