@@ -1,6 +1,7 @@
 """CPU cost of one telemetry process publishing many emulated GPUs at 20 Hz.
 
     .venv/bin/python bench/telemetry_cpu.py --gpus 64 --hz 20 --seconds 20
+    .venv/bin/python bench/telemetry_cpu.py --emulators 4 --per-source 2   # 8 GPUs over HTTP
 
 What runs: a real nats-server (its own process), one *telemetry process* (a
 child running ``TelemetryService`` with its loops, message building, msgpack
@@ -18,12 +19,49 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import resource
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
+
+
+@contextlib.contextmanager
+def _emulator(k: int, tp: int) -> Iterator[str]:
+    """One `voltana emulator` subprocess (GPUs k*tp..), stopped by PID afterwards."""
+    import socket
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    port = free_port()
+    gpu_ids = ",".join(str(k * tp + i) for i in range(tp))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voltana", "emulator", "--port", str(port), "--tp", str(tp),
+         "--gpu-ids", gpu_ids, "--disaggregation-bootstrap-port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            if b"fired up and ready" in line or time.monotonic() > deadline:
+                break
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _cpu_s() -> float:
@@ -86,18 +124,30 @@ def _telemetry_process(args: dict[str, Any], out: Any) -> None:
     from voltana.services.telemetry.service import TelemetryService
 
     n, per = args["gpus"], args["per_source"]
-    inst = "\n".join(
-        f'[[instances]]\nname = "i{k}"\nrole = "decode"\nurl = "http://127.0.0.1:9"\n'
-        f"gpus = {list(range(k * per, min(n, (k + 1) * per)))}\n"
-        'gpu_backend = "emulated"\nengine = false\n'
-        for k in range((n + per - 1) // per)
-    )
+    urls: list[str] = args["emulator_urls"]
+    if urls:  # real emulators over HTTP, engines scraped too
+        inst = "\n".join(
+            f'[[instances]]\nname = "i{k}"\nrole = "decode"\nurl = "{u}"\n'
+            f"gpus = {list(range(k * per, (k + 1) * per))}\n"
+            'gpu_backend = "emulated"\n'
+            for k, u in enumerate(urls)
+        )
+    else:
+        inst = "\n".join(
+            f'[[instances]]\nname = "i{k}"\nrole = "decode"\nurl = "http://127.0.0.1:9"\n'
+            f"gpus = {list(range(k * per, min(n, (k + 1) * per)))}\n"
+            'gpu_backend = "emulated"\nengine = false\n'
+            for k in range((n + per - 1) // per)
+        )
     cfg = parse_config(
         f'node = "bench"\n[rates]\ngpu_hz = {args["hz"]}\n[metrics]\nport = -1\n{inst}'
     )
-    sources: dict[str, Any] = {
-        i.name: InProcessEmulatedSource(list(i.gpus), seed=k) for k, i in enumerate(cfg.instances)
-    }
+    sources: dict[str, Any] | None = None
+    if not urls:
+        sources = {
+            i.name: InProcessEmulatedSource(list(i.gpus), seed=k)
+            for k, i in enumerate(cfg.instances)
+        }
 
     async def main() -> dict[str, Any]:
         bus = await Bus.connect(BusOptions(servers=[args["nats_url"]]))
@@ -105,13 +155,18 @@ def _telemetry_process(args: dict[str, Any], out: Any) -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(stop))
         await asyncio.sleep(args["warmup"])
-        c0, w0, p0 = _cpu_s(), time.monotonic(), service.published["gpu"]
+        c0, w0, p0 = _cpu_s(), time.monotonic(), dict(service.published)
         await asyncio.sleep(args["seconds"])
-        c1, w1, p1 = _cpu_s(), time.monotonic(), service.published["gpu"]
+        c1, w1, p1 = _cpu_s(), time.monotonic(), dict(service.published)
         stop.set()
         await task
         await bus.close()
-        return {"cpu_s": c1 - c0, "wall_s": w1 - w0, "published": p1 - p0}
+        return {
+            "cpu_s": c1 - c0,
+            "wall_s": w1 - w0,
+            "published": p1["gpu"] - p0["gpu"],
+            "engine_published": p1["engine"] - p0["engine"],
+        }
 
     out.put(asyncio.run(main()))
 
@@ -156,18 +211,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="measured window")
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--json", default=None, help="also write the result to this file")
+    ap.add_argument(
+        "--emulators",
+        type=int,
+        default=0,
+        help="instead of in-process GPUs: start N `voltana emulator` servers with "
+        "--per-source GPUs each and read them over HTTP (engines scraped at 4 Hz too)",
+    )
     args = ap.parse_args(argv)
+    if args.emulators:
+        args.gpus = args.emulators * args.per_source
 
     from voltana.common.natsserver import NatsServer
 
     ctx = mp.get_context("spawn")
-    with NatsServer() as server:
+    with NatsServer() as server, contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(_emulator(k, args.per_source)) for k in range(args.emulators)]
         sub_out, tel_out = ctx.Queue(), ctx.Queue()
         ready, stop = ctx.Event(), ctx.Event()
         sub = ctx.Process(target=_subscriber_process, args=(server.url, ready, stop, sub_out))
         sub.start()
         ready.wait(20)
-        params = {**vars(args), "nats_url": server.url}
+        params = {**vars(args), "nats_url": server.url, "emulator_urls": urls}
         tel = ctx.Process(target=_telemetry_process, args=(params, tel_out))
         tel.start()
         try:
@@ -192,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_fraction_of_one_core": round(cpu_frac, 4),
         "target": 0.30,
         "messages_per_s": round(rate, 1),
+        "source": f"{args.emulators} emulator(s) over HTTP" if args.emulators else "in-process",
+        "engine_messages_per_s": round(res["engine_published"] / res["wall_s"], 1),
         "expected_messages_per_s": args.gpus * args.hz,
         "subscriber": sub_res,
         "python": sys.version.split()[0],
