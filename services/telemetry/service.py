@@ -140,6 +140,7 @@ class TelemetryService:
         self.clock = clock
         self._status = _Status()
         self.published: dict[str, int] = {"gpu": 0, "engine": 0}
+        self._published_metric = {k: PUBLISHED.labels(k) for k in self.published}
         self.metrics_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -151,14 +152,17 @@ class TelemetryService:
     # -- loops ------------------------------------------------------------
 
     async def _publish(self, kind: str, subject: str, msg: msgspec.Struct, source: str) -> None:
+        key = f"publish:{source}"
         try:
             await self.publisher.publish(subject, msg)
         except Exception as exc:
             ERRORS.labels("publish", source).inc()
-            self._status.report(f"publish:{source}", f"{type(exc).__name__}: {exc}")
+            self._status.report(key, f"{type(exc).__name__}: {exc}")
             return
+        if self._status.errors.get(key) is not None:
+            self._status.report(key, None)
         self.published[kind] += 1
-        PUBLISHED.labels(kind).inc()
+        self._published_metric[kind].inc()
 
     async def _ticks(self, hz: float, kind: str, body: Callable[[float], Awaitable[None]]) -> None:
         """Call ``await body(tick_time)`` at ``hz`` on an absolute schedule; never burst."""
