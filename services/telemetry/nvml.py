@@ -95,8 +95,10 @@ class NvmlGpuSource:
         indices: NVML device indices (as ``nvidia-smi`` numbers them).
         nvml: the pynvml module (injectable so the mapping logic can be tested
             on machines without GPUs).
-        energy_period_s: least time between reads of a GPU's energy counter
-            (0 = every sample).
+        energy_period_s: least time between reads of a GPU's energy counter;
+            0 (default) reads it on every ``sample()``, which callers measuring
+            energy over short windows need. The telemetry service passes
+            ``1 / rates.energy_hz``.
         slow_period_s: least time between reads of the applications clock and
             the P0 clock range (which change only when someone sets clocks).
 
@@ -111,7 +113,7 @@ class NvmlGpuSource:
         indices: list[int] | tuple[int, ...],
         nvml: ModuleType | None = None,
         *,
-        energy_period_s: float = 0.5,
+        energy_period_s: float = 0.0,
         slow_period_s: float = 1.0,
     ) -> None:
         self._nvml = nvml if nvml is not None else _import_pynvml()
