@@ -48,7 +48,7 @@ def main() -> int:
         wl = window(scale_rate(base, load), 0.0, args.window)
         for slo_name in args.slos.split(","):
             ttft, itl = SLOS[slo_name]
-            cfg = SimConfig(slo=SloConfig(ttft_s=ttft, itl_s=itl), control=args.control)  # type: ignore[arg-type]
+            cfg = SimConfig(slo=SloConfig(ttft_s=ttft, itl_s=itl), control=args.control)
             t0 = time.perf_counter()
             ev = evaluate(wl, specs, replace(cfg))
             rows = [dict(r, policy=k) for k, r in ev.policies.items()]

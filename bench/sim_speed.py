@@ -30,7 +30,7 @@ from voltana.sim.workload import load_trace, scale_rate, window
 DEFAULT_TRACE = Path(__file__).resolve().parents[2] / "shared/data/traces/azure_llm_2023_conv.csv"
 
 
-def _one(wl, spec, cfg, profile) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _one(wl, spec, cfg, profile) -> dict[str, float]:
     c0, w0 = time.process_time(), time.perf_counter()
     run = run_policy(wl, spec, cfg, profile)
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
@@ -72,7 +72,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     for control in args.controls.split(","):
         for name in args.policies.split(","):
-            r = _one(wl, POLICIES[name], replace(cfg, control=control), profile)  # type: ignore[arg-type]
+            r = _one(wl, POLICIES[name], replace(cfg, control=control), profile)
             print(
                 f"| {name} | {control} | {r['sim_s']:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
                 f"| {r['x_wall']:.0f} | {r['x_cpu']:.0f} | {r['iterations']} |",

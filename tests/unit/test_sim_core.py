@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from voltana.schemas.config import SloConfig
 from voltana.services.emulator.engine import BatchPlan, EngineConfig
 from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
+from voltana.services.freqctl.profile import Profile
 from voltana.sim.core import ClusterSpec, SimConfig
 from voltana.sim.instance import Instance
 from voltana.sim.policies import POLICIES
-from voltana.sim.runner import evaluate, profile_for, run_oracle, run_policy
+from voltana.sim.runner import Evaluation, evaluate, profile_for, run_oracle, run_policy
 from voltana.sim.workload import SimRequest, Workload, synthetic
 
 H100 = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
@@ -23,11 +25,11 @@ def _wl(*reqs: tuple[float, int, int]) -> Workload:
 
 
 @pytest.fixture(scope="module")
-def profile():  # type: ignore[no-untyped-def]
+def profile() -> Profile:
     return profile_for(CFG, quick=True)
 
 
-def test_single_request_latency_is_the_physics(profile) -> None:  # type: ignore[no-untyped-def]
+def test_single_request_latency_is_the_physics(profile: Profile) -> None:
     run = run_policy(_wl((0.0, 1000, 4)), POLICIES["static-max"], CFG, profile)
     r = run.requests[0]
     pre = H100.prefill(1980, 1000).time_s
@@ -39,7 +41,7 @@ def test_single_request_latency_is_the_physics(profile) -> None:  # type: ignore
     assert run.itl.total() == 3
 
 
-def test_energy_books_busy_plus_idle(profile) -> None:  # type: ignore[no-untyped-def]
+def test_energy_books_busy_plus_idle(profile: Profile) -> None:
     """Two requests 60 s apart: idle time is charged at the held clock's idle power."""
     wl = _wl((0.0, 500, 3), (60.0, 500, 3))
     run = run_policy(wl, POLICIES["static-max"], CFG, profile)
@@ -57,7 +59,7 @@ def test_energy_books_busy_plus_idle(profile) -> None:  # type: ignore[no-untype
     assert run_min.energy_j < 0.7 * run.energy_j
 
 
-def test_all_finish_and_tokens_add_up(profile) -> None:  # type: ignore[no-untyped-def]
+def test_all_finish_and_tokens_add_up(profile: Profile) -> None:
     wl = synthetic(rate_rps=4, duration_s=30, seed=2)
     cfg = replace(CFG, cluster=ClusterSpec(2, 2), noise=0.02)
     for name in ("static-max", "ecofreq", "voltana-ref", "voltana"):
@@ -79,7 +81,7 @@ def test_determinism_same_seed_same_results() -> None:
     a = evaluate(wl, specs, cfg, quick_profile=True)
     b = evaluate(wl, specs, cfg, quick_profile=True)
 
-    def strip(ev):  # type: ignore[no-untyped-def]
+    def strip(ev: Evaluation) -> dict[str, dict[str, Any]]:
         return {
             k: {m: v for m, v in row.items() if m != "wall_s"} for k, row in ev.policies.items()
         }
@@ -89,7 +91,7 @@ def test_determinism_same_seed_same_results() -> None:
     assert strip(c) != strip(a)
 
 
-def test_kv_capacity_rejects_oversized_and_queues(profile) -> None:  # type: ignore[no-untyped-def]
+def test_kv_capacity_rejects_oversized_and_queues(profile: Profile) -> None:
     # capacity 3000 tokens: the 5000-token request can never run; the others queue for KV.
     wl = _wl((0.0, 1000, 50), (0.0, 1000, 50), (0.0, 1000, 50), (0.1, 5000, 10))
     cfg = replace(CFG, kv_capacity_override_tokens=3000)
@@ -133,7 +135,7 @@ def test_control_input_reflects_prefill_queue() -> None:
     assert ci.oldest_wait_s == pytest.approx(3.5)
 
 
-def test_oracle_keeps_slo_and_is_cheap(profile) -> None:  # type: ignore[no-untyped-def]
+def test_oracle_keeps_slo_and_is_cheap(profile: Profile) -> None:
     wl = synthetic(rate_rps=3, duration_s=40, seed=4)
     cfg = replace(CFG, cluster=ClusterSpec(1, 1), slo=SloConfig(ttft_s=0.6, itl_s=0.02))
     orc = run_oracle(wl, cfg).summary()

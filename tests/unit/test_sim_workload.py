@@ -91,8 +91,8 @@ def test_scale_and_window() -> None:
 
 @pytest.mark.parametrize("arrival", ["poisson", "gamma"])
 def test_synthetic_rate_and_determinism(arrival: str) -> None:
-    a = synthetic(rate_rps=20, duration_s=500, arrival=arrival, cv=3.0, seed=3)  # type: ignore[arg-type]
-    b = synthetic(rate_rps=20, duration_s=500, arrival=arrival, cv=3.0, seed=3)  # type: ignore[arg-type]
+    a = synthetic(rate_rps=20, duration_s=500, arrival=arrival, cv=3.0, seed=3)
+    b = synthetic(rate_rps=20, duration_s=500, arrival=arrival, cv=3.0, seed=3)
     assert a == b
     assert a.rate_rps == pytest.approx(20, rel=0.25)
     gaps = np.diff([r.arrival_s for r in a.requests])
