@@ -146,6 +146,12 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> int:
         stop = shutdown_event()
         async with Router(cfg):
+            if cfg.gc_threshold is not None:
+                import gc
+
+                gc.collect()
+                gc.freeze()  # start-up objects never need scanning again
+                gc.set_threshold(*cfg.gc_threshold)
             await stop.wait()
         return 0
 

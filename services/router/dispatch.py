@@ -187,7 +187,10 @@ class Pd:
         finally:
             await _cancel(p_task)
             if d_resp is not None:
-                d_resp.close()
+                if d_resp.content.is_eof():
+                    d_resp.release()  # fully read: the connection goes back to the pool
+                else:
+                    d_resp.close()  # unfinished: closing it aborts the request upstream
             else:
                 with contextlib.suppress(BaseException):
                     await d_ctx.__aexit__(None, None, None)

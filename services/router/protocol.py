@@ -64,7 +64,7 @@ def _text_tokens(value: Any) -> int:
     if isinstance(value, str):
         return max(1, math.ceil(len(value) / CHARS_PER_TOKEN))
     if isinstance(value, list):
-        if value and all(isinstance(x, int) for x in value):
+        if value and isinstance(value[0], int):  # token ids
             return len(value)
         return sum(_text_tokens(x) for x in value)
     if isinstance(value, dict):
