@@ -17,13 +17,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import msgspec
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 from voltana.schemas.config import ControllerConfig, SloConfig
 from voltana.services.freqctl.controllers import POLICIES, ControlInput, make_controller
-from voltana.services.freqctl.profile import Profile, default_profile
+from voltana.services.freqctl.profile import default_profile
 
 
 def states(n: int, seed: int) -> list[ControlInput]:
@@ -88,7 +87,6 @@ def main() -> int:
     }
     for name, (fn, a) in lookups.items():
         rows[name] = summary(timed(fn, a))
-    outcome = {p: predicted_outcome(p, prof, slo, inputs) for p in POLICIES}
     t = Table(
         title=f"freqctl decision time ({args.n} decisions, {prof.gpu} profile, "
         f"{len(prof.clocks_mhz)} clocks)"
@@ -98,13 +96,6 @@ def main() -> int:
     for name, r in rows.items():
         t.add_row(name, f"{r['p50_us']:.1f}", f"{r['p99_us']:.1f}", f"{r['mean_us']:.1f}")
     Console().print(t)
-    base = outcome["static-max"]["energy_j"]
-    t2 = Table(title="predicted outcome per decision (fresh state, the profile's predictions)")
-    for col in ("policy", "energy vs static-max", "predicted budget misses"):
-        t2.add_column(col, justify="right" if col != "policy" else "left")
-    for p, o in outcome.items():
-        t2.add_row(p, f"{o['energy_j'] / base * 100:.1f}%", f"{o['miss_frac'] * 100:.2f}%")
-    Console().print(t2)
     if args.out:
         Path(args.out).write_text(
             json.dumps(
@@ -121,46 +112,6 @@ def main() -> int:
             + "\n"
         )
     return 0
-
-
-def predicted_outcome(
-    policy: str, prof: Profile, slo: SloConfig, inputs: Sequence[ControlInput]
-) -> dict[str, float]:
-    """Total predicted energy and the share of states predicted to miss a budget some clock meets.
-
-    Each state is decided on its own (a fresh instance name, no observed latency), so
-    this compares the policies' clock choice per decision; the simulator measures
-    whole runs with feedback, dwell and real queues.
-    """
-    ctl = make_controller(ControllerConfig(policy=policy, slo=slo, static_clock_mhz=1410), prof)
-    keep = 1 - slo.margin
-    energy, misses, busy = 0.0, 0, 0
-    for i, raw in enumerate(inputs):
-        inp = msgspec.structs.replace(
-            raw, instance=f"s{i}", observed_itl_s=None, observed_ttft_s=None
-        )
-        c = ctl.decide(inp, inp.t + 0.01).clock_mhz
-        if inp.role == "decode":
-            if not inp.batch_size:
-                energy += prof.idle_power_w(c) * 0.05
-                continue
-            b, k = inp.batch_size, inp.kv_tokens or 0.0
-            energy += prof.decode_energy_j(c, b, k)
-            miss = prof.decode_latency_s(c, b, k) > slo.itl_s * keep
-            feasible = min(prof.decode_latency_table_s(b, k)) <= slo.itl_s * keep
-        else:
-            t = inp.prefill_tokens or 0.0
-            if not t:
-                energy += prof.idle_power_w(c) * 0.05
-                continue
-            budget = slo.ttft_s * keep - (inp.oldest_wait_s or 0.0)
-            energy += prof.prefill_energy_j(c, t)
-            miss = prof.prefill_latency_s(c, t) > budget
-            feasible = min(prof.prefill_latency_table_s(t)) <= budget
-        if feasible:
-            busy += 1
-            misses += int(miss)
-    return {"energy_j": energy, "miss_frac": misses / max(busy, 1)}
 
 
 def summary(us: np.ndarray) -> dict[str, float]:

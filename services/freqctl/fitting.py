@@ -115,6 +115,13 @@ def robust_nnls(
     return coef
 
 
+def _fit_cols(x: FloatArray, y: FloatArray, cols: list[int]) -> FloatArray:
+    """Robust NNLS on a subset of the design's columns; the others get zero."""
+    out = np.zeros(x.shape[1])
+    out[cols] = robust_nnls(x[:, cols], y)
+    return out
+
+
 def _prefill_design(tokens: FloatArray) -> FloatArray:
     return np.column_stack([tokens, tokens * tokens, np.ones_like(tokens)])
 
@@ -126,8 +133,9 @@ def _decode_design(batch: FloatArray, kv: FloatArray) -> FloatArray:
 def _fit_prefill(clock: int, samples: Sequence[PrefillSample]) -> PrefillClockFit:
     t = np.array([s.batched_tokens for s in samples], dtype=np.float64)
     x = _prefill_design(t)
-    lat = robust_nnls(x, np.array([s.latency_s for s in samples]))
-    en = robust_nnls(x, np.array([s.energy_j for s in samples]))
+    cols = [0, 1, 2] if len(set(t)) >= 3 else [0, 2]  # a curve needs three lengths
+    lat = _fit_cols(x, np.array([s.latency_s for s in samples]), cols)
+    en = _fit_cols(x, np.array([s.energy_j for s in samples]), cols)
     eff = [s.effective_clock_mhz for s in samples if s.effective_clock_mhz is not None]
     return PrefillClockFit(
         clock_mhz=clock,
@@ -146,8 +154,12 @@ def _fit_decode_bucket(bucket: int, samples: Sequence[DecodeSample]) -> DecodeBu
     b = np.array([s.batch_size for s in samples], dtype=np.float64)
     k = np.array([s.kv_tokens for s in samples], dtype=np.float64)
     x = _decode_design(b, k)
-    lat = robust_nnls(x, np.array([s.latency_s for s in samples]))
-    en = robust_nnls(x, np.array([s.energy_j for s in samples]))
+    # A bucket measured at one batch size (1, 2) cannot tell a per-request cost from a
+    # constant: fit the constant only, so a fractional batch in it is not extrapolated
+    # along an arbitrary slope.
+    cols = [c for c, v in ((0, b), (1, k)) if len(set(v)) >= 2] + [2]
+    lat = _fit_cols(x, np.array([s.latency_s for s in samples]), cols)
+    en = _fit_cols(x, np.array([s.energy_j for s in samples]), cols)
     return DecodeBucketFit(
         bucket=bucket,
         latency_s_per_req=float(lat[0]),

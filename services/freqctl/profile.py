@@ -97,6 +97,7 @@ class Profile:
         self.model = pf.model
         self.tp = pf.tp
         self.buckets: tuple[int, ...] = tuple(pf.decode_buckets)
+        self._bucket_arr = np.array(self.buckets, dtype=np.float64)
         self.clocks_mhz: tuple[int, ...] = tuple(pf.supported_clocks_mhz)
         self.max_clock_mhz = self.clocks_mhz[-1]
         self.min_clock_mhz = self.clocks_mhz[0]
@@ -220,6 +221,21 @@ class Profile:
         return self.decode_energy_j(clock_mhz, batch_size, kv_tokens) / self.decode_latency_s(
             clock_mhz, batch_size, kv_tokens
         )
+
+    def decode_coef_rows(self, batch_sizes: FloatArray, index: npt.NDArray[np.int64]) -> FloatArray:
+        """Decode coefficients [n, 6] at clocks ``clocks_mhz[index]``, each in its own bucket.
+
+        Row ``i`` holds (latency per request, per KV token, constant, energy per
+        request, per KV token, constant) at clock ``index[i]`` for the bucket of
+        ``batch_sizes[i]`` (rounded up, clamped to the table), for controllers that
+        solve for a different batch size at each clock.
+        """
+        b = np.asarray(batch_sizes, dtype=np.float64)
+        if not np.isfinite(b).all():
+            raise ValueError("batch_sizes must be finite")
+        size = np.maximum(1.0, np.ceil(b))
+        bi = np.minimum(np.searchsorted(self._bucket_arr, size, side="left"), len(self.buckets) - 1)
+        return self._d_tab[bi, index]
 
     def decode_latency_table_s(self, batch_size: float, kv_tokens: float) -> FloatArray:
         """Decode iteration latency at every clock of ``clocks_mhz``."""

@@ -3,13 +3,17 @@
 Past the published method (see docs/freqctl-core.md):
 
 - picks the clock with the lowest predicted energy among those that fit the
-  budget, over the whole clock table (below the bottom of the energy U a lower
-  clock costs more, not less);
+  budget, over the whole clock table, counting energy the way the meter does:
+  a decode instance runs back to back, so at a given token throughput a slower
+  clock means fewer, larger iterations (Little's law: the batch grows until
+  batch / ITL matches the throughput) and what matters is its steady-state
+  power; a prefill instance idles between bursts, so what matters is the
+  energy above the parked idle baseline;
 - corrects decode predictions online with a per-instance multiplicative EWMA
   of observed/predicted ITL, and scales each budget by SLO-slack feedback
   (tightened fast when observed latency exceeds its target, relaxed slowly);
-- parks an idle instance at the lowest clock and wakes it at the first sign
-  of work (raises are never delayed);
+- parks an idle instance at the lowest clock at once and wakes it at the
+  first sign of work (raises are never delayed);
 - damps lowering with hysteresis and a minimum dwell, never holding a clock
   predicted to miss the budget;
 - knows the power cap: when speed is what is needed (queue, no clock fits) it
@@ -54,6 +58,10 @@ class VoltanaTuning:
     slack_relax_below: float = 1.0
     slack_min: float = 0.5
     flat_tol: float = 0.005
+    steady_state_decode: bool = True
+    """Judge decode clocks at the batch they settle at (see ``predict``); False: at the
+    current batch, like EcoFreq."""
+    steady_state_iters: int = 12
     prefill_queue_lookahead: bool = False
     """Prefill with a waiting queue: instead of the safe (fastest) clock, require the
     whole backlog (queued + running prompt tokens) to finish within the oldest
@@ -87,6 +95,7 @@ class VoltanaController:
         self.core = ControllerCore(config, profile)
         self.tuning = tuning or VoltanaTuning()
         self._state: dict[str, _State] = {}
+        self._idle_floor_w = profile.idle_power_w(self.core.floor_clock_mhz)
 
     def reset(self) -> None:
         self._state.clear()
@@ -131,9 +140,104 @@ class VoltanaController:
 
     def _fastest(self, lat: FloatArray, energy: FloatArray) -> int:
         """Lowest-energy clock among those within ``flat_tol`` of the fastest latency."""
+        if not np.isfinite(lat).any():
+            return len(lat) - 1  # no clock sustains the load: the top one
         near = lat <= float(lat.min()) * (1.0 + self.tuning.flat_tol)
         e = np.where(near, energy, np.inf)
         return int(np.argmin(e))  # ties: the lowest such clock
+
+    def predict(
+        self, inp: ControlInput, st: _State | None = None
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """(decode latency, prefill latency, energy cost) at every allowed clock.
+
+        Decode latency is the corrected ITL at the larger of the current batch
+        and the steady-state batch a clock would settle at (infinite where the
+        clock cannot sustain the current throughput); the decode cost is the
+        steady-state power (W). The prefill cost is the energy of the pending
+        prefill above the parked idle power over its duration (J). A unified
+        instance adds the prefill cost spread over the TTFT target.
+        """
+        core = self.core
+        st = st if st is not None else self.state_of(inp.instance)
+        prof, idx = core.profile, core.index
+        n = len(idx)
+        dec_l, pre_l, cost = np.zeros(n), np.zeros(n), np.zeros(n)
+        if inp.role != "prefill":
+            dec_l, cost = self._decode_steady(inp, st)
+        if inp.role != "decode":
+            t = float(inp.prefill_tokens or 0.0)
+            pre_l = prof.prefill_latency_table_s(t)[idx]
+            extra = prof.prefill_energy_table_j(t)[idx] - self._idle_floor_w * pre_l
+            cost = cost + (extra if inp.role == "prefill" else extra / core.ttft_target_s)
+        return dec_l, pre_l, cost
+
+    def _decode_steady(self, inp: ControlInput, st: _State) -> tuple[FloatArray, FloatArray]:
+        core = self.core
+        prof, idx = core.profile, core.index
+        b0, k0 = float(inp.batch_size or 0.0), float(inp.kv_tokens or 0.0)
+        kv_per = k0 / b0 if b0 > 0 else 0.0
+        corr = st.decode_correction
+        b_ss = self._steady_batch(inp, st, b0, k0, kv_per)
+        ok = np.isfinite(b_ss)
+        b_ss = np.where(ok, np.maximum(b_ss, min(b0, 1.0)), b0)
+        b_eff = np.maximum(b_ss, b0)  # never assume the batch shrinks before it has
+        r = prof.decode_coef_rows(b_eff, idx)
+        lat = corr * np.maximum(r[:, 0] * b_eff + r[:, 1] * kv_per * b_eff + r[:, 2], 1e-6)
+        r = prof.decode_coef_rows(b_ss, idx)
+        lat_ss = np.maximum(r[:, 0] * b_ss + r[:, 1] * kv_per * b_ss + r[:, 2], 1e-6)
+        idle = prof.idle_power_table_w()[idx]
+        en_ss = np.maximum(r[:, 3] * b_ss + r[:, 4] * kv_per * b_ss + r[:, 5], idle * lat_ss)
+        return np.where(ok, lat, np.inf), en_ss / lat_ss
+
+    def _steady_batch(
+        self, inp: ControlInput, st: _State, b0: float, k0: float, kv_per: float
+    ) -> FloatArray:
+        """Batch size each clock settles at for the current token throughput (inf: never).
+
+        Throughput comes from the current batch at the clock that ran it:
+        ``rate = b0 / ITL(now)``; at clock f the batch solves ``B = rate * ITL(f, B)``,
+        found by bisection (ITL grows with B). Without a known current clock or
+        batch, the current batch is assumed everywhere.
+        """
+        core = self.core
+        n = len(core.index)
+        cur = inp.current_clock_mhz if inp.current_clock_mhz is not None else st.last_clock_mhz
+        if cur is None or b0 <= 0 or not self.tuning.steady_state_decode:
+            return np.full(n, b0)
+        corr = st.decode_correction
+        rate = b0 / (corr * core.profile.decode_latency_s(cur, b0, k0))
+        cap = max(float(core.profile.buckets[-1]), 2.0 * b0)
+
+        def excess(b: FloatArray) -> FloatArray:
+            r = core.profile.decode_coef_rows(b, core.index)
+            itl = corr * np.maximum(r[:, 0] * b + r[:, 1] * kv_per * b + r[:, 2], 1e-6)
+            return rate * itl - b
+
+        # Bracket the root on the right side of the current batch, so a clock at least
+        # as fast as the current one never gets a (rounded-up) larger batch than now.
+        grows = excess(np.full(n, b0)) > 0
+        lo = np.where(grows, b0, 0.0)
+        hi = np.where(grows, cap, b0)
+        ok = ~grows | (excess(np.full(n, cap)) <= 0)
+        for _ in range(self.tuning.steady_state_iters):
+            mid = 0.5 * (lo + hi)
+            up = excess(mid) > 0
+            lo = np.where(up, mid, lo)
+            hi = np.where(up, hi, mid)
+        return np.where(ok, hi, np.inf)
+
+    def _power_w(self, inp: ControlInput, i: int) -> float:
+        """Predicted instance power while running the current work at allowed clock ``i``."""
+        prof = self.core.profile
+        clock = int(self.core.clocks[i])
+        p = 0.0
+        if inp.role != "prefill" and (inp.batch_size or 0) > 0:
+            b, k = float(inp.batch_size or 0), float(inp.kv_tokens or 0)
+            p = max(p, prof.decode_power_w(clock, b, k))
+        if inp.role != "decode" and (inp.prefill_tokens or 0) > 0:
+            p = max(p, prof.prefill_power_w(clock, float(inp.prefill_tokens or 0)))
+        return p or prof.idle_power_w(clock)
 
     def decide(self, inp: ControlInput, now: float) -> ControlDecision:
         core = self.core
@@ -146,8 +250,7 @@ class VoltanaController:
         if core.is_idle(inp):
             i_target = 0
             return self._finish(inp, st, now, i_target, None, "idle", "idle: park at lowest clock")
-        dec_l, pre_l, energy, _power = core.predict(inp)
-        dec_l = dec_l * st.decode_correction
+        dec_l, pre_l, energy = self.predict(inp, st)
         itl_b, pre_b = core.budgets(inp, st.itl_scale, st.ttft_scale)
         fits = (dec_l <= itl_b) & (pre_l <= pre_b)
         pred = (dec_l, pre_l, energy, itl_b, pre_b, fits)
@@ -183,7 +286,9 @@ class VoltanaController:
         target = int(clocks[i_target])
         cur = inp.current_clock_mhz if inp.current_clock_mhz is not None else st.last_clock_mhz
         i = i_target
-        if cur is not None and cur != target and rule != "queue":
+        # A queue is served at once; an idle instance parks at once (parking is free to
+        # undo: the first sign of work raises the clock at the next decision).
+        if cur is not None and cur != target and rule not in ("queue", "idle"):
             hits = np.nonzero(clocks == cur)[0]
             if len(hits):
                 ic = int(hits[0])
@@ -208,10 +313,10 @@ class VoltanaController:
                 predicted_latency_s=0.0,
                 predicted_power_w=core.profile.idle_power_w(clock),
             )
-        dec_l, pre_l, energy, itl_b, pre_b, _fits = pred
+        dec_l, pre_l, _cost, itl_b, pre_b, _fits = pred
         lat = core.latency_for_report(inp, float(dec_l[i]), float(pre_l[i]))
         budget = core.budget_for_report(inp, itl_b, pre_b)
-        total = float(dec_l[i] + pre_l[i])
+        power = self._power_w(inp, i)
         eff = core.profile.prefill_effective_clock_mhz(clock) if inp.role != "decode" else clock
         cap = f"; effective ~{eff:.0f} MHz (power cap)" if eff < clock - 15 else ""
         return ControlDecision(
@@ -220,7 +325,7 @@ class VoltanaController:
             reason=f"{why}: {lat * 1e3:.2f} ms vs {budget * 1e3:.2f} ms{cap}",
             predicted_latency_s=lat,
             budget_s=budget,
-            predicted_power_w=float(energy[i]) / max(total, 1e-9),
+            predicted_power_w=power,
         )
 
     @staticmethod
