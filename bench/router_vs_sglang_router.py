@@ -212,7 +212,13 @@ def main() -> int:
     ap.add_argument("--prefill", type=int, default=1, help="prefill workers")
     ap.add_argument("--decode", type=int, default=1, help="decode workers")
     ap.add_argument("--clients", type=int, nargs="+", default=[32, 256])
-    ap.add_argument("--seconds", type=float, default=8.0, help="measured time per run")
+    ap.add_argument("--seconds", type=float, default=5.0, help="measured time per run")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="runs per router and setting, interleaved; the table shows medians",
+    )
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=32)
     ap.add_argument(
@@ -267,27 +273,39 @@ def main() -> int:
             path = "/health" if name == "voltana" else "/health_generate"
             wait_http(url + path, 60, procs.procs[proc_name], logdir / f"{proc_name}.log")
         results: list[RunResult] = []
-        for stream in (True, False):
-            for clients in args.clients:
-                order = (
-                    ["sglang-router", "voltana"]
-                    if clients % 2 == 0
-                    else ["voltana", "sglang-router"]
-                )
-                for name in order:
-                    pid = procs.procs["voltana-router" if name == "voltana" else name].pid
-                    c0 = cpu_s(pid)
-                    r = run_loop(closed_loop(routers[name], name, stream, clients, args.seconds,
-                                             args.input_len, args.output_len))  # fmt: skip
-                    r.router_cpu_s = cpu_s(pid) - c0  # warm-up requests included (few)
-                    results.append(r)
-                    print(f"  {name:14s} stream={stream!s:5s} clients={clients:4d} "
-                          f"{r.rps:8.1f} req/s  added p50 {r.pct(r.added_s, 50):6.2f} ms "
-                          f"p99 {r.pct(r.added_s, 99):6.2f} ms  cpu {r.cpu_ms_per_req:5.2f} ms/req  errors {r.errors}", flush=True)  # fmt: skip
+        runs = [(stream, clients, k) for k in range(args.rounds) for stream in (True, False)
+                for clients in args.clients]  # fmt: skip
+        for stream, clients, k in runs:
+            # alternate which router goes first: slow drifts of a shared machine cancel out
+            order = ["sglang-router", "voltana"] if k % 2 == 0 else ["voltana", "sglang-router"]
+            for name in order:
+                pid = procs.procs["voltana-router" if name == "voltana" else name].pid
+                c0 = cpu_s(pid)
+                r = run_loop(closed_loop(routers[name], name, stream, clients, args.seconds,
+                                         args.input_len, args.output_len))  # fmt: skip
+                r.router_cpu_s = cpu_s(pid) - c0  # warm-up requests included (few)
+                results.append(r)
+                print(f"  {name:14s} stream={stream!s:5s} clients={clients:4d} "
+                      f"{r.rps:8.1f} req/s  added p50 {r.pct(r.added_s, 50):6.2f} ms "
+                      f"p99 {r.pct(r.added_s, 99):6.2f} ms  cpu {r.cpu_ms_per_req:5.2f} ms/req  "
+                      f"errors {r.errors}", flush=True)  # fmt: skip
         report(results, args, logdir)
         return 0
     finally:
         procs.stop()
+
+
+def median_run(runs: list[RunResult]) -> RunResult:
+    """Medians of throughput and CPU per request over the runs; latency samples pooled."""
+    out = RunResult(runs[0].router, runs[0].stream, runs[0].clients, 1000.0)
+    out.ok = round(float(np.median([r.rps for r in runs])) * out.seconds)
+    out.errors = sum(r.errors for r in runs)
+    for r in runs:
+        out.e2e_s += r.e2e_s
+        out.added_s += r.added_s
+        out.ttft_s += r.ttft_s
+    out.router_cpu_s = float(np.median([r.cpu_ms_per_req for r in runs])) * out.ok / 1e3
+    return out
 
 
 def report(results: list[RunResult], args: argparse.Namespace, logdir: Path) -> None:
@@ -301,16 +319,10 @@ def report(results: list[RunResult], args: argparse.Namespace, logdir: Path) -> 
     rows = []
     for stream in (True, False):
         for clients in args.clients:
-            v = next(
-                r
-                for r in results
-                if r.router == "voltana" and r.stream == stream and r.clients == clients
-            )
-            s = next(
-                r
-                for r in results
-                if r.router == "sglang-router" and r.stream == stream and r.clients == clients
-            )
+            v = median_run([r for r in results if r.router == "voltana"
+                            and r.stream == stream and r.clients == clients])  # fmt: skip
+            s = median_run([r for r in results if r.router == "sglang-router"
+                            and r.stream == stream and r.clients == clients])  # fmt: skip
             row = {
                 "mode": "stream" if stream else "non-stream", "clients": clients,
                 "voltana_rps": v.rps, "sglang_router_rps": s.rps, "rps_ratio": v.rps / s.rps if s.rps else None,

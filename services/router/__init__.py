@@ -1,1 +1,10 @@
+"""The PD router: SGLang prefill/decode dispatch with energy-aware routing (docs/router.md).
 
+- ``policies/``: pure routing policies and ``make_policy`` (shared with the simulator).
+- ``protocol``: SGLang's PD protocol as pure functions (bootstrap fields, SSE scanning).
+- ``state``: per-worker accounting, health, circuit breaker, telemetry merge -> views.
+- ``dispatch``: one request through the PD exchange (both sides, streaming, failures).
+- ``server``: the aiohttp service (admission, health checks, state publishing, endpoints).
+- ``busio``: the NATS link that never blocks a request; ``metrics``, ``stats``, ``config``.
+- ``cli``: ``voltana router``.
+"""

@@ -94,7 +94,7 @@ class Pd:
         last_failure: PrefillFailed | None = None
         try:
             while True:
-                pair = r.choose(rreq, excluded, path)
+                pair = r.choose(rreq, excluded)
                 if pair is None and last_failure is not None:
                     return self._prefill_error(last_failure, out)  # nothing left to retry on
                 if pair is None:
@@ -103,13 +103,13 @@ class Pd:
                     r.metrics.rejected.labels("no_worker").inc()
                     return web.Response(status=503, body=proto.error_body(out.error, code=503),
                                         content_type="application/json")  # fmt: skip
-                pw, dw = pair
+                pw, dw = pair.prefill, pair.decode
                 out.prefill, out.decode = pw.name, dw.name
                 rooms = [proto.new_room(r.pyrng) for _ in range(info.batch_size or 1)]
                 payload = proto.encode(proto.add_bootstrap(
                     body, proto.bootstrap_host(pw.spec.url), pw.spec.bootstrap_port, rooms,
                     info.batch_size))  # fmt: skip
-                r.on_dispatched(pw, dw, rreq, rooms[0], path, info)
+                r.on_dispatched(pair, rreq, rooms[0], path)
                 try:
                     return await self._attempt(request, path, payload, info, rreq, pw.name,
                                                dw.name, arrival, out)  # fmt: skip

@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -25,20 +26,30 @@ from voltana.common.logs import get_logger
 from voltana.schemas import subjects
 from voltana.schemas.base import now_ns
 from voltana.schemas.config import SloConfig
-from voltana.schemas.router import RequestRecord, RouteDecision
+from voltana.schemas.router import RouteDecision
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.router import protocol as proto
 from voltana.services.router.busio import RouterBus
 from voltana.services.router.config import RouterConfig
 from voltana.services.router.dispatch import Outcome, Pd
 from voltana.services.router.metrics import RouterMetrics
-from voltana.services.router.policies import RouteRequest, make_policy
+from voltana.services.router.policies import ClusterView, RouteRequest, make_policy
 from voltana.services.router.state import ClusterState, WorkerState
 from voltana.services.router.stats import request_record
 
 log = get_logger("router")
 
 GENERATE_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """The workers chosen for one request and why."""
+
+    prefill: WorkerState
+    decode: WorkerState
+    prefill_reason: str
+    decode_reason: str
 
 
 class Router:
@@ -144,25 +155,22 @@ class Router:
 
     # -- decisions (called by Pd) ----------------------------------------------
 
-    def choose(self, rreq: RouteRequest, excluded: set[str],
-               path: str) -> tuple[WorkerState, WorkerState] | None:  # fmt: skip
+    def choose(self, rreq: RouteRequest, excluded: set[str]) -> Pair | None:
+        """Ask both policies; None when either side has no healthy candidate."""
         now = time.monotonic()
         st = self.state
         pview = st.view("prefill", now)
         if excluded:
-            from voltana.services.router.policies import ClusterView
-
             pview = ClusterView(v for v in pview if v.instance not in excluded)
         psel = self.prefill_policy.select(pview, rreq, now, self.rng)
         dsel = self.decode_policy.select(st.view("decode", now), rreq, now, self.rng)
         if psel is None or dsel is None:
             return None
-        self._last_reasons = (psel.reason, dsel.reason)
-        return st.workers[psel.instance], st.workers[dsel.instance]
+        return Pair(st.workers[psel.instance], st.workers[dsel.instance], psel.reason, dsel.reason)
 
-    def on_dispatched(self, pw: WorkerState, dw: WorkerState, rreq: RouteRequest, room: int,
-                      path: str, info: proto.RequestInfo) -> None:  # fmt: skip
+    def on_dispatched(self, pair: Pair, rreq: RouteRequest, room: int, path: str) -> None:
         now = time.monotonic()
+        pw, dw = pair.prefill, pair.decode
         self.state.dispatched(pw.name, dw.name, rreq.request_id, rreq.input_tokens,
                               rreq.max_new_tokens, now)  # fmt: skip
         self.prefill_policy.on_dispatch(pw.name, rreq, now)
@@ -170,12 +178,11 @@ class Router:
         self.metrics.decisions.labels("prefill", pw.name).inc()
         self.metrics.decisions.labels("decode", dw.name).inc()
         self._changed.set()
-        preason, dreason = getattr(self, "_last_reasons", ("", ""))
         self.bus.publish(subjects.ROUTE_DECISION, RouteDecision(
             t_ns=now_ns(), request_id=rreq.request_id, prefill=pw.name, decode=dw.name,
             prefill_policy=self.prefill_policy.name, decode_policy=self.decode_policy.name,
             bootstrap_room=room, input_tokens=rreq.input_tokens,
-            max_new_tokens=rreq.max_new_tokens, prefill_reason=preason, decode_reason=dreason,
+            max_new_tokens=rreq.max_new_tokens, prefill_reason=pair.prefill_reason, decode_reason=pair.decode_reason,
             path=path))  # fmt: skip
 
     def breaker_result(self, name: str, ok: bool) -> None:
@@ -210,9 +217,6 @@ class Router:
         else:
             log.debug("request_done", request_id=rreq.request_id, prefill=out.prefill,
                       decode=out.decode, ttft_s=out.ttft_s, e2e_s=e2e, tokens=out.output_tokens)  # fmt: skip
-
-    def last_record(self) -> RequestRecord | None:  # pragma: no cover - debugging aid
-        return None
 
     # -- telemetry -------------------------------------------------------------
 
