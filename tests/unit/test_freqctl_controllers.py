@@ -99,7 +99,7 @@ def test_never_picks_a_predicted_miss_while_a_feasible_clock_exists(
     assert d.clock_mhz in prof.clocks_mhz and d.reason
     if any_fit:
         assert fits(c, inp, predicted(prof, inp, d.clock_mhz)), d
-        assert d.rule == "feasible"
+        assert d.rule in ("feasible", "hold")  # hold: a damped clock that still fits
     else:
         assert d.rule == "infeasible"
 
