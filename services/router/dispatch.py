@@ -330,7 +330,13 @@ class Pd:
         except ConnectionResetError:
             raise asyncio.CancelledError from None
         if not scan.saw_done and out.status == "ok":
-            out.status, out.error = "error", "decode stream ended without [DONE]"
+            perr = p_task.exception() if p_task.done() and not p_task.cancelled() else None
+            out.status = "error"
+            out.error = (f"prefill failed: {perr}" if perr is not None
+                         else "decode stream ended without [DONE]")  # fmt: skip
+            log.warning("stream_cut", request_id=rreq.request_id, decode=dname, error=out.error)
+            with contextlib.suppress(Exception):
+                await resp.write(proto.error_event(out.error))
         elif scan.saw_error and out.status == "ok":
             out.status, out.error = "error", "decode sent an error chunk"
         out.output_tokens = self._tokens(scan)

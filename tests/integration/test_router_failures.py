@@ -301,3 +301,40 @@ async def test_admission_limits_and_auth(real: dict[str, Any]) -> None:
             assert metric(r, "voltana_router_rejected_total", reason=reason) >= 1, reason
     finally:
         await r.stop()
+
+
+async def test_prefill_failing_after_the_stream_started(real: dict[str, Any]) -> None:
+    """A prefill that does its work (the real one, behind a relay) but then answers 500
+    while the decode is already streaming: the client gets an error chunk, decode closed."""
+    purl, pboot = real["prefill"]
+
+    async def relay(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with aiohttp.ClientSession() as s, s.post(purl + request.path, data=body,
+                                                        headers={"Content-Type": "application/json"}) as r:  # fmt: skip
+            await r.read()
+        await asyncio.sleep(0.3)  # the decode has the KV and streams meanwhile
+        return web.json_response({"error": {"message": "lost after transfer"}}, status=500)
+
+    app = web.Application()
+    app.router.add_post("/generate", relay)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    _, d_aborted0 = engine_counts(real["decode"])
+    # the relay's host, the real prefill's bootstrap port: the KV rendezvous still works
+    r = await make_router([(f"http://127.0.0.1:{port}", pboot)], [real["decode"]])
+    try:
+        async with aiohttp.ClientSession() as s, s.post(r.url + "/generate", json=LONG) as resp:
+            assert resp.status == 200
+            raw = await resp.read()
+        events = [e.strip() for e in raw.split(b"\n\n") if e.strip()]
+        assert len(events) > 3 and events[-1] == b"data: [DONE]"
+        err = json.loads(events[-2][5:])
+        assert "prefill failed" in err["error"]["message"], err
+        await wait_for(lambda: engine_counts(real["decode"]) == (0, d_aborted0 + 1), 5)
+        assert metric(r, "voltana_router_requests_total", path="/generate", status="error") == 1
+    finally:
+        await r.stop()
+        await runner.cleanup()
