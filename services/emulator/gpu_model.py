@@ -8,7 +8,9 @@ reads it (controllers learn profiles from measurements), so it can stay physical
     t_iter  = t_lin + kv_bytes / bw(f_eff) + attention_flops / (...) + t_fixed
               + launch_cycles / f_eff + all-reduce time (TP)
     bw(f)   = hbm_bw * eff * min(1, f / mem_knee)^mem_knee_exp   (slows below a knee)
-    P       = static(f) + hbm_w * u_mem + sm_w * dyn(f) * (mem_sm_activity * u_mem + u_comp)
+    P       = static(f) + hbm_w * u_mem + sm_w * dyn(f) * (a_mem * u_w + a_kv * u_kv + u_comp)
+              (u_w, u_kv: HBM time share of weight and KV reads; a_kv = kv_sm_activity in
+              decode, where attention keeps the SMs busier per byte than GEMV does)
     dyn(f)  = (f / f_max) * (V(f) / V(f_max))^2, V flat below a knee, linear above
 
 Decode batches are padded to the engine's CUDA-graph buckets for the compute term
@@ -74,6 +76,7 @@ class GpuSpec:
     sm_power_w: float  # SM power at f_max with the tensor cores fully busy
     hbm_power_w: float  # memory power at full HBM bandwidth
     mem_sm_activity: float  # SM activity of memory-bound kernels, relative to GEMM
+    kv_sm_activity: float  # SM activity of decode attention while it reads KV, likewise
     volt_floor: float  # V(f)/V(f_max) at and below volt_knee_mhz
     volt_knee_mhz: float
     # --- how well an engine uses the hardware ---
@@ -133,95 +136,94 @@ class IterCost:
     power_capped: bool
 
 
-# Fitted with bench/emulator_calibrate.py against docs/gpu-model.md (H100 probe tables).
-GPUS: dict[str, GpuSpec] = {
-    "h100": GpuSpec(
-        name="NVIDIA H100 80GB HBM3",
-        sm_count=132,  # H100 SXM5 data sheet
-        bf16_flop_per_clock_per_sm=4096,  # dense bf16: 989 TFLOP/s at 1830 MHz / 132 SMs
-        min_clock_mhz=345,  # NVML supported graphics clocks (probe): 345-1980, step 15
-        max_clock_mhz=1980,
-        clock_step_mhz=15,
-        mem_clock_mhz=2619,  # probe: fixed memory clock
-        hbm_bw_bytes_s=3.35e12,  # data sheet; probe copy 3.0 TB/s, GEMV 3.05 TB/s
-        mem_total_gib=80.0,
-        power_limit_w=700.0,  # probe: default and max limit
-        power_limit_min_w=200.0,
-        nvlink_bw_bytes_s=450e9,  # NVLink 4: 900 GB/s bidirectional
-        kv_link_bw_bytes_s=50e9,  # one 400 Gb/s ConnectX-7 per GPU (DGX H100)
-        kv_link_latency_s=1.0e-3,
-        idle_min_clock_w=69.0,  # probe: idle at 345 MHz
-        idle_max_clock_w=117.0,  # probe: idle at 1980 MHz right after load
-        # Knobs marked [gpu-loop] were refitted by `bench/gpu/compare_model.py --fit` to two
-        # runs of bench/gpu/llm_probe.py on a lent H100 80GB HBM3 (driver 580.159.04,
-        # default clocks, 700 W; bench/results/h100_llm_probe{,_run2}.json: 9 prefill +
-        # 25 decode points each, CUDA graphs, NVML energy counter) together with the
-        # earlier probe (5 prefill + 13 decode points), which stays inside the anchor
-        # bounds of the emulator's tests. docs/gpu-in-the-loop.md has the comparison and
-        # what this form misses (KV-heavy decode draws more power than it predicts).
-        # The others are from bench/emulator_calibrate.py and gpu-model.md.
-        sm_power_w=1360.0,  # [gpu-loop]
-        hbm_power_w=200.5,  # [gpu-loop]
-        mem_sm_activity=0.181,  # [gpu-loop]
-        volt_floor=0.717,
-        volt_knee_mhz=900.0,
-        mem_knee_mhz=1050.0,  # energy/token bottom 0.9-1.3 GHz (gpu-model.md)
-        mem_knee_exp=1.0,
-        weight_bw_eff=0.7081,  # [gpu-loop]
-        kv_bw_eff=1.0,  # [gpu-loop] probe: 64 sequences read KV at 3.1 TB/s
-        decode_compute_eff=1.0,  # [gpu-loop] with the soft max below
-        prefill_linear_eff=0.8879,  # [gpu-loop]
-        prefill_half_tokens=171.1,  # [gpu-loop]
-        prefill_linear_activity=0.8048,  # [gpu-loop]
-        prefill_attn_activity=0.6625,  # [gpu-loop]
-        prefill_attn_eff=0.4192,  # [gpu-loop]
-        roofline_sharpness=1.142,  # [gpu-loop]
-        decode_fixed_s=0.4967e-3,  # [gpu-loop]
-        prefill_fixed_s=1.245e-3,  # [gpu-loop]
-        launch_cycles=1.0e6,
-        allreduce_latency_s=12e-6,
-    ),
-    "a100": GpuSpec(
-        name="NVIDIA A100-SXM4-80GB",
-        sm_count=108,  # A100 data sheet
-        bf16_flop_per_clock_per_sm=2048,  # 312 TFLOP/s dense bf16 at 1410 MHz
-        min_clock_mhz=210,  # NVML: 210-1410 MHz
-        max_clock_mhz=1410,
-        clock_step_mhz=15,
-        mem_clock_mhz=1593,
-        hbm_bw_bytes_s=2.039e12,  # data sheet (80 GB)
-        mem_total_gib=80.0,
-        power_limit_w=400.0,
-        power_limit_min_w=100.0,
-        nvlink_bw_bytes_s=300e9,  # NVLink 3: 600 GB/s bidirectional
-        kv_link_bw_bytes_s=25e9,  # one 200 Gb/s HDR NIC per GPU (DGX A100)
-        kv_link_latency_s=1.0e-3,
-        idle_min_clock_w=50.0,  # public: idle 50-63 W
-        idle_max_clock_w=63.0,
-        # Power scaled to splitwise-sim's ~400 W (prefill, at the cap) and ~250 W (decode);
-        # engine efficiencies taken from the H100 fit (no A100 probe available).
-        sm_power_w=500.0,
-        hbm_power_w=100.0,
-        mem_sm_activity=0.234,
-        volt_floor=0.717,
-        volt_knee_mhz=700.0,
-        mem_knee_mhz=900.0,  # energy/token bottom 0.9-1.2 GHz (derived estimate)
-        mem_knee_exp=1.0,
-        weight_bw_eff=0.749,
-        kv_bw_eff=0.898,
-        decode_compute_eff=0.636,
-        prefill_linear_eff=0.694,
-        prefill_half_tokens=151.5,
-        prefill_linear_activity=0.718,
-        prefill_attn_activity=0.867,
-        prefill_attn_eff=0.468,
-        roofline_sharpness=2.0,
-        decode_fixed_s=0.9e-3,
-        prefill_fixed_s=0.5e-3,
-        launch_cycles=1.0e6,
-        allreduce_latency_s=15e-6,
-    ),
-}
+_H100 = GpuSpec(
+    name="NVIDIA H100 80GB HBM3",
+    sm_count=132,  # H100 SXM5 data sheet
+    bf16_flop_per_clock_per_sm=4096,  # dense bf16: 989 TFLOP/s at 1830 MHz / 132 SMs
+    min_clock_mhz=345,  # NVML supported graphics clocks (probe): 345-1980, step 15
+    max_clock_mhz=1980,
+    clock_step_mhz=15,
+    mem_clock_mhz=2619,  # probe: fixed memory clock
+    hbm_bw_bytes_s=3.35e12,  # data sheet; probe copy 3.0 TB/s, GEMV 3.05 TB/s
+    mem_total_gib=80.0,
+    power_limit_w=700.0,  # probe: default and max limit
+    power_limit_min_w=200.0,
+    nvlink_bw_bytes_s=450e9,  # NVLink 4: 900 GB/s bidirectional
+    kv_link_bw_bytes_s=50e9,  # one 400 Gb/s ConnectX-7 per GPU (DGX H100)
+    kv_link_latency_s=1.0e-3,
+    idle_min_clock_w=69.0,  # probe: idle at 345 MHz
+    idle_max_clock_w=117.0,  # probe: idle at 1980 MHz right after load
+    # Knobs marked [fit] come from `bench/emulator_calibrate.py` (the one calibration
+    # entry point; docs/gpu-model.md "Calibration"), fitted at once to every real
+    # Llama-3.1-8B-shaped measurement there is: two runs of bench/gpu/llm_probe.py on
+    # lent H100 80GB HBM3s (driver 580.159.04, default clocks, 700 W;
+    # bench/results/h100_llm_probe{,_run2}.json, 9 prefill + 25 decode points each,
+    # CUDA graphs, NVML energy counter), the earlier probe in
+    # ../shared/data/calibration (5 prefill + 13 decode points; its decode power, 10-16%
+    # under both runs at the same shapes, weighs less) and ML.ENERGY's vLLM serving runs
+    # (within 22%). The comparison, point by point: docs/gpu-in-the-loop.md.
+    sm_power_w=1252.0,  # [fit]
+    hbm_power_w=137.2,  # [fit]
+    mem_sm_activity=0.2442,  # [fit] GEMV streaming weights
+    # [fit] Decode attention reading KV. The runs' marginal cost of KV is ~250 pJ/byte,
+    # ~800 W while it is read at 3.1 TB/s (64 x 2048 -> 64 x 4096: +4.4 J over +5.6 ms),
+    # where a plain GEMV streams a weight matrix at 3.05 TB/s for 501 W (gpu-model.md
+    # probe). Likely why: a decode attention kernel pads its 1-4 query rows to a tensor-
+    # core tile and runs the softmax on the FP32 units for every KV byte. With this
+    # value the model draws ~715 W while reading KV, ~460 W streaming weights (1980 MHz).
+    kv_sm_activity=0.4024,
+    volt_floor=0.717,
+    volt_knee_mhz=900.0,
+    mem_knee_mhz=1050.0,  # energy/token bottom 0.9-1.3 GHz (gpu-model.md)
+    mem_knee_exp=1.0,
+    weight_bw_eff=0.7684,  # [fit]
+    kv_bw_eff=0.934,  # [fit] runs: 64 sequences read KV at 3.1 TB/s
+    decode_compute_eff=0.7553,  # [fit] with the soft max below
+    prefill_linear_eff=0.7863,  # [fit]
+    prefill_half_tokens=95.79,  # [fit]
+    prefill_linear_activity=0.7267,  # [fit]
+    prefill_attn_activity=0.6905,  # [fit]
+    prefill_attn_eff=0.4569,  # [fit]
+    roofline_sharpness=1.416,  # [fit]
+    decode_fixed_s=0.8932e-3,  # [fit]
+    prefill_fixed_s=1.603e-3,  # [fit]
+    launch_cycles=1.0e6,
+    allreduce_latency_s=12e-6,
+)
+
+# No A100 measurement is available: its hardware, static power, dynamic-power scale,
+# voltage and memory knees are its own (below); every engine knob (bandwidth and
+# tensor efficiencies, SM activities, roofline sharpness, fixed overheads) is the
+# H100 fit's, inherited through ``replace`` so a refit of the H100 carries over.
+_A100 = replace(
+    _H100,
+    name="NVIDIA A100-SXM4-80GB",
+    sm_count=108,  # A100 data sheet
+    bf16_flop_per_clock_per_sm=2048,  # 312 TFLOP/s dense bf16 at 1410 MHz
+    min_clock_mhz=210,  # NVML: 210-1410 MHz
+    max_clock_mhz=1410,
+    clock_step_mhz=15,
+    mem_clock_mhz=1593,
+    hbm_bw_bytes_s=2.039e12,  # data sheet (80 GB)
+    mem_total_gib=80.0,
+    power_limit_w=400.0,
+    power_limit_min_w=100.0,
+    nvlink_bw_bytes_s=300e9,  # NVLink 3: 600 GB/s bidirectional
+    kv_link_bw_bytes_s=25e9,  # one 200 Gb/s HDR NIC per GPU (DGX A100)
+    kv_link_latency_s=1.0e-3,
+    idle_min_clock_w=50.0,  # public: idle 50-63 W
+    idle_max_clock_w=63.0,
+    # Scaled to splitwise-sim's ~400 W in prefill (at the cap) and ~250 W in decode.
+    sm_power_w=500.0,
+    hbm_power_w=100.0,
+    volt_floor=0.717,
+    volt_knee_mhz=700.0,
+    mem_knee_mhz=900.0,  # energy/token bottom 0.9-1.2 GHz (derived estimate)
+    mem_knee_exp=1.0,
+    allreduce_latency_s=15e-6,
+)
+
+GPUS: dict[str, GpuSpec] = {"h100": _H100, "a100": _A100}
 
 MODELS: dict[str, ModelShape] = {
     # meta-llama/Llama-3.1-8B config.json: 32 layers, 4096 hidden, 32 heads, 8 KV heads.
@@ -416,14 +418,23 @@ class GpuModel:
 
     def _power_w(self, w: _Work, f: float, t: float) -> float:
         g = self.gpu
-        u_mem = min(1.0, (w.weight_bytes + w.kv_bytes) / (t * g.hbm_bw_bytes_s))
+        u_w = w.weight_bytes / (t * g.hbm_bw_bytes_s)
+        u_kv = w.kv_bytes / (t * g.hbm_bw_bytes_s)
+        u_mem = min(1.0, u_w + u_kv)
         if w.is_decode:
             u_comp = min(
                 1.0, (w.linear_flops + w.attn_flops) / (t * g.peak_flop_per_clock * f * 1e6)
             )
+            # Decode attention reads KV with its SMs far busier than a GEMV streaming
+            # weights (query tiles padded on the tensor cores, softmax on the FP32 units):
+            # the same HBM byte costs more SM power there.
+            u_sm = g.mem_sm_activity * u_w + g.kv_sm_activity * u_kv + u_comp
         else:
+            # Prefill attention over cached KV is compute-bound: its SM power is in
+            # prefill_attn_activity (through u_comp), its bytes count as plain reads.
             u_comp = min(1.0, self._time_parts(w, f)[1] / t)
-        dyn = g.sm_power_w * self._dyn(f) * (g.mem_sm_activity * u_mem + u_comp)
+            u_sm = g.mem_sm_activity * u_mem + u_comp
+        dyn = g.sm_power_w * self._dyn(f) * u_sm
         return self.idle_power_w(f) + g.hbm_power_w * u_mem + dyn
 
     def _cost(self, w: _Work, clock_mhz: float) -> IterCost:

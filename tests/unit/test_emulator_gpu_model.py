@@ -15,9 +15,27 @@ from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel, decode_b
 
 H100_8B = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
 A100_8B = GpuModel(GPUS["a100"], MODELS["llama-3.1-8b"])
-PROBE = (
-    Path(__file__).resolve().parents[3] / "shared/data/calibration/h100_llama8b_shape_probe.json"
-)
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = ROOT.parent / "shared/data/calibration/h100_llama8b_shape_probe.json"
+# Two later runs of the same kind of probe on lent H100s (committed, bench/results/;
+# tests/unit/test_gpu_in_the_loop.py holds the model within 10% of every point of them).
+LATER_RUNS = [
+    ROOT / "bench/results/h100_llm_probe.json",
+    ROOT / "bench/results/h100_llm_probe_run2.json",
+]
+
+
+def _later_decode() -> dict[tuple[int, int], list[tuple[float, float]]]:
+    """(batch, context) -> [(time_ms, power_w)] of the later runs' decode points."""
+    out: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for path in LATER_RUNS:
+        for r in json.loads(path.read_text())["decode"]:
+            key = (r["batch"], r["kv_tokens"])
+            out.setdefault(key, []).append((1e3 * r["time_s_median"], r["avg_power_w"]))
+    return out
+
+
+LATER = _later_decode()
 
 # Source: H100 SXM5 80GB, Llama-3.1-8B-shaped decoder, default clocks, 700 W limit
 # (docs/gpu-model.md table "Anchors: a Llama-3.1-8B-shaped decoder", probe JSON).
@@ -47,6 +65,32 @@ DECODE_ANCHORS = [
 ]
 # The probe's B=129 row replayed a graph captured for exactly 129 sequences; the model
 # pads to the engine's bucket (256) as SGLang does, so that row is not an anchor here.
+#
+# Decode POWER of this probe is held to the range the measurements of the same shape
+# span, not to this probe alone: at 8-128 sequences it reads 7-16% below both later
+# runs (e.g. 128 x 512: 571 W against 680 and 682 W; 128 x 2048: 585 W against 690 and
+# 691 W), which agree with each other within 5%, and below ML.ENERGY's vLLM serving
+# runs (669 W at batch 128). This probe's method (warm-up, power source, window) is not
+# recorded; the later runs' is (docs/gpu-in-the-loop.md). The model follows the later
+# runs, so it sits up to about 16% above this probe there (docs/gpu-model.md,
+# "Calibration"). Time stays held to this probe at 10% everywhere.
+POWER_TOL = 0.10
+ENERGY_TOL = 0.12
+
+
+def _in_range(value: float, measured: list[float], tol: float) -> bool:
+    """Within ``tol`` of the range [min, max] of the measurements of one shape."""
+    return min(measured) * (1.0 - tol) < value < max(measured) * (1.0 + tol)
+
+
+def _decode_measured(
+    batch: int, context: int, time_ms: float, power_w: float
+) -> tuple[list[float], list[float]]:
+    """Power (W) and energy per step (J) of this probe and the later runs, same shape."""
+    later = LATER.get((batch, context), [])
+    powers = [power_w] + [p for _, p in later]
+    energies = [power_w * time_ms / 1e3] + [p * t / 1e3 for t, p in later]
+    return powers, energies
 
 
 def _rel(a: float, b: float) -> float:
@@ -72,8 +116,23 @@ def test_decode_matches_h100_anchor(
 ) -> None:
     c = H100_8B.decode(1980, batch, batch * context)
     assert _rel(c.time_s * 1e3, time_ms) < 0.10
-    assert _rel(c.power_w, power_w) < 0.10
-    assert _rel(c.energy_j / batch, power_w * time_ms / 1e3 / batch) < 0.12
+    powers, energies = _decode_measured(batch, context, time_ms, power_w)
+    assert _in_range(c.power_w, powers, POWER_TOL), (c, powers)
+    assert _in_range(c.energy_j, energies, ENERGY_TOL), (c, energies)
+
+
+def test_later_runs_cover_every_decode_anchor_and_disagree_where_said() -> None:
+    """The power range above is the data's: the later runs measured every anchor shape,
+    and read 10% or more above this probe at 128 x 512, 64 x 2048 and 128 x 2048."""
+    for batch, context, _, _ in DECODE_ANCHORS:
+        assert len(LATER[(batch, context)]) == 2, (batch, context)
+    anchors = {(b, k): p for b, k, _, p in DECODE_ANCHORS}
+    for shape in [(128, 512), (64, 2048), (128, 2048)]:
+        assert min(p for _, p in LATER[shape]) > 1.10 * anchors[shape], shape
+    # ... while the later runs agree with each other within 6% at every anchor shape.
+    for shape in anchors:
+        pts = LATER[shape]
+        assert max(p for _, p in pts) < 1.06 * min(p for _, p in pts), shape
 
 
 def test_idle_power_anchors() -> None:
@@ -132,7 +191,9 @@ def test_cross_check_probe_json() -> None:
             continue  # exact-size graph in the probe; the engine pads to 256
         c = H100_8B.decode(1980, e["batch"], e["batch"] * e["context"])
         assert _rel(c.time_s * 1e3, e["ms"]) < 0.10, e
-        assert _rel(c.energy_j, e["energy_per_iter_j"]) < 0.12, e
+        powers, energies = _decode_measured(e["batch"], e["context"], e["ms"], e["avg_power_w"])
+        assert _in_range(c.power_w, powers, POWER_TOL), (c, powers)
+        assert _in_range(c.energy_j, energies, ENERGY_TOL), (c, energies)
 
 
 # ----- physics ------------------------------------------------------------------------

@@ -27,13 +27,6 @@ RUNS = {
 MODEL = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
 TOL = 0.10
 
-# Decode points whose POWER the constants cannot bring within 10% while the earlier probe
-# (which the emulator's own tests hold, 10-16% lower decode power) stays in its bounds:
-# attention reading a large KV cache draws more power per byte (measured 550-690 W)
-# than streaming weights, and the model prices every byte alike (docs/gpu-in-the-loop.md).
-# Time is still held. (batch, KV tokens per sequence)
-KV_POWER_GAPS = {(16, 8192), (64, 2048), (64, 4096), (128, 2048)}
-
 
 def _load_compare() -> ModuleType:
     path = ROOT / "bench/gpu/compare_model.py"
@@ -106,22 +99,7 @@ def test_model_time_within_10_percent(p: Any) -> None:
     assert abs(c.time_s / p.time_s - 1.0) < TOL, (c, p)
 
 
-@pytest.mark.parametrize(
-    "p",
-    [
-        pytest.param(
-            p,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="KV-heavy decode power vs the earlier probe (docs/gpu-in-the-loop.md)",
-            ),
-        )
-        if p.kind == "decode" and (p.size, p.kv_tokens) in KV_POWER_GAPS
-        else p
-        for p in HELD
-    ],
-    ids=_id,
-)
+@pytest.mark.parametrize("p", HELD, ids=_id)
 def test_model_power_and_energy_within_10_percent(p: Any) -> None:
     c = CM.model_cost(MODEL, p)
     assert abs(c.power_w / p.power_w - 1.0) < TOL, (c, p)
