@@ -3,16 +3,19 @@
 Usage:
 
     .venv/bin/python bench/gpu/compare_model.py                 # table: model vs run(s)
-    python bench/gpu/compare_model.py --fit [--legacy PATH]     # refit (needs scipy)
+    .venv/bin/python bench/gpu/compare_model.py --fit           # refit (needs scipy)
 
-Reads the probe files written by ``bench/gpu/llm_probe.py`` (default: the two H100
-runs in bench/results/). The lent GPU ran at default clocks, which is what the model
-calls a request for the maximum clock (1980 MHz on an H100): the model throttles
-that request to its power cap itself, so its effective clock is compared with the
-median SM clock NVML reported. A run made under a locked clock (on a GPU of your
-own, see docs/gpu-in-the-loop.md) is compared at that clock. ``--fit`` also takes the earlier probe in
-../shared/data/calibration (``--legacy``; the emulator's own tests hold the model
-to it), fits the knobs in ``FIT_KNOBS`` to all runs at once, and prints them.
+``bench/emulator_calibrate.py`` is the calibration entry point and runs ``--fit``
+here: one fit, one set of data. Reads the probe files written by
+``bench/gpu/llm_probe.py`` (default: the two H100 runs in bench/results/). The lent
+GPU ran at default clocks, which is what the model calls a request for the maximum
+clock (1980 MHz on an H100): the model throttles that request to its power cap
+itself, so its effective clock is compared with the median SM clock NVML reported. A
+run made under a locked clock (on a GPU of your own, see docs/gpu-in-the-loop.md) is
+compared at that clock. The earlier probe in ../shared/data/calibration (``--legacy``;
+the emulator's own tests hold the model to it) is compared and fitted as well, and
+ML.ENERGY's serving runs bound the fit; ``--fit`` fits the knobs in ``FIT_KNOBS`` to
+all of them at once and prints them.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ FIT_KNOBS = [
     "sm_power_w",
     "hbm_power_w",
     "mem_sm_activity",
+    "kv_sm_activity",
     "weight_bw_eff",
     "kv_bw_eff",
     "decode_compute_eff",
@@ -75,6 +79,7 @@ class Point:
     clock_mhz: float  # median SM clock NVML reported
     excluded: str  # why the model is not held to it ("" = it is)
     requested_mhz: int | None = None  # a locked clock, if the run had one (None: default)
+    throttle: float = 0.0  # share of samples with NVML's power-cap throttle reason set
 
     def label(self) -> str:
         if self.kind == "prefill":
@@ -127,6 +132,7 @@ def probe_points(doc: dict[str, Any], source: str) -> list[Point]:
             Point(
                 source, "prefill", r["tokens"], 0, r["time_s_median"], r["avg_power_w"],
                 r["sm_clock_mhz_median"], exclusion("prefill", r["tokens"], 0, r["graph"]), lock,
+                r["throttle_fraction"],
             )
         )  # fmt: skip
     for r in doc.get("decode", []):
@@ -136,7 +142,7 @@ def probe_points(doc: dict[str, Any], source: str) -> list[Point]:
         out.append(
             Point(
                 source, "decode", b, k, r["time_s_median"], r["avg_power_w"],
-                r["sm_clock_mhz_median"], exclusion("decode", b, k), lock,
+                r["sm_clock_mhz_median"], exclusion("decode", b, k), lock, r["throttle_fraction"],
             )
         )  # fmt: skip
     return out
@@ -155,7 +161,7 @@ def legacy_points(doc: dict[str, Any]) -> list[Point]:
         b, k = r["batch"], r["context"]
         out.append(
             Point("legacy", "decode", b, k, r["ms"] / 1e3, r["avg_power_w"], r["sm_mhz_med"],
-                  exclusion("decode", b, k))
+                  exclusion("decode", b, 0))
         )  # fmt: skip
     return out
 
@@ -201,22 +207,49 @@ def compare(model: GpuModel, points: list[Point]) -> list[dict[str, Any]]:
 # (batch, ITL s, power W)
 ML_ENERGY = [(8, 7.3e-3, 486), (32, 8.9e-3, 560), (128, 16.5e-3, 669), (256, 26.1e-3, 691),
              (512, 47.4e-3, 688)]  # fmt: skip
-HINGE = 0.095
-"""Relative error from which a point's residual grows steeply (the 10% bound, less margin)."""
+HINGE = 0.07
+"""Relative error from which a run's residual grows steeply (the 10% bound, with margin)."""
+LEGACY_POWER_WEIGHT = 0.25
+"""Weight of the earlier probe's decode power in the sum of squares (1 for the rest).
+
+At 8-128 sequences it reads 7-16% below both later runs at the same shapes, which
+agree with each other within 5% and with ML.ENERGY's serving runs; its method is not
+recorded. It still counts, at a quarter, and its penalty bounds follow the emulator's
+tests: within 10% of the range the measurements of that shape span."""
 
 
-def fit(model: GpuModel, points: list[Point]) -> GpuModel:
+def _shape_ranges(points: list[Point]) -> dict[tuple[str, int, int], tuple[float, ...]]:
+    """(kind, size, kv) -> (min power, max power, min energy, max energy) over all runs."""
+    acc: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
+    for p in points:
+        acc.setdefault((p.kind, p.size, p.kv_tokens), []).append((p.power_w, p.power_w * p.time_s))
+    return {
+        k: (min(w for w, _ in v), max(w for w, _ in v), min(e for _, e in v), max(e for _, e in v))
+        for k, v in acc.items()
+    }
+
+
+def fit(
+    model: GpuModel,
+    points: list[Point],
+    hinge: float = HINGE,
+    legacy_power_weight: float = LEGACY_POWER_WEIGHT,
+) -> GpuModel:
     """Refit ``FIT_KNOBS`` to the in-domain points of every run at once.
 
-    The objective is the sum of squared log errors of time, power and clock, plus a
-    steep penalty on every error past ``HINGE`` (so the fit prefers many points
-    inside 10% to a smaller sum of squares), on power-capped clocks past 15% and on
-    the ML.ENERGY serving runs past 22% (the emulator's tests hold those at 25%).
-    Derivative-free search copes with the kinks of the penalty and the clock steps.
+    The objective is the sum of squared log errors of time, power and clock, plus steep
+    penalties where a test would fail: a run's time, power or energy past ``hinge``;
+    the earlier probe's time past 9% and its prefill power past 9% (the emulator's tests
+    hold it at 10% with rounded values), its decode power and energy outside 9% / 11%
+    of the range all measurements of that shape span (the tests: 10% / 12%); a clock
+    the GPU was capped at throughout past 11% (the test: 12%), a cap where it had
+    none; and the ML.ENERGY serving runs past 22% (the tests: 25%). Derivative-free
+    search copes with the kinks of the penalty and the clock steps.
     """
     from scipy.optimize import differential_evolution, minimize
 
     pts = [p for p in points if not p.excluded]
+    ranges = _shape_ranges(pts)
     base = model.gpu
     x0 = np.array([getattr(base, k) for k in FIT_KNOBS], dtype=float)
 
@@ -227,6 +260,9 @@ def fit(model: GpuModel, points: list[Point]) -> GpuModel:
     def over(err: float, bound: float) -> float:
         return max(0.0, abs(err) - bound) ** 2
 
+    def outside(value: float, lo: float, hi: float, tol: float) -> float:
+        return over(value / lo - 1.0, tol) if value < lo else over(value / hi - 1.0, tol)
+
     def objective(x: np.ndarray) -> float:
         m = build(x)
         total = 0.0
@@ -235,14 +271,25 @@ def fit(model: GpuModel, points: list[Point]) -> GpuModel:
             et, ep = c.time_s / p.time_s - 1.0, c.power_w / p.power_w - 1.0
             ef = c.effective_clock_mhz / p.clock_mhz - 1.0
             ee = (1.0 + et) * (1.0 + ep) - 1.0
-            total += np.log1p(et) ** 2 + np.log1p(ep) ** 2 + 0.1 * np.log1p(ef) ** 2
-            # The earlier probe is what the emulator's own tests hold the model to
-            # (10% on time and power, 12% on decode energy, 16% on capped clocks): keep
-            # it inside those bounds first, then bring the new runs inside 10%.
-            # (The emulator's tests use the table's rounded values: hence 9% there.)
-            w, h = (30000.0, 0.09) if p.source == "legacy" else (300.0, HINGE)
-            hinge_e = 0.11 if p.kind == "decode" else h
-            total += w * (over(et, h) + over(ep, h) + over(ee, hinge_e) + over(ef, 0.15))
+            legacy_decode = p.source == "legacy" and p.kind == "decode"
+            wp = legacy_power_weight if legacy_decode else 1.0
+            total += np.log1p(et) ** 2 + wp * np.log1p(ep) ** 2 + 0.1 * np.log1p(ef) ** 2
+            if p.source != "legacy":
+                total += 300.0 * (over(et, hinge) + over(ep, hinge) + over(ee, hinge))
+            elif legacy_decode:
+                p_lo, p_hi, e_lo, e_hi = ranges[(p.kind, p.size, p.kv_tokens)]
+                total += 30000.0 * over(et, 0.09)
+                total += 30000.0 * outside(c.power_w, p_lo, p_hi, 0.09)
+                total += 30000.0 * outside(c.energy_j, e_lo, e_hi, 0.11)
+            else:
+                total += 30000.0 * (over(et, 0.09) + over(ep, 0.09) + over(ee, 0.09))
+                total += 30000.0 * over(ef, 0.15)  # capped prefill clock (tests: 16%)
+            # Capped throughout: the model caps too, near the measured clock; never
+            # capped: neither is the model.
+            if p.throttle >= 0.9:
+                total += 300.0 * (over(ef, 0.11) + over(c.power_w / m.gpu.power_limit_w - 1, 0.04))
+            elif p.source != "legacy" and p.throttle == 0.0 and c.power_capped:
+                total += 3.0
         for b, itl_s, pw in ML_ENERGY:
             c = m.decode(m.max_clock_mhz, b, b * 1500)
             e = over(c.time_s / itl_s - 1.0, 0.22) + over(c.power_w / pw - 1.0, 0.22)
@@ -300,6 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="*", type=Path, default=RUNS)
     ap.add_argument("--legacy", type=Path, default=LEGACY, help="earlier probe (old format)")
     ap.add_argument("--fit", action="store_true", help="refit FIT_KNOBS (needs scipy)")
+    ap.add_argument("--hinge", type=float, default=HINGE, help="runs' error bound in the fit")
+    ap.add_argument(
+        "--legacy-power-weight",
+        type=float,
+        default=LEGACY_POWER_WEIGHT,
+        help="weight of the earlier probe's decode power in the fit",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the comparison as JSON")
     args = ap.parse_args(argv)
 
@@ -312,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(earlier probe {args.legacy} absent: comparing with the runs only)")
     model = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
     if args.fit:
-        fitted = fit(model, points)
+        fitted = fit(model, points, args.hinge, args.legacy_power_weight)
         print("fitted knobs (GPUS['h100']):")
         for k in FIT_KNOBS:
             print(f"    {k}={getattr(fitted.gpu, k):.4g},")
