@@ -175,8 +175,8 @@ async def test_keeps_serving_when_nats_stops_during_load(workers: dict[str, Any]
         assert await stream(r.url)
         await wait_for(lambda: len(records) > n, 5)
         assert records[-1].status == "ok"
-        text = (await asyncio.to_thread(
-            lambda: urllib.request.urlopen(r.url + "/metrics", timeout=2).read().decode()))  # fmt: skip
+        async with aiohttp.ClientSession() as s, s.get(r.url + "/metrics") as resp:
+            text = await resp.text()
         assert 'voltana_router_requests_total{path="/generate",status="ok"} 53.0' in text
     finally:
         await r.stop()
