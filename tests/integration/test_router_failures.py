@@ -338,3 +338,48 @@ async def test_prefill_failing_after_the_stream_started(real: dict[str, Any]) ->
     finally:
         await r.stop()
         await runner.cleanup()
+
+
+async def test_circuit_breaker_opens_then_a_trial_closes_it(real: dict[str, Any]) -> None:
+    purl, pboot = real["prefill"]
+    st = {"fail": True, "hits": 0}
+
+    async def flaky(request: web.Request) -> web.Response:
+        body = await request.read()
+        st["hits"] += 1
+        if st["fail"]:
+            return web.json_response({"error": {"message": "sick"}}, status=500)
+        async with aiohttp.ClientSession() as s, s.post(purl + request.path, data=body,
+                                                        headers={"Content-Type": "application/json"}) as r:  # fmt: skip
+            return web.Response(body=await r.read(), status=r.status, content_type=r.content_type)
+
+    app = web.Application()
+    app.router.add_post("/generate", flaky)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    r = await make_router([(f"http://127.0.0.1:{port}", pboot)], [real["decode"]],
+                          breaker_failures=2, breaker_open_s=0.5, prefill_retries=0)  # fmt: skip
+    name = r.cfg.prefill[0].name
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(2):
+                async with s.post(r.url + "/generate", json=SHORT) as resp:
+                    assert resp.status == 500
+            async with s.post(r.url + "/generate", json=SHORT) as resp:
+                assert resp.status == 503 and "no healthy" in await resp.text()
+            assert st["hits"] == 2  # the open circuit kept the third request away
+            await wait_for(lambda: metric(r, "voltana_router_worker_circuit_open",
+                                          instance=name) == 1)  # fmt: skip
+            st["fail"] = False
+            await asyncio.sleep(0.6)  # cool-down over: one trial request may pass
+            async with s.post(r.url + "/generate", json=SHORT) as resp:
+                assert resp.status == 200, await resp.text()
+            assert r.state.workers[name].breaker.opened_at is None
+            async with s.post(r.url + "/generate", json=SHORT) as resp:
+                assert resp.status == 200
+        await wait_for(lambda: metric(r, "voltana_router_worker_circuit_open", instance=name) == 0)
+    finally:
+        await r.stop()
+        await runner.cleanup()
