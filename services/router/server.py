@@ -113,8 +113,10 @@ class Router:
         timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_s,
                                         sock_connect=self.cfg.connect_timeout_s,
                                         sock_read=self.cfg.read_timeout_s)  # fmt: skip
+        # no cookies between router and workers: skip the jar's per-request work
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                             auto_decompress=False)  # fmt: skip
+                                             auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar())  # fmt: skip
         await self.bus.start()
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
