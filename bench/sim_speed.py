@@ -42,6 +42,8 @@ def _one(wl, spec, cfg, profile) -> dict[str, float]:
         "x_cpu": run.window_s / cpu,
         "iterations": run.iterations,
         "requests": len(run.requests),
+        "energy_kj": run.energy_j / 1e3,
+        "slo_attainment": float(run.summary()["slo_attainment"] or 0.0),
     }
 
 
@@ -64,18 +66,22 @@ def main() -> int:
         load = float("nan")
     print(f"# simulator speed (host load average {load:.1f}, {os.cpu_count()} CPUs)")
     base = load_trace(args.trace)
-    cfg = SimConfig(slo=SloConfig(ttft_s=0.5, itl_s=0.025))
+    cfg = SimConfig(slo=SloConfig(ttft_s=0.3, itl_s=0.015))
     profile = profile_for(cfg)
     wl = window(base, 0.0, args.window)
     print(f"\n## 2P2D, {wl.name}, {len(wl.requests)} requests, {wl.duration_s:.0f} s of arrivals")
-    print("| policy | control | simulated s | wall s | CPU s | x wall | x CPU | iterations |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| policy | control | simulated s | wall s | CPU s | x wall | x CPU | iterations "
+        "| energy kJ | SLO att. |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for control in args.controls.split(","):
         for name in args.policies.split(","):
             r = _one(wl, POLICIES[name], replace(cfg, control=control), profile)
             print(
                 f"| {name} | {control} | {r['sim_s']:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
-                f"| {r['x_wall']:.0f} | {r['x_cpu']:.0f} | {r['iterations']} |",
+                f"| {r['x_wall']:.0f} | {r['x_cpu']:.0f} | {r['iterations']} "
+                f"| {r['energy_kj']:.0f} | {r['slo_attainment'] * 100:.2f}% |",
                 flush=True,
             )
     print(
