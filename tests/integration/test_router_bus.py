@@ -111,12 +111,13 @@ async def test_publishes_decisions_records_and_state(workers: dict[str, Any],
             assert rec.ttft_s is not None and 0 < rec.ttft_s < 1
             assert rec.itl_mean_s is not None and rec.itl_max_s is not None
             assert rec.slo_met is not None and rec.e2e_s is not None and rec.e2e_s >= rec.ttft_s
-        # at least 20 Hz per instance, idle or not
+        # at least 20 Hz per instance, idle or not (the loop aims at 22 Hz; the bound
+        # leaves room for a loaded CI machine's scheduling)
         t0 = time.monotonic()
-        await asyncio.sleep(1.0)
-        per = Counter(s for t, s, _ in got["state"] if t >= t0)
-        assert per[subjects.router_state("prefill", pname)] >= 18, per
-        assert per[subjects.router_state("decode", dname)] >= 18, per
+        await asyncio.sleep(2.0)
+        per = Counter(s for t, s, _ in got["state"] if t0 <= t < t0 + 2.0)
+        assert per[subjects.router_state("prefill", pname)] >= 36, per
+        assert per[subjects.router_state("decode", dname)] >= 36, per
         last = [m for _, s, m in got["state"] if m.instance == dname][-1]
         assert last.ttft is not None and last.ttft.count == 3 and last.in_flight_requests == 0
         # telemetry named differently ("decode-0") is matched by URL and merged, with its age
