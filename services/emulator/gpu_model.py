@@ -162,31 +162,31 @@ _H100 = GpuSpec(
     # ../shared/data/calibration (5 prefill + 13 decode points; its decode power, 10-16%
     # under both runs at the same shapes, weighs less) and ML.ENERGY's vLLM serving runs
     # (within 22%). The comparison, point by point: docs/gpu-in-the-loop.md.
-    sm_power_w=1252.0,  # [fit]
-    hbm_power_w=137.2,  # [fit]
-    mem_sm_activity=0.2442,  # [fit] GEMV streaming weights
+    sm_power_w=1301.0,  # [fit]
+    hbm_power_w=78.21,  # [fit]
+    mem_sm_activity=0.263,  # [fit] GEMV streaming weights
     # [fit] Decode attention reading KV. The runs' marginal cost of KV is ~250 pJ/byte,
     # ~800 W while it is read at 3.1 TB/s (64 x 2048 -> 64 x 4096: +4.4 J over +5.6 ms),
     # where a plain GEMV streams a weight matrix at 3.05 TB/s for 501 W (gpu-model.md
     # probe). Likely why: a decode attention kernel pads its 1-4 query rows to a tensor-
     # core tile and runs the softmax on the FP32 units for every KV byte. With this
-    # value the model draws ~715 W while reading KV, ~460 W streaming weights (1980 MHz).
-    kv_sm_activity=0.4024,
+    # value the model draws ~715 W while reading KV, ~415 W streaming weights (1980 MHz).
+    kv_sm_activity=0.4447,
     volt_floor=0.717,
     volt_knee_mhz=900.0,
     mem_knee_mhz=1050.0,  # energy/token bottom 0.9-1.3 GHz (gpu-model.md)
     mem_knee_exp=1.0,
-    weight_bw_eff=0.7684,  # [fit]
-    kv_bw_eff=0.934,  # [fit] runs: 64 sequences read KV at 3.1 TB/s
-    decode_compute_eff=0.7553,  # [fit] with the soft max below
-    prefill_linear_eff=0.7863,  # [fit]
-    prefill_half_tokens=95.79,  # [fit]
-    prefill_linear_activity=0.7267,  # [fit]
-    prefill_attn_activity=0.6905,  # [fit]
-    prefill_attn_eff=0.4569,  # [fit]
-    roofline_sharpness=1.416,  # [fit]
-    decode_fixed_s=0.8932e-3,  # [fit]
-    prefill_fixed_s=1.603e-3,  # [fit]
+    weight_bw_eff=0.7074,  # [fit]
+    kv_bw_eff=0.9131,  # [fit] runs: 64 sequences read KV at 3.1 TB/s
+    decode_compute_eff=0.6907,  # [fit] with the soft max below
+    prefill_linear_eff=0.7503,  # [fit]
+    prefill_half_tokens=77.67,  # [fit]
+    prefill_linear_activity=0.6718,  # [fit]
+    prefill_attn_activity=0.7562,  # [fit]
+    prefill_attn_eff=0.5437,  # [fit]
+    roofline_sharpness=1.534,  # [fit]
+    decode_fixed_s=0.3817e-3,  # [fit]
+    prefill_fixed_s=1.454e-3,  # [fit]
     launch_cycles=1.0e6,
     allreduce_latency_s=12e-6,
 )
