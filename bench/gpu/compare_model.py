@@ -234,7 +234,7 @@ HINGE = 0.07
 LEGACY_POWER_WEIGHT = 0.25
 """Weight of the earlier probe's decode power in the sum of squares (1 for the rest).
 
-At 8-128 sequences it reads 7-16% below both later runs at the same shapes, which
+At 8-128 sequences it reads 7-16% below the later runs' mean at the same shapes, which
 agree with each other within 5% and with ML.ENERGY's serving runs; its method is not
 recorded. It still counts, at a quarter, and its penalty bounds follow the emulator's
 tests: within 10% of the range the measurements of that shape span."""

@@ -67,8 +67,8 @@ DECODE_ANCHORS = [
 # pads to the engine's bucket (256) as SGLang does, so that row is not an anchor here.
 #
 # Decode POWER of this probe is held to the range the measurements of the same shape
-# span, not to this probe alone: at 8-128 sequences it reads 7-16% below both later
-# runs (e.g. 128 x 512: 571 W against 680 and 682 W; 128 x 2048: 585 W against 690 and
+# span, not to this probe alone: at 8-128 sequences it reads 7-16% below the later
+# runs' mean (e.g. 128 x 512: 571 W against 680 and 682 W; 128 x 2048: 585 W against 690 and
 # 691 W), which agree with each other within 5%, and below ML.ENERGY's vLLM serving
 # runs (669 W at batch 128). This probe's method (warm-up, power source, window) is not
 # recorded; the later runs' is (docs/gpu-in-the-loop.md). The model follows the later
