@@ -61,7 +61,7 @@ class VoltanaTuning:
     steady_state_decode: bool = True
     """Judge decode clocks at the batch they settle at (see ``predict``); False: at the
     current batch, like EcoFreq."""
-    steady_state_iters: int = 12
+    steady_state_iters: int = 10
     prefill_queue_lookahead: bool = False
     """Prefill with a waiting queue: instead of the safe (fastest) clock, require the
     whole backlog (queued + running prompt tokens) to finish within the oldest
@@ -181,9 +181,13 @@ class VoltanaController:
         b_ss = self._steady_batch(inp, st, b0, k0, kv_per)
         ok = np.isfinite(b_ss)
         b_ss = np.where(ok, np.maximum(b_ss, min(b0, 1.0)), b0)
-        b_eff = np.maximum(b_ss, b0)  # never assume the batch shrinks before it has
+        # Batches are whole requests: a batch that grows grows to the next integer.
+        # ... and never assume it shrinks before it has.
+        b_eff = np.where(b_ss > b0, np.maximum(np.ceil(b_ss - 1e-9), b0), b0)
         r = prof.decode_coef_rows(b_eff, idx)
         lat = corr * np.maximum(r[:, 0] * b_eff + r[:, 1] * kv_per * b_eff + r[:, 2], 1e-6)
+        # A larger batch is never faster at the same clock, whatever two bucket fits say.
+        lat = np.maximum(lat, corr * prof.decode_latency_table_s(b0, k0)[idx])
         r = prof.decode_coef_rows(b_ss, idx)
         lat_ss = np.maximum(r[:, 0] * b_ss + r[:, 1] * kv_per * b_ss + r[:, 2], 1e-6)
         idle = prof.idle_power_table_w()[idx]
@@ -198,12 +202,13 @@ class VoltanaController:
         Throughput comes from the current batch at the clock that ran it:
         ``rate = b0 / ITL(now)``; at clock f the batch solves ``B = rate * ITL(f, B)``,
         found by bisection (ITL grows with B). Without a known current clock or
-        batch, the current batch is assumed everywhere.
+        batch, and on unified instances (whose iterations mix in prefill chunks),
+        the current batch is assumed everywhere.
         """
         core = self.core
         n = len(core.index)
         cur = inp.current_clock_mhz if inp.current_clock_mhz is not None else st.last_clock_mhz
-        if cur is None or b0 <= 0 or not self.tuning.steady_state_decode:
+        if cur is None or b0 <= 0 or inp.role != "decode" or not self.tuning.steady_state_decode:
             return np.full(n, b0)
         corr = st.decode_correction
         rate = b0 / (corr * core.profile.decode_latency_s(cur, b0, k0))
@@ -216,10 +221,31 @@ class VoltanaController:
 
         # Bracket the root on the right side of the current batch, so a clock at least
         # as fast as the current one never gets a (rounded-up) larger batch than now.
-        grows = excess(np.full(n, b0)) > 0
+        grows = excess(np.full(n, b0)) > 1e-9 * b0
         lo = np.where(grows, b0, 0.0)
         hi = np.where(grows, cap, b0)
-        ok = ~grows | (excess(np.full(n, cap)) <= 0)
+        ok = ~grows
+        if grows.any():
+            # ITL is piecewise linear in B (one piece per bucket, steps between): the
+            # first point past b0 where the batch stops growing brackets the root.
+            pts = [b0]
+            for bk in core.profile.buckets:
+                if b0 < bk < cap:
+                    pts += [float(bk), bk + 1e-6]
+            pts.append(cap)
+            grid = np.array(pts)
+            m = len(grid)
+            bb = np.repeat(grid, n)
+            r = core.profile.decode_coef_rows(bb, np.tile(core.index, m))
+            itl = corr * np.maximum(r[:, 0] * bb + r[:, 1] * kv_per * bb + r[:, 2], 1e-6)
+            ex = (rate * itl - bb).reshape(m, n)
+            stop = ex <= 0
+            found = stop.any(axis=0)
+            first = np.argmax(stop, axis=0)
+            ok = ok | (grows & found)
+            j = np.maximum(first, 1)
+            lo = np.where(grows & found, grid[j - 1], lo)
+            hi = np.where(grows & found, grid[j], hi)
         for _ in range(self.tuning.steady_state_iters):
             mid = 0.5 * (lo + hi)
             up = excess(mid) > 0
@@ -314,7 +340,12 @@ class VoltanaController:
                 predicted_power_w=core.profile.idle_power_w(clock),
             )
         dec_l, pre_l, _cost, itl_b, pre_b, _fits = pred
-        lat = core.latency_for_report(inp, float(dec_l[i]), float(pre_l[i]))
+        d_lat = float(dec_l[i])
+        if not np.isfinite(d_lat):  # the load outgrows every clock: report the next iteration
+            d_lat = st.decode_correction * core.profile.decode_latency_s(
+                clock, float(inp.batch_size or 0), float(inp.kv_tokens or 0)
+            )
+        lat = core.latency_for_report(inp, d_lat, float(pre_l[i]))
         budget = core.budget_for_report(inp, itl_b, pre_b)
         power = self._power_w(inp, i)
         eff = core.profile.prefill_effective_clock_mhz(clock) if inp.role != "decode" else clock
