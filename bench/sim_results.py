@@ -12,8 +12,10 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from voltana.schemas.config import SloConfig
 from voltana.sim.core import SimConfig
@@ -27,6 +29,41 @@ TRACE = ROOT.parent / "shared/data/traces/azure_llm_2023_conv.csv"
 SLOS = {"tight": (0.3, 0.015), "relaxed": (1.0, 0.03)}
 
 
+def _one(job: tuple[argparse.Namespace, float, str]) -> tuple[dict[str, Any], list[str]]:
+    args, load, slo_name = job
+    base = load_trace(args.trace)
+    specs = parse_policies(args.policies)
+    wl = window(scale_rate(base, load), 0.0, args.window)
+    ttft, itl = SLOS[slo_name]
+    cfg = SimConfig(slo=SloConfig(ttft_s=ttft, itl_s=itl), control=args.control)
+    t0 = time.perf_counter()
+    ev = evaluate(wl, specs, replace(cfg))
+    rows = [dict(r, policy=k) for k, r in ev.policies.items()]
+    if ev.oracle is not None:
+        rows.append(dict(ev.oracle, policy="oracle (reference)"))
+    head = (
+        f"### load {load:g}x ({wl.rate_rps:.1f} req/s, {len(wl.requests)} requests), "
+        f"SLO {slo_name}: TTFT {ttft * 1e3:.0f} ms, ITL {itl * 1e3:.0f} ms"
+    )
+    print(head, f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(markdown_table(rows), flush=True)
+    result = {
+        "load": load,
+        "slo": slo_name,
+        "evaluation": json.loads(
+            json.dumps(
+                {
+                    "params": ev.params,
+                    "workload": ev.workload,
+                    "policies": ev.policies,
+                    "oracle": ev.oracle,
+                }
+            )
+        ),
+    }
+    return result, [head, "", markdown_table(rows), ""]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trace", default=str(TRACE))
@@ -36,47 +73,20 @@ def main() -> int:
     ap.add_argument("--policies", default="static-max,static-min,ecofreq,voltana-ref,voltana")
     ap.add_argument("--control", default="iteration")
     ap.add_argument("--out", default=str(ROOT / "bench/results/sim_results"))
+    ap.add_argument("--jobs", type=int, default=1, help="settings simulated in parallel")
     args = ap.parse_args()
     if not Path(args.trace).is_file():
         print(f"skipped: {args.trace} not found (needs ../shared/data)", file=sys.stderr)
         return 0
-    base = load_trace(args.trace)
-    specs = parse_policies(args.policies)
-    results = []
-    md = []
-    for load in (float(x) for x in args.loads.split(",")):
-        wl = window(scale_rate(base, load), 0.0, args.window)
-        for slo_name in args.slos.split(","):
-            ttft, itl = SLOS[slo_name]
-            cfg = SimConfig(slo=SloConfig(ttft_s=ttft, itl_s=itl), control=args.control)
-            t0 = time.perf_counter()
-            ev = evaluate(wl, specs, replace(cfg))
-            rows = [dict(r, policy=k) for k, r in ev.policies.items()]
-            if ev.oracle is not None:
-                rows.append(dict(ev.oracle, policy="oracle (reference)"))
-            head = (
-                f"### load {load:g}x ({wl.rate_rps:.1f} req/s, {len(wl.requests)} requests), "
-                f"SLO {slo_name}: TTFT {ttft * 1e3:.0f} ms, ITL {itl * 1e3:.0f} ms"
-            )
-            md += [head, "", markdown_table(rows), ""]
-            results.append(
-                {
-                    "load": load,
-                    "slo": slo_name,
-                    "evaluation": json.loads(
-                        json.dumps(
-                            {
-                                "params": ev.params,
-                                "workload": ev.workload,
-                                "policies": ev.policies,
-                                "oracle": ev.oracle,
-                            }
-                        )
-                    ),
-                }
-            )
-            print(head, f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            print(markdown_table(rows), flush=True)
+    jobs = [(float(x), name) for x in args.loads.split(",") for name in args.slos.split(",")]
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0])  # heaviest first
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        ran = list(pool.map(_one, [(args, *jobs[i]) for i in order]))
+    done = [ran[order.index(i)] for i in range(len(jobs))]
+    results = [r for r, _ in done]
+    md: list[str] = []
+    for _, lines in done:
+        md += lines
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")

@@ -15,7 +15,10 @@ TRACE = Path(__file__).resolve().parents[3] / "shared/data/traces/azure_llm_2023
 def _voltana(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "voltana", *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -23,15 +26,37 @@ def _voltana(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
 def test_sim_cli_on_a_trace_slice(tmp_path: Path) -> None:
     out = tmp_path / "sim"
     proc = _voltana(
-        "sim", "--trace", str(TRACE), "--window", "0,40", "--cluster", "1p1d",
-        "--policies", "static-max,ecofreq,voltana", "--slo-ttft", "0.5", "--slo-itl", "0.025",
-        "--quick-profile", "--no-progress", "--out", str(out),
+        "sim",
+        "--trace",
+        str(TRACE),
+        "--window",
+        "0,40",
+        "--cluster",
+        "1p1d",
+        "--policies",
+        "static-max,ecofreq,voltana",
+        "--slo-ttft",
+        "0.5",
+        "--slo-itl",
+        "0.025",
+        "--quick-profile",
+        "--no-progress",
+        "--out",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr
     assert "static-max" in proc.stdout and "oracle" in proc.stdout
     data = json.loads((out / "results.json").read_text())
-    keys = {"energy_j", "energy_per_output_token_j", "saving_vs_static_max", "slo_attainment",
-            "ttft_attainment", "itl_attainment", "ttft_p99_ms", "itl_p99_ms"}
+    keys = {
+        "energy_j",
+        "energy_per_output_token_j",
+        "saving_vs_static_max",
+        "slo_attainment",
+        "ttft_attainment",
+        "itl_attainment",
+        "ttft_p99_ms",
+        "itl_p99_ms",
+    }
     for name in ("static-max", "ecofreq", "voltana"):
         assert keys <= set(data["policies"][name]), name
         assert data["policies"][name]["finished"] == data["workload"]["requests"]
@@ -48,14 +73,35 @@ def test_sim_cli_on_a_trace_slice(tmp_path: Path) -> None:
 def test_sim_cli_synthetic_sweep(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     proc = _voltana(
-        "sim", "--synthetic", "poisson", "--rate", "2", "--duration", "15", "--cluster", "1p1d",
-        "--policies", "static-max,static-min", "--sweep-rate", "1,2", "--sweep-slo", "1",
-        "--no-oracle", "--quick-profile", "--no-progress", "--out", str(out),
+        "sim",
+        "--synthetic",
+        "poisson",
+        "--rate",
+        "2",
+        "--duration",
+        "15",
+        "--cluster",
+        "1p1d",
+        "--policies",
+        "static-max,static-min",
+        "--sweep-rate",
+        "1,2",
+        "--sweep-slo",
+        "1",
+        "--no-oracle",
+        "--quick-profile",
+        "--no-progress",
+        "--out",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads((out / "sweep.json").read_text())
     assert {(r["rate_scale"], r["policy"]) for r in rows} == {
-        (1.0, "static-max"), (1.0, "static-min"), (2.0, "static-max"), (2.0, "static-min")}
+        (1.0, "static-max"),
+        (1.0, "static-min"),
+        (2.0, "static-max"),
+        (2.0, "static-min"),
+    }
     assert "| rate x |" in (out / "sweep.md").read_text()
 
 
