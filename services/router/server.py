@@ -251,7 +251,7 @@ class Router:
                 m.telemetry_age.labels(w.name).set(-1 if age is None else age)
                 if self.bus.connected:
                     msg = self.state.instance_state(w.name, now, t_ns)
-                    self.bus.publish(subjects.router_state(msg.role, w.name), msg)
+                    self.bus.publish(subjects.router_state(msg.role, msg.instance), msg)
             m.in_flight.set(self._active)
             m.queued.set(self._waiting)
             await asyncio.sleep(0.01)

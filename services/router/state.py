@@ -83,10 +83,16 @@ class WorkerState:
     itl_samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=4096))
     seq: int = 0
     windows: tuple[float, LatencyWindow | None, LatencyWindow | None] | None = None
+    bus_name: str | None = None  # the instance's name in telemetry, once learnt
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def published_name(self) -> str:
+        """The name the rest of the system knows this instance by (telemetry's, else ours)."""
+        return self.bus_name or self.spec.name
 
     def available(self, now: float) -> bool:
         return self.healthy and self.breaker.allows(now)
@@ -241,6 +247,7 @@ class ClusterState:
             return False
         if msg.instance != w.name:
             self.aliases[msg.instance] = w.name
+            w.bus_name = msg.instance
         w.engine, w.engine_at = msg, now
         return True
 
@@ -303,7 +310,7 @@ class ClusterState:
         _, ttft, itl = w.windows
         return InstanceState(
             t_ns=t_ns,
-            instance=w.name,
+            instance=w.published_name,
             role="prefill" if w.spec.role == "prefill" else "decode",
             url=w.spec.url,
             seq=w.seq,

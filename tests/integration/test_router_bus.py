@@ -138,7 +138,12 @@ async def test_publishes_decisions_records_and_state(workers: dict[str, Any],
         async with aiohttp.ClientSession() as s, s.get(r.url + "/voltana/router/state") as resp:
             js = await resp.json()
         assert js["nats_connected"] is True
-        assert {i["instance"] for i in js["instances"]} == {pname, dname}
+        # once telemetry names the instance, the router publishes under that name, so
+        # the controllers (which know instances by their telemetry names) can use it
+        assert {i["instance"] for i in js["instances"]} == {pname, "decode-0"}
+        await wait_for(lambda: got["state"][-1][1] == subjects.router_state("decode", "decode-0")
+                       or any(s == subjects.router_state("decode", "decode-0")
+                              for _, s, _ in got["state"][-3:]), 5)  # fmt: skip
     finally:
         await r.stop()
         await bus.close()
