@@ -96,6 +96,7 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     telemetry_stale_s: float = 2.0
     latency_window_s: float = 10.0
     upstream_connections: int = 0  # 0 = unlimited pool
+    shutdown_timeout_s: float = 5.0  # in-flight requests get this long at shutdown
     # CPython's cyclic GC pauses the event loop for tens of ms under load; the service
     # freezes start-up objects and collects less often (None = interpreter defaults)
     gc_threshold: tuple[int, int, int] | None = (50_000, 50, 100)

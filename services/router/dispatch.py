@@ -127,6 +127,13 @@ class Pd:
             out.status, out.error = "cancelled", "client disconnected"
             r.metrics.cancelled.inc()
             raise
+        except Exception as exc:  # a bug must cost one request, not the router
+            out.status, out.error = "error", f"router error: {type(exc).__name__}: {exc}"
+            log.exception("dispatch_failed", request_id=rid)
+            if out.bytes_sent:
+                raise
+            return web.Response(status=500, body=proto.error_body(out.error, code=500),
+                                content_type="application/json")  # fmt: skip
         finally:
             r.on_finished(rreq, info, path, out, arrival, arrival_ns)
 
@@ -170,8 +177,10 @@ class Pd:
                 out.ttft_s = time.monotonic() - arrival
                 if info.return_logprob:
                     data = await self._merge_logprobs(p_task, data)
-                obj = proto.decode(data) if data else None
-                out.output_tokens = proto.completion_tokens(obj) or 0
+                try:
+                    out.output_tokens = proto.completion_tokens(proto.decode(data)) or 0
+                except proto.ProtocolError:
+                    out.output_tokens = 0  # not JSON: passed through as the worker sent it
                 return web.Response(status=200, body=data, content_type=d_resp.content_type)
             return await self._stream(request, d_resp, p_task, info, rreq, dname, arrival, out)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -221,8 +230,7 @@ class Pd:
     @staticmethod
     async def _raise_if_prefill_failed(p_task: asyncio.Task[bytes], wait_s: float = 1.0) -> None:
         """Before passing a decode error on, give the prefill a moment to show it failed."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(p_task), wait_s)
+        await asyncio.wait({p_task}, timeout=wait_s)  # neither raises nor cancels it
         if p_task.done() and not p_task.cancelled():
             exc = p_task.exception()
             if isinstance(exc, PrefillFailed):
@@ -263,7 +271,8 @@ class Pd:
 
     async def _merge_logprobs(self, p_task: asyncio.Task[bytes], data: bytes) -> bytes:
         try:
-            pdata = await asyncio.wait_for(asyncio.shield(p_task), 5.0)
+            await asyncio.wait({p_task}, timeout=5.0)
+            pdata = p_task.result()  # raises when it failed or is still running
             return proto.encode(proto.merge_logprobs(proto.decode(pdata), proto.decode(data)))
         except Exception:
             return data

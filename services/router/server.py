@@ -88,6 +88,7 @@ class Router:
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Event()
+        self._stopping = False
         self.session: aiohttp.ClientSession
         self.port = cfg.port
 
@@ -118,7 +119,8 @@ class Router:
                                              auto_decompress=False,
                                              cookie_jar=aiohttp.DummyCookieJar())  # fmt: skip
         await self.bus.start()
-        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None,
+                                     shutdown_timeout=self.cfg.shutdown_timeout_s)  # fmt: skip
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, backlog=4096)
         await site.start()
@@ -134,13 +136,19 @@ class Router:
         return self
 
     async def stop(self) -> None:
+        self._stopping = True
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=2.0)
+            if pending:
+                log.warning("router_tasks_did_not_stop", tasks=[t.get_name() for t in pending])
         if self._runner is not None:
+            t0 = time.monotonic()
             await self._runner.cleanup()
+            if time.monotonic() - t0 > 1.0:
+                log.warning("router_slow_shutdown", waited_s=round(time.monotonic() - t0, 2),
+                            in_flight=self._active)  # fmt: skip
         await self.bus.stop()
         await self.session.close()
         log.info("router_stopped")
@@ -236,9 +244,11 @@ class Router:
         period = 0.9 / self.cfg.state_publish_hz  # 10% margin: late wake-ups keep the rate
         m = self.metrics
         next_due = time.monotonic()
-        while True:
+        while not self._stopping:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), max(next_due - time.monotonic(), 0))
+                async with asyncio.timeout(max(next_due - time.monotonic(), 0)):
+                    await self._changed.wait()
             self._changed.clear()
             now = time.monotonic()
             next_due = now + period
@@ -270,7 +280,7 @@ class Router:
             self._changed.set()
 
     async def _health_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.gather(*(self._check(w) for w in self.state.workers.values()))
             await asyncio.sleep(self.cfg.health_check_interval_s)
 
@@ -317,7 +327,8 @@ class Router:
                 return self._err(429, "router queue is full; retry later")
             self._waiting += 1
             try:
-                await asyncio.wait_for(self._sem.acquire(), self.cfg.queue_timeout_s)
+                async with asyncio.timeout(self.cfg.queue_timeout_s):
+                    await self._sem.acquire()
             except TimeoutError:
                 self.metrics.rejected.labels("queue_timeout").inc()
                 return self._err(503, "timed out waiting for a free slot")

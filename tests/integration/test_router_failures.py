@@ -172,8 +172,10 @@ async def test_prefill_500_ends_request_with_error_and_cancels_decode(
             body = await resp.json()
         assert time.monotonic() - t0 < 3
         assert resp.status == 500 and "prefill failed" in body["error"]["message"]
-        # the decode side was cancelled: nothing left running there, one abort counted
-        await wait_for(lambda: engine_counts(real["decode"]) == (0, aborted0 + 1), 5)
+        # the decode side was cancelled: nothing left running there (it was aborted, or
+        # closed before it even reached the worker: the 500 can come back that fast)
+        await wait_for(lambda: engine_counts(real["decode"])[0] == 0, 5)
+        assert engine_counts(real["decode"])[1] in (aborted0, aborted0 + 1)
         st = r.state.workers[r.cfg.prefill[0].name]
         assert st.breaker.failures == 1 and st.in_flight_requests == 0
     finally:
