@@ -6,7 +6,7 @@ the lowest clock (ties: fewest requests). Otherwise, among the instances using
 the fewest buckets, take the fullest one to which one more request opens no
 new bucket; if every such instance sits exactly on a boundary, the fullest
 instance anywhere with room left in its open bucket; else the emptiest (the
-released code leaves that case open; this is our reading).
+published description does not cover that case; this is our reading).
 """
 
 from __future__ import annotations
