@@ -56,6 +56,7 @@ def main() -> int:
     ap.add_argument("--scaling-window", type=float, default=120.0)
     ap.add_argument("--sizes", default="2,4,8,16,32,64")
     ap.add_argument("--scaling-policy", default="voltana")
+    ap.add_argument("--skip-trace", action="store_true", help="only the scaling part")
     args = ap.parse_args()
     if not Path(args.trace).is_file():
         print(f"skipped: trace {args.trace} not found (needs ../shared/data)", file=sys.stderr)
@@ -75,7 +76,7 @@ def main() -> int:
         "| energy kJ | SLO att. |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for control in args.controls.split(","):
+    for control in [] if args.skip_trace else args.controls.split(","):
         for name in args.policies.split(","):
             r = _one(wl, POLICIES[name], replace(cfg, control=control), profile)
             print(
