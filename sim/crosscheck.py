@@ -115,3 +115,56 @@ def compare(
             {"figure": k, "sim": s, "live": lv, "diff": round(diff, 5), "ok": diff <= rel_tol}
         )
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m voltana.sim.crosscheck --trace T [--window 0,60] [--live live.json]``.
+
+    Prints the simulator's figures as JSON; with ``--live`` (a JSON object with
+    the same keys, measured on the live services) also the comparison.
+    """
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m voltana.sim.crosscheck")
+    ap.add_argument("--trace", required=True)
+    ap.add_argument("--window", default="0,60", help="START,DURATION seconds")
+    ap.add_argument("--rate-scale", type=float, default=1.0)
+    ap.add_argument("--policy", default="voltana")
+    ap.add_argument("--cluster", default="1p1d")
+    ap.add_argument("--slo-ttft", type=float, default=0.5)
+    ap.add_argument("--slo-itl", type=float, default=0.025)
+    ap.add_argument("--noise", type=float, default=0.0)
+    ap.add_argument("--control", choices=["iteration", "telemetry"], default="telemetry")
+    ap.add_argument("--telemetry-period", type=float, default=0.25)
+    ap.add_argument("--control-lag", type=float, default=0.02)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--live", default=None, help="JSON file with the live figures")
+    ap.add_argument("--tol", type=float, default=0.05)
+    a = ap.parse_args(argv)
+    start, dur = (float(x) for x in a.window.split(","))
+    figs = sim_figures(
+        a.trace,
+        window_s=(start, dur),
+        rate_scale=a.rate_scale,
+        policy=a.policy,
+        slo_ttft_s=a.slo_ttft,
+        slo_itl_s=a.slo_itl,
+        cluster=a.cluster,
+        seed=a.seed,
+        noise=a.noise,
+        control=a.control,
+        telemetry_period_s=a.telemetry_period,
+        control_lag_s=a.control_lag,
+    )
+    out: dict[str, Any] = {"sim": figs}
+    if a.live:
+        with open(a.live, encoding="utf-8") as fh:
+            live = json.load(fh)
+        out["comparison"] = compare(figs, live, rel_tol=a.tol)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
