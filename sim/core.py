@@ -205,7 +205,8 @@ class Simulator:
         inst.command_clock(t + self.cfg.control_lag_s, clock)
 
     def _kick(self, inst: Instance, t: float) -> None:
-        """Start the next iteration on an idle instance (deciding its clock first)."""
+        """Start the next iteration on an idle instance (the controller decides once the
+        batch is formed, in iteration mode)."""
         if inst.running is not None:
             return
         if self.oracle is not None:
@@ -216,9 +217,8 @@ class Simulator:
                 return
             self._push(run.t_end, _ITER, inst)
             return
-        if self.cfg.control == "iteration":
-            self._decide(inst, t)
-        run = inst.start_iteration(t)
+        hook = self._decide if self.cfg.control == "iteration" else None
+        run = inst.start_iteration(t, on_planned=hook)
         if run is not None:
             self._push(run.t_end, _ITER, inst)
 

@@ -121,17 +121,25 @@ class Instance:
 
     # ----- iterations -----------------------------------------------------------------
     def start_iteration(
-        self, t: float, chooser: Callable[[Instance, BatchPlan, float], int] | None = None
+        self,
+        t: float,
+        chooser: Callable[[Instance, BatchPlan, float], int] | None = None,
+        on_planned: Callable[[Instance, float], None] | None = None,
     ) -> IterationRun | None:
         """Plan and cost the next iteration starting at ``t``; None when idle.
 
         A clock change that lands mid-iteration is honoured: the part of the work
         done before it runs at the old clock, the rest at the new one.
-        ``chooser`` (the oracle) sets the clock for this very plan, without lag.
+        ``chooser`` (the oracle) sets the clock for this very plan, without lag;
+        ``on_planned`` (the per-iteration controller) is called once the batch is
+        formed (or found empty), as an in-engine controller runs after the
+        scheduler picked the batch.
         """
         assert self.running is None
         self.apply_pending(t)
         plan = self.engine.next_batch(t)
+        if on_planned is not None:
+            on_planned(self, t)
         if plan is None:
             if self._last_sample_busy:  # the series shows the idle stretch from here
                 self._sample(t, None, force=True)
