@@ -80,6 +80,16 @@ class _Instance:
     decisions: int = 0
 
 
+def _new_work(prev: InstanceState | None, cur: InstanceState) -> bool:
+    """The router holds more work for an instance than at its previous report."""
+    if prev is None:
+        return cur.in_flight_requests > 0 or cur.queued_prefill_tokens > 0
+    return (
+        cur.in_flight_requests > prev.in_flight_requests
+        or cur.queued_prefill_tokens > prev.queued_prefill_tokens
+    )
+
+
 class FreqctlService:
     """Drives the clocks of a set of instances from their telemetry.
 
@@ -248,10 +258,17 @@ class FreqctlService:
             inst.node = g.node
             inst.gpus = tuple(sorted((*inst.gpus, g.gpu)))
 
-    def _on_router(self, st: InstanceState, subject: str) -> None:
+    async def _on_router(self, st: InstanceState, subject: str) -> None:
         inst = self.instances.get(st.instance)
-        if inst is not None:
-            inst.router, inst.router_rx_s = st, self._wall()
+        if inst is None:
+            return
+        prev = inst.router
+        inst.router, inst.router_rx_s = st, self._wall()
+        if inst.tel is not None and _new_work(prev, st):
+            # the router dispatched work here: decide now instead of at the next engine
+            # scrape, so a parked instance wakes within the bus latency (wake on dispatch)
+            self.counts["router_wakes"] += 1
+            await self._decide(inst, publish_decision=False)
 
     def _on_clock_state(self, st: ClockState, subject: str) -> None:
         self._locked[(st.node, st.gpu)] = st.locked_clock_mhz

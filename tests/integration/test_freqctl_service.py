@@ -143,3 +143,30 @@ async def test_kv_live_config_and_bad_values(loop: Loop, emu: str) -> None:
     )
     await feed_until(lambda: gpus_of(emu)[0]["locked_clock_mhz"] is None)
     await kv.delete(subjects.KV_DEFAULT_CONTROLLER_KEY)
+
+
+async def test_router_dispatch_wakes_a_parked_prefill_instance(loop: Loop) -> None:
+    """Work the router dispatches wakes a parked instance without waiting for a scrape."""
+    from voltana.schemas.router import InstanceState
+
+    gpu = 0
+    idle = InstanceTelemetry(
+        t_ns=time.time_ns(), instance="d0", role="prefill", node=NODE,
+        url="http://127.0.0.1:1", seq=1, gpus=[gpu],
+    )  # fmt: skip
+    await loop.client.publish(subjects.telemetry_engine("prefill", "d0"), idle)
+
+    def locked() -> int | None:
+        mine = [s for s in loop.states if s.gpu == gpu and s.status in ("applied", "unchanged")]
+        return mine[-1].locked_clock_mhz if mine else None
+
+    await wait_for(lambda: locked() == MIN, 5)
+    state = InstanceState(
+        t_ns=time.time_ns(), instance="d0", role="prefill", url="http://127.0.0.1:1", seq=1,
+        in_flight_requests=2, queued_prefill_tokens=12000, oldest_wait_s=0.05,
+    )  # fmt: skip
+    sent = time.monotonic()
+    await loop.client.publish(subjects.router_state("prefill", "d0"), state)
+    await wait_for(lambda: (locked() or 0) > MIN, 0.4)  # well inside one 0.5 s stale window
+    assert loop.freqctl.counts["router_wakes"] >= 1
+    assert time.monotonic() - sent < 0.4
