@@ -11,7 +11,6 @@ import msgspec
 import pytest
 from helpers import wait_for
 from structlog.testing import capture_logs
-
 from voltana.common.bus import Bus, BusOptions, backoff_s
 from voltana.common.errors import BusError
 from voltana.common.natsserver import NatsServer
@@ -203,7 +202,7 @@ def test_cli_tail_prints_json_lines(nats_server: NatsServer) -> None:
             await bus.close()
 
         asyncio.run(publish_until_seen())
-        out, err = proc.communicate(timeout=10)
+        out, _err = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()

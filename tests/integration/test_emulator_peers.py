@@ -13,14 +13,13 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
-from helpers import free_port
+from helpers import free_port, wait_http
 from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
 
 if importlib.util.find_spec("sglang_router") is None:
@@ -37,20 +36,6 @@ class Cluster:
     decode: str
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready in {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +83,8 @@ def cluster() -> Iterator[Cluster]:
             stdout=subprocess.DEVNULL,
         )
         procs.append(decode)
-        _wait_http(f"http://127.0.0.1:{p_port}/health", prefill)
-        _wait_http(f"http://127.0.0.1:{d_port}/health", decode)
+        wait_http(f"http://127.0.0.1:{p_port}/health", prefill)
+        wait_http(f"http://127.0.0.1:{d_port}/health", decode)
         router = subprocess.Popen(
             [
                 sys.executable,
@@ -130,7 +115,7 @@ def cluster() -> Iterator[Cluster]:
         procs.append(router)
         # sglang-router 0.1.5 answers /health with 500 in PD mode ("PrefillDecode mode
         # doesn't use select_first_worker"); /v1/models is proxied once it serves.
-        _wait_http(f"http://127.0.0.1:{r_port}/v1/models", router)
+        wait_http(f"http://127.0.0.1:{r_port}/v1/models", router)
         yield Cluster(
             f"http://127.0.0.1:{r_port}", f"http://127.0.0.1:{p_port}", f"http://127.0.0.1:{d_port}"
         )

@@ -7,14 +7,13 @@ import asyncio
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
-from helpers import free_port, wait_for
+from helpers import free_port, wait_for, wait_http
 from structlog.testing import capture_logs
 from voltana.common.bus import Bus
 from voltana.common.natsserver import NatsServer
@@ -29,18 +28,6 @@ BODY = {"text": "hello there", "stream": True,
         "sampling_params": {"max_new_tokens": 6, "ignore_eos": True}}  # fmt: skip
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready in {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +43,8 @@ def workers() -> Iterator[dict[str, Any]]:
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]  # fmt: skip
     try:
-        _wait_http(f"http://127.0.0.1:{pp}/health", procs[0])
-        _wait_http(f"http://127.0.0.1:{dp}/health", procs[1])
+        wait_http(f"http://127.0.0.1:{pp}/health", procs[0])
+        wait_http(f"http://127.0.0.1:{dp}/health", procs[1])
         yield {"prefill": (f"http://127.0.0.1:{pp}", bp), "decode": f"http://127.0.0.1:{dp}"}
     finally:
         for p in procs:

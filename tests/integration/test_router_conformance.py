@@ -13,7 +13,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import free_port, wait_for
+from helpers import free_port, wait_for, wait_http
 from voltana.services.router.config import RouterConfig, WorkerSpec
 from voltana.services.router.server import Router
 
@@ -35,18 +34,6 @@ class Workers:
     decode: list[str]
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready in {timeout_s} s")
 
 
 def _emulator(role: str, port: int, gpu: int, version: str, boot: int | None = None
@@ -73,7 +60,7 @@ def workers() -> Iterator[dict[str, Workers]]:
             out[v] = Workers(v, [(f"http://127.0.0.1:{pp}", bp)], [f"http://127.0.0.1:{dp}"])
             gpu += 2
         for url, p in procs:
-            _wait_http(url + "/health", p)
+            wait_http(url + "/health", p)
         yield out
     finally:
         for _, p in procs:
@@ -259,7 +246,7 @@ def test_cli_router_with_energy_aware_policies(workers: dict[str, Workers]) -> N
             "--decode", w.decode[0]]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/generate", method="POST",
             data=json.dumps({"text": "hi", "sampling_params": {"max_new_tokens": 3}}).encode(),

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import free_port, wait_for
+from helpers import free_port, wait_for, wait_http
 from prometheus_client.parser import text_string_to_metric_families
 from voltana.services.router.config import RouterConfig, WorkerSpec
 from voltana.services.router.server import Router
@@ -31,18 +31,6 @@ LONG = {"text": "count slowly", "stream": True,
 SHORT = {"text": "hi", "sampling_params": {"max_new_tokens": 3, "ignore_eos": True}}
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready in {timeout_s} s")
 
 
 def _emulator(role: str, port: int, gpu: int, boot: int | None = None) -> subprocess.Popen[bytes]:
@@ -72,8 +60,8 @@ def real() -> Iterator[dict[str, Any]]:
     pp, bp, dp = free_port(), free_port(), free_port()
     procs = [_emulator("prefill", pp, 0, bp), _emulator("decode", dp, 1)]
     try:
-        _wait_http(f"http://127.0.0.1:{pp}/health", procs[0])
-        _wait_http(f"http://127.0.0.1:{dp}/health", procs[1])
+        wait_http(f"http://127.0.0.1:{pp}/health", procs[0])
+        wait_http(f"http://127.0.0.1:{dp}/health", procs[1])
         yield {"prefill": (f"http://127.0.0.1:{pp}", bp), "decode": f"http://127.0.0.1:{dp}"}
     finally:
         _stop(procs)
@@ -206,7 +194,7 @@ async def test_decode_killed_mid_stream_ends_with_error_chunk(real: dict[str, An
     dp = free_port()
     proc = _emulator("decode", dp, 7)
     try:
-        _wait_http(f"http://127.0.0.1:{dp}/health", proc)
+        wait_http(f"http://127.0.0.1:{dp}/health", proc)
         r = await make_router([real["prefill"]], [f"http://127.0.0.1:{dp}"],
                               health_check_interval_s=0.2, health_failure_threshold=1)  # fmt: skip
         try:
