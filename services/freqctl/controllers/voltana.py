@@ -96,6 +96,17 @@ class VoltanaController:
         self.tuning = tuning or VoltanaTuning()
         self._state: dict[str, _State] = {}
         self._idle_floor_w = profile.idle_power_w(self.core.floor_clock_mhz)
+        # Decode ITL coefficients of every bucket at the allowed clocks, flattened
+        # [bucket * n + clock], so the steady-state solver looks a bucket up per clock
+        # with one ``take`` instead of a [n, 6] fancy index (same values).
+        n = len(self.core.index)
+        rows = [
+            profile.decode_coef_rows(np.full(n, float(bk)), self.core.index)
+            for bk in profile.buckets
+        ]
+        self._itl_cols = tuple(np.concatenate([r[:, j] for r in rows]) for j in range(3))
+        self._bucket_arr = np.array(profile.buckets, dtype=np.float64)
+        self._clock_pos = np.arange(n, dtype=np.int64)
 
     def reset(self) -> None:
         self._state.clear()
@@ -213,11 +224,15 @@ class VoltanaController:
         corr = st.decode_correction
         rate = b0 / (corr * core.profile.decode_latency_s(cur, b0, k0))
         cap = max(float(core.profile.buckets[-1]), 2.0 * b0)
+        c0, c1, c2 = self._itl_cols
+        bkt, pos, last = self._bucket_arr, self._clock_pos, len(self._bucket_arr) - 1
 
         def excess(b: FloatArray) -> FloatArray:
-            r = core.profile.decode_coef_rows(b, core.index)
-            itl = corr * np.maximum(r[:, 0] * b + r[:, 1] * kv_per * b + r[:, 2], 1e-6)
-            return rate * itl - b
+            # decode_coef_rows(b, index) column by column: the bucket of ceil(b), >= 1.
+            bi = np.minimum(bkt.searchsorted(np.maximum(1.0, np.ceil(b))), last)
+            at = bi * n + pos
+            itl = np.maximum(c0.take(at) * b + c1.take(at) * kv_per * b + c2.take(at), 1e-6)
+            return rate * (corr * itl) - b
 
         # Bracket the root on the right side of the current batch, so a clock at least
         # as fast as the current one never gets a (rounded-up) larger batch than now.
@@ -234,11 +249,11 @@ class VoltanaController:
                     pts += [float(bk), bk + 1e-6]
             pts.append(cap)
             grid = np.array(pts)
-            m = len(grid)
-            bb = np.repeat(grid, n)
-            r = core.profile.decode_coef_rows(bb, np.tile(core.index, m))
-            itl = corr * np.maximum(r[:, 0] * bb + r[:, 1] * kv_per * bb + r[:, 2], 1e-6)
-            ex = (rate * itl - bb).reshape(m, n)
+            gi = np.minimum(bkt.searchsorted(np.maximum(1.0, np.ceil(grid))), last)
+            at2 = (gi * n)[:, None] + pos
+            bb = grid[:, None]
+            itl2 = np.maximum(c0[at2] * bb + c1[at2] * kv_per * bb + c2[at2], 1e-6)
+            ex = rate * (corr * itl2) - bb
             stop = ex <= 0
             found = stop.any(axis=0)
             first = np.argmax(stop, axis=0)
