@@ -33,6 +33,7 @@ Every knob lives in ``GpuSpec`` (hardware plus how efficiently an engine uses it
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -318,13 +319,10 @@ class GpuModel:
 
     def nearest_clock_mhz(self, clock_mhz: float) -> int:
         """The highest supported clock not above ``clock_mhz`` (min clock if below all)."""
-        best = self._ascending[0]
-        for c in self._ascending:
-            if c <= clock_mhz:
-                best = c
-            else:
-                break
-        return best
+        asc = self._ascending
+        if not clock_mhz >= asc[0]:  # below all (or NaN): the min clock
+            return asc[0]
+        return asc[bisect.bisect_right(asc, clock_mhz) - 1]
 
     def idle_power_w(self, clock_mhz: float) -> float:
         """Power of one idle GPU held at ``clock_mhz`` (static part of the power model)."""
@@ -446,7 +444,7 @@ class GpuModel:
         capped = p > self.gpu.power_limit_w
         if capped:
             # Power rises monotonically with the clock: bisect the supported clocks.
-            lo, hi = 0, self._ascending.index(requested)
+            lo, hi = 0, bisect.bisect_left(self._ascending, requested)
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 fm = self._ascending[mid]
