@@ -237,16 +237,25 @@ class Engine:
             plan = self._prefill_plan()
             if plan is not None:
                 return plan
-        running = [r for r in self.requests.values() if r.phase is Phase.RUNNING]
-        if not running:
+        # One pass: the first max_running_requests running requests, in admission order.
+        cap = self.config.max_running_requests
+        rids: list[str] = []
+        kv = 0
+        running = Phase.RUNNING
+        for r in self.requests.values():
+            if r.phase is running:
+                rids.append(r.rid)
+                kv += r.prefilled_tokens + r.generated_tokens
+                if len(rids) == cap:
+                    break
+        if not rids:
             return None
-        running = running[: self.config.max_running_requests]
         return BatchPlan(
             kind="decode",
-            rids=tuple(r.rid for r in running),
-            batch_size=len(running),
-            new_tokens=len(running),
-            kv_tokens=sum(r.kv_tokens for r in running),
+            rids=tuple(rids),
+            batch_size=len(rids),
+            new_tokens=len(rids),
+            kv_tokens=kv,
         )
 
     def _prefill_plan(self) -> BatchPlan | None:
@@ -307,13 +316,15 @@ class Engine:
                     events.append(EngineEvent(rid, "first_token", now, 1))
                     events.extend(self._maybe_finish(req, now))
             return events
+        requests, running = self.requests, Phase.RUNNING
         for rid in plan.rids:
-            req = self.requests.get(rid)
-            if req is None or req.phase is not Phase.RUNNING:
+            req = requests.get(rid)
+            if req is None or req.phase is not running:
                 continue
-            req.generated_tokens += 1
-            events.append(EngineEvent(rid, "token", now, req.generated_tokens))
-            events.extend(self._maybe_finish(req, now))
+            n = req.generated_tokens = req.generated_tokens + 1
+            events.append(EngineEvent(rid, "token", now, n))
+            if n >= req.output_tokens:
+                events.extend(self._maybe_finish(req, now))
         return events
 
     def kv_arrived(self, rid: str, now: float) -> list[EngineEvent]:
