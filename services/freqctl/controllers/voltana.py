@@ -24,9 +24,11 @@ Past the published method (see docs/freqctl-core.md):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from voltana.schemas.config import ControllerConfig
 from voltana.services.freqctl.controllers.base import (
     ControlDecision,
@@ -96,15 +98,17 @@ class VoltanaController:
         self.tuning = tuning or VoltanaTuning()
         self._state: dict[str, _State] = {}
         self._idle_floor_w = profile.idle_power_w(self.core.floor_clock_mhz)
-        # Decode ITL coefficients of every bucket at the allowed clocks, flattened
-        # [bucket * n + clock], so the steady-state solver looks a bucket up per clock
-        # with one ``take`` instead of a [n, 6] fancy index (same values).
+        # Decode coefficients of every bucket at the allowed clocks, one flat array per
+        # column ([bucket * n + clock]), so the steady-state solver looks a bucket up per
+        # clock with one ``take`` instead of a [n, 6] fancy index (same values).
         n = len(self.core.index)
         rows = [
             profile.decode_coef_rows(np.full(n, float(bk)), self.core.index)
             for bk in profile.buckets
         ]
-        self._itl_cols = tuple(np.concatenate([r[:, j] for r in rows]) for j in range(3))
+        self._coef_cols = tuple(np.concatenate([r[:, j] for r in rows]) for j in range(6))
+        self._itl_cols = self._coef_cols[:3]
+        self._idle_w = profile.idle_power_table_w()[self.core.index]
         self._bucket_arr = np.array(profile.buckets, dtype=np.float64)
         self._clock_pos = np.arange(n, dtype=np.int64)
 
@@ -195,15 +199,35 @@ class VoltanaController:
         # Batches are whole requests: a batch that grows grows to the next integer.
         # ... and never assume it shrinks before it has.
         b_eff = np.where(b_ss > b0, np.maximum(np.ceil(b_ss - 1e-9), b0), b0)
-        r = prof.decode_coef_rows(b_eff, idx)
-        lat = corr * np.maximum(r[:, 0] * b_eff + r[:, 1] * kv_per * b_eff + r[:, 2], 1e-6)
+        if not math.isfinite(b0):  # what decode_coef_rows would refuse
+            raise ValueError("batch_sizes must be finite")
+        c = self._coef_cols
+        at = self._rows_at(b_eff)
+        lat = corr * np.maximum(
+            c[0].take(at) * b_eff + c[1].take(at) * kv_per * b_eff + c[2].take(at), 1e-6
+        )
         # A larger batch is never faster at the same clock, whatever two bucket fits say.
         lat = np.maximum(lat, corr * prof.decode_latency_table_s(b0, k0)[idx])
-        r = prof.decode_coef_rows(b_ss, idx)
-        lat_ss = np.maximum(r[:, 0] * b_ss + r[:, 1] * kv_per * b_ss + r[:, 2], 1e-6)
-        idle = prof.idle_power_table_w()[idx]
-        en_ss = np.maximum(r[:, 3] * b_ss + r[:, 4] * kv_per * b_ss + r[:, 5], idle * lat_ss)
+        at = self._rows_at(b_ss)
+        lat_ss = np.maximum(
+            c[0].take(at) * b_ss + c[1].take(at) * kv_per * b_ss + c[2].take(at), 1e-6
+        )
+        en_ss = np.maximum(
+            c[3].take(at) * b_ss + c[4].take(at) * kv_per * b_ss + c[5].take(at),
+            self._idle_w * lat_ss,
+        )
         return np.where(ok, lat, np.inf), en_ss / lat_ss
+
+    def _rows_at(self, b: FloatArray) -> npt.NDArray[np.intp]:
+        """Flat positions in ``_coef_cols`` of ``decode_coef_rows(b, index)``'s rows.
+
+        The bucket of ceil(b) at each allowed clock; its max(1, .) is left out: buckets
+        are >= 1, so searchsorted maps any size <= 1 to the first bucket either way.
+        """
+        pos = self._clock_pos
+        bi = np.minimum(self._bucket_arr.searchsorted(np.ceil(b)), len(self._bucket_arr) - 1)
+        at: npt.NDArray[np.intp] = bi * len(pos) + pos
+        return at
 
     def _steady_batch(
         self, inp: ControlInput, st: _State, b0: float, k0: float, kv_per: float
@@ -225,13 +249,15 @@ class VoltanaController:
         rate = b0 / (corr * core.profile.decode_latency_s(cur, b0, k0))
         cap = max(float(core.profile.buckets[-1]), 2.0 * b0)
         c0, c1, c2 = self._itl_cols
+        c1 = c1 * kv_per  # the same products as c1[at] * kv_per, taken once per call
         bkt, pos, last = self._bucket_arr, self._clock_pos, len(self._bucket_arr) - 1
 
         def excess(b: FloatArray) -> FloatArray:
-            # decode_coef_rows(b, index) column by column: the bucket of ceil(b), >= 1.
-            bi = np.minimum(bkt.searchsorted(np.maximum(1.0, np.ceil(b))), last)
-            at = bi * n + pos
-            itl = np.maximum(c0.take(at) * b + c1.take(at) * kv_per * b + c2.take(at), 1e-6)
+            # decode_coef_rows(b, index) column by column: the bucket of ceil(b). Its
+            # max(1, .) is left out: buckets are >= 1, so searchsorted maps any size
+            # <= 1 to the first bucket either way.
+            at = np.minimum(bkt.searchsorted(np.ceil(b)), last) * n + pos
+            itl = np.maximum(c0.take(at) * b + c1.take(at) * b + c2.take(at), 1e-6)
             return rate * (corr * itl) - b
 
         # Bracket the root on the right side of the current batch, so a clock at least
@@ -249,10 +275,10 @@ class VoltanaController:
                     pts += [float(bk), bk + 1e-6]
             pts.append(cap)
             grid = np.array(pts)
-            gi = np.minimum(bkt.searchsorted(np.maximum(1.0, np.ceil(grid))), last)
+            gi = np.minimum(bkt.searchsorted(np.ceil(grid)), last)
             at2 = (gi * n)[:, None] + pos
             bb = grid[:, None]
-            itl2 = np.maximum(c0[at2] * bb + c1[at2] * kv_per * bb + c2[at2], 1e-6)
+            itl2 = np.maximum(c0[at2] * bb + c1[at2] * bb + c2[at2], 1e-6)
             ex = rate * (corr * itl2) - bb
             stop = ex <= 0
             found = stop.any(axis=0)
