@@ -89,6 +89,11 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--control-lag", type=float, default=0.003, help="decision -> clock (s)")
     run.add_argument("--telemetry-period", type=float, default=0.25, help="seconds")
+    run.add_argument(
+        "--no-wake-on-dispatch",
+        action="store_true",
+        help="telemetry control: decide on telemetry samples only (not on prefill dispatch)",
+    )
     run.add_argument("--no-oracle", action="store_true", help="skip the oracle reference")
     run.add_argument(
         "--quick-profile",
@@ -163,6 +168,7 @@ def main(args: argparse.Namespace) -> int:
         control=args.control,
         control_lag_s=args.control_lag,
         telemetry_period_s=args.telemetry_period,
+        wake_on_dispatch=not args.no_wake_on_dispatch,
     )
     specs = parse_policies(args.policies)
     console.print(f"[bold]workload[/] {wl.summary()}  [bold]cluster[/] {cluster}")

@@ -16,8 +16,10 @@ Events (a heap ordered by time, then insertion):
 Clock control, per instance, with the very controllers of freqctl:
 ``control="iteration"`` decides before every engine iteration and on wake/idle
 from fresh state (the in-engine placement of the published method);
-``control="telemetry"`` decides only on telemetry samples (what the NATS
-deployment does). Either way a decision takes effect ``control_lag_s`` later
+``control="telemetry"`` decides on telemetry samples and, with
+``wake_on_dispatch`` (the default, as the freqctl service does on the router's
+state), on each dispatch to a prefill instance (what the NATS deployment
+does). Either way a decision takes effect ``control_lag_s`` later
 (bus + NVML), possibly in the middle of an iteration.
 """
 
@@ -87,6 +89,7 @@ class SimConfig:
     control: Literal["iteration", "telemetry"] = "iteration"
     control_lag_s: float = 0.003  # decision -> clock in effect (NVML apply ~3 ms)
     telemetry_period_s: float = 0.25  # router (and telemetry-mode controller) refresh
+    wake_on_dispatch: bool = True  # telemetry mode: a prefill dispatch asks the controller too
     observed_window_s: float = 1.0  # span of observed TTFT/ITL fed to controllers
     max_running_requests: int = 256
     chunked_prefill_size: int = 8192
@@ -302,6 +305,11 @@ class Simulator:
             self._awaiting_first[inst.name][rr.request_id] = t
         self._admit_decode(d, t)
         self._kick(p, t)
+        if self.cfg.control == "telemetry" and self.cfg.wake_on_dispatch:
+            # the live freqctl decides when the router reports new work for an instance
+            # (its queued prefill tokens and waits), a bus hop after the dispatch: by then
+            # the engine has taken the request into its batch
+            self._decide(p, t)
 
     def _admit_decode(self, d: Instance, t: float) -> None:
         for ev in d.engine.admit(t):
