@@ -123,7 +123,13 @@ class LocalCluster:
         self._logs.append(out)
         env = dict(os.environ, VOLTANA_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "voltana", *args], stdout=out, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "voltana", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # own session: a terminal's Ctrl-C reaches only `voltana up`, which then stops
+            # the children in order (router first, actuator resetting clocks, workers last)
+            start_new_session=True,
         )
         self.procs[name] = proc
         log.info("started", process=name, pid=proc.pid)
