@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,12 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from voltana.common.ports import free_port
 
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -33,17 +33,10 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from voltana.common.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Procs:

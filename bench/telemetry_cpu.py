@@ -34,12 +34,7 @@ from typing import Any
 @contextlib.contextmanager
 def _emulator(k: int, tp: int) -> Iterator[str]:
     """One `voltana emulator` subprocess (GPUs k*tp..), stopped by PID afterwards."""
-    import socket
-
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+    from voltana.common.ports import free_port
 
     port = free_port()
     gpu_ids = ",".join(str(k * tp + i) for i in range(tp))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,14 +26,9 @@ from typing import IO, Any
 from voltana.common.errors import VoltanaError
 from voltana.common.logs import get_logger
 from voltana.common.natsserver import NatsServer
+from voltana.common.ports import free_port
 
 log = get_logger("up")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 async def _setup_nats(url: str) -> None:
