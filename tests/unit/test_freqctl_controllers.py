@@ -362,7 +362,7 @@ def test_decode_is_judged_at_the_batch_a_clock_settles_at() -> None:
     d = volt.decide(inp, 0.0)
     assert d.rule == "feasible" and d.clock_mhz > eco.clock_mhz
     # EcoFreq's clock fits only at today's batch; at its steady batch it misses.
-    b = volt._steady_batch(inp, volt.state_of("d"), 32.0, 32_000.0, 1000.0)
+    b = volt.steady_decode(inp).batch
     i_eco = list(volt.core.clocks).index(eco.clock_mhz)
     assert b[i_eco] > 40
     assert prof.decode_latency_s(eco.clock_mhz, b[i_eco], b[i_eco] * 1000) > 0.03 * 0.9

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +38,7 @@ from voltana.services.freqctl.controllers.base import (
     DecisionRule,
     FloatArray,
 )
+from voltana.services.freqctl.controllers.steady import DecodeSteadyState, SteadyDecode
 from voltana.services.freqctl.profile import Profile
 
 __all__ = ["VoltanaController", "VoltanaTuning"]
@@ -63,11 +65,29 @@ class VoltanaTuning:
     steady_state_decode: bool = True
     """Judge decode clocks at the batch they settle at (see ``predict``); False: at the
     current batch, like EcoFreq."""
-    steady_state_iters: int = 10
     prefill_queue_lookahead: bool = False
     """Prefill with a waiting queue: instead of the safe (fastest) clock, require the
     whole backlog (queued + running prompt tokens) to finish within the oldest
     request's remaining TTFT budget, and pick the cheapest clock that does."""
+
+
+class _Pred(NamedTuple):
+    """Predictions at every allowed clock (prefill energy: None on decode instances)."""
+
+    dec_l: FloatArray
+    pre_l: FloatArray
+    cost: FloatArray
+    pre_e: FloatArray | None
+
+
+class _Plan(NamedTuple):
+    """Predictions with the budgets they were judged against."""
+
+    pred: _Pred
+    itl_b: float
+    pre_b: float
+    fits: npt.NDArray[np.bool_]
+    any_fit: bool
 
 
 @dataclass(slots=True)
@@ -98,19 +118,10 @@ class VoltanaController:
         self.tuning = tuning or VoltanaTuning()
         self._state: dict[str, _State] = {}
         self._idle_floor_w = profile.idle_power_w(self.core.floor_clock_mhz)
-        # Decode coefficients of every bucket at the allowed clocks, one flat array per
-        # column ([bucket * n + clock]), so the steady-state solver looks a bucket up per
-        # clock with one ``take`` instead of a [n, 6] fancy index (same values).
-        n = len(self.core.index)
-        rows = [
-            profile.decode_coef_rows(np.full(n, float(bk)), self.core.index)
-            for bk in profile.buckets
-        ]
-        self._coef_cols = tuple(np.concatenate([r[:, j] for r in rows]) for j in range(6))
-        self._itl_cols = self._coef_cols[:3]
-        self._idle_w = profile.idle_power_table_w()[self.core.index]
-        self._bucket_arr = np.array(profile.buckets, dtype=np.float64)
-        self._clock_pos = np.arange(n, dtype=np.int64)
+        self._steady = DecodeSteadyState(profile, self.core.index)
+        self._clock_pos = {int(c): i for i, c in enumerate(self.core.clocks)}
+        self._zeros = np.zeros(len(self.core.index))
+        self._zeros.flags.writeable = False
 
     def reset(self) -> None:
         self._state.clear()
@@ -173,138 +184,75 @@ class VoltanaController:
         prefill above the parked idle power over its duration (J). A unified
         instance adds the prefill cost spread over the TTFT target.
         """
+        p = self._predict(inp, st if st is not None else self.state_of(inp.instance))
+        return p.dec_l, p.pre_l, p.cost
+
+    def _predict(self, inp: ControlInput, st: _State) -> _Pred:
         core = self.core
-        st = st if st is not None else self.state_of(inp.instance)
-        prof, idx = core.profile, core.index
-        n = len(idx)
-        dec_l, pre_l, cost = np.zeros(n), np.zeros(n), np.zeros(n)
+        zeros = self._zeros
+        dec_l, pre_l, cost, pre_e = zeros, zeros, zeros, None
         if inp.role != "prefill":
             dec_l, cost = self._decode_steady(inp, st)
         if inp.role != "decode":
+            prof, idx = core.profile, core.index
             t = float(inp.prefill_tokens or 0.0)
             pre_l = prof.prefill_latency_table_s(t)[idx]
-            extra = prof.prefill_energy_table_j(t)[idx] - self._idle_floor_w * pre_l
+            pre_e = prof.prefill_energy_table_j(t)[idx]
+            extra = pre_e - self._idle_floor_w * pre_l
             cost = cost + (extra if inp.role == "prefill" else extra / core.ttft_target_s)
-        return dec_l, pre_l, cost
+        return _Pred(dec_l, pre_l, cost, pre_e)
+
+    def steady_decode(self, inp: ControlInput, st: _State | None = None) -> SteadyDecode:
+        """The batch each allowed clock settles at for the current token throughput.
+
+        Throughput comes from the current batch at the clock that runs it
+        (``b0 / ITL(now)``); see :mod:`.steady`. Without a known current clock or
+        batch, on unified instances (whose iterations mix in prefill chunks) and
+        with ``steady_state_decode`` off, the current batch is assumed everywhere.
+        """
+        st = st if st is not None else self.state_of(inp.instance)
+        b0, k0 = float(inp.batch_size or 0.0), float(inp.kv_tokens or 0.0)
+        if not math.isfinite(b0) or not math.isfinite(k0):
+            raise ValueError("batch_size and kv_tokens must be finite")
+        cur = inp.current_clock_mhz if inp.current_clock_mhz is not None else st.last_clock_mhz
+        itl_cur = None
+        if cur is not None and b0 > 0 and inp.role == "decode" and self.tuning.steady_state_decode:
+            itl_cur = self.core.profile.decode_latency_s(cur, b0, k0)
+        return self._steady.solve(b0, k0, itl_cur)
 
     def _decode_steady(self, inp: ControlInput, st: _State) -> tuple[FloatArray, FloatArray]:
-        core = self.core
-        prof, idx = core.profile, core.index
-        b0, k0 = float(inp.batch_size or 0.0), float(inp.kv_tokens or 0.0)
-        kv_per = k0 / b0 if b0 > 0 else 0.0
-        corr = st.decode_correction
-        b_ss = self._steady_batch(inp, st, b0, k0, kv_per)
-        ok = np.isfinite(b_ss)
-        b_ss = np.where(ok, np.maximum(b_ss, min(b0, 1.0)), b0)
-        # Batches are whole requests: a batch that grows grows to the next integer.
-        # ... and never assume it shrinks before it has.
-        b_eff = np.where(b_ss > b0, np.maximum(np.ceil(b_ss - 1e-9), b0), b0)
-        if not math.isfinite(b0):  # what decode_coef_rows would refuse
-            raise ValueError("batch_sizes must be finite")
-        c = self._coef_cols
-        at = self._rows_at(b_eff)
-        lat = corr * np.maximum(
-            c[0].take(at) * b_eff + c[1].take(at) * kv_per * b_eff + c[2].take(at), 1e-6
-        )
-        # A larger batch is never faster at the same clock, whatever two bucket fits say.
-        lat = np.maximum(lat, corr * prof.decode_latency_table_s(b0, k0)[idx])
-        at = self._rows_at(b_ss)
-        lat_ss = np.maximum(
-            c[0].take(at) * b_ss + c[1].take(at) * kv_per * b_ss + c[2].take(at), 1e-6
-        )
-        en_ss = np.maximum(
-            c[3].take(at) * b_ss + c[4].take(at) * kv_per * b_ss + c[5].take(at),
-            self._idle_w * lat_ss,
-        )
-        return np.where(ok, lat, np.inf), en_ss / lat_ss
+        """(corrected ITL, steady-state power) per clock; ITL is inf where unsustainable.
 
-    def _rows_at(self, b: FloatArray) -> npt.NDArray[np.intp]:
-        """Flat positions in ``_coef_cols`` of ``decode_coef_rows(b, index)``'s rows.
-
-        The bucket of ceil(b) at each allowed clock; its max(1, .) is left out: buckets
-        are >= 1, so searchsorted maps any size <= 1 to the first bucket either way.
+        ITL is judged at the larger of the current batch and the settled one, and a
+        batch that grows grows to the next whole request: it never assumes the
+        batch shrinks before it has.
         """
-        pos = self._clock_pos
-        bi = np.minimum(self._bucket_arr.searchsorted(np.ceil(b)), len(self._bucket_arr) - 1)
-        at: npt.NDArray[np.intp] = bi * len(pos) + pos
-        return at
+        b0 = float(inp.batch_size or 0.0)
+        ss = self.steady_decode(inp, st)
+        b, now = ss.batch, ss.itl_now_s
+        finite = np.isfinite(b)
+        grown = finite & (b > b0)
+        if grown.any():
+            b_eff = np.where(grown, np.maximum(np.ceil(b - 1e-9), b0), b0)
+            # A larger batch is never faster at the same clock, whatever two bucket fits say.
+            later = np.maximum(ss.seg_slope * b_eff + ss.seg_const, now)
+            itl = np.where(grown, later, now)
+        else:
+            itl = now
+        lat = st.decode_correction * itl
+        if not finite.all():
+            lat = np.where(finite, lat, np.inf)
+        return lat, ss.power_w
 
-    def _steady_batch(
-        self, inp: ControlInput, st: _State, b0: float, k0: float, kv_per: float
-    ) -> FloatArray:
-        """Batch size each clock settles at for the current token throughput (inf: never).
-
-        Throughput comes from the current batch at the clock that ran it:
-        ``rate = b0 / ITL(now)``; at clock f the batch solves ``B = rate * ITL(f, B)``,
-        found by bisection (ITL grows with B). Without a known current clock or
-        batch, and on unified instances (whose iterations mix in prefill chunks),
-        the current batch is assumed everywhere.
-        """
-        core = self.core
-        n = len(core.index)
-        cur = inp.current_clock_mhz if inp.current_clock_mhz is not None else st.last_clock_mhz
-        if cur is None or b0 <= 0 or inp.role != "decode" or not self.tuning.steady_state_decode:
-            return np.full(n, b0)
-        corr = st.decode_correction
-        rate = b0 / (corr * core.profile.decode_latency_s(cur, b0, k0))
-        cap = max(float(core.profile.buckets[-1]), 2.0 * b0)
-        c0, c1, c2 = self._itl_cols
-        c1 = c1 * kv_per  # the same products as c1[at] * kv_per, taken once per call
-        bkt, pos, last = self._bucket_arr, self._clock_pos, len(self._bucket_arr) - 1
-
-        def excess(b: FloatArray) -> FloatArray:
-            # decode_coef_rows(b, index) column by column: the bucket of ceil(b). Its
-            # max(1, .) is left out: buckets are >= 1, so searchsorted maps any size
-            # <= 1 to the first bucket either way.
-            at = np.minimum(bkt.searchsorted(np.ceil(b)), last) * n + pos
-            itl = np.maximum(c0.take(at) * b + c1.take(at) * b + c2.take(at), 1e-6)
-            return rate * (corr * itl) - b
-
-        # Bracket the root on the right side of the current batch, so a clock at least
-        # as fast as the current one never gets a (rounded-up) larger batch than now.
-        grows = excess(np.full(n, b0)) > 1e-9 * b0
-        lo = np.where(grows, b0, 0.0)
-        hi = np.where(grows, cap, b0)
-        ok = ~grows
-        if grows.any():
-            # ITL is piecewise linear in B (one piece per bucket, steps between): the
-            # first point past b0 where the batch stops growing brackets the root.
-            pts = [b0]
-            for bk in core.profile.buckets:
-                if b0 < bk < cap:
-                    pts += [float(bk), bk + 1e-6]
-            pts.append(cap)
-            grid = np.array(pts)
-            gi = np.minimum(bkt.searchsorted(np.ceil(grid)), last)
-            at2 = (gi * n)[:, None] + pos
-            bb = grid[:, None]
-            itl2 = np.maximum(c0[at2] * bb + c1[at2] * bb + c2[at2], 1e-6)
-            ex = rate * (corr * itl2) - bb
-            stop = ex <= 0
-            found = stop.any(axis=0)
-            first = np.argmax(stop, axis=0)
-            ok = ok | (grows & found)
-            j = np.maximum(first, 1)
-            lo = np.where(grows & found, grid[j - 1], lo)
-            hi = np.where(grows & found, grid[j], hi)
-        for _ in range(self.tuning.steady_state_iters):
-            mid = 0.5 * (lo + hi)
-            up = excess(mid) > 0
-            lo = np.where(up, mid, lo)
-            hi = np.where(up, hi, mid)
-        return np.where(ok, hi, np.inf)
-
-    def _power_w(self, inp: ControlInput, i: int) -> float:
+    def _power_w(self, inp: ControlInput, i: int, pre: _Pred) -> float:
         """Predicted instance power while running the current work at allowed clock ``i``."""
-        prof = self.core.profile
-        clock = int(self.core.clocks[i])
         p = 0.0
         if inp.role != "prefill" and (inp.batch_size or 0) > 0:
             b, k = float(inp.batch_size or 0), float(inp.kv_tokens or 0)
-            p = max(p, prof.decode_power_w(clock, b, k))
-        if inp.role != "decode" and (inp.prefill_tokens or 0) > 0:
-            p = max(p, prof.prefill_power_w(clock, float(inp.prefill_tokens or 0)))
-        return p or prof.idle_power_w(clock)
+            p = self._steady.power_now_w(i, b, k)
+        if pre.pre_e is not None and (inp.prefill_tokens or 0) > 0:
+            p = max(p, float(pre.pre_e[i] / pre.pre_l[i]))
+        return p or self._steady.idle_w(i)
 
     def decide(self, inp: ControlInput, now: float) -> ControlDecision:
         core = self.core
@@ -317,25 +265,30 @@ class VoltanaController:
         if core.is_idle(inp):
             i_target = 0
             return self._finish(inp, st, now, i_target, None, "idle", "idle: park at lowest clock")
-        dec_l, pre_l, energy = self.predict(inp, st)
+        pred = self._predict(inp, st)
+        dec_l, pre_l, energy = pred.dec_l, pred.pre_l, pred.cost
         itl_b, pre_b = core.budgets(inp, st.itl_scale, st.ttft_scale)
-        fits = (dec_l <= itl_b) & (pre_l <= pre_b)
-        pred = (dec_l, pre_l, energy, itl_b, pre_b, fits)
-        lat = np.maximum(dec_l, pre_l) if inp.role == "unified" else dec_l + pre_l
+        if inp.role == "decode":  # no prefill part: its latency is 0, its budget inf
+            fits, lat = dec_l <= itl_b, dec_l
+        elif inp.role == "prefill":
+            fits, lat = pre_l <= pre_b, pre_l
+        else:
+            fits, lat = (dec_l <= itl_b) & (pre_l <= pre_b), np.maximum(dec_l, pre_l)
+        plan = _Plan(pred, itl_b, pre_b, fits, bool(fits.any()))
         lookahead = self.tuning.prefill_queue_lookahead and inp.role == "prefill"
         if inp.queue_reqs and not lookahead:
             i = self._fastest(lat, energy)
             return self._finish(
-                inp, st, now, i, pred, "queue", f"{inp.queue_reqs} requests waiting: fastest clock"
+                inp, st, now, i, plan, "queue", f"{inp.queue_reqs} requests waiting: fastest clock"
             )
-        if fits.any():
-            i = int(np.argmin(np.where(fits, energy, np.inf)))
+        if plan.any_fit:
+            i = int(np.where(fits, energy, np.inf).argmin())
             why = "lowest predicted energy within budget"
             if inp.queue_reqs:
                 why += f" (whole backlog of {inp.queue_reqs} queued)"
-            return self._finish(inp, st, now, i, pred, "feasible", why)
+            return self._finish(inp, st, now, i, plan, "feasible", why)
         i = self._fastest(lat, energy)
-        return self._finish(inp, st, now, i, pred, "infeasible", "no clock fits: fastest clock")
+        return self._finish(inp, st, now, i, plan, "infeasible", "no clock fits: fastest clock")
 
     def _finish(
         self,
@@ -343,7 +296,7 @@ class VoltanaController:
         st: _State,
         now: float,
         i_target: int,
-        pred: tuple[FloatArray, FloatArray, FloatArray, float, float, FloatArray] | None,
+        plan: _Plan | None,
         rule: DecisionRule,
         why: str,
     ) -> ControlDecision:
@@ -356,14 +309,13 @@ class VoltanaController:
         # A queue is served at once; an idle instance parks at once (parking is free to
         # undo: the first sign of work raises the clock at the next decision).
         if cur is not None and cur != target and rule not in ("queue", "idle"):
-            hits = np.nonzero(clocks == cur)[0]
-            if len(hits):
-                ic = int(hits[0])
-                cur_ok = bool(pred[5][ic]) if pred is not None else True
+            ic = self._clock_pos.get(cur)
+            if ic is not None:
+                cur_ok = bool(plan.fits[ic]) if plan is not None else True
                 raise_needed = target > cur and not cur_ok
                 small = abs(target - cur) < cfg.hysteresis_mhz
                 dwelling = now - st.last_change_t < cfg.min_dwell_s
-                if pred is not None and not pred[5].any():
+                if plan is not None and not plan.any_fit:
                     cur_ok = False  # nothing fits: go where the target says (fastest)
                 if cur_ok and not raise_needed and (small or dwelling):
                     i, rule = ic, "hold"
@@ -372,23 +324,23 @@ class VoltanaController:
                     )
         clock = int(clocks[i])
         self._applied(st, clock, now)
-        if pred is None:
+        if plan is None:
             return ControlDecision(
                 clock_mhz=clock,
                 rule=rule,
                 reason=why,
                 predicted_latency_s=0.0,
-                predicted_power_w=core.profile.idle_power_w(clock),
+                predicted_power_w=self._steady.idle_w(i),
             )
-        dec_l, pre_l, _cost, itl_b, pre_b, _fits = pred
-        d_lat = float(dec_l[i])
-        if not np.isfinite(d_lat):  # the load outgrows every clock: report the next iteration
+        pred = plan.pred
+        d_lat = float(pred.dec_l[i])
+        if not math.isfinite(d_lat):  # the load outgrows every clock: report the next iteration
             d_lat = st.decode_correction * core.profile.decode_latency_s(
                 clock, float(inp.batch_size or 0), float(inp.kv_tokens or 0)
             )
-        lat = core.latency_for_report(inp, d_lat, float(pre_l[i]))
-        budget = core.budget_for_report(inp, itl_b, pre_b)
-        power = self._power_w(inp, i)
+        lat = core.latency_for_report(inp, d_lat, float(pred.pre_l[i]))
+        budget = core.budget_for_report(inp, plan.itl_b, plan.pre_b)
+        power = self._power_w(inp, i, pred)
         eff = core.profile.prefill_effective_clock_mhz(clock) if inp.role != "decode" else clock
         cap = f"; effective ~{eff:.0f} MHz (power cap)" if eff < clock - 15 else ""
         return ControlDecision(
