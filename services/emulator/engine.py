@@ -295,8 +295,12 @@ class Engine:
         )
 
     # ----- progress ----------------------------------------------------------------
-    def complete(self, plan: BatchPlan, now: float) -> list[EngineEvent]:
-        """Apply a finished iteration at time ``now``; aborted requests are skipped."""
+    def complete(self, plan: BatchPlan, now: float, tokens: bool = True) -> list[EngineEvent]:
+        """Apply a finished iteration at time ``now``; aborted requests are skipped.
+
+        ``tokens=False`` leaves out the per-token events of a decode step (the
+        simulator keeps its own per-request token times and needs only finishes).
+        """
         events: list[EngineEvent] = []
         if plan.kind == "prefill":
             for rid, (n, _) in zip(plan.rids, plan.chunks, strict=True):
@@ -322,7 +326,8 @@ class Engine:
             if req is None or req.phase is not running:
                 continue
             n = req.generated_tokens = req.generated_tokens + 1
-            events.append(EngineEvent(rid, "token", now, n))
+            if tokens:
+                events.append(EngineEvent(rid, "token", now, n))
             if n >= req.output_tokens:
                 events.extend(self._maybe_finish(req, now))
         return events

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from voltana.services.emulator.gpu_decode import DecodeTerms
 
 __all__ = [
     "GPUS",
@@ -307,6 +308,7 @@ class GpuModel:
             gpu.max_clock_mhz - i * gpu.clock_step_mhz for i in range(n + 1)
         ]
         self._ascending = sorted(self.supported_clocks_mhz)
+        self._decode_terms = DecodeTerms(self)
 
     # ----- clocks and static power -------------------------------------------------
     @property
@@ -457,6 +459,9 @@ class GpuModel:
             t = self._time_s(w, f)
             # Between two steps the firmware dithers: the average sits at the limit.
             p = min(self._power_w(w, f, t), self.gpu.power_limit_w)
+        return self._noisy(t, p, f, capped)
+
+    def _noisy(self, t: float, p: float, f: int, capped: bool) -> IterCost:
         if self.noise > 0:
             t *= math.exp(self.noise * float(self._rng.standard_normal()))
             p *= math.exp(self.noise / 3.0 * float(self._rng.standard_normal()))
@@ -481,7 +486,11 @@ class GpuModel:
             raise ValueError(
                 f"decode needs batch_size > 0, kv_tokens >= 0: {batch_size}, {kv_tokens}"
             )
-        return self._cost(self._decode_work(batch_size, kv_tokens), clock_mhz)
+        fast = self._decode_terms.time_power(clock_mhz, batch_size, kv_tokens)
+        if fast is None:  # power-capped: find the throttled clock
+            return self._cost(self._decode_work(batch_size, kv_tokens), clock_mhz)
+        f, t, p = fast
+        return self._noisy(t, p, f, False)
 
     def kv_transfer_s(self, tokens: int) -> float:
         """Time to move ``tokens`` of KV from a prefill to a decode instance (TP shards in parallel)."""
