@@ -11,7 +11,10 @@ Events (a heap ordered by time, then insertion):
 - transfer end: the prefill side frees the KV; the decode side receives it and
   emits the first token (TTFT ends here, as a client of SGLang PD sees it);
 - telemetry tick: refreshes what the router sees (and, in ``telemetry``
-  control mode, feeds the clock controllers).
+  control mode, feeds the clock controllers);
+- clock change: a decision taken while an iteration runs lands mid-iteration
+  (as on a GPU); the rest of the iteration runs at the new clock and ends
+  earlier or later.
 
 Clock control, per instance, with the very controllers of freqctl:
 ``control="iteration"`` decides before every engine iteration and on wake/idle
@@ -48,7 +51,7 @@ from voltana.sim.workload import Workload
 
 __all__ = ["ClusterSpec", "SimConfig", "Simulator"]
 
-_ARRIVE, _ITER, _XFER, _TICK = 0, 1, 2, 3
+_ARRIVE, _ITER, _XFER, _TICK, _CLOCK = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +209,10 @@ class Simulator:
         clock = inst.model.max_clock_mhz if dec.default_clocks else dec.clock_mhz
         inst.last_decision_rule = dec.rule
         inst.command_clock(t + self.cfg.control_lag_s, clock)
+        run = inst.running
+        if run is not None and inst.pending is not None and inst.pending[0] < run.t_end:
+            # the GPU changes clock mid-iteration: the rest of it runs at the new clock
+            self._push(inst.pending[0], _CLOCK, inst)
 
     def _kick(self, inst: Instance, t: float) -> None:
         """Start the next iteration on an idle instance (the controller decides once the
@@ -351,7 +358,7 @@ class Simulator:
     def _iteration_done(self, inst: Instance, t: float) -> None:
         run = inst.finish_iteration()
         plan = run.plan
-        events = inst.engine.complete(plan, t)
+        events = inst.engine.complete(plan, t, tokens=False)
         if plan.kind == "prefill":
             for ev in events:
                 if ev.kind == "prefill_done":
@@ -427,7 +434,13 @@ class Simulator:
                 break
             self.now = t
             if kind == _ITER:
+                run = payload.running
+                if run is None or run.t_end != t:
+                    continue  # re-timed by a clock change: a later event ends it
                 self._iteration_done(payload, t)
+            elif kind == _CLOCK:
+                if payload.retime(t):
+                    self._push(payload.running.t_end, _ITER, payload)
             elif kind == _ARRIVE:
                 self._arrive(self._route[payload], self.outcomes[payload], t)
             elif kind == _XFER:

@@ -23,7 +23,13 @@ __all__ = ["Instance", "IterationRun"]
 
 @dataclass(slots=True)
 class IterationRun:
-    """An iteration in flight: what runs, when it ends, and what it costs (instance totals)."""
+    """An iteration in flight: what runs, when it ends, and what it costs (instance totals).
+
+    The ``seg_*`` fields describe the stretch since the last clock change, so a
+    change that lands mid-iteration re-times the rest: ``seg_left`` of the work
+    remained at ``seg_t``, and the whole plan takes ``seg_full_s`` and
+    ``seg_full_j`` at the current clock; ``done_j`` is the energy before ``seg_t``.
+    """
 
     plan: BatchPlan
     t_start: float
@@ -31,6 +37,11 @@ class IterationRun:
     energy_j: float
     clock_mhz: int
     power_w: float
+    seg_t: float = 0.0
+    seg_left: float = 1.0
+    seg_full_s: float = 0.0
+    seg_full_j: float = 0.0
+    done_j: float = 0.0
 
 
 class Instance:
@@ -150,19 +161,45 @@ class Instance:
             self._set_clock(t, chooser(self, plan, t))
         cost = self._cost(plan, self.clock_mhz)
         dur, energy = cost.time_s, cost.energy_j * self.tp
+        seg = (t, 1.0, dur, energy, 0.0)
         if self.pending is not None and self.pending[0] < t + dur:
             t_c, new_clock = self.pending
             frac = (t_c - t) / dur
             cost2 = self._cost(plan, new_clock)
             dur2 = (1.0 - frac) * cost2.time_s
+            seg = (t_c, 1.0 - frac, cost2.time_s, cost2.energy_j * self.tp, frac * energy)
             energy = frac * energy + (1.0 - frac) * cost2.energy_j * self.tp
             dur = (t_c - t) + dur2
             self.pending = None
             self.clock_mhz = new_clock
             self.switches += 1
-        run = IterationRun(plan, t, t + dur, energy, self.clock_mhz, energy / dur)
+        run = IterationRun(plan, t, t + dur, energy, self.clock_mhz, energy / dur, *seg)
         self.running = run
         return run
+
+    def retime(self, t: float) -> bool:
+        """Apply a clock change due by ``t`` to the iteration in flight (True: it now ends
+        at a new time). The work left runs at the new clock from the change on."""
+        run = self.running
+        if run is None or self.pending is None or self.pending[0] > t:
+            return False
+        t_c, new_clock = self.pending
+        self.pending = None
+        if new_clock == self.clock_mhz or t_c >= run.t_end:
+            return False
+        t_c = max(t_c, run.seg_t)
+        used = (t_c - run.seg_t) / run.seg_full_s
+        cost = self._cost(run.plan, new_clock)
+        run.done_j += used * run.seg_full_j
+        run.seg_left -= used
+        run.seg_t, run.seg_full_s, run.seg_full_j = t_c, cost.time_s, cost.energy_j * self.tp
+        run.t_end = t_c + run.seg_left * run.seg_full_s
+        run.energy_j = run.done_j + run.seg_left * run.seg_full_j
+        run.power_w = run.energy_j / (run.t_end - run.t_start)
+        run.clock_mhz = self.clock_mhz = new_clock
+        self.switches += 1
+        self._sample(t_c, run.power_w, batch=run.plan.batch_size, force=True)
+        return True
 
     def _cost(self, plan: BatchPlan, clock_mhz: int) -> IterCost:
         if plan.kind == "prefill":

@@ -120,6 +120,35 @@ def test_mid_iteration_clock_change_is_blended() -> None:
     assert inst.clock_mhz == 1980 and inst.switches == 1
 
 
+def test_clock_change_after_the_iteration_started_retimes_its_rest() -> None:
+    # A telemetry-driven decision lands while a long prefill runs: the GPU switches
+    # clock then, not at the next iteration.
+    inst = Instance("p0", "prefill", EngineConfig(role="prefill"), H100, 345)
+    inst.engine.submit("a", prompt_tokens=4000, max_new_tokens=5, now=0.0)
+    run = inst.start_iteration(0.0)
+    assert run is not None
+    slow_s, slow_j = run.t_end, run.energy_j
+    t_c = slow_s / 4
+    inst.command_clock(t_c, 1980)
+    assert not inst.retime(t_c / 2)  # not due yet
+    assert inst.retime(t_c)
+    fast = H100.prefill(1980, 4000)
+    assert run.t_end == pytest.approx(t_c + 0.75 * fast.time_s, rel=0.05)  # new noise draw
+    assert run.t_end < slow_s
+    assert run.energy_j == pytest.approx(0.25 * slow_j + 0.75 * run.seg_full_j, rel=1e-12)
+    assert run.clock_mhz == inst.clock_mhz == 1980 and inst.switches == 1
+    assert not inst.retime(t_c)  # nothing pending any more
+
+
+def test_telemetry_control_acts_within_the_iteration(profile: Profile) -> None:
+    # One long prompt on a parked prefill instance, tight TTFT: the decision on
+    # dispatch must speed up the very prefill it was taken for.
+    cfg = replace(CFG, control="telemetry", slo=SloConfig(ttft_s=0.3, itl_s=0.03))
+    run = run_policy(_wl((1.0, 4000, 20)), POLICIES["voltana"], cfg, profile)
+    ttft = run.requests[0].ttft_s
+    assert ttft is not None and ttft < 0.3
+
+
 def test_control_input_reflects_prefill_queue() -> None:
     inst = Instance(
         "p0", "prefill", EngineConfig(role="prefill", chunked_prefill_size=1024), H100, 1980
