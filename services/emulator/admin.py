@@ -60,6 +60,7 @@ async def set_locked(request: web.Request) -> web.Response:
         g.set_locked_clocks(lo, hi, time.monotonic())
     except GpuError as exc:
         return _err(str(exc), 400)
+    request.app[SERVER_KEY].clocks_changed()
     return web.json_response(g.snapshot(time.monotonic()))
 
 
@@ -68,6 +69,7 @@ async def reset_locked(request: web.Request) -> web.Response:
     if isinstance(g, web.Response):
         return g
     g.reset_locked_clocks(time.monotonic())
+    request.app[SERVER_KEY].clocks_changed()
     return web.json_response(g.snapshot(time.monotonic()))
 
 

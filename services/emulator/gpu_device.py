@@ -93,6 +93,13 @@ class EmulatedGpu:
         self._busy = _Busy(t_start, t_start + cost.time_s, cost)
         self._last_cost = cost
 
+    def switch_busy(self, t_switch: float, cost: IterCost, t_end: float) -> None:
+        """The iteration in flight runs on at ``cost``'s power from ``t_switch`` to ``t_end``."""
+        self.advance(t_switch)
+        if self._busy is not None:
+            self._busy = _Busy(self._busy.t_start, t_end, cost)
+        self._last_cost = cost
+
     def end_busy(self, t_end: float) -> None:
         """The iteration ended at ``t_end`` (later than planned if the host lagged)."""
         if self._busy is not None:

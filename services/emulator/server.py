@@ -27,13 +27,14 @@ import structlog
 from voltana.services.emulator import pd
 from voltana.services.emulator.engine import (
     AdmissionError,
+    BatchPlan,
     Engine,
     EngineConfig,
     EngineEvent,
     iteration_cost,
 )
 from voltana.services.emulator.gpu_device import EmulatedGpu
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
+from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel, IterCost
 from voltana.services.emulator.metrics import SglangMetrics
 
 __all__ = ["EmulatorConfig", "EmulatorServer", "RequestError", "RequestSpec", "TokenUpdate"]
@@ -41,6 +42,11 @@ __all__ = ["EmulatorConfig", "EmulatorServer", "RequestError", "RequestSpec", "T
 log = structlog.get_logger("voltana.emulator")
 _SPIN_S = 0.0012  # asyncio timers have ms resolution: the last stretch is a precise sleep
 _MAX_LAG_S = 0.05  # behind the model's timeline by more than this: restart it
+
+
+def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ class EmulatorServer:
         self._seq = 0
         self._streams: dict[str, _Stream] = {}
         self._wake = asyncio.Event()
+        self._clock_moved: asyncio.Future[bool] | None = None
         self._rng = np.random.default_rng(config.seed)
         self._runner: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -172,13 +179,56 @@ class EmulatorServer:
         return time.monotonic()
 
     # ----- runner ------------------------------------------------------------------
-    async def _sleep_until(self, deadline: float) -> None:
+    async def _sleep_until(self, deadline: float) -> bool:
+        """Sleep to ``deadline``; True when woken early by a clock change (see ``clocks_changed``)."""
         left = deadline - time.monotonic()
         if left > _SPIN_S:
-            await asyncio.sleep(left - _SPIN_S)
+            loop = asyncio.get_running_loop()
+            fut = self._clock_moved = loop.create_future()
+            timer = loop.call_later(left - _SPIN_S, _resolve, fut, False)
+            try:
+                if await fut:
+                    return True
+            finally:
+                timer.cancel()
+                self._clock_moved = None
         left = deadline - time.monotonic()
         if left > 0:
             time.sleep(left)
+        return False
+
+    def clocks_changed(self) -> None:
+        """A GPU's locked clocks changed: the iteration in flight continues at the new clock."""
+        if self._clock_moved is not None:
+            _resolve(self._clock_moved, True)
+
+    async def _run_iteration(
+        self, plan: BatchPlan, start: float, clock: int, cost: IterCost
+    ) -> tuple[float, int, float, int]:
+        """Run ``plan`` from ``start``; -> (planned end, clock at the end, energy J, changes).
+
+        A GPU changes clock within an iteration: when the locked clock moves while it
+        runs, the work left runs at the new clock from then on (as the simulator does).
+        """
+        scale = self.config.time_scale
+        seg_t, left, energy, changes = start, 1.0, 0.0, 0
+        planned_end = start + cost.time_s / scale
+        for g in self.gpus:
+            g.begin_busy(start, cost)
+        while await self._sleep_until(planned_end):
+            new_clock = self.gpus[0].busy_clock_mhz
+            t_c = time.monotonic()
+            if new_clock == clock or t_c >= planned_end:
+                continue
+            used = min((t_c - seg_t) / (cost.time_s / scale), left)
+            energy += used * cost.energy_j
+            left -= used
+            cost = iteration_cost(self.model, plan, new_clock)
+            seg_t, clock, changes = t_c, new_clock, changes + 1
+            planned_end = t_c + left * cost.time_s / scale
+            for g in self.gpus:
+                g.switch_busy(t_c, cost, planned_end)
+        return planned_end, clock, energy + left * cost.energy_j, changes
 
     async def _run(self) -> None:
         """Iterations back to back on the model's timeline.
@@ -205,10 +255,9 @@ class EmulatorServer:
                 start = planned_end
             clock = self.gpus[0].busy_clock_mhz
             cost = iteration_cost(self.model, plan, clock)
-            planned_end = start + cost.time_s / scale
-            for g in self.gpus:
-                g.begin_busy(start, cost)
-            await self._sleep_until(planned_end)
+            planned_end, end_clock, energy_j, changes = await self._run_iteration(
+                plan, start, clock, cost
+            )
             end = time.monotonic()
             for g in self.gpus:
                 g.end_busy(planned_end)
@@ -224,10 +273,12 @@ class EmulatorServer:
                     "new_tokens": plan.new_tokens,
                     "kv_tokens": plan.kv_tokens,
                     "clock_mhz": clock,
+                    "end_clock_mhz": end_clock,
+                    "clock_changes": changes,
                     "effective_clock_mhz": cost.effective_clock_mhz,
-                    "model_time_s": cost.time_s,
-                    "power_w": cost.power_w,
-                    "energy_j": cost.energy_j,
+                    "model_time_s": (planned_end - start) * scale,
+                    "power_w": energy_j / ((planned_end - start) * scale),
+                    "energy_j": energy_j,
                 }
             )
             if plan.kind == "decode":

@@ -155,6 +155,40 @@ async def test_generate_stream_paced_by_the_model(
         assert len((await r.json())["iterations"]) == 2
 
 
+async def test_clock_change_mid_iteration_retimes_it(
+    make_emulator: Factory, http: aiohttp.ClientSession
+) -> None:
+    # A GPU changes clock mid-kernel: a prefill started at the lowest clock and
+    # raised a quarter of the way through finishes far sooner than at the low clock.
+    app = await make_emulator()
+    model = app.server.model
+    lock = url(app, "/voltana/gpus/0/locked_clocks")
+    async with http.post(lock, json={"min_mhz": 345, "max_mhz": 345}) as r:
+        assert r.status == 200
+    slow, fast = model.prefill(345, 8000).time_s, model.prefill(1980, 8000).time_s
+    body = {
+        "input_ids": list(range(8000)),
+        "sampling_params": {"max_new_tokens": 1, "ignore_eos": True},
+    }
+    t0 = time.monotonic()
+    req = asyncio.create_task(http.post(url(app, "/generate"), json=body))
+    await asyncio.sleep(slow / 4)
+    async with http.delete(lock) as r:  # back to default clocks: the maximum
+        assert r.status == 200
+    async with await req as r:
+        assert r.status == 200
+    took = time.monotonic() - t0
+    assert took < slow * 0.25 + fast * 0.75 + 0.15 < slow
+    async with http.get(url(app, "/voltana/iterations?after=0")) as r:
+        it = (await r.json())["iterations"][0]
+    assert it["kind"] == "prefill" and it["clock_mhz"] == 345 and it["end_clock_mhz"] == 1980
+    assert it["clock_changes"] == 1
+    assert it["model_time_s"] == pytest.approx(took, abs=0.1)
+    # Power is the two stretches' blend: between the low clock's and the top clock's.
+    assert model.prefill(345, 8000).power_w < it["power_w"] < model.prefill(1980, 8000).power_w
+    assert it["energy_j"] == pytest.approx(it["power_w"] * it["model_time_s"])
+
+
 async def test_generate_batch_and_openai_routes(
     make_emulator: Factory, http: aiohttp.ClientSession
 ) -> None:
