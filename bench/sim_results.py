@@ -36,6 +36,8 @@ def _one(job: tuple[argparse.Namespace, float, str]) -> tuple[dict[str, Any], li
     wl = window(scale_rate(base, load), 0.0, args.window)
     ttft, itl = SLOS[slo_name]
     cfg = SimConfig(slo=SloConfig(ttft_s=ttft, itl_s=itl), control=args.control)
+    if args.control_lag is not None:
+        cfg = replace(cfg, control_lag_s=args.control_lag)
     t0 = time.perf_counter()
     ev = evaluate(wl, specs, replace(cfg))
     rows = [dict(r, policy=k) for k, r in ev.policies.items()]
@@ -71,7 +73,10 @@ def main() -> int:
     ap.add_argument("--loads", default="1,3,6")
     ap.add_argument("--slos", default="tight,relaxed")
     ap.add_argument("--policies", default="static-max,static-min,ecofreq,voltana-ref,voltana")
-    ap.add_argument("--control", default="iteration")
+    ap.add_argument("--control", default="telemetry", choices=["telemetry", "iteration"])
+    ap.add_argument(
+        "--control-lag", type=float, default=None, help="s (default: SimConfig's, 10 ms)"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench/results/sim_results"))
     ap.add_argument("--jobs", type=int, default=1, help="settings simulated in parallel")
     args = ap.parse_args()

@@ -52,10 +52,11 @@ def main() -> int:
     ap.add_argument("--trace", default=str(DEFAULT_TRACE))
     ap.add_argument("--window", type=float, default=3600.0, help="seconds of trace (part 1)")
     ap.add_argument("--policies", default="static-max,voltana-ref,voltana")
-    ap.add_argument("--controls", default="iteration,telemetry")
+    ap.add_argument("--controls", default="telemetry,iteration")
     ap.add_argument("--scaling-window", type=float, default=120.0)
     ap.add_argument("--sizes", default="2,4,8,16,32,64")
     ap.add_argument("--scaling-policy", default="voltana")
+    ap.add_argument("--scaling-control", default="telemetry", choices=["telemetry", "iteration"])
     ap.add_argument("--skip-trace", action="store_true", help="only the scaling part")
     args = ap.parse_args()
     if not Path(args.trace).is_file():
@@ -86,7 +87,7 @@ def main() -> int:
                 flush=True,
             )
     print(
-        f"\n## scaling: {args.scaling_policy}, rate x (instances / 4), "
+        f"\n## scaling: {args.scaling_policy}, {args.scaling_control} control, rate x (instances / 4), "
         f"{args.scaling_window:.0f} s window"
     )
     print(
@@ -96,7 +97,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.sizes.split(",")):
         half = max(n // 2, 1)
-        c = replace(cfg, cluster=ClusterSpec(half, half))
+        c = replace(cfg, cluster=ClusterSpec(half, half), control=args.scaling_control)
         wl_n = window(scale_rate(base, 2 * half / 4), 0.0, args.scaling_window)
         r = _one(wl_n, POLICIES[args.scaling_policy], c, profile)
         print(

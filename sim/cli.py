@@ -83,11 +83,17 @@ def register(subparsers: Any) -> None:
     run.add_argument("--noise", type=float, default=0.02, help="ground-truth time jitter")
     run.add_argument(
         "--control",
-        choices=["iteration", "telemetry"],
-        default="iteration",
-        help="controller cadence: every engine iteration, or per telemetry sample",
+        choices=["telemetry", "iteration"],
+        default="telemetry",
+        help="controller cadence: telemetry samples and dispatches (the deployment's), or "
+        "every engine iteration (in-engine, as the published method places it)",
     )
-    run.add_argument("--control-lag", type=float, default=0.003, help="decision -> clock (s)")
+    run.add_argument(
+        "--control-lag",
+        type=float,
+        default=0.01,
+        help="decision -> clock in effect (s): bus, actuator and NVML; ~0.003 in-engine",
+    )
     run.add_argument("--telemetry-period", type=float, default=0.25, help="seconds")
     run.add_argument(
         "--no-wake-on-dispatch",
