@@ -36,8 +36,6 @@ class Cluster:
     decode: str
 
 
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     procs: list[subprocess.Popen[bytes]] = []

@@ -28,8 +28,6 @@ BODY = {"text": "hello there", "stream": True,
         "sampling_params": {"max_new_tokens": 6, "ignore_eos": True}}  # fmt: skip
 
 
-
-
 @pytest.fixture(scope="module")
 def workers() -> Iterator[dict[str, Any]]:
     pp, bp, dp = free_port(), free_port(), free_port()

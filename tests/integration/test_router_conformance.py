@@ -34,8 +34,6 @@ class Workers:
     decode: list[str]
 
 
-
-
 def _emulator(role: str, port: int, gpu: int, version: str, boot: int | None = None
               ) -> subprocess.Popen[bytes]:  # fmt: skip
     argv = [sys.executable, "-m", "voltana", "--log-level", "warning", "emulator", "--role", role,

@@ -31,8 +31,6 @@ LONG = {"text": "count slowly", "stream": True,
 SHORT = {"text": "hi", "sampling_params": {"max_new_tokens": 3, "ignore_eos": True}}
 
 
-
-
 def _emulator(role: str, port: int, gpu: int, boot: int | None = None) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "voltana", "--log-level", "warning", "emulator", "--role", role,
             "--host", "127.0.0.1", "--port", str(port), "--gpu-ids", str(gpu),
