@@ -153,7 +153,7 @@ class Profile:
         return float(full), t - full * cap
 
     @staticmethod
-    def _poly(coef: FloatArray, t: float, off: int) -> FloatArray:
+    def _poly(coef: FloatArray, t: float | FloatArray, off: int) -> FloatArray:
         return coef[..., off] * t + coef[..., off + 1] * t * t + coef[..., off + 2]
 
     def _prefill_eval(self, coef: FloatArray, batched_tokens: float, off: int) -> FloatArray:
@@ -251,6 +251,55 @@ class Profile:
             c[:, 0] * batch_size + c[:, 1] * k + c[:, 2], _MIN_LATENCY_S
         )
         return np.maximum(c[:, 3] * batch_size + c[:, 4] * k + c[:, 5], floor)
+
+    # -- many states at once ------------------------------------------------------------
+
+    def decode_tables(
+        self, batch_sizes: npt.ArrayLike, kv_tokens: npt.ArrayLike
+    ) -> tuple[FloatArray, FloatArray]:
+        """(latency [N, clock], energy [N, clock]) of N decode states in one step.
+
+        Row ``i`` equals ``decode_latency_table_s`` / ``decode_energy_table_j`` of
+        ``(batch_sizes[i], kv_tokens[i])``, bit for bit (a router asks this for
+        every candidate of a request).
+        """
+        b = np.asarray(batch_sizes, dtype=np.float64)
+        k = np.asarray(kv_tokens, dtype=np.float64)
+        if not (b.min() >= 0.0 and k.min() >= 0.0 and b.max() < np.inf and k.max() < np.inf):
+            raise ValueError("batch_sizes and kv_tokens must be finite and >= 0")  # NaN too
+        size = np.maximum(1.0, np.ceil(b))
+        bi = np.minimum(np.searchsorted(self._bucket_arr, size, side="left"), len(self.buckets) - 1)
+        c = self._d_tab[bi]  # [N, clock, 6]
+        bb, kk = b[:, None], k[:, None]
+        lat = np.maximum(c[..., 0] * bb + c[..., 1] * kk + c[..., 2], _MIN_LATENCY_S)
+        energy = np.maximum(c[..., 3] * bb + c[..., 4] * kk + c[..., 5], self._i_tab * lat)
+        return lat, energy
+
+    def prefill_tables(self, batched_tokens: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+        """(latency [N, clock], energy [N, clock]) of N prefills in one step.
+
+        Row ``i`` equals ``prefill_latency_table_s`` / ``prefill_energy_table_j`` of
+        ``batched_tokens[i]``, bit for bit.
+        """
+        t = np.asarray(batched_tokens, dtype=np.float64)
+        if not (t.min() >= 0.0 and t.max() < np.inf):
+            raise ValueError("batched_tokens must be finite and >= 0")  # NaN too
+        cap = float(self.prefill_max_batched_tokens)
+        if t.max() <= cap:  # no prompt spans several chunks (the usual case)
+            lat = np.maximum(self._poly(self._p_tab, t[:, None], 0), _MIN_LATENCY_S)
+            return lat, np.maximum(self._poly(self._p_tab, t[:, None], 3), self._i_tab * lat)
+        full = np.where(t > cap, np.floor(t / cap), 0.0)
+        rem = (t - full * cap)[:, None]
+        chunked = (full > 0)[:, None]
+        tail = (rem > 0) & chunked
+
+        def evaluate(off: int) -> FloatArray:
+            whole = self._poly(self._p_tab, cap, off)  # [clock]
+            part = self._poly(self._p_tab, rem, off)  # [N, clock] (rem broadcasts)
+            return np.where(chunked, full[:, None] * whole + np.where(tail, part, 0.0), part)
+
+        lat = np.maximum(evaluate(0), _MIN_LATENCY_S)
+        return lat, np.maximum(evaluate(3), self._i_tab * lat)
 
     # -- idle ---------------------------------------------------------------------------
 

@@ -58,6 +58,10 @@ class ProfileLike(Protocol):
     def prefill_energy_table_j(self, batched_tokens: float) -> FloatArray: ...
     def decode_latency_table_s(self, batch_size: float, kv_tokens: float) -> FloatArray: ...
     def decode_energy_table_j(self, batch_size: float, kv_tokens: float) -> FloatArray: ...
+    def decode_tables(
+        self, batch_sizes: FloatArray, kv_tokens: FloatArray
+    ) -> tuple[FloatArray, FloatArray]: ...
+    def prefill_tables(self, batched_tokens: FloatArray) -> tuple[FloatArray, FloatArray]: ...
     def idle_power_table_w(self) -> FloatArray: ...
 
 
@@ -86,21 +90,40 @@ class ClockChoice:
     feasible: bool
 
 
+IndexArray = np.ndarray[Any, np.dtype[np.intp]]
+BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
+
+
+def cheapest_rows(
+    latency_s: FloatArray,
+    energy_j: FloatArray,
+    budget_s: FloatArray,
+    first: IndexArray | None = None,
+) -> tuple[IndexArray, BoolArray]:
+    """Per row of [N, clock] tables: (clock index, feasible) of the least-energy fit.
+
+    Among clocks at or above ``first[i]`` (default: all) whose latency fits
+    ``budget_s[i]``, the one with the least energy; ties go to the higher clock
+    (more slack for the same energy). When none fits, the top clock (fail safe
+    toward the SLO) with feasible False.
+    """
+    n = latency_s.shape[1]
+    ok = latency_s <= np.asarray(budget_s, dtype=np.float64)[:, None]
+    if first is not None:
+        ok &= np.arange(n) >= np.asarray(first)[:, None]
+    masked = np.where(ok, energy_j, np.inf)
+    # argmin from the top: ties go up, and a row with no fit (all inf) gets the top clock
+    idx: IndexArray = n - 1 - np.argmin(masked[:, ::-1], axis=1)
+    return idx, np.asarray(ok.any(axis=1))
+
+
 def cheapest_within(
     clocks_mhz: tuple[int, ...], latency_s: FloatArray, energy_j: FloatArray, budget_s: float
 ) -> ClockChoice:
-    """Among clocks whose latency fits ``budget_s``, the one with the least energy.
-
-    Ties go to the higher clock (more slack for the same energy). When no clock
-    fits, the top clock (fail safe toward the SLO) with ``feasible`` False.
-    """
-    ok = latency_s <= budget_s
-    if not bool(ok.any()):
-        i = len(clocks_mhz) - 1
-        return ClockChoice(clocks_mhz[i], i, float(latency_s[i]), float(energy_j[i]), False)
-    masked = np.where(ok, energy_j, np.inf)
-    i = int(len(masked) - 1 - np.argmin(masked[::-1]))
-    return ClockChoice(clocks_mhz[i], i, float(latency_s[i]), float(energy_j[i]), True)
+    """``cheapest_rows`` for one table: the least-energy clock fitting ``budget_s``."""
+    idx, ok = cheapest_rows(latency_s[None, :], energy_j[None, :], np.array([budget_s]))
+    i = int(idx[0])
+    return ClockChoice(clocks_mhz[i], i, float(latency_s[i]), float(energy_j[i]), bool(ok[0]))
 
 
 class EcoRoutePolicy(PolicyBase):
@@ -110,71 +133,94 @@ class EcoRoutePolicy(PolicyBase):
         self.profile = profile
         self.slo = slo or SloConfig()
         self.clocks = tuple(profile.clocks_mhz)
+        self._clock_arr = np.array(self.clocks, dtype=np.int64)
+        self._row_cache: dict[int, IndexArray] = {}
         self.idle_tab_w = np.asarray(profile.idle_power_table_w(), dtype=np.float64)
         self.idle_w = float(self.idle_tab_w.min())
 
     # -- decode -------------------------------------------------------------
 
-    def _decode_clock(self, b: int, kv: int, budget_s: float) -> ClockChoice:
-        """The cheapest clock for one iteration of (b, kv) within the ITL budget."""
-        lat = self.profile.decode_latency_table_s(b, kv)
-        en = self.profile.decode_energy_table_j(b, kv)
-        return cheapest_within(self.clocks, lat, en, budget_s)
-
-    def _decode_whatif(self, v: InstanceView, req: RouteRequest) -> WhatIf:
-        budget = self.slo.itl_s * (1.0 - self.slo.margin)
-        b, kv = v.batch_size, v.kv_tokens_est
-        kv1 = kv + max(req.input_tokens, 0)
-        ch1 = self._decode_clock(b + 1, kv1, budget)
-        if b <= 0:
-            # idle: the request's iterations replace idle time at the parked clock
-            f0, e0 = self.profile.min_clock_mhz, self.idle_w * ch1.latency_s
-        else:
-            ch0 = self._decode_clock(b, kv, budget)
-            f0, e0 = ch0.clock_mhz, ch0.energy_j
-        t_max = float(self.profile.decode_latency_table_s(b + 1, kv1)[-1])
+    def _decode_whatifs(self, views: list[InstanceView], req: RouteRequest) -> list[WhatIf]:
+        """Every decode candidate at once: batch b -> b+1, KV kv -> kv + input tokens."""
+        n = len(views)
+        b = np.array([v.batch_size for v in views], dtype=np.float64)
+        kv = np.array([v.kv_tokens_est for v in views], dtype=np.float64)
+        # rows 0..n-1: with the request; rows n..2n-1: as they are
+        lat, en = self.profile.decode_tables(
+            np.concatenate([b + 1, b]), np.concatenate([kv + max(req.input_tokens, 0), kv])
+        )
+        idx, ok = cheapest_rows(lat, en, np.full(2 * n, self.slo.itl_s * (1.0 - self.slo.margin)))
+        pick_l, pick_e = lat[self._rows(2 * n), idx], en[self._rows(2 * n), idx]
+        i1, l1, e1 = idx[:n], pick_l[:n], pick_e[:n]
+        # idle: the request's iterations replace idle time at the parked clock
+        idle = b <= 0
+        e0 = np.where(idle, self.idle_w * l1, pick_e[n:])
+        f0 = np.where(idle, self.profile.min_clock_mhz, self._clock_arr[idx[n:]])
         # the others need the same number of iterations either way: each one now costs more
-        added = (ch1.energy_j - e0) * max(req.max_new_tokens, 1)
-        return WhatIf(v.instance, ch1.feasible, f0, ch1.clock_mhz, ch1.latency_s, t_max, added, b)
+        added = (e1 - e0) * max(req.max_new_tokens, 1)
+        t_max = lat[:n, -1]
+        return [
+            WhatIf(v.instance, bool(ok[j]), int(f0[j]), self.clocks[i1[j]], float(l1[j]),
+                   float(t_max[j]), float(added[j]), v.batch_size)
+            for j, v in enumerate(views)
+        ]  # fmt: skip
 
     # -- prefill ------------------------------------------------------------
 
-    def _prefill_tables(self, tokens: int) -> tuple[FloatArray, FloatArray]:
-        """(latency_s, active energy_j above idle) of prefilling ``tokens`` at every clock."""
-        lat = self.profile.prefill_latency_table_s(tokens)
-        en = self.profile.prefill_energy_table_j(tokens) - self.idle_w * lat
-        return lat, en
-
-    def _prefill_whatif(self, v: InstanceView, req: RouteRequest, now: float) -> WhatIf:
+    def _prefill_whatifs(
+        self, views: list[InstanceView], req: RouteRequest, now: float
+    ) -> list[WhatIf]:
+        """Every prefill candidate at once: the request waits behind the queued tokens."""
+        n = len(views)
         full = self.slo.ttft_s * (1.0 - self.slo.margin)
-        q = max(v.queued_prefill_tokens, 0)
-        if q > 0:
-            lat0, en0 = self._prefill_tables(q)
-            ch0 = cheapest_within(self.clocks, lat0, en0, full - v.oldest_wait_s)
-            f0, i0, e0 = ch0.clock_mhz, ch0.index, ch0.energy_j
-        else:
-            f0, i0, e0 = self.profile.min_clock_mhz, 0, 0.0
-        budget = full - max(now - req.arrival_t, 0.0)
-        tokens = q + max(req.input_tokens, 1)
-        lat1, en1 = self._prefill_tables(tokens)
+        q = np.array([max(v.queued_prefill_tokens, 0) for v in views], dtype=np.float64)
+        wait = np.array([v.oldest_wait_s for v in views], dtype=np.float64)
+        rows = self._rows(n)
+        queued = q > 0
+        after = q + max(req.input_tokens, 1)
+        if queued.any():
+            # rows 0..n-1: the queue alone; rows n..2n-1: the queue and the request
+            lat, en = self.profile.prefill_tables(np.concatenate([q, after]))
+            en = en - self.idle_w * lat  # active energy above idle
+            i0, _ = cheapest_rows(lat[:n], en[:n], full - wait)
+            i0 = np.where(queued, i0, 0)
+            e0 = np.where(queued, en[rows, i0], 0.0)
+            lat1, en1 = lat[n:], en[n:]
+            first: IndexArray | None = i0
+        else:  # nothing queued anywhere: the request alone, from the parked clock up
+            lat1, en1 = self.profile.prefill_tables(after)
+            en1 = en1 - self.idle_w * lat1
+            i0, e0, first = np.zeros(n, dtype=np.intp), np.zeros(n), None
+        budget = np.full(n, full - max(now - req.arrival_t, 0.0))
         # the queue ahead still needs the clock it needed before: only clocks >= f0
-        ch1 = cheapest_within(self.clocks[i0:], lat1[i0:], en1[i0:], budget)
-        t_max = float(lat1[-1])
-        return WhatIf(
-            v.instance, ch1.feasible, f0, ch1.clock_mhz, ch1.latency_s, t_max, ch1.energy_j - e0, q
-        )
+        i1, ok1 = cheapest_rows(lat1, en1, budget, first=first)
+        l1, added = lat1[rows, i1], en1[rows, i1] - e0
+        t_max = lat1[:, -1]
+        return [
+            WhatIf(v.instance, bool(ok1[j]), self.clocks[i0[j]], self.clocks[i1[j]],
+                   float(l1[j]), float(t_max[j]), float(added[j]), int(q[j]))
+            for j, v in enumerate(views)
+        ]  # fmt: skip
+
+    def _rows(self, n: int) -> IndexArray:
+        r = self._row_cache.get(n)
+        if r is None:
+            r = self._row_cache[n] = np.arange(n)
+        return r
 
     # -- policy -------------------------------------------------------------
 
     def evaluate(self, view: ClusterView, request: RouteRequest, now: float) -> list[WhatIf]:
         """The what-if of every healthy candidate (exposed for tests, replay and logs)."""
-        out = []
-        for v in healthy(view):
-            if v.role == "prefill":
-                out.append(self._prefill_whatif(v, request, now))
-            else:
-                out.append(self._decode_whatif(v, request))
-        return out
+        cands = list(healthy(view))
+        pre = [v for v in cands if v.role == "prefill"]
+        dec = [v for v in cands if v.role != "prefill"]
+        found = {
+            w.instance: w
+            for w in (self._prefill_whatifs(pre, request, now) if pre else [])
+            + (self._decode_whatifs(dec, request) if dec else [])
+        }
+        return [found[v.instance] for v in cands]
 
     def select(
         self, view: ClusterView, request: RouteRequest, now: float, rng: np.random.Generator
