@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,21 +44,42 @@ class Room:
 
 
 class RoomTable:
-    """Rooms of one prefill server, created by whichever side arrives first."""
+    """Rooms of one prefill server, created by whichever side arrives first.
 
-    def __init__(self, ttl_s: float) -> None:
+    A settled room is kept ``settled_grace_s`` for a decode side still polling,
+    an unsettled one up to ``ttl_s``; both expire oldest first, so a lookup
+    costs O(1) however many requests went through (rooms never pile up into a
+    scan on every request).
+    """
+
+    def __init__(self, ttl_s: float, settled_grace_s: float = 30.0) -> None:
         self.ttl_s = ttl_s
-        self.rooms: dict[int, Room] = {}
+        self.settled_grace_s = settled_grace_s
+        self.rooms: OrderedDict[int, Room] = OrderedDict()  # creation order
+        self._settled: deque[tuple[float, int]] = deque()  # settle order
 
     def get(self, room: int) -> Room:
         now = time.monotonic()
-        if len(self.rooms) > 64:
-            for k in [k for k, r in self.rooms.items() if now - r.created_s > self.ttl_s]:
-                del self.rooms[k]
+        self._expire(now)
         r = self.rooms.get(room)
         if r is None:
             r = self.rooms[room] = Room(created_s=now)
         return r
+
+    def settle(self, room: int, r: Room, error: str | None = None) -> None:
+        """The prefill side is done with ``room`` (``r``, from ``get``; ``error``: it failed)."""
+        if not r.settled.is_set():
+            r.finish(error)
+            self._settled.append((time.monotonic(), room))
+
+    def _expire(self, now: float) -> None:
+        while self._settled and now - self._settled[0][0] > self.settled_grace_s:
+            self.rooms.pop(self._settled.popleft()[1], None)
+        while self.rooms:
+            k, r = next(iter(self.rooms.items()))
+            if now - r.created_s <= self.ttl_s:
+                break
+            del self.rooms[k]
 
 
 def bootstrap_app(table: RoomTable) -> web.Application:

@@ -283,6 +283,8 @@ class EmulatorServer:
             )
             if plan.kind == "decode":
                 self._gen_log.append((end, plan.batch_size))
+                while self._gen_log[0][0] < end - 5.0:  # the window gen_throughput reads
+                    self._gen_log.popleft()
             self._dispatch(self.engine.complete(plan, end))
 
     def _dispatch(self, events: list[EngineEvent]) -> None:
@@ -388,7 +390,10 @@ class EmulatorServer:
             if self.engine.abort(spec.rid) or not finished:
                 self.metrics.on_abort()
             if room is not None:
-                room.finish(None if finished else "prefill aborted")
+                assert spec.bootstrap_room is not None
+                self.rooms.settle(
+                    spec.bootstrap_room, room, None if finished else "prefill aborted"
+                )
             self._kick()
 
     async def _follow(
@@ -422,8 +427,8 @@ class EmulatorServer:
                 self.metrics.on_first_token(now - st.arrival_s)
                 self.metrics.on_tokens(1, None)
                 self.metrics.on_finish(spec.prompt_tokens, now - st.arrival_s, None)
-                if room is not None:
-                    room.finish(None)
+                if room is not None and spec.bootstrap_room is not None:
+                    self.rooms.settle(spec.bootstrap_room, room)
                 yield TokenUpdate(1, now, {"type": "length", "length": 0})
                 del done
                 return
