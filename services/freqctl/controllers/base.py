@@ -123,6 +123,7 @@ class ControllerCore:
         self.floor_clock_mhz = int(self.clocks[0])
         slo = config.slo
         keep = 1.0 - min(max(slo.margin, 0.0), 0.9)
+        self.itl_slo_s, self.ttft_slo_s = slo.itl_s, slo.ttft_s
         self.itl_target_s = slo.itl_s * keep
         self.ttft_target_s = slo.ttft_s * keep
 

@@ -49,9 +49,11 @@ class VoltanaTuning:
     """Feedback gains; the defaults suit telemetry every 50-200 ms.
 
     The slack scale works as a quantile tracker: it shrinks by ``slack_tighten``
-    on each observation above the target and grows by ``slack_relax_step`` on
-    each one below ``slack_relax_below`` x target, so at equilibrium about one
-    observation in ten exceeds the target (which already holds the SLO margin).
+    on each observation above the SLO itself and grows by ``slack_relax_step`` on
+    each one below ``slack_relax_below`` x target (the SLO less its margin), so
+    at equilibrium about one observation in ten exceeds the SLO. Observations
+    inside the margin leave it alone: the margin is there to absorb them, and
+    reacting to them too would pay for the same safety twice.
     """
 
     ewma_alpha: float = 0.3
@@ -149,14 +151,14 @@ class VoltanaController:
                 )
                 ratio = min(max(itl / pred, tu.correction_min), tu.correction_max)
                 st.decode_correction += tu.ewma_alpha * (ratio - st.decode_correction)
-            st.itl_scale = self._slack(st.itl_scale, itl, core.itl_target_s)
+            st.itl_scale = self._slack(st.itl_scale, itl, core.itl_target_s, core.itl_slo_s)
         ttft = inp.observed_ttft_s
         if ttft is not None and ttft > 0 and inp.role != "decode":
-            st.ttft_scale = self._slack(st.ttft_scale, ttft, core.ttft_target_s)
+            st.ttft_scale = self._slack(st.ttft_scale, ttft, core.ttft_target_s, core.ttft_slo_s)
 
-    def _slack(self, scale: float, observed_s: float, target_s: float) -> float:
+    def _slack(self, scale: float, observed_s: float, target_s: float, slo_s: float) -> float:
         tu = self.tuning
-        if observed_s > target_s:
+        if observed_s > slo_s:
             return max(tu.slack_min, scale * tu.slack_tighten)
         if observed_s < tu.slack_relax_below * target_s:
             return min(1.0, scale + tu.slack_relax_step)
