@@ -181,13 +181,12 @@ class ControllerCore:
         energy = np.zeros(n)
         if inp.role in ("decode", "unified"):
             b, k = float(inp.batch_size or 0.0), float(inp.kv_tokens or 0.0)
-            lat, en = self.profile.decode_tables(np.array([b]), np.array([k]))
-            dec_l = lat[0, self.index]
-            energy = energy + en[0, self.index]
+            dec_l = self.profile.decode_latency_table_s(b, k)[self.index]
+            energy = energy + self.profile.decode_energy_table_j(b, k)[self.index]
         if inp.role in ("prefill", "unified"):
-            lat, en = self.profile.prefill_tables(np.array([float(inp.prefill_tokens or 0.0)]))
-            pre_l = lat[0, self.index]
-            energy = energy + en[0, self.index]
+            t = float(inp.prefill_tokens or 0.0)
+            pre_l = self.profile.prefill_latency_table_s(t)[self.index]
+            energy = energy + self.profile.prefill_energy_table_j(t)[self.index]
         power = energy / np.maximum(dec_l + pre_l, 1e-9)
         return dec_l, pre_l, energy, power
 

@@ -197,8 +197,9 @@ class VoltanaController:
             dec_l, cost = self._decode_steady(inp, st)
         if inp.role != "decode":
             prof, idx = core.profile, core.index
-            lat, en = prof.prefill_tables(np.array([float(inp.prefill_tokens or 0.0)]))
-            pre_l, pre_e = lat[0, idx], en[0, idx]
+            t = float(inp.prefill_tokens or 0.0)
+            pre_l = prof.prefill_latency_table_s(t)[idx]
+            pre_e = prof.prefill_energy_table_j(t)[idx]
             extra = pre_e - self._idle_floor_w * pre_l
             cost = cost + (extra if inp.role == "prefill" else extra / core.ttft_target_s)
         return _Pred(dec_l, pre_l, cost, pre_e)
