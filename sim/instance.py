@@ -184,8 +184,10 @@ class Instance:
         if run is None or self.pending is None or self.pending[0] > t:
             return False
         t_c, new_clock = self.pending
+        if t_c >= run.t_end:
+            return False  # lands after this iteration: the next one starts at it
         self.pending = None
-        if new_clock == self.clock_mhz or t_c >= run.t_end:
+        if new_clock == self.clock_mhz:
             return False
         t_c = max(t_c, run.seg_t)
         used = (t_c - run.seg_t) / run.seg_full_s
