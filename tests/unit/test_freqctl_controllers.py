@@ -120,7 +120,12 @@ def check_not_costlier(prof: Profile, inp: ControlInput, slo: SloConfig) -> None
     No damping (hysteresis, dwell) so that one decision is compared with one.
     """
     eco = make_controller(cfg("ecofreq", slo=slo), prof).decide(inp, 100.0)
-    ctl = VoltanaController(cfg("voltana", slo=slo, hysteresis_mhz=0, min_dwell_s=0.0), prof)
+    # busy_alpha 0: the sample decide() folds in leaves the cost predict() saw unchanged.
+    ctl = VoltanaController(
+        cfg("voltana", slo=slo, hysteresis_mhz=0, min_dwell_s=0.0),
+        prof,
+        VoltanaTuning(busy_alpha=0.0),
+    )
     dec_l, pre_l, cost = ctl.predict(inp)
     itl_b, pre_b = ctl.core.budgets(inp)
     fits = (dec_l <= itl_b) & (pre_l <= pre_b)
@@ -393,6 +398,28 @@ def test_prefill_energy_counts_from_the_parked_idle_baseline() -> None:
     assert min(
         above_idle(c) for c in prof.clocks_mhz if prof.prefill_latency_s(c, 8000) <= 0.54
     ) == pytest.approx(above_idle(volt.clock_mhz))
+
+
+def test_prefill_cost_moves_from_the_parked_baseline_to_whole_energy_under_load() -> None:
+    prof = PROFILES[0]
+    busy = ControlInput(
+        instance="p", role="prefill", t=0.0, prefill_tokens=8000, running_reqs=1, oldest_wait_s=0.0
+    )
+    ctl = VoltanaController(cfg(), prof)
+    first = ctl.predict(busy)[2]
+    for i in range(60):  # a minute of samples, all with work in hand
+        ctl.decide(msgspec.structs.replace(busy, t=float(i)), float(i))
+    assert ctl.state_of("p").busy > 0.99
+    _, lat, cost = ctl.predict(busy)
+    whole = prof.prefill_energy_table_j(8000)[ctl.core.index]
+    assert cost == pytest.approx(whole, rel=0.01)  # saturated: EcoFreq's whole energy
+    base = prof.idle_power_w(prof.min_clock_mhz)
+    assert first == pytest.approx(whole - base * lat)  # idle-mostly: above the parked floor
+    # Idle samples bring the parked baseline back.
+    idle = msgspec.structs.replace(busy, prefill_tokens=0, running_reqs=0)
+    for i in range(60, 120):
+        ctl.decide(msgspec.structs.replace(idle, t=float(i)), float(i))
+    assert ctl.state_of("p").busy < 0.01
 
 
 def test_two_level_uses_two_clocks() -> None:

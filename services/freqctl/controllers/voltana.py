@@ -7,11 +7,13 @@ Past the published method (see docs/freqctl-core.md):
   a decode instance runs back to back, so at a given token throughput a slower
   clock means fewer, larger iterations (Little's law: the batch grows until
   batch / ITL matches the throughput) and what matters is its steady-state
-  power; a prefill instance idles between bursts, so what matters is the
-  energy above the parked idle baseline;
+  power; a prefill instance that idles between bursts would spend time a
+  faster prefill saves parked, so what matters there is the energy above the
+  parked idle baseline, weighted by how often it is idle (a busy one spends
+  the time on the next prompt: then it is the whole energy);
 - corrects decode predictions online with a per-instance multiplicative EWMA
   of observed/predicted ITL, and scales each budget by SLO-slack feedback
-  (tightened fast when observed latency exceeds its target, relaxed slowly);
+  (tightened fast when observed latency exceeds the SLO, relaxed slowly);
 - parks an idle instance at the lowest clock at once and wakes it at the
   first sign of work (raises are never delayed);
 - damps lowering with hysteresis and a minimum dwell, never holding a clock
@@ -63,6 +65,8 @@ class VoltanaTuning:
     slack_relax_step: float = 0.01
     slack_relax_below: float = 1.0
     slack_min: float = 0.5
+    busy_alpha: float = 0.1
+    """EWMA weight of each telemetry sample in the busy fraction (idle or not)."""
     flat_tol: float = 0.005
     steady_state_decode: bool = True
     """Judge decode clocks at the batch they settle at (see ``predict``); False: at the
@@ -100,6 +104,8 @@ class _State:
     last_obs_t: float = float("-inf")
     last_clock_mhz: int | None = None
     last_change_t: float = float("-inf")
+    busy: float = 0.0
+    """Fraction of recent telemetry samples with work in hand."""
 
 
 class VoltanaController:
@@ -142,6 +148,7 @@ class VoltanaController:
             return
         st.last_obs_t = inp.t
         tu, core = self.tuning, self.core
+        st.busy += tu.busy_alpha * ((0.0 if core.is_idle(inp) else 1.0) - st.busy)
         itl = inp.observed_itl_s
         if itl is not None and itl > 0 and inp.role != "prefill":
             clock = inp.current_clock_mhz or st.last_clock_mhz
@@ -183,7 +190,8 @@ class VoltanaController:
         and the steady-state batch a clock would settle at (infinite where the
         clock cannot sustain the current throughput); the decode cost is the
         steady-state power (W). The prefill cost is the energy of the pending
-        prefill above the parked idle power over its duration (J). A unified
+        prefill less the parked idle power over its duration, times the chance
+        that the time saved is spent idle (1 - busy fraction) (J). A unified
         instance adds the prefill cost spread over the TTFT target.
         """
         p = self._predict(inp, st if st is not None else self.state_of(inp.instance))
@@ -200,7 +208,9 @@ class VoltanaController:
             t = float(inp.prefill_tokens or 0.0)
             pre_l = prof.prefill_latency_table_s(t)[idx]
             pre_e = prof.prefill_energy_table_j(t)[idx]
-            extra = pre_e - self._idle_floor_w * pre_l
+            # Time a faster prefill saves is spent parked only as often as the
+            # instance idles; otherwise it goes to the next prompt.
+            extra = pre_e - (1.0 - st.busy) * self._idle_floor_w * pre_l
             cost = cost + (extra if inp.role == "prefill" else extra / core.ttft_target_s)
         return _Pred(dec_l, pre_l, cost, pre_e)
 
