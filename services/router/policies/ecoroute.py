@@ -134,7 +134,6 @@ class EcoRoutePolicy(PolicyBase):
         self.slo = slo or SloConfig()
         self.clocks = tuple(profile.clocks_mhz)
         self._clock_arr = np.array(self.clocks, dtype=np.int64)
-        self._row_cache: dict[int, IndexArray] = {}
         self.idle_tab_w = np.asarray(profile.idle_power_table_w(), dtype=np.float64)
         self.idle_w = float(self.idle_tab_w.min())
 
@@ -150,7 +149,8 @@ class EcoRoutePolicy(PolicyBase):
             np.concatenate([b + 1, b]), np.concatenate([kv + max(req.input_tokens, 0), kv])
         )
         idx, ok = cheapest_rows(lat, en, np.full(2 * n, self.slo.itl_s * (1.0 - self.slo.margin)))
-        pick_l, pick_e = lat[self._rows(2 * n), idx], en[self._rows(2 * n), idx]
+        rows = np.arange(2 * n)
+        pick_l, pick_e = lat[rows, idx], en[rows, idx]
         i1, l1, e1 = idx[:n], pick_l[:n], pick_e[:n]
         # idle: the request's iterations replace idle time at the parked clock
         idle = b <= 0
@@ -175,7 +175,7 @@ class EcoRoutePolicy(PolicyBase):
         full = self.slo.ttft_s * (1.0 - self.slo.margin)
         q = np.array([max(v.queued_prefill_tokens, 0) for v in views], dtype=np.float64)
         wait = np.array([v.oldest_wait_s for v in views], dtype=np.float64)
-        rows = self._rows(n)
+        rows = np.arange(n)
         queued = q > 0
         after = q + max(req.input_tokens, 1)
         if queued.any():
@@ -201,12 +201,6 @@ class EcoRoutePolicy(PolicyBase):
                    float(l1[j]), float(t_max[j]), float(added[j]), int(q[j]))
             for j, v in enumerate(views)
         ]  # fmt: skip
-
-    def _rows(self, n: int) -> IndexArray:
-        r = self._row_cache.get(n)
-        if r is None:
-            r = self._row_cache[n] = np.arange(n)
-        return r
 
     # -- policy -------------------------------------------------------------
 
