@@ -17,7 +17,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from voltana.services.emulator.gpu_model import GpuModel
 
-__all__ = ["DecodeTerms"]
+__all__ = ["DecodeTerms", "decode_bucket"]
+
+
+def decode_bucket(batch_size: int) -> int:
+    """CUDA-graph batch size an engine pads a decode batch to (1, 2, 4, 8..128 by 8, then by 128)."""
+    if batch_size <= 0:
+        return 0
+    if batch_size <= 4:
+        return 1 << (batch_size - 1).bit_length()
+    if batch_size <= 128:
+        return -(-batch_size // 8) * 8
+    return -(-batch_size // 128) * 128
 
 
 class DecodeTerms:
@@ -56,8 +67,6 @@ class DecodeTerms:
         self, clock_mhz: float, batch_size: int, kv_tokens: int
     ) -> tuple[int, float, float] | None:
         """(clock run, step time s, power W per GPU) before noise; None when power-capped."""
-        from voltana.services.emulator.gpu_model import decode_bucket
-
         gm, g = self._gm, self._gm.gpu
         f, bw, launch, idle, sm_dyn, peak = self._per_clock(clock_mhz)
         bucket = decode_bucket(batch_size)

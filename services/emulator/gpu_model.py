@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from voltana.services.emulator.gpu_decode import DecodeTerms
+from voltana.services.emulator.gpu_decode import DecodeTerms, decode_bucket
 from voltana.services.emulator.gpu_specs import GPUS, MODELS, GpuSpec, ModelShape
 
 __all__ = [
@@ -62,17 +62,6 @@ class IterCost:
     energy_j: float  # per GPU
     effective_clock_mhz: int
     power_capped: bool
-
-
-def decode_bucket(batch_size: int) -> int:
-    """CUDA-graph batch size an engine pads a decode batch to (1, 2, 4, 8..128 by 8, then by 128)."""
-    if batch_size <= 0:
-        return 0
-    if batch_size <= 4:
-        return 1 << (batch_size - 1).bit_length()
-    if batch_size <= 128:
-        return -(-batch_size // 8) * 8
-    return -(-batch_size // 128) * 128
 
 
 @dataclass(frozen=True)
