@@ -2,29 +2,41 @@
 
 Each module in ``_COMMANDS`` exposes ``register(subparsers)`` which adds its
 parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace``
-and returning an exit code). Heavy imports stay inside ``func``.
+and returning an exit code). The modules are imported directly, so a missing
+command is an import error, never a silent gap; heavy imports stay inside ``func``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
 from voltana import __version__
 from voltana.common.errors import VoltanaError
+from voltana.services.actuator import cli as actuator_cli
+from voltana.services.emulator import cli as emulator_cli
+from voltana.services.freqctl import cli as freqctl_cli
+from voltana.services.profiler import cli as profiler_cli
+from voltana.services.router import cli as router_cli
+from voltana.services.telemetry import cli as telemetry_cli
+from voltana.sim import cli as sim_cli
+from voltana.tools import nats as tools_nats
+from voltana.tools import replay as tools_replay
+from voltana.tools import up as tools_up
 
-_COMMANDS: list[str] = [
-    "voltana.common.cli_up",
-    "voltana.common.cli_nats",
-    "voltana.common.cli_replay",
-    "voltana.services.emulator.cli",
-    "voltana.services.telemetry.cli",
-    "voltana.services.freqctl.cli",
-    "voltana.services.router.cli",
-    "voltana.sim.cli",
-]
+_COMMANDS = (
+    tools_up,
+    tools_nats,
+    tools_replay,
+    emulator_cli,
+    telemetry_cli,
+    freqctl_cli,
+    actuator_cli,
+    profiler_cli,
+    router_cli,
+    sim_cli,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,13 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default=None, help="log level (default: env VOLTANA_LOG_LEVEL, else info)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in _COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # that part of the project is not built into this install
-            raise
+    for module in _COMMANDS:
         module.register(sub)
     return parser
 

@@ -29,9 +29,9 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from voltana.common.localcluster import ClusterSpec, LocalCluster
 from voltana.sim.crosscheck import compare, sim_figures
 from voltana.sim.workload import SimRequest, load_trace, scale_rate, window
+from voltana.tools.localcluster import ClusterSpec, LocalCluster
 
 DEFAULT_TRACE = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"

@@ -11,7 +11,7 @@ The one calibration entry point. It runs the fit of ``bench/gpu/compare_model.py
 - ML.ENERGY's published vLLM serving runs (as bounds).
 
 It prints the fitted knobs (paste them into ``_H100`` in
-services/emulator/gpu_specs.py; the A100 inherits the engine knobs) and the per-point
+groundtruth/gpu_specs.py; the A100 inherits the engine knobs) and the per-point
 comparison. Needs scipy, which is not a runtime or test dependency:
 ``.venv/bin/pip install scipy``. About a minute on one core.
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from voltana.predictor.profile import default_profile
 from voltana.schemas.config import ControllerConfig, SloConfig
 from voltana.services.freqctl.controllers import POLICIES, ControlInput, make_controller
-from voltana.services.freqctl.profile import default_profile
 
 
 def states(n: int, seed: int) -> list[ControlInput]:

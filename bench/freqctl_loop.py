@@ -71,7 +71,7 @@ def pct(xs: list[float]) -> dict[str, float]:
 
 
 async def measure(nats_url: str, steps: int, node: str, instance: str) -> dict[str, Any]:
-    from voltana.common.bus import Bus, BusOptions
+    from voltana.bus.client import Bus, BusOptions
     from voltana.schemas import subjects
     from voltana.schemas.clock import ClockState
     from voltana.schemas.telemetry import InstanceTelemetry
@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
 
-    from voltana.common.natsserver import NatsServer
+    from voltana.bus.natsserver import NatsServer
 
     node, instance = "bench", "b0"
     with tempfile.TemporaryDirectory() as tmp:

@@ -70,9 +70,9 @@ class InProcessEmulatedSource:
     kind = "emulated"
 
     def __init__(self, indices: list[int], seed: int = 0) -> None:
+        from voltana.gpu.sources import EnergyCounter
+        from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
         from voltana.services.emulator.gpu_device import EmulatedGpu
-        from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
-        from voltana.services.telemetry.sources import EnergyCounter
 
         model = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"], seed=seed)
         now = time.monotonic()
@@ -88,7 +88,7 @@ class InProcessEmulatedSource:
         return self._indices
 
     def sample(self) -> list[Any]:
-        from voltana.services.telemetry.sources import GpuSample
+        from voltana.gpu.sources import GpuSample
 
         t_ns, mono_ns = time.time_ns(), time.monotonic_ns()
         now = mono_ns / 1e9
@@ -114,7 +114,7 @@ class InProcessEmulatedSource:
 
 
 def _telemetry_process(args: dict[str, Any], out: Any) -> None:
-    from voltana.common.bus import Bus, BusOptions
+    from voltana.bus.client import Bus, BusOptions
     from voltana.services.telemetry.config import parse_config
     from voltana.services.telemetry.service import TelemetryService
 
@@ -167,7 +167,7 @@ def _telemetry_process(args: dict[str, Any], out: Any) -> None:
 
 
 def _subscriber_process(nats_url: str, ready: Any, stop: Any, out: Any) -> None:
-    from voltana.common.bus import Bus, BusOptions
+    from voltana.bus.client import Bus, BusOptions
     from voltana.schemas import subjects
     from voltana.schemas.telemetry import GpuTelemetry
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.emulators:
         args.gpus = args.emulators * args.per_source
 
-    from voltana.common.natsserver import NatsServer
+    from voltana.bus.natsserver import NatsServer
 
     ctx = mp.get_context("spawn")
     with NatsServer() as server, contextlib.ExitStack() as stack:

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from voltana.groundtruth.engine import AdmissionError, BatchPlan, EngineConfig
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.schemas.config import SloConfig
-from voltana.services.emulator.engine import AdmissionError, BatchPlan, EngineConfig
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
 from voltana.services.freqctl.controllers.base import ClockController
 from voltana.services.router.policies.base import (
     ClusterView,

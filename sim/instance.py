@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from voltana.services.emulator.engine import BatchPlan, Engine, EngineConfig, Phase
-from voltana.services.emulator.gpu_model import GpuModel, IterCost
+from voltana.groundtruth.engine import BatchPlan, Engine, EngineConfig, Phase
+from voltana.groundtruth.gpu_model import GpuModel, IterCost
 from voltana.services.freqctl.controllers.base import ControlInput
 from voltana.sim.metrics import TimeSeries
 

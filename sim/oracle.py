@@ -37,9 +37,9 @@ over the whole schedule.
 from __future__ import annotations
 
 import numpy as np
+from voltana.groundtruth.engine import BatchPlan, Phase
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.schemas.config import SloConfig
-from voltana.services.emulator.engine import BatchPlan, Phase
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
 from voltana.sim.instance import Instance
 
 __all__ = ["OracleChooser"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 
 from voltana.common.errors import ConfigError
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
-from voltana.services.freqctl.profile import Profile
-from voltana.services.freqctl.profiling import SimulatedProber, default_plan, profile_from_prober
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.predictor.profile import Profile
+from voltana.services.profiler.core import SimulatedProber, default_plan, profile_from_prober
 
 __all__ = ["simulated_profile"]
 

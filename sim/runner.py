@@ -13,9 +13,9 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import msgspec
+from voltana.predictor.profile import Profile
 from voltana.schemas.config import ControllerConfig, SloConfig
 from voltana.services.freqctl.controllers.factory import make_controller
-from voltana.services.freqctl.profile import Profile
 from voltana.services.router.policies.factory import make_policy
 from voltana.sim.core import SimConfig, Simulator
 from voltana.sim.metrics import RunMetrics

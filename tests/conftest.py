@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # makes `import helpers` work everywhere
 
-from voltana.common.natsserver import NatsServer
+from voltana.bus.natsserver import NatsServer
 
 
 @pytest.fixture

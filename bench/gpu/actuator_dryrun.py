@@ -85,14 +85,14 @@ def _ensure_voltana() -> None:
 
 def make_backend(gpus: list[int] | None, emulator_url: str | None) -> Any:
     """The dry-run wrapper around NVML (or an emulator, for a local check)."""
-    from voltana.services.freqctl.backend_dryrun import DryRunBackend
+    from voltana.gpu.dryrun import DryRunBackend
 
     if emulator_url:
-        from voltana.services.freqctl.backend_emulated import EmulatedBackend
+        from voltana.gpu.emulated_clocks import EmulatedBackend
 
         backend = DryRunBackend(EmulatedBackend([emulator_url], gpus=gpus))
     else:
-        from voltana.services.freqctl.backend_nvml import NvmlBackend
+        from voltana.gpu.nvml_clocks import NvmlBackend
 
         backend = DryRunBackend(NvmlBackend(gpus))
     assert isinstance(backend, DryRunBackend) and backend.name == "dry-run"
@@ -134,12 +134,12 @@ def stamped(cmds: list[tuple[str, Any]], seq0: int) -> list[tuple[str, Any]]:
 
 async def scenario_bus(backend: Any, node: str) -> list[dict[str, Any]]:
     """The real actuator shell on an embedded nats-server, commands sent over the bus."""
-    from voltana.common.bus import Bus, BusOptions
-    from voltana.common.natsserver import NatsServer
+    from voltana.bus.client import Bus, BusOptions
+    from voltana.bus.natsserver import NatsServer
     from voltana.schemas import codec, subjects
     from voltana.schemas.clock import ClockState
-    from voltana.services.freqctl.actuator import Actuator
-    from voltana.services.freqctl.actuator_core import ActuatorConfig
+    from voltana.services.actuator.core import ActuatorConfig
+    from voltana.services.actuator.service import Actuator
 
     states: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +174,7 @@ async def scenario_bus(backend: Any, node: str) -> list[dict[str, Any]]:
 
 def scenario_direct(backend: Any, node: str) -> list[dict[str, Any]]:
     """Without nats-py/nats-server: the same lease table and backend, driven in-process."""
-    from voltana.services.freqctl.actuator_core import ActuatorConfig, LeaseTable, Verdict
+    from voltana.services.actuator.core import ActuatorConfig, LeaseTable, Verdict
 
     gpus = backend.gpu_indices()
     table = LeaseTable(
@@ -221,7 +221,7 @@ def scenario(
     if bus:
         try:
             import nats  # noqa: F401
-            from voltana.common.natsserver import find_nats_server
+            from voltana.bus.natsserver import find_nats_server
 
             find_nats_server()
         except Exception as exc:

@@ -35,7 +35,7 @@ from power_sampler import ensure_voltana
 
 ensure_voltana()
 
-from voltana.services.emulator.gpu_model import (  # noqa: E402
+from voltana.groundtruth.gpu_model import (  # noqa: E402
     GPUS,
     MODELS,
     GpuModel,

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     _ensure_voltana()
     import msgspec
     from voltana.common.errors import GpuError
-    from voltana.services.telemetry.nvml import NvmlGpuSource
+    from voltana.gpu.nvml_source import NvmlGpuSource
 
     indices = [int(x) for x in args.gpus.split(",") if x.strip()]
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voltana.common.errors import GpuError
-from voltana.services.emulator.gpu_model import GpuModel, IterCost
+from voltana.groundtruth.gpu_model import GpuModel, IterCost
 
 __all__ = ["THROTTLE_GPU_IDLE", "THROTTLE_SW_POWER_CAP", "EmulatedGpu"]
 

@@ -24,8 +24,7 @@ from typing import Any, Literal
 import aiohttp
 import numpy as np
 import structlog
-from voltana.services.emulator import pd
-from voltana.services.emulator.engine import (
+from voltana.groundtruth.engine import (
     AdmissionError,
     BatchPlan,
     Engine,
@@ -33,8 +32,9 @@ from voltana.services.emulator.engine import (
     EngineEvent,
     iteration_cost,
 )
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, IterCost
+from voltana.services.emulator import pd
 from voltana.services.emulator.gpu_device import EmulatedGpu
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel, IterCost
 from voltana.services.emulator.metrics import SglangMetrics
 
 __all__ = ["EmulatorConfig", "EmulatorServer", "RequestError", "RequestSpec", "TokenUpdate"]

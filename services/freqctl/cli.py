@@ -1,27 +1,98 @@
-"""``voltana profile`` (and, when installed, ``voltana freqctl`` / ``voltana actuator``).
-
-The profile subcommand lives in :mod:`voltana.services.freqctl.profile_cli`; the
-service subcommands in ``voltana.services.freqctl.service_cli``, registered here
-when that module is present.
-"""
+"""``voltana freqctl``: run the clock controllers of a set of instances until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Any
+import asyncio
+import contextlib
 
 
-def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Add ``profile`` and the freqctl service subcommands to the ``voltana`` CLI."""
-    from voltana.services.freqctl.profile_cli import add_profile_parser
+async def serve(args: argparse.Namespace) -> int:
+    from voltana.bus.client import Bus
+    from voltana.bus.cliopts import bus_options_from_args
+    from voltana.common.logs import get_logger
+    from voltana.common.shutdown import shutdown_event
+    from voltana.predictor.profile import default_profile, load_profile
+    from voltana.schemas.config import ControllerConfig, SloConfig
+    from voltana.services.freqctl.core import parse_instances
+    from voltana.services.freqctl.service import FreqctlService
 
-    add_profile_parser(subparsers)
-    name = "voltana.services.freqctl.service_cli"
+    specs = parse_instances(args.instances)
+    profile = load_profile(args.profile) if args.profile else default_profile(args.gpu, args.model)
+    base = ControllerConfig(
+        policy=args.policy,
+        slo=SloConfig(ttft_s=args.ttft_slo_s, itl_s=args.itl_slo_s, margin=args.slo_margin),
+        static_clock_mhz=args.static_clock_mhz,
+        lease_s=args.lease_s,
+        stale_after_s=args.stale_after_s,
+    )
+    log = get_logger("freqctl", controller=args.name)
+    stop = shutdown_event()
+    bus = await Bus.connect(bus_options_from_args(args, name=f"voltana-freqctl-{args.name}"))
+    service = FreqctlService(
+        bus, specs, profile, base, name=args.name, tick_s=args.tick_s, use_kv=not args.no_kv
+    )
     try:
-        service_cli = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return
-    service_cli.register(subparsers)
+        await service.start()
+        if args.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(args.metrics_port, addr=args.metrics_host)
+        await stop.wait()
+        log.info("freqctl_signal_received")
+        return 0
+    finally:
+        await service.stop()
+        with contextlib.suppress(Exception):
+            await bus.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``voltana freqctl``."""
+    return asyncio.run(serve(args))
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
+    """Add ``voltana freqctl``."""
+    from voltana.bus.cliopts import add_nats_args
+
+    p = sub.add_parser(
+        "freqctl",
+        help="per-instance GPU clock controllers (telemetry in, clock commands out)",
+        description=(
+            "Subscribes to the telemetry of its instances and publishes clock commands; "
+            "policy and SLO per instance change live through the NATS KV bucket "
+            "(keys controller.<instance> and controller.default, values ControllerConfig JSON)."
+        ),
+    )
+    p.add_argument(
+        "--instances",
+        required=True,
+        help="instances to drive: NAME or NAME@NODE:GPU[+GPU...], comma-separated",
+    )
+    p.add_argument("--name", default="freqctl", help="controller name (issued_by of commands)")
+    p.add_argument("--profile", default=None, help="profile JSON (default: packaged --gpu/--model)")
+    p.add_argument("--gpu", default="h100", help="packaged profile GPU (default h100)")
+    p.add_argument("--model", default="llama-3.1-8b", help="packaged profile model")
+    p.add_argument(
+        "--policy",
+        default="voltana",
+        choices=["voltana", "ecofreq", "ecofreq-2level", "static", "static-max", "static-min"],
+        help="policy where the KV bucket sets none (default voltana)",
+    )
+    p.add_argument("--static-clock-mhz", type=int, default=None, help="clock of --policy static")
+    p.add_argument("--ttft-slo-s", type=float, default=1.0, help="TTFT SLO in seconds")
+    p.add_argument("--itl-slo-s", type=float, default=0.05, help="ITL SLO in seconds")
+    p.add_argument("--slo-margin", type=float, default=0.1, help="fraction of the SLO kept back")
+    p.add_argument("--lease-s", type=float, default=2.0, help="lease of each clock command")
+    p.add_argument(
+        "--stale-after-s", type=float, default=1.0, help="telemetry older than this: safe clock"
+    )
+    p.add_argument("--tick-s", type=float, default=0.1, help="staleness/renewal check period")
+    p.add_argument("--no-kv", action="store_true", help="ignore the KV bucket (flags only)")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
+    add_nats_args(p)
+    p.set_defaults(func=run)

@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from voltana.predictor.profile import Profile
 from voltana.schemas.clock import ClockDecision, ClockState
 from voltana.schemas.config import ControllerConfig
 from voltana.schemas.router import InstanceState
 from voltana.schemas.telemetry import InstanceTelemetry
 from voltana.services.freqctl.controllers import ClockController, ControlDecision, make_controller
-from voltana.services.freqctl.profile import Profile
-from voltana.services.freqctl.service_core import build_input
+from voltana.services.freqctl.core import build_input
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,9 @@ import msgspec
 import nats.js.errors
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
-from voltana.common.bus import Bus
+from voltana.bus.client import Bus
 from voltana.common.logs import get_logger
+from voltana.predictor.profile import Profile
 from voltana.schemas import codec, subjects
 from voltana.schemas.clock import ClockState, ResetClock, SetClock
 from voltana.schemas.config import ControllerConfig
@@ -38,8 +39,7 @@ from voltana.services.freqctl.controllers import (
     make_controller,
     to_event,
 )
-from voltana.services.freqctl.profile import Profile
-from voltana.services.freqctl.service_core import (
+from voltana.services.freqctl.core import (
     ConfigStore,
     InstanceSpec,
     Sent,

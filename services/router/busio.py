@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from voltana.common.bus import Bus, BusOptions
+from voltana.bus.client import Bus, BusOptions
 from voltana.common.errors import BusError
 from voltana.common.logs import get_logger
 from voltana.schemas import subjects

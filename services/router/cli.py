@@ -73,7 +73,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--health-failure-threshold", type=int, default=None)
     g.add_argument("--breaker-failures", type=int, default=None)
     g.add_argument("--breaker-open-s", type=float, default=None)
-    from voltana.common.cliopts import add_nats_args
+    from voltana.bus.cliopts import add_nats_args
 
     add_nats_args(p)
     p.set_defaults(func=run)
@@ -82,7 +82,7 @@ def register(subparsers: Any) -> None:
 def build_config(args: argparse.Namespace) -> Any:
     """RouterConfig from flags over the optional TOML file."""
     import msgspec
-    from voltana.common.cliopts import bus_options_from_args
+    from voltana.bus.cliopts import bus_options_from_args
     from voltana.common.errors import ConfigError
     from voltana.services.router.config import RouterConfig, WorkerSpec
 

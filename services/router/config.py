@@ -6,7 +6,7 @@ import re
 from urllib.parse import urlsplit
 
 import msgspec
-from voltana.common.bus import BusOptions
+from voltana.bus.client import BusOptions
 from voltana.common.errors import ConfigError
 
 __all__ = ["RouterConfig", "WorkerSpec", "instance_name"]

@@ -21,7 +21,7 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from voltana.common.bus import BusOptions
+from voltana.bus.client import BusOptions
 from voltana.common.logs import get_logger
 from voltana.schemas import subjects
 from voltana.schemas.base import now_ns
@@ -69,7 +69,7 @@ class Router:
         self.slo = SloConfig(ttft_s=cfg.slo_ttft_s, itl_s=cfg.slo_itl_s, margin=cfg.slo_margin)
         profile = None
         if "ecoroute" in (cfg.prefill_policy, cfg.decode_policy):
-            from voltana.services.freqctl.profile import default_profile, load_profile
+            from voltana.predictor.profile import default_profile, load_profile
 
             profile = (load_profile(cfg.profile) if cfg.profile
                        else default_profile(cfg.profile_gpu, cfg.profile_model))  # fmt: skip

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="validate the config and open the GPU sources, then exit",
     )
-    from voltana.common.cliopts import add_nats_args
+    from voltana.bus.cliopts import add_nats_args
 
     add_nats_args(p)
     p.set_defaults(func=run)
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """NATS settings given by flag or environment (these win over the config file)."""
-    from voltana.common.cliopts import bus_options_from_args
+    from voltana.bus.cliopts import bus_options_from_args
 
     given = bus_options_from_args(args, name="voltana-telemetry")
     out: dict[str, Any] = {}
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     import msgspec
-    from voltana.common.bus import Bus
+    from voltana.bus.client import Bus
     from voltana.common.shutdown import shutdown_event
     from voltana.services.telemetry.config import load_config, validate
     from voltana.services.telemetry.service import TelemetryService, build_sources

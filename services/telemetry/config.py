@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
-from voltana.common.bus import BusOptions
+from voltana.bus.client import BusOptions
 from voltana.common.errors import ConfigError
 from voltana.schemas import subjects
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from voltana.gpu.sources import GpuSample
 from voltana.schemas.telemetry import GpuTelemetry, Role
-from voltana.services.telemetry.sources import GpuSample
 
 
 @dataclass(slots=True)

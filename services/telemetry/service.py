@@ -29,11 +29,11 @@ from prometheus_client import (
 )
 from voltana.common.errors import GpuError, UpstreamError
 from voltana.common.logs import get_logger
+from voltana.gpu.sources import GpuSource
 from voltana.schemas import subjects
 from voltana.services.telemetry.config import InstanceConfig, NodeConfig
 from voltana.services.telemetry.engine import EngineScraper, EngineState
 from voltana.services.telemetry.gpu_messages import GpuMessageBuilder
-from voltana.services.telemetry.sources import GpuSource
 
 log = get_logger("telemetry")
 
@@ -63,7 +63,7 @@ HEALTHY = Gauge("voltana_telemetry_instance_healthy", "1 while the instance answ
 
 
 class Publisher(Protocol):
-    """What the service publishes through (``voltana.common.bus.Bus`` fits)."""
+    """What the service publishes through (``voltana.bus.client.Bus`` fits)."""
 
     async def publish(self, subject: str, msg: msgspec.Struct) -> None: ...
 
@@ -73,10 +73,10 @@ def make_source(inst: InstanceConfig, timeout_s: float, energy_hz: float = 2.0) 
     if inst.gpu_backend == "none" or not inst.gpus:
         return None
     if inst.gpu_backend == "nvml":
-        from voltana.services.telemetry.nvml import NvmlGpuSource
+        from voltana.gpu.nvml_source import NvmlGpuSource
 
         return NvmlGpuSource(inst.gpus, energy_period_s=1.0 / energy_hz)
-    from voltana.services.telemetry.emulated import EmulatedGpuSource
+    from voltana.gpu.emulated_source import EmulatedGpuSource
 
     return EmulatedGpuSource(inst.gpu_admin_url, inst.gpus, timeout_s=timeout_s)
 

@@ -13,13 +13,13 @@ import msgspec
 import pytest
 from actuator_helpers import actuator_proc, emulator, gpus_of
 from helpers import wait_for
-from voltana.common.bus import Bus, BusOptions
-from voltana.common.natsserver import NatsServer
+from voltana.bus.client import Bus, BusOptions
+from voltana.bus.natsserver import NatsServer
+from voltana.gpu.emulated_clocks import EmulatedBackend
 from voltana.schemas import now_ns, subjects
 from voltana.schemas.clock import ClockState, ResetClock, SetClock
-from voltana.services.freqctl.actuator import Actuator, status_subject
-from voltana.services.freqctl.actuator_core import ActuatorConfig
-from voltana.services.freqctl.backend_emulated import EmulatedBackend
+from voltana.services.actuator.core import ActuatorConfig
+from voltana.services.actuator.service import Actuator, status_subject
 
 NODE = "n1"
 

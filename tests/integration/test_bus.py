@@ -11,9 +11,9 @@ import msgspec
 import pytest
 from helpers import wait_for
 from structlog.testing import capture_logs
-from voltana.common.bus import Bus, BusOptions, backoff_s
+from voltana.bus.client import Bus, BusOptions, backoff_s
+from voltana.bus.natsserver import NatsServer
 from voltana.common.errors import BusError
-from voltana.common.natsserver import NatsServer
 from voltana.schemas import GpuTelemetry, SetClock, codec, now_ns, subjects
 from voltana.schemas.clock import ClockCommand
 

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from helpers import free_port, wait_http
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 
 if importlib.util.find_spec("sglang_router") is None:
     pytest.skip("sglang-router (test extra) is not installed", allow_module_level=True)

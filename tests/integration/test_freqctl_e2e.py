@@ -20,12 +20,12 @@ import aiohttp
 import pytest
 from actuator_helpers import emulator, gpus_of, spawn_voltana
 from helpers import wait_for
-from voltana.common.bus import Bus, BusOptions
-from voltana.common.natsserver import NatsServer
+from voltana.bus.client import Bus, BusOptions
+from voltana.bus.natsserver import NatsServer
+from voltana.predictor.profile import default_profile
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockState
 from voltana.schemas.config import ControllerConfig, SloConfig
-from voltana.services.freqctl.profile import default_profile
 
 NODE = "n1"
 RAISE_BOUND_S = 3.0  # generous for 2 shared CPU cores; the measured figure is printed

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from actuator_helpers import emulator, gpus_of
 from voltana.cli import main
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
-from voltana.services.freqctl.live_prober import LiveProber, LiveTarget
-from voltana.services.freqctl.profile import load_profile
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.predictor.profile import load_profile
+from voltana.services.profiler.live import LiveProber, LiveTarget
 
 
 @pytest.fixture(scope="module")

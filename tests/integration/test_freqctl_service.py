@@ -15,18 +15,18 @@ from collections.abc import AsyncIterator
 import pytest
 from actuator_helpers import emulator, gpus_of
 from helpers import wait_for
-from voltana.common.bus import Bus, BusOptions
-from voltana.common.natsserver import NatsServer
+from voltana.bus.client import Bus, BusOptions
+from voltana.bus.natsserver import NatsServer
+from voltana.gpu.emulated_clocks import EmulatedBackend
+from voltana.predictor.profile import default_profile
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockDecision, ClockState
 from voltana.schemas.config import ControllerConfig
 from voltana.schemas.telemetry import InstanceTelemetry
-from voltana.services.freqctl.actuator import Actuator
-from voltana.services.freqctl.actuator_core import ActuatorConfig
-from voltana.services.freqctl.backend_emulated import EmulatedBackend
-from voltana.services.freqctl.profile import default_profile
+from voltana.services.actuator.core import ActuatorConfig
+from voltana.services.actuator.service import Actuator
+from voltana.services.freqctl.core import InstanceSpec
 from voltana.services.freqctl.service import FreqctlService
-from voltana.services.freqctl.service_core import InstanceSpec
 
 NODE = "n1"
 PROFILE = default_profile("h100", "llama-3.1-8b")

@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 from helpers import wait_for
-from voltana.common.bus import Bus
-from voltana.common.localcluster import ClusterSpec, LocalCluster
+from voltana.bus.client import Bus
 from voltana.schemas import ClockState, GpuTelemetry, RequestRecord, subjects
+from voltana.tools.localcluster import ClusterSpec, LocalCluster
 
 
 async def exercise(

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import msgspec
-from voltana.common.bus import Bus
-from voltana.common.natsserver import NatsServer
+from voltana.bus.client import Bus
+from voltana.bus.natsserver import NatsServer
+from voltana.predictor.profile import default_profile
 from voltana.schemas import ControllerConfig, InstanceTelemetry, SloConfig, subjects
 from voltana.services.freqctl.controllers import make_controller, to_event
-from voltana.services.freqctl.profile import default_profile
-from voltana.services.freqctl.service_core import build_input
+from voltana.services.freqctl.core import build_input
 
 
 def telemetry(seq: int, t_ns: int) -> InstanceTelemetry:

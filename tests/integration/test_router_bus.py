@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from helpers import free_port, wait_for, wait_http
 from structlog.testing import capture_logs
-from voltana.common.bus import Bus
-from voltana.common.natsserver import NatsServer
+from voltana.bus.client import Bus
+from voltana.bus.natsserver import NatsServer
 from voltana.schemas import subjects
 from voltana.schemas.base import now_ns
 from voltana.schemas.router import InstanceState, RequestRecord, RouteDecision

@@ -26,7 +26,7 @@ import aiohttp
 import numpy as np
 import pytest
 from helpers import free_port, wait_for
-from voltana.common.bus import Bus, BusOptions
+from voltana.bus.client import Bus, BusOptions
 from voltana.schemas import subjects
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 
@@ -249,7 +249,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, body: str, fragment: str) -> No
 def test_emulated_source_errors_and_restart(tmp_path: Path) -> None:
     """Bad index, a dead emulator, and an emulator restart (its counter restarts at 0)."""
     from voltana.common.errors import GpuError
-    from voltana.services.telemetry.emulated import EmulatedGpuSource
+    from voltana.gpu.emulated_source import EmulatedGpuSource
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from helpers import free_port, wait_for
-from voltana.common.bus import Bus, BusOptions
+from voltana.bus.client import Bus, BusOptions
 from voltana.schemas import subjects
 from voltana.schemas.telemetry import InstanceTelemetry
 from voltana.services.telemetry.config import parse_config

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from voltana.common.errors import ConfigError, GpuError
-from voltana.services.freqctl.backend_dryrun import DryRunBackend
-from voltana.services.freqctl.backend_nvml import NvmlBackend
-from voltana.services.freqctl.backends import ClockBackend, make_backend
+from voltana.gpu.backends import ClockBackend, make_backend
+from voltana.gpu.dryrun import DryRunBackend
+from voltana.gpu.nvml_clocks import NvmlBackend
 
 H100_SM_MHZ = list(range(1980, 344, -15))
 

@@ -9,7 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from voltana.schemas.clock import ResetClock, SetClock
-from voltana.services.freqctl.actuator_core import ActuatorConfig, LeaseTable
+from voltana.services.actuator.core import ActuatorConfig, LeaseTable
 
 CLOCKS = list(range(1980, 344, -15))
 NODE = "n1"

@@ -6,13 +6,13 @@ import math
 
 import pytest
 from voltana.common.errors import ConfigError
+from voltana.predictor.profile import default_profile
 from voltana.schemas import subjects
 from voltana.schemas.config import ControllerConfig
 from voltana.schemas.router import InstanceState
 from voltana.schemas.telemetry import InstanceTelemetry, LatencyWindow
 from voltana.services.freqctl.controllers import make_controller
-from voltana.services.freqctl.profile import default_profile
-from voltana.services.freqctl.service_core import (
+from voltana.services.freqctl.core import (
     ConfigStore,
     InstanceSpec,
     Sent,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from voltana.services.emulator.engine import (
+from voltana.groundtruth.engine import (
     AdmissionError,
     BatchPlan,
     Engine,
     EngineConfig,
     iteration_cost,
 )
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 
 
 def _run(eng: Engine, t: float = 0.0, dt: float = 0.01, limit: int = 10_000) -> list:

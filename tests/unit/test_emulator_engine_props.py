@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from voltana.services.emulator.engine import AdmissionError, Engine, EngineConfig, Phase
+from voltana.groundtruth.engine import AdmissionError, Engine, EngineConfig, Phase
 
 ops = st.lists(
     st.one_of(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from voltana.common.errors import GpuError
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.services.emulator.gpu_device import (
     THROTTLE_GPU_IDLE,
     THROTTLE_SW_POWER_CAP,
     EmulatedGpu,
 )
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
 
 MODEL = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel, decode_bucket
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, decode_bucket
 
 H100_8B = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
 A100_8B = GpuModel(GPUS["a100"], MODELS["llama-3.1-8b"])

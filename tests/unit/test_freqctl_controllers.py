@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from voltana.common.errors import ConfigError
+from voltana.predictor.profile import Profile, default_profile
 from voltana.schemas.clock import ClockDecision
 from voltana.schemas.config import ControllerConfig, SloConfig
 from voltana.services.freqctl.controllers import (
@@ -21,7 +22,6 @@ from voltana.services.freqctl.controllers import (
     make_controller,
     to_event,
 )
-from voltana.services.freqctl.profile import Profile, default_profile
 
 PROFILES = [default_profile("h100", "llama-3.1-8b"), default_profile("a100", "llama-3.1-8b")]
 
@@ -525,7 +525,7 @@ def test_prefill_queue_lookahead_budgets_the_whole_backlog() -> None:
 @st.composite
 def random_profiles(draw: st.DrawFn) -> Profile:
     """Arbitrary valid profiles: a few profiled clocks, random non-negative coefficients."""
-    from voltana.services.freqctl.profile_format import (
+    from voltana.predictor.profile_format import (
         DecodeBucketFit,
         DecodeClockFit,
         IdlePoint,

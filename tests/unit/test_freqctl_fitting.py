@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from voltana.services.freqctl.buckets import default_buckets
-from voltana.services.freqctl.fitting import fit_profile, nnls, robust_nnls
-from voltana.services.freqctl.measurements import (
+from voltana.predictor.buckets import default_buckets
+from voltana.predictor.fitting import fit_profile, nnls, robust_nnls
+from voltana.predictor.measurements import (
     DecodeSample,
     HardwareInfo,
     IdleSample,
     Measurements,
     PrefillSample,
 )
-from voltana.services.freqctl.profile import Profile
+from voltana.predictor.profile import Profile
 
 
 def _brute_force_rss(x: np.ndarray, y: np.ndarray) -> float:
@@ -132,7 +132,7 @@ def test_fit_profile_recovers_known_coefficients() -> None:
 
 
 def test_heldout_points_are_not_used_for_fitting() -> None:
-    from voltana.services.freqctl.fitting import split_heldout
+    from voltana.predictor.fitting import split_heldout
 
     m, _ = _synthetic(np.random.default_rng(5), noise=0.01)
     _, test = split_heldout(m, 0.3, np.random.default_rng(2), default_buckets(256))

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from voltana.common.errors import ConfigError
-from voltana.services.freqctl.buckets import bucket_index, default_buckets, round_up_to_bucket
-from voltana.services.freqctl.profile import Profile, default_profile, load_profile, save_profile
-from voltana.services.freqctl.profile_format import (
+from voltana.predictor.buckets import bucket_index, default_buckets, round_up_to_bucket
+from voltana.predictor.profile import Profile, default_profile, load_profile, save_profile
+from voltana.predictor.profile_format import (
     DecodeBucketFit,
     DecodeClockFit,
     IdlePoint,

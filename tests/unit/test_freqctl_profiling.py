@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from voltana.cli import main
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
-from voltana.services.freqctl.buckets import default_buckets
-from voltana.services.freqctl.measurements import HardwareInfo, Prober
-from voltana.services.freqctl.profile import Profile, load_profile
-from voltana.services.freqctl.profiling import (
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.predictor.buckets import default_buckets
+from voltana.predictor.measurements import HardwareInfo, Prober
+from voltana.predictor.profile import Profile, load_profile
+from voltana.services.profiler.core import (
     SimulatedProber,
     default_plan,
     profile_from_prober,

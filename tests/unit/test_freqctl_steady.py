@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from voltana.predictor.profile import Profile, default_profile
 from voltana.services.freqctl.controllers.steady import DecodeSteadyState
-from voltana.services.freqctl.profile import Profile, default_profile
 
 PROFILES = [default_profile("h100", "llama-3.1-8b"), default_profile("a100", "llama-3.1-8b")]
 

@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = {
@@ -53,7 +53,8 @@ def test_results_come_from_a_real_h100_at_default_settings(name: str) -> None:
     doc = DOCS[name]
     assert doc["device"] == "NVIDIA H100 80GB HBM3"
     assert doc["driver"] and doc["driver"].count(".") == 2
-    assert doc["telemetry_source"] == "voltana.services.telemetry.nvml.NvmlGpuSource"
+    # recorded under the module path of its day; the class is the NVML reader
+    assert doc["telemetry_source"].endswith(".NvmlGpuSource")
     assert doc["settings_changed"] is False and "error" not in doc
     nvml = doc["info"]["nvml"]
     # Found and left at defaults: full P0 clock range, default power limit.

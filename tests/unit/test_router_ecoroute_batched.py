@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from voltana.predictor.profile import Profile, default_profile
 from voltana.schemas.config import SloConfig
-from voltana.services.freqctl.profile import Profile, default_profile
 from voltana.services.router.policies import ClusterView, InstanceView, RouteRequest
 from voltana.services.router.policies.ecoroute import EcoRoutePolicy, WhatIf, cheapest_within
 

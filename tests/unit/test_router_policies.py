@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from voltana.common.errors import ConfigError
+from voltana.predictor.profile import default_profile
 from voltana.schemas.config import SloConfig
-from voltana.services.freqctl.profile import default_profile
 from voltana.services.router.policies import (
     POLICY_NAMES,
     ClusterView,

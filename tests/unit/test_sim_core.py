@@ -6,10 +6,10 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from voltana.groundtruth.engine import BatchPlan, EngineConfig
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.predictor.profile import Profile
 from voltana.schemas.config import SloConfig
-from voltana.services.emulator.engine import BatchPlan, EngineConfig
-from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
-from voltana.services.freqctl.profile import Profile
 from voltana.sim.core import ClusterSpec, SimConfig
 from voltana.sim.instance import Instance
 from voltana.sim.policies import POLICIES

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from voltana.gpu.sources import GpuSample
 from voltana.schemas import codec
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.telemetry.config import InstanceConfig
 from voltana.services.telemetry.engine import EngineReading, EngineState
 from voltana.services.telemetry.engine_metrics import LoadSnapshot, parse_metrics
 from voltana.services.telemetry.gpu_messages import GpuMessageBuilder
-from voltana.services.telemetry.sources import GpuSample
 
 
 def sample(index: int, mono_s: float, energy_j: float, power_w: float = 300.0) -> GpuSample:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from voltana.common.errors import GpuError
-from voltana.services.telemetry.nvml import NvmlGpuSource, nvml_error
-from voltana.services.telemetry.sources import EnergyCounter, GpuSource, PowerIntegrator
+from voltana.gpu.nvml_source import NvmlGpuSource, nvml_error
+from voltana.gpu.sources import EnergyCounter, GpuSource, PowerIntegrator
 
 
 class _NVMLError(Exception):

@@ -9,10 +9,10 @@ from typing import Any
 import msgspec
 from prometheus_client import REGISTRY
 from voltana.common.errors import GpuError
+from voltana.gpu.sources import EnergyCounter, GpuSample, SourceKind
 from voltana.schemas.telemetry import GpuTelemetry
 from voltana.services.telemetry.config import parse_config
 from voltana.services.telemetry.service import TelemetryService
-from voltana.services.telemetry.sources import EnergyCounter, GpuSample, SourceKind
 
 CFG = parse_config("""
 node = "n1"

@@ -15,9 +15,9 @@ from typing import Literal, Protocol, runtime_checkable
 import msgspec
 import numpy as np
 import numpy.typing as npt
+from voltana.predictor.profile import Profile
 from voltana.schemas.clock import ClockDecision
 from voltana.schemas.config import ControllerConfig
-from voltana.services.freqctl.profile import Profile
 
 __all__ = [
     "ClockController",

@@ -11,9 +11,9 @@ baseline the ``voltana`` controller is measured against.
 from __future__ import annotations
 
 import numpy as np
+from voltana.predictor.profile import Profile
 from voltana.schemas.config import ControllerConfig
 from voltana.services.freqctl.controllers.base import ControlDecision, ControlInput, ControllerCore
-from voltana.services.freqctl.profile import Profile
 
 __all__ = ["TWO_LEVEL_LOW_FRACTION", "EcoFreqController"]
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from voltana.common.errors import ConfigError
+from voltana.predictor.profile import Profile
 from voltana.schemas.config import ControllerConfig
 from voltana.services.freqctl.controllers.base import ClockController
 from voltana.services.freqctl.controllers.ecofreq import EcoFreqController
 from voltana.services.freqctl.controllers.static import StaticController
 from voltana.services.freqctl.controllers.voltana import VoltanaController
-from voltana.services.freqctl.profile import Profile
 
 __all__ = ["POLICIES", "make_controller"]
 

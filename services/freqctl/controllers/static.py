@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from voltana.predictor.profile import Profile
 from voltana.schemas.config import ControllerConfig
 from voltana.services.freqctl.controllers.base import ControlDecision, ControlInput, ControllerCore
-from voltana.services.freqctl.profile import Profile
 
 __all__ = ["StaticController"]
 

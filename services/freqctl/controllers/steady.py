@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from voltana.services.freqctl.profile import Profile
+from voltana.predictor.profile import Profile
 
 __all__ = ["DecodeSteadyState", "SteadyDecode"]
 

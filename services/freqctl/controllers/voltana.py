@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+from voltana.predictor.profile import Profile
 from voltana.schemas.config import ControllerConfig
 from voltana.services.freqctl.controllers.base import (
     ControlDecision,
@@ -41,7 +42,6 @@ from voltana.services.freqctl.controllers.base import (
     FloatArray,
 )
 from voltana.services.freqctl.controllers.steady import DecodeSteadyState, SteadyDecode
-from voltana.services.freqctl.profile import Profile
 
 __all__ = ["VoltanaController", "VoltanaTuning"]
 

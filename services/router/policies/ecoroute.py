@@ -44,7 +44,7 @@ FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
 
 class ProfileLike(Protocol):
-    """The part of ``voltana.services.freqctl.profile.Profile`` this policy uses.
+    """The part of ``voltana.predictor.profile.Profile`` this policy uses.
 
     The ``*_table_*`` methods answer for every clock of ``clocks_mhz`` at once
     (ascending), which keeps one decision well under a millisecond.

@@ -55,7 +55,7 @@ def make_policy(name: str, *, profile: Any = None, slo: SloConfig | None = None)
     if key == "ecoroute":
         if profile is None:
             try:
-                from voltana.services.freqctl.profile import default_profile
+                from voltana.predictor.profile import default_profile
             except ImportError as exc:
                 raise ConfigError(f"ecoroute needs a profile and none is available: {exc}") from exc
             profile = default_profile()

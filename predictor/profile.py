@@ -1,7 +1,7 @@
 """The latency/energy predictor: a fitted profile with lookups for any clock and state.
 
 Per profiled clock the file holds prefill and decode fits (see
-:mod:`voltana.services.freqctl.profile_format`); a lookup at a clock between
+:mod:`voltana.predictor.profile_format`); a lookup at a clock between
 profiled ones interpolates linearly, outside the profiled range it clamps.
 Decode batch sizes round UP to a bucket (never an exact match), prefill beyond
 the largest profiled batch is split into chunks, so every valid state gets a
@@ -21,8 +21,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 from voltana.common.errors import ConfigError
-from voltana.services.freqctl.buckets import bucket_index
-from voltana.services.freqctl.profile_format import ProfileFile, validate_profile_file
+from voltana.predictor.buckets import bucket_index
+from voltana.predictor.profile_format import ProfileFile, validate_profile_file
 
 __all__ = ["Profile", "default_profile", "load_profile", "profile_path", "save_profile"]
 
@@ -365,7 +365,7 @@ def default_profile(gpu: str = "h100", model: str = "llama-3.1-8b") -> Profile:
     Raises:
         ConfigError: no packaged profile for that pair.
     """
-    res = resources.files("voltana.services.freqctl").joinpath("profiles", profile_path(gpu, model))
+    res = resources.files("voltana.predictor").joinpath("profiles", profile_path(gpu, model))
     if not res.is_file():
         raise ConfigError(f"no packaged profile for gpu={gpu!r} model={model!r}")
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from voltana.common.logs import get_logger
-from voltana.services.freqctl.backends import BackendName, ClockBackend, check_gpu, check_supported
+from voltana.gpu.backends import BackendName, ClockBackend, check_gpu, check_supported
 
 
 @dataclass(frozen=True, slots=True)

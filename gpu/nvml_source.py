@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from voltana.common.errors import GpuError
-from voltana.services.telemetry.sources import (
+from voltana.gpu.sources import (
     EnergyCounter,
     GpuSample,
     PowerIntegrator,

@@ -1,7 +1,7 @@
 """The actuator shell: the only privileged part of voltana, one per node.
 
 Hears clock commands for its own node only (``voltana.clock.set.<node>.*``),
-lets the pure :class:`~voltana.services.freqctl.actuator_core.LeaseTable` decide,
+lets the pure :class:`~voltana.services.actuator.core.LeaseTable` decide,
 applies each decision through a clock backend (blocking calls in a worker
 thread, one ordered queue per GPU so GPUs of a TP group change in parallel), and
 publishes a ``ClockState`` for every command, expiry and reset.
@@ -23,13 +23,13 @@ from typing import Any
 
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
-from voltana.common.bus import Bus
+from voltana.bus.client import Bus
 from voltana.common.errors import GpuError
 from voltana.common.logs import get_logger
+from voltana.gpu.backends import ClockBackend
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockCommand, ClockState, ClockStatus, ResetClock, SetClock
-from voltana.services.freqctl.actuator_core import ActuatorConfig, LeaseTable, Verdict
-from voltana.services.freqctl.backends import ClockBackend
+from voltana.services.actuator.core import ActuatorConfig, LeaseTable, Verdict
 
 SERVICE_VERSION = "0.1.0"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import numpy as np
-from voltana.common.bus import Bus
+from voltana.bus.client import Bus
 from voltana.common.logs import get_logger
 from voltana.schemas import GpuTelemetry, RequestRecord, subjects
 

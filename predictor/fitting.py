@@ -19,10 +19,10 @@ from typing import Any
 import msgspec
 import numpy as np
 import numpy.typing as npt
-from voltana.services.freqctl.buckets import bucket_index
-from voltana.services.freqctl.measurements import DecodeSample, Measurements, PrefillSample
-from voltana.services.freqctl.profile import Profile
-from voltana.services.freqctl.profile_format import (
+from voltana.predictor.buckets import bucket_index
+from voltana.predictor.measurements import DecodeSample, Measurements, PrefillSample
+from voltana.predictor.profile import Profile
+from voltana.predictor.profile_format import (
     Accuracy,
     DecodeBucketFit,
     DecodeClockFit,

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 
 from voltana.common.logs import get_logger
-from voltana.services.freqctl.backends import ClockBackend, make_backend
+from voltana.gpu.backends import ClockBackend, make_backend
 
 
 def parse_gpus(text: str | None) -> list[int] | None:
@@ -24,11 +24,11 @@ def parse_gpus(text: str | None) -> list[int] | None:
 
 async def serve(args: argparse.Namespace, backend: ClockBackend) -> int:
     """Connect, start the actuator, wait for a signal; always stop (reset) on the way out."""
-    from voltana.common.bus import Bus
-    from voltana.common.cliopts import bus_options_from_args
+    from voltana.bus.client import Bus
+    from voltana.bus.cliopts import bus_options_from_args
     from voltana.common.shutdown import shutdown_event
-    from voltana.services.freqctl.actuator import Actuator
-    from voltana.services.freqctl.actuator_core import ActuatorConfig
+    from voltana.services.actuator.core import ActuatorConfig
+    from voltana.services.actuator.service import Actuator
 
     log = get_logger("actuator", node=args.node)
     stop = shutdown_event()
@@ -76,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
         backend.close()
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add ``voltana actuator``."""
-    from voltana.common.cliopts import add_nats_args
+    from voltana.bus.cliopts import add_nats_args
 
     p = sub.add_parser(
         "actuator",

@@ -12,7 +12,7 @@ import urllib.parse
 
 import msgspec
 from voltana.common.errors import GpuError
-from voltana.services.telemetry.sources import EnergyCounter, GpuSample, SourceKind
+from voltana.gpu.sources import EnergyCounter, GpuSample, SourceKind
 
 
 class AdminGpu(msgspec.Struct, kw_only=True):

@@ -3,11 +3,11 @@
 :func:`default_plan` chooses what to measure (clocks in even steps including
 both ends; prefill lengths; decode batch sizes on both sides of every bucket
 boundary at several context lengths); :func:`run_profiling` measures it on any
-:class:`~voltana.services.freqctl.measurements.Prober`;
+:class:`~voltana.predictor.measurements.Prober`;
 :func:`profile_from_prober` adds the one fitting routine. :class:`SimulatedProber`
 plays the hardware with the emulator's ground-truth GPU model (with noise) for
 the simulator and for the packaged default profiles; the live prober is in
-:mod:`voltana.services.freqctl.live_prober`.
+:mod:`voltana.services.profiler.live`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 import numpy as np
-from voltana.services.freqctl.buckets import default_buckets
-from voltana.services.freqctl.fitting import fit_profile
-from voltana.services.freqctl.measurements import (
+from voltana.predictor.buckets import default_buckets
+from voltana.predictor.fitting import fit_profile
+from voltana.predictor.measurements import (
     DecodeSample,
     HardwareInfo,
     IdleSample,
@@ -28,10 +28,10 @@ from voltana.services.freqctl.measurements import (
     PrefillSample,
     Prober,
 )
-from voltana.services.freqctl.profile_format import ProfileFile
+from voltana.predictor.profile_format import ProfileFile
 
 if TYPE_CHECKING:
-    from voltana.services.emulator.gpu_model import GpuModel
+    from voltana.groundtruth.gpu_model import GpuModel
 
 __all__ = [
     "ProbePlan",

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from voltana.bus.natsserver import NatsServer
 from voltana.common.errors import VoltanaError
 from voltana.common.logs import get_logger
-from voltana.common.natsserver import NatsServer
 from voltana.common.ports import free_port
 
 log = get_logger("up")
@@ -33,7 +33,7 @@ log = get_logger("up")
 
 async def _setup_nats(url: str) -> None:
     """Create the event stream and the config bucket before any service starts."""
-    from voltana.common.bus import Bus
+    from voltana.bus.client import Bus
 
     bus = await Bus.connect(servers=[url], name="voltana-up")
     try:

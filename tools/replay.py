@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from voltana.common.cliopts import add_nats_args, bus_options_from_args
+from voltana.bus.cliopts import add_nats_args, bus_options_from_args
 
 
 def register(sub: Any) -> None:
@@ -48,7 +48,7 @@ async def read_stream(args: argparse.Namespace) -> AsyncIterator[tuple[float, st
     import datetime as dt
 
     from nats.js.api import DeliverPolicy
-    from voltana.common.bus import Bus
+    from voltana.bus.client import Bus
     from voltana.common.errors import BusError
     from voltana.schemas import subjects
 
@@ -107,8 +107,8 @@ def read_file(path: Path) -> Iterator[tuple[float, str, Any]]:
 
 def _run(args: argparse.Namespace) -> int:
     import msgspec
+    from voltana.predictor.profile import default_profile, load_profile
     from voltana.schemas import ControllerConfig, SloConfig, codec, subjects
-    from voltana.services.freqctl.profile import default_profile, load_profile
     from voltana.services.freqctl.replay import Replayer
 
     events: list[tuple[float, str, Any]] = []

@@ -29,7 +29,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from voltana.services.emulator.gpu_model import GpuModel, IterCost
+    from voltana.groundtruth.gpu_model import GpuModel, IterCost
 
 __all__ = [
     "AdmissionError",

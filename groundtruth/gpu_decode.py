@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from voltana.services.emulator.gpu_model import GpuModel
+    from voltana.groundtruth.gpu_model import GpuModel
 
 __all__ = ["DecodeTerms", "decode_bucket"]
 

@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from voltana.common.errors import GpuError
-from voltana.services.freqctl.backends import BackendName, check_gpu, check_supported
+from voltana.gpu.backends import BackendName, check_gpu, check_supported
 
 T = TypeVar("T")
 

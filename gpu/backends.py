@@ -8,9 +8,9 @@ returning False), so a lease renewal costs no driver call. Every failure is a
 
 Implementations live in their own modules and are built by :func:`make_backend`:
 
-- ``nvml``     :mod:`voltana.services.freqctl.backend_nvml` (needs root to set clocks)
-- ``emulated`` :mod:`voltana.services.freqctl.backend_emulated` (emulator admin HTTP)
-- ``dry-run``  :mod:`voltana.services.freqctl.backend_dryrun` (reads from a wrapped
+- ``nvml``     :mod:`voltana.gpu.nvml_clocks` (needs root to set clocks)
+- ``emulated`` :mod:`voltana.gpu.emulated_clocks` (emulator admin HTTP)
+- ``dry-run``  :mod:`voltana.gpu.dryrun` (reads from a wrapped
   backend, applies nothing, records what it would have applied)
 """
 
@@ -156,19 +156,19 @@ def make_backend(
     from voltana.common.errors import ConfigError
 
     if name == "nvml":
-        from voltana.services.freqctl.backend_nvml import NvmlBackend
+        from voltana.gpu.nvml_clocks import NvmlBackend
 
         return NvmlBackend(gpus)
     if name == "emulated":
         if not emulator_urls:
             raise ConfigError("the emulated clock backend needs at least one --emulator-url")
-        from voltana.services.freqctl.backend_emulated import EmulatedBackend
+        from voltana.gpu.emulated_clocks import EmulatedBackend
 
         return EmulatedBackend(emulator_urls, gpus=gpus, timeout_s=http_timeout_s)
     if name == "dry-run":
         if dry_run_source == "dry-run":
             raise ConfigError("a dry-run backend cannot wrap another dry-run backend")
-        from voltana.services.freqctl.backend_dryrun import DryRunBackend
+        from voltana.gpu.dryrun import DryRunBackend
 
         inner = make_backend(
             dry_run_source, gpus=gpus, emulator_urls=emulator_urls, http_timeout_s=http_timeout_s

@@ -53,11 +53,11 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from voltana.common.bus import Bus
-    from voltana.common.demoload import LoadSpec, StatusView, report_status, run_load
-    from voltana.common.localcluster import ClusterSpec, LocalCluster
+    from voltana.bus.client import Bus
     from voltana.common.logs import get_logger
     from voltana.common.shutdown import shutdown_event
+    from voltana.tools.demoload import LoadSpec, StatusView, report_status, run_load
+    from voltana.tools.localcluster import ClusterSpec, LocalCluster
 
     log = get_logger("up")
     spec = ClusterSpec(

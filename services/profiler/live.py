@@ -1,7 +1,7 @@
 """Profiling running workers over HTTP: an emulated worker now, SGLang on a GPU node later.
 
 The prober locks each instance's GPUs through a clock backend
-(:mod:`voltana.services.freqctl.backends`), drives the worker with the requests
+(:mod:`voltana.gpu.backends`), drives the worker with the requests
 a serving engine sees, and reads energy from the GPUs' cumulative counters
 (the emulator's admin endpoint or NVML, via the telemetry sources):
 
@@ -30,14 +30,14 @@ import aiohttp
 import msgspec
 import numpy as np
 from voltana.common.errors import UpstreamError
-from voltana.services.freqctl.backends import ClockBackend, make_backend
-from voltana.services.freqctl.measurements import (
+from voltana.gpu.backends import ClockBackend, make_backend
+from voltana.gpu.sources import GpuSource
+from voltana.predictor.measurements import (
     DecodeSample,
     HardwareInfo,
     IdleSample,
     PrefillSample,
 )
-from voltana.services.telemetry.sources import GpuSource
 
 __all__ = ["FAKE_BOOTSTRAP_HOST", "LiveProber", "LiveTarget"]
 
@@ -67,7 +67,7 @@ class _Energy:
 
 
 class LiveProber:
-    """A :class:`~voltana.services.freqctl.measurements.Prober` for running workers.
+    """A :class:`~voltana.predictor.measurements.Prober` for running workers.
 
     Args:
         gpu: GPU kind written into the profile.
@@ -136,13 +136,13 @@ class LiveProber:
         all_gpus = sorted({g for t in targets.values() for g in t.gpus})
         energy: dict[str, GpuSource] = {}
         if backend == "emulated":
-            from voltana.services.telemetry.emulated import EmulatedGpuSource
+            from voltana.gpu.emulated_source import EmulatedGpuSource
 
             be = make_backend("emulated", gpus=all_gpus, emulator_urls=list(targets))
             for url, t in targets.items():
                 energy[url] = EmulatedGpuSource(url, t.gpus)
         else:
-            from voltana.services.telemetry.nvml import NvmlGpuSource
+            from voltana.gpu.nvml_source import NvmlGpuSource
 
             be = make_backend("nvml", gpus=all_gpus)
             for url, t in targets.items():

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from voltana.common.cliopts import add_nats_args, bus_options_from_args
+from voltana.bus.cliopts import add_nats_args, bus_options_from_args
 
 
 def register(sub: Any) -> None:
@@ -58,10 +58,10 @@ def register(sub: Any) -> None:
 def _run_nats(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from voltana.common.bus import Bus, StreamLimits
+    from voltana.bus.client import Bus, StreamLimits
+    from voltana.bus.natsserver import NatsServer
     from voltana.common.errors import ConfigError
     from voltana.common.logs import get_logger
-    from voltana.common.natsserver import NatsServer
 
     if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
         raise ConfigError(
@@ -110,7 +110,7 @@ def _run_nats(args: argparse.Namespace) -> int:
 
 def _run_tail(args: argparse.Namespace) -> int:
     import msgspec
-    from voltana.common.bus import Bus
+    from voltana.bus.client import Bus
     from voltana.schemas import codec, subjects
 
     async def main() -> None:

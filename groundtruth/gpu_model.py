@@ -39,8 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from voltana.services.emulator.gpu_decode import DecodeTerms, decode_bucket
-from voltana.services.emulator.gpu_specs import GPUS, MODELS, GpuSpec, ModelShape
+from voltana.groundtruth.gpu_decode import DecodeTerms, decode_bucket
+from voltana.groundtruth.gpu_specs import GPUS, MODELS, GpuSpec, ModelShape
 
 __all__ = [
     "GPUS",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from voltana.common.bus import BusOptions
+from voltana.bus.client import BusOptions
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 

@@ -2,7 +2,7 @@
 
 A prober is "the hardware" seen from the profiler: it locks a clock, runs one
 prefill or decode shape, and reports latency and energy per iteration. The
-same fitting routine (:mod:`voltana.services.freqctl.fitting`) turns the
+same fitting routine (:mod:`voltana.predictor.fitting`) turns the
 measurements of any prober into a profile. Energies are instance totals.
 """
 

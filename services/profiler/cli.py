@@ -18,10 +18,10 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_profile_parser"]
+__all__ = ["register"]
 
 
-def add_profile_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register ``voltana profile`` and its subcommands."""
     p = subparsers.add_parser(
         "profile", help="measure latency/energy across GPU clocks and fit a profile"
@@ -137,8 +137,8 @@ def _override(args: argparse.Namespace, plan: Any, supported: list[int]) -> Any:
 
 def _run_plan(args: argparse.Namespace, prober: Any, plan: Any, notes: str) -> int:
     import msgspec
-    from voltana.services.freqctl.profile import Profile, save_profile
-    from voltana.services.freqctl.profiling import profile_from_prober
+    from voltana.predictor.profile import Profile, save_profile
+    from voltana.services.profiler.core import profile_from_prober
 
     try:
         plan = _override(args, plan, prober.hardware().supported_clocks_mhz)
@@ -175,8 +175,8 @@ def _run_plan(args: argparse.Namespace, prober: Any, plan: Any, notes: str) -> i
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from voltana.common.errors import ConfigError
-    from voltana.services.emulator.gpu_model import GPUS, MODELS, GpuModel
-    from voltana.services.freqctl.profiling import SimulatedProber, default_plan
+    from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+    from voltana.services.profiler.core import SimulatedProber, default_plan
 
     if args.gpu not in GPUS or args.model not in MODELS:
         raise ConfigError(
@@ -216,8 +216,8 @@ def _indices(text: str) -> list[int]:
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
-    from voltana.services.freqctl.live_prober import LiveProber, LiveTarget
-    from voltana.services.freqctl.profiling import default_plan
+    from voltana.services.profiler.core import default_plan
+    from voltana.services.profiler.live import LiveProber, LiveTarget
 
     prober = LiveProber.build(
         gpu=args.gpu,
@@ -245,10 +245,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     import msgspec
     from voltana.common.errors import ConfigError
-    from voltana.services.freqctl.buckets import default_buckets
-    from voltana.services.freqctl.fitting import fit_profile
-    from voltana.services.freqctl.measurements import Measurements
-    from voltana.services.freqctl.profile import Profile, save_profile
+    from voltana.predictor.buckets import default_buckets
+    from voltana.predictor.fitting import fit_profile
+    from voltana.predictor.measurements import Measurements
+    from voltana.predictor.profile import Profile, save_profile
 
     try:
         m = msgspec.json.decode(Path(args.measurements).read_bytes(), type=Measurements)
@@ -267,7 +267,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from voltana.services.freqctl.profile import default_profile, load_profile
+    from voltana.predictor.profile import default_profile, load_profile
 
     prof = load_profile(args.path) if args.path else default_profile(args.gpu, args.model)
     _print_summary(prof, args.path or f"packaged {args.gpu}-{args.model}")

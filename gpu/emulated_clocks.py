@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from voltana.common.errors import GpuError
-from voltana.services.freqctl.backends import BackendName, check_gpu, check_supported
+from voltana.gpu.backends import BackendName, check_gpu, check_supported
 
 
 class EmulatedBackend:

@@ -1,0 +1,1 @@
+"""The bus layer: NATS client, embedded nats-server, NATS command-line options."""

@@ -1,0 +1,1 @@
+"""GPU devices behind one interface: readings and clock setters (NVML, emulated, dry-run)."""

@@ -1,0 +1,1 @@
+"""The latency/energy predictor: profiles fitted from measurements, their file format and buckets."""

@@ -1,0 +1,1 @@
+"""The privileged actuator: applies clock commands under leases, resets on every exit."""

@@ -1,0 +1,1 @@
+"""The profiler: measures a worker across clocks and batch shapes and fits a profile."""
