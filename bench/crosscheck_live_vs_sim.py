@@ -138,14 +138,24 @@ def main() -> int:
     print(f"slice: {len(reqs)} requests over {wl.duration_s:.1f} s ({wl.rate_rps:.2f} req/s)")
 
     sim = sim_figures(
-        wl, policy=args.policy, slo_ttft_s=args.slo_ttft_s, slo_itl_s=args.slo_itl_s,
-        cluster="1p1d", noise=0.0, control="telemetry", telemetry_period_s=0.25,
-    )  # fmt: skip
+        wl,
+        policy=args.policy,
+        slo_ttft_s=args.slo_ttft_s,
+        slo_itl_s=args.slo_itl_s,
+        cluster="1p1d",
+        noise=0.0,
+        control="telemetry",
+        telemetry_period_s=0.25,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         spec = ClusterSpec(
-            router_port=0, workdir=Path(tmp), noise=0.0, policy=args.policy,
-            slo_ttft_s=args.slo_ttft_s, slo_itl_s=args.slo_itl_s,
-        )  # fmt: skip
+            router_port=0,
+            workdir=Path(tmp),
+            noise=0.0,
+            policy=args.policy,
+            slo_ttft_s=args.slo_ttft_s,
+            slo_itl_s=args.slo_itl_s,
+        )
         with LocalCluster(spec) as cluster:
             live = asyncio.run(run_live(cluster, reqs, args.slo_ttft_s, args.slo_itl_s))
     rows = compare(sim, live)

@@ -36,8 +36,20 @@ def _free_port() -> int:
 
 
 def _start(port: int, core: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "voltana", "--log-level", "warning", "emulator", "--role", "decode",
-           "--port", str(port), "--max-running-requests", "1024"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "voltana",
+        "--log-level",
+        "warning",
+        "emulator",
+        "--role",
+        "decode",
+        "--port",
+        str(port),
+        "--max-running-requests",
+        "1024",
+    ]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", str(core), *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
@@ -60,8 +72,13 @@ def _cpu_s(pid: int) -> float:
 
 
 async def _one(session: aiohttp.ClientSession, url: str, i: int) -> int:
-    body = {"input_ids": [1] * PROMPT_TOKENS, "stream": True, "bootstrap_host": "2.2.2.2",
-            "bootstrap_room": i, "sampling_params": {"max_new_tokens": OUTPUT_TOKENS, "ignore_eos": True}}  # fmt: skip
+    body = {
+        "input_ids": [1] * PROMPT_TOKENS,
+        "stream": True,
+        "bootstrap_host": "2.2.2.2",
+        "bootstrap_room": i,
+        "sampling_params": {"max_new_tokens": OUTPUT_TOKENS, "ignore_eos": True},
+    }
     n = 0
     async with session.post(url, json=body) as r:
         async for line in r.content:
@@ -108,8 +125,10 @@ def main() -> int:
         # Keep the client off the worker's core: the worker alone owns core `core`.
         os.sched_setaffinity(0, set(range(core)))
     rows = [asyncio.run(_run(n, core)) for n in ns]
-    t = Table(title=f"one emulated decode worker on CPU core {core} (H100, Llama-3.1-8B, "
-                    f"prompt {PROMPT_TOKENS}, {OUTPUT_TOKENS} tokens each, full-batch iterations)")  # fmt: skip
+    t = Table(
+        title=f"one emulated decode worker on CPU core {core} (H100, Llama-3.1-8B, "
+        f"prompt {PROMPT_TOKENS}, {OUTPUT_TOKENS} tokens each, full-batch iterations)"
+    )
     for col in (
         "streams",
         "all chunks",
@@ -122,8 +141,16 @@ def main() -> int:
     ):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(f"{r['n']}", f"{r['ok']:.0f}", f"{r['iters']:.0f}", f"{r['model_ms']:.2f}",
-                  f"{r['mean_err'] * 100:.1f}%", f"{r['p90_err'] * 100:.1f}%", f"{r['wall_s']:.1f}", f"{r['core_share']:.2f}")  # fmt: skip
+        t.add_row(
+            f"{r['n']}",
+            f"{r['ok']:.0f}",
+            f"{r['iters']:.0f}",
+            f"{r['model_ms']:.2f}",
+            f"{r['mean_err'] * 100:.1f}%",
+            f"{r['p90_err'] * 100:.1f}%",
+            f"{r['wall_s']:.1f}",
+            f"{r['core_share']:.2f}",
+        )
     Console(width=140).print(t)
     # "all chunks": streams that got one SSE chunk per token (a lagging server coalesces).
     good = [r["n"] for r in rows if r["mean_err"] < 0.05]

@@ -92,11 +92,17 @@ async def measure(nats_url: str, steps: int, node: str, instance: str) -> dict[s
         seq += 1
         loaded = state["loaded"]
         msg = InstanceTelemetry(
-            t_ns=time.time_ns(), instance=instance, role="decode", node=node,
-            url="http://127.0.0.1:1", seq=seq, gpus=[0],
-            num_running_reqs=32 if loaded else 0, num_queue_reqs=8 if loaded else 0,
+            t_ns=time.time_ns(),
+            instance=instance,
+            role="decode",
+            node=node,
+            url="http://127.0.0.1:1",
+            seq=seq,
+            gpus=[0],
+            num_running_reqs=32 if loaded else 0,
+            num_queue_reqs=8 if loaded else 0,
             kv_used_tokens=32 * 1500 if loaded else 0,
-        )  # fmt: skip
+        )
         t = time.perf_counter()
         await bus.publish(subjects.telemetry_engine("decode", instance), msg)
         return t
@@ -157,11 +163,27 @@ def main() -> int:
         try:
             port = free_port()
             emu = spawn(
-                ["emulator", "--role", "decode", "--gpu", "h100", "--model", "llama-3.1-8b",
-                 "--tp", "1", "--gpu-ids", "0", "--host", "127.0.0.1", "--port", str(port),
-                 "--disaggregation-bootstrap-port", str(free_port())],
+                [
+                    "emulator",
+                    "--role",
+                    "decode",
+                    "--gpu",
+                    "h100",
+                    "--model",
+                    "llama-3.1-8b",
+                    "--tp",
+                    "1",
+                    "--gpu-ids",
+                    "0",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--disaggregation-bootstrap-port",
+                    str(free_port()),
+                ],
                 d / "emulator.log",
-            )  # fmt: skip
+            )
             procs.append(emu)
             emu_url = f"http://127.0.0.1:{port}"
             wait_http(emu_url + "/voltana/gpus", emu)

@@ -49,8 +49,9 @@ class Procs:
     def spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         env = {**os.environ, "VOLTANA_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            cwd=ROOT, start_new_session=True)  # fmt: skip
+        self.procs[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+        )
 
     def stop(self) -> None:
         for p in self.procs.values():
@@ -65,8 +66,12 @@ class Procs:
                 p.wait()
 
 
-def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen[bytes] | None = None,
-              log: Path | None = None) -> None:  # fmt: skip
+def wait_http(
+    url: str,
+    timeout_s: float = 60.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         if proc is not None and proc.poll() is not None:
@@ -133,8 +138,9 @@ def _server_e2e(tail: bytes) -> float | None:
     return float(v) if isinstance(v, int | float) else None
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, stream: bool,
-                      res: RunResult) -> None:  # fmt: skip
+async def one_request(
+    session: aiohttp.ClientSession, url: str, body: bytes, stream: bool, res: RunResult
+) -> None:
     t0 = time.perf_counter()
     ttft = None
     try:
@@ -163,12 +169,22 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, str
         res.added_s.append(max(e2e - srv, 0.0))
 
 
-async def closed_loop(base: str, name: str, stream: bool, clients: int, seconds: float,
-                      input_len: int, output_len: int) -> RunResult:  # fmt: skip
-    body = json.dumps({
-        "input_ids": list(range(1, input_len + 1)), "stream": stream,
-        "sampling_params": {"max_new_tokens": output_len, "ignore_eos": True, "temperature": 0},
-    }).encode()  # fmt: skip
+async def closed_loop(
+    base: str,
+    name: str,
+    stream: bool,
+    clients: int,
+    seconds: float,
+    input_len: int,
+    output_len: int,
+) -> RunResult:
+    body = json.dumps(
+        {
+            "input_ids": list(range(1, input_len + 1)),
+            "stream": stream,
+            "sampling_params": {"max_new_tokens": output_len, "ignore_eos": True, "temperature": 0},
+        }
+    ).encode()
     res = RunResult(name, stream, clients, seconds)
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -234,20 +250,58 @@ def main() -> int:
         for role, n in (("prefill", args.prefill), ("decode", args.decode)):
             for i in range(n):
                 port, boot = free_port(), free_port()
-                procs.spawn(f"{role}-{i}", [
-                    PY, "-m", "voltana", "emulator", "--role", role, "--port", str(port),
-                    "--disaggregation-bootstrap-port", str(boot), "--gpu-ids", str(len(procs.procs)),
-                    "--seed", str(i), *args.emulator_args.split()])  # fmt: skip
+                procs.spawn(
+                    f"{role}-{i}",
+                    [
+                        PY,
+                        "-m",
+                        "voltana",
+                        "emulator",
+                        "--role",
+                        role,
+                        "--port",
+                        str(port),
+                        "--disaggregation-bootstrap-port",
+                        str(boot),
+                        "--gpu-ids",
+                        str(len(procs.procs)),
+                        "--seed",
+                        str(i),
+                        *args.emulator_args.split(),
+                    ],
+                )
                 url = f"http://127.0.0.1:{port}"
                 (prefill.append((url, boot)) if role == "prefill" else decode.append(url))
         for url in [u for u, _ in prefill] + decode:
             wait_http(url + "/health")
         vport, sport = free_port(), free_port()
-        vargv = [PY, "-m", "voltana", "--log-level", "warning", "router", "--port", str(vport),
-                 "--policy", args.policy, "--no-nats"]  # fmt: skip
-        sargv = [PY, "-m", "sglang_router.launch_router", "--pd-disaggregation", "--port",
-                 str(sport), "--policy", args.policy, "--log-level", "warning",
-                 "--prometheus-port", str(free_port())]  # fmt: skip
+        vargv = [
+            PY,
+            "-m",
+            "voltana",
+            "--log-level",
+            "warning",
+            "router",
+            "--port",
+            str(vport),
+            "--policy",
+            args.policy,
+            "--no-nats",
+        ]
+        sargv = [
+            PY,
+            "-m",
+            "sglang_router.launch_router",
+            "--pd-disaggregation",
+            "--port",
+            str(sport),
+            "--policy",
+            args.policy,
+            "--log-level",
+            "warning",
+            "--prometheus-port",
+            str(free_port()),
+        ]
         for url, boot in prefill:
             vargv += ["--prefill", url, str(boot)]
             sargv += ["--prefill", url, str(boot)]
@@ -266,22 +320,38 @@ def main() -> int:
             path = "/health" if name == "voltana" else "/health_generate"
             wait_http(url + path, 60, procs.procs[proc_name], logdir / f"{proc_name}.log")
         results: list[RunResult] = []
-        runs = [(stream, clients, k) for k in range(args.rounds) for stream in (True, False)
-                for clients in args.clients]  # fmt: skip
+        runs = [
+            (stream, clients, k)
+            for k in range(args.rounds)
+            for stream in (True, False)
+            for clients in args.clients
+        ]
         for stream, clients, k in runs:
             # alternate which router goes first: slow drifts of a shared machine cancel out
             order = ["sglang-router", "voltana"] if k % 2 == 0 else ["voltana", "sglang-router"]
             for name in order:
                 pid = procs.procs["voltana-router" if name == "voltana" else name].pid
                 c0 = cpu_s(pid)
-                r = run_loop(closed_loop(routers[name], name, stream, clients, args.seconds,
-                                         args.input_len, args.output_len))  # fmt: skip
+                r = run_loop(
+                    closed_loop(
+                        routers[name],
+                        name,
+                        stream,
+                        clients,
+                        args.seconds,
+                        args.input_len,
+                        args.output_len,
+                    )
+                )
                 r.router_cpu_s = cpu_s(pid) - c0  # warm-up requests included (few)
                 results.append(r)
-                print(f"  {name:14s} stream={stream!s:5s} clients={clients:4d} "
-                      f"{r.rps:8.1f} req/s  added p50 {r.pct(r.added_s, 50):6.2f} ms "
-                      f"p99 {r.pct(r.added_s, 99):6.2f} ms  cpu {r.cpu_ms_per_req:5.2f} ms/req  "
-                      f"errors {r.errors}", flush=True)  # fmt: skip
+                print(
+                    f"  {name:14s} stream={stream!s:5s} clients={clients:4d} "
+                    f"{r.rps:8.1f} req/s  added p50 {r.pct(r.added_s, 50):6.2f} ms "
+                    f"p99 {r.pct(r.added_s, 99):6.2f} ms  cpu {r.cpu_ms_per_req:5.2f} ms/req  "
+                    f"errors {r.errors}",
+                    flush=True,
+                )
         report(results, args, logdir)
         return 0
     finally:
@@ -306,45 +376,77 @@ def report(results: list[RunResult], args: argparse.Namespace, logdir: Path) -> 
     from rich.table import Table
 
     table = Table(title="voltana router / sglang-router 0.1.5 (PD, same emulated workers)")
-    for col in ("mode", "clients", "req/s v / s", "ratio", "added p50 ms v / s", "ratio",
-                "added p99 ms v / s", "ratio", "CPU ms/req v / s", "errors v / s"):  # fmt: skip
+    for col in (
+        "mode",
+        "clients",
+        "req/s v / s",
+        "ratio",
+        "added p50 ms v / s",
+        "ratio",
+        "added p99 ms v / s",
+        "ratio",
+        "CPU ms/req v / s",
+        "errors v / s",
+    ):
         table.add_column(col, justify="right")
     rows = []
     for stream in (True, False):
         for clients in args.clients:
-            v = median_run([r for r in results if r.router == "voltana"
-                            and r.stream == stream and r.clients == clients])  # fmt: skip
-            s = median_run([r for r in results if r.router == "sglang-router"
-                            and r.stream == stream and r.clients == clients])  # fmt: skip
+            v = median_run(
+                [
+                    r
+                    for r in results
+                    if r.router == "voltana" and r.stream == stream and r.clients == clients
+                ]
+            )
+            s = median_run(
+                [
+                    r
+                    for r in results
+                    if r.router == "sglang-router" and r.stream == stream and r.clients == clients
+                ]
+            )
             row = {
-                "mode": "stream" if stream else "non-stream", "clients": clients,
-                "voltana_rps": v.rps, "sglang_router_rps": s.rps, "rps_ratio": v.rps / s.rps if s.rps else None,
-                "voltana_added_p50_ms": v.pct(v.added_s, 50), "sglang_router_added_p50_ms": s.pct(s.added_s, 50),
-                "voltana_added_p99_ms": v.pct(v.added_s, 99), "sglang_router_added_p99_ms": s.pct(s.added_s, 99),
-                "voltana_ttft_p50_ms": v.pct(v.ttft_s, 50), "sglang_router_ttft_p50_ms": s.pct(s.ttft_s, 50),
-                "voltana_errors": v.errors, "sglang_router_errors": s.errors,
+                "mode": "stream" if stream else "non-stream",
+                "clients": clients,
+                "voltana_rps": v.rps,
+                "sglang_router_rps": s.rps,
+                "rps_ratio": v.rps / s.rps if s.rps else None,
+                "voltana_added_p50_ms": v.pct(v.added_s, 50),
+                "sglang_router_added_p50_ms": s.pct(s.added_s, 50),
+                "voltana_added_p99_ms": v.pct(v.added_s, 99),
+                "sglang_router_added_p99_ms": s.pct(s.added_s, 99),
+                "voltana_ttft_p50_ms": v.pct(v.ttft_s, 50),
+                "sglang_router_ttft_p50_ms": s.pct(s.ttft_s, 50),
+                "voltana_errors": v.errors,
+                "sglang_router_errors": s.errors,
                 "voltana_cpu_ms_per_req": v.cpu_ms_per_req,
                 "sglang_router_cpu_ms_per_req": s.cpu_ms_per_req,
-            }  # fmt: skip
+            }
             rows.append(row)
             table.add_row(
-                row["mode"], str(clients), f"{v.rps:.1f} / {s.rps:.1f}", f"{row['rps_ratio']:.2f}x",
+                row["mode"],
+                str(clients),
+                f"{v.rps:.1f} / {s.rps:.1f}",
+                f"{row['rps_ratio']:.2f}x",
                 f"{row['voltana_added_p50_ms']:.2f} / {row['sglang_router_added_p50_ms']:.2f}",
                 f"{row['voltana_added_p50_ms'] / row['sglang_router_added_p50_ms']:.2f}x",
                 f"{row['voltana_added_p99_ms']:.2f} / {row['sglang_router_added_p99_ms']:.2f}",
                 f"{row['voltana_added_p99_ms'] / row['sglang_router_added_p99_ms']:.2f}x",
                 f"{v.cpu_ms_per_req:.2f} / {s.cpu_ms_per_req:.2f}",
                 f"{v.errors} / {s.errors}",
-            )  # fmt: skip
+            )
     Console().print(table)
     meta = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), "
-                   f"load avg at the end {os.getloadavg()[0]:.2f}, Python {platform.python_version()}",
+        f"load avg at the end {os.getloadavg()[0]:.2f}, Python {platform.python_version()}",
         "load_avg_start": args.load_avg_start,
-        "args": vars(args), "logs": str(logdir), "rows": rows,
+        "args": vars(args),
+        "logs": str(logdir),
+        "rows": rows,
         "t": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }  # fmt: skip
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(meta, indent=2))
     print(f"results written to {args.out}")

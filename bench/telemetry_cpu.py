@@ -39,10 +39,23 @@ def _emulator(k: int, tp: int) -> Iterator[str]:
     port = free_port()
     gpu_ids = ",".join(str(k * tp + i) for i in range(tp))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voltana", "emulator", "--port", str(port), "--tp", str(tp),
-         "--gpu-ids", gpu_ids, "--disaggregation-bootstrap-port", str(free_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "voltana",
+            "emulator",
+            "--port",
+            str(port),
+            "--tp",
+            str(tp),
+            "--gpu-ids",
+            gpu_ids,
+            "--disaggregation-bootstrap-port",
+            str(free_port()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 60
@@ -77,8 +90,10 @@ class InProcessEmulatedSource:
         model = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"], seed=seed)
         now = time.monotonic()
         self._gpus = [EmulatedGpu(i, model, now) for i in indices]
-        self._costs = [model.decode(model.max_clock_mhz, 16 + 8 * (k % 8), 16_000 + 4000 * k)
-                       for k in range(len(indices))]  # fmt: skip
+        self._costs = [
+            model.decode(model.max_clock_mhz, 16 + 8 * (k % 8), 16_000 + 4000 * k)
+            for k in range(len(indices))
+        ]
         self._busy_until = [now] * len(indices)
         self._energy = [EnergyCounter() for _ in indices]
         self._indices = tuple(indices)
@@ -98,15 +113,26 @@ class InProcessEmulatedSource:
                 g.end_busy(now)
                 g.begin_busy(now, self._costs[k])
                 self._busy_until[k] = now + self._costs[k].time_s
-            out.append(GpuSample(
-                index=g.index, t_ns=t_ns, mono_ns=mono_ns, power_w=g.power_w(now),
-                energy_j=self._energy[k].update(g.energy_mj(now)), sm_clock_mhz=g.sm_clock_mhz(),
-                source="emulated", name=g.model.gpu.name, locked_clock_mhz=g.locked_max_mhz,
-                mem_clock_mhz=g.model.gpu.mem_clock_mhz, max_sm_clock_mhz=g.model.max_clock_mhz,
-                power_limit_w=g.model.gpu.power_limit_w, throttle_reasons=g.throttle_reasons(),
-                util_gpu_pct=g.util_gpu_pct(now), mem_used_mib=g.mem_used_mib,
-                temperature_c=40.0,
-            ))  # fmt: skip
+            out.append(
+                GpuSample(
+                    index=g.index,
+                    t_ns=t_ns,
+                    mono_ns=mono_ns,
+                    power_w=g.power_w(now),
+                    energy_j=self._energy[k].update(g.energy_mj(now)),
+                    sm_clock_mhz=g.sm_clock_mhz(),
+                    source="emulated",
+                    name=g.model.gpu.name,
+                    locked_clock_mhz=g.locked_max_mhz,
+                    mem_clock_mhz=g.model.gpu.mem_clock_mhz,
+                    max_sm_clock_mhz=g.model.max_clock_mhz,
+                    power_limit_w=g.model.gpu.power_limit_w,
+                    throttle_reasons=g.throttle_reasons(),
+                    util_gpu_pct=g.util_gpu_pct(now),
+                    mem_used_mib=g.mem_used_mib,
+                    temperature_c=40.0,
+                )
+            )
         return out
 
     def close(self) -> None:

@@ -264,8 +264,9 @@ class NvmlGpuSource:
         if cached is not None and mono_ns - cached[0] < self._slow_period_ns:
             return cached[1], cached[2]
         nv, h, gpu = self._nvml, self._handles[k], self._indices[k]
-        app = self._optional(h, gpu, "app_clock", nv.nvmlDeviceGetApplicationsClock, h,
-                             nv.NVML_CLOCK_SM)  # fmt: skip
+        app = self._optional(
+            h, gpu, "app_clock", nv.nvmlDeviceGetApplicationsClock, h, nv.NVML_CLOCK_SM
+        )
         app_mhz = int(app) if app is not None else None
         locked = self._locked_clock_mhz(h, gpu, self._max_clock[k])
         self._slow[k] = (mono_ns, app_mhz, locked)
@@ -279,8 +280,9 @@ class NvmlGpuSource:
         sm_clock = int(
             self._call(nv.nvmlDeviceGetClockInfo, "read SM clock", gpu, h, nv.NVML_CLOCK_SM)
         )
-        energy_j, from_power, fresh, e_t_ns, e_mono_ns = self._read_energy(k, mono_ns, t_ns,
-                                                                            power_w)  # fmt: skip
+        energy_j, from_power, fresh, e_t_ns, e_mono_ns = self._read_energy(
+            k, mono_ns, t_ns, power_w
+        )
         util = self._optional(h, gpu, "util", nv.nvmlDeviceGetUtilizationRates, h)
         mem = self._optional(h, gpu, "memory", nv.nvmlDeviceGetMemoryInfo, h)
         limit_mw = self._optional(h, gpu, "power_limit", nv.nvmlDeviceGetEnforcedPowerLimit, h)

@@ -29,7 +29,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from voltana.groundtruth.gpu_model import GpuModel, IterCost
+    from voltana.schemas.base import Role
+from voltana.groundtruth.gpu_model import GpuModel, IterCost
 
 __all__ = [
     "AdmissionError",
@@ -42,8 +43,6 @@ __all__ = [
     "Phase",
     "iteration_cost",
 ]
-
-Role = Literal["prefill", "decode", "unified"]
 
 
 class AdmissionError(ValueError):

@@ -6,7 +6,7 @@ msgpack; :func:`voltana.schemas.codec.to_json` renders any of them for humans.
 New fields go last with defaults so older readers keep working.
 """
 
-from voltana.schemas.base import SCHEMA_VERSION, Event, now_ns
+from voltana.schemas.base import SCHEMA_VERSION, Event, Role, now_ns
 from voltana.schemas.clock import ClockCommand, ClockDecision, ClockState, ResetClock, SetClock
 from voltana.schemas.config import ControllerConfig, SloConfig
 from voltana.schemas.router import InstanceState, RequestRecord, RouteDecision
@@ -25,6 +25,7 @@ __all__ = [
     "LatencyWindow",
     "RequestRecord",
     "ResetClock",
+    "Role",
     "RouteDecision",
     "SetClock",
     "SloConfig",

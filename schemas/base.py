@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import msgspec
 
 SCHEMA_VERSION = 1
 """Bumped only on an incompatible change; additive fields keep the version."""
+
+Role = Literal["prefill", "decode", "unified"]
+"""What an SGLang instance serves: PD prefill, PD decode, or both (colocated)."""
 
 
 def now_ns() -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-from voltana.schemas.base import Event
+from voltana.schemas.base import Event, Role
 
-Role = Literal["prefill", "decode", "unified"]
+__all__ = ["GpuTelemetry", "InstanceTelemetry", "LatencyWindow", "Role"]
 
 
 class LatencyWindow(msgspec.Struct, frozen=True, kw_only=True):

@@ -33,16 +33,3 @@ def nats_server_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nat
         yield server
     finally:
         server.close()
-
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    """The shared test data folder beside the checkout; skips when absent (a fresh clone)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(
-            f"shared data folder not found at {SHARED_DATA} (only present beside the checkout)"
-        )
-    return SHARED_DATA

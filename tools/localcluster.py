@@ -170,13 +170,30 @@ class LocalCluster:
                 self._spawn(
                     name,
                     [
-                        "emulator", "--role", role, "--gpu", s.gpu, "--model", s.model,
-                        "--host", "127.0.0.1", "--port", str(port),
-                        "--disaggregation-bootstrap-port", str(boot), "--gpu-ids", str(gpu),
-                        "--seed", str(s.seed + gpu), "--noise", str(s.noise),
-                        "--sglang-version", s.sglang_version, *s.extra_emulator_args,
+                        "emulator",
+                        "--role",
+                        role,
+                        "--gpu",
+                        s.gpu,
+                        "--model",
+                        s.model,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--disaggregation-bootstrap-port",
+                        str(boot),
+                        "--gpu-ids",
+                        str(gpu),
+                        "--seed",
+                        str(s.seed + gpu),
+                        "--noise",
+                        str(s.noise),
+                        "--sglang-version",
+                        s.sglang_version,
+                        *s.extra_emulator_args,
                     ],
-                )  # fmt: skip
+                )
                 gpu += 1
         for inst in self.instances:
             self._wait_http(inst.name, inst.url + "/health")
@@ -191,18 +208,43 @@ class LocalCluster:
         self._spawn(
             "freqctl",
             [
-                "freqctl", "--instances", targets, "--policy", s.policy, "--gpu", s.gpu,
-                "--model", s.model, "--ttft-slo-s", str(s.slo_ttft_s), "--itl-slo-s",
-                str(s.slo_itl_s), "--nats", self.nats.url,
+                "freqctl",
+                "--instances",
+                targets,
+                "--policy",
+                s.policy,
+                "--gpu",
+                s.gpu,
+                "--model",
+                s.model,
+                "--ttft-slo-s",
+                str(s.slo_ttft_s),
+                "--itl-slo-s",
+                str(s.slo_itl_s),
+                "--nats",
+                self.nats.url,
             ],
-        )  # fmt: skip
+        )
         router_port = s.router_port or free_port()
         router = [
-            "router", "--host", "127.0.0.1", "--port", str(router_port),
-            "--prefill-policy", s.prefill_policy, "--decode-policy", s.decode_policy,
-            "--slo-ttft-s", str(s.slo_ttft_s), "--slo-itl-s", str(s.slo_itl_s),
-            "--nats", self.nats.url, "--seed", str(s.seed),
-        ]  # fmt: skip
+            "router",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(router_port),
+            "--prefill-policy",
+            s.prefill_policy,
+            "--decode-policy",
+            s.decode_policy,
+            "--slo-ttft-s",
+            str(s.slo_ttft_s),
+            "--slo-itl-s",
+            str(s.slo_itl_s),
+            "--nats",
+            self.nats.url,
+            "--seed",
+            str(s.seed),
+        ]
         for inst in self.instances:
             if inst.role == "prefill":
                 router += ["--prefill", inst.url, str(inst.bootstrap_port)]

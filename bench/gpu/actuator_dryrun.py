@@ -184,8 +184,12 @@ def scenario_direct(backend: Any, node: str) -> list[dict[str, Any]]:
     states: list[dict[str, Any]] = []
 
     def run(v: Verdict, label: str) -> None:
-        status = {"renew": "unchanged", "deferred": "unchanged", "rejected": "rejected",
-                  "released": "reset"}.get(v.kind, v.kind)  # fmt: skip
+        status = {
+            "renew": "unchanged",
+            "deferred": "unchanged",
+            "rejected": "rejected",
+            "released": "reset",
+        }.get(v.kind, v.kind)
         if v.kind in ("apply", "reset", "expired", "released"):
             if v.target_mhz is None:
                 backend.reset_locked_clocks(v.gpu)
@@ -194,10 +198,15 @@ def scenario_direct(backend: Any, node: str) -> list[dict[str, Any]]:
                 status = "applied" if changed else "unchanged"
         known = v.gpu in gpus
         states.append(
-            {"label": label, "gpu": v.gpu, "status": status, "reason": v.reason,
-             "requested_clock_mhz": v.requested_mhz,
-             "locked_clock_mhz": backend.locked_clock_mhz(v.gpu) if known else None}
-        )  # fmt: skip
+            {
+                "label": label,
+                "gpu": v.gpu,
+                "status": status,
+                "reason": v.reason,
+                "requested_clock_mhz": v.requested_mhz,
+                "locked_clock_mhz": backend.locked_clock_mhz(v.gpu) if known else None,
+            }
+        )
 
     for v in table.release_all(time.monotonic(), "start-up: clear any leftover lock"):
         run(v, "start-up")

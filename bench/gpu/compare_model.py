@@ -130,21 +130,36 @@ def probe_points(doc: dict[str, Any], source: str) -> list[Point]:
             continue
         out.append(
             Point(
-                source, "prefill", r["tokens"], 0, r["time_s_median"], r["avg_power_w"],
-                r["sm_clock_mhz_median"], exclusion("prefill", r["tokens"], 0, r["graph"]), lock,
+                source,
+                "prefill",
+                r["tokens"],
+                0,
+                r["time_s_median"],
+                r["avg_power_w"],
+                r["sm_clock_mhz_median"],
+                exclusion("prefill", r["tokens"], 0, r["graph"]),
+                lock,
                 r["throttle_fraction"],
             )
-        )  # fmt: skip
+        )
     for r in doc.get("decode", []):
         if "error" in r:
             continue
         b, k = r["batch"], r["kv_tokens"]
         out.append(
             Point(
-                source, "decode", b, k, r["time_s_median"], r["avg_power_w"],
-                r["sm_clock_mhz_median"], exclusion("decode", b, k), lock, r["throttle_fraction"],
+                source,
+                "decode",
+                b,
+                k,
+                r["time_s_median"],
+                r["avg_power_w"],
+                r["sm_clock_mhz_median"],
+                exclusion("decode", b, k),
+                lock,
+                r["throttle_fraction"],
             )
-        )  # fmt: skip
+        )
     return out
 
 
@@ -158,15 +173,31 @@ def legacy_points(doc: dict[str, Any]) -> list[Point]:
     for r in doc["prefill"]:
         why = "eager prefill (launch-bound)" if r["tokens"] < 1024 else ""
         out.append(
-            Point("legacy", "prefill", r["tokens"], 0, r["ms"] / 1e3, r["avg_power_w"],
-                  r["sm_mhz_med"], why)
-        )  # fmt: skip
+            Point(
+                "legacy",
+                "prefill",
+                r["tokens"],
+                0,
+                r["ms"] / 1e3,
+                r["avg_power_w"],
+                r["sm_mhz_med"],
+                why,
+            )
+        )
     for r in doc["decode"]:
         b, k = r["batch"], r["context"]
         out.append(
-            Point("legacy", "decode", b, k, r["ms"] / 1e3, r["avg_power_w"], r["sm_mhz_med"],
-                  exclusion("decode", b, 0))
-        )  # fmt: skip
+            Point(
+                "legacy",
+                "decode",
+                b,
+                k,
+                r["ms"] / 1e3,
+                r["avg_power_w"],
+                r["sm_mhz_med"],
+                exclusion("decode", b, 0),
+            )
+        )
     return out
 
 
@@ -209,8 +240,13 @@ def compare(model: GpuModel, points: list[Point]) -> list[dict[str, Any]]:
 # Published serving runs the emulator's own tests hold the model to (within 25%):
 # ML.ENERGY leaderboard v3, vLLM, H100 at 700 W, Llama-3.1-8B, ~1.5k tokens of context.
 # (batch, ITL s, power W)
-ML_ENERGY = [(8, 7.3e-3, 486), (32, 8.9e-3, 560), (128, 16.5e-3, 669), (256, 26.1e-3, 691),
-             (512, 47.4e-3, 688)]  # fmt: skip
+ML_ENERGY = [
+    (8, 7.3e-3, 486),
+    (32, 8.9e-3, 560),
+    (128, 16.5e-3, 669),
+    (256, 26.1e-3, 691),
+    (512, 47.4e-3, 688),
+]
 # Physical bounds of each fitted knob (units as in GpuSpec).
 FIT_BOUNDS: dict[str, tuple[float, float]] = {
     "sm_power_w": (600.0, 2000.0),
@@ -330,9 +366,15 @@ def fit(
     # not depend on them) and a local polish (Powell).
     unit = [(0.0, 1.0)] * len(FIT_KNOBS)
     glob = differential_evolution(
-        lambda z: objective(knobs(z)), unit, seed=1, popsize=12, maxiter=maxiter,
-        polish=False, tol=1e-8, init="sobol",
-    )  # fmt: skip
+        lambda z: objective(knobs(z)),
+        unit,
+        seed=1,
+        popsize=12,
+        maxiter=maxiter,
+        polish=False,
+        tol=1e-8,
+        init="sobol",
+    )
     res = minimize(
         lambda z: objective(knobs(z)),
         glob.x,

@@ -48,12 +48,19 @@ from power_sampler import COLUMNS, Sampler, open_source, summarize, timed_window
 PREFILL_TOKENS = [128, 256, 512, 1024, 2048, 4096, 8192, 12288, 16384]
 PREFILL_EAGER_TOKENS = [128, 1024, 4096]
 DECODE_POINTS = [(b, 512) for b in (1, 2, 4, 8, 16, 32, 64, 96, 128, 129, 256, 384, 512)] + [
-    (1, 128), (1, 2048), (1, 8192), (1, 16384),
-    (16, 2048), (16, 8192),
-    (64, 128), (64, 2048), (64, 4096),
-    (128, 128), (128, 2048),
+    (1, 128),
+    (1, 2048),
+    (1, 8192),
+    (1, 16384),
+    (16, 2048),
+    (16, 8192),
+    (64, 128),
+    (64, 2048),
+    (64, 4096),
+    (128, 128),
+    (128, 2048),
     (256, 1024),
-]  # fmt: skip
+]
 _QUEUE_LAG = 32
 """Iterations the host may run ahead of the GPU inside a timed window."""
 REPEATS = [("prefill", 4096, 0), ("decode", 64, 512), ("decode", 256, 512)]
@@ -358,8 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.telemetry == "nvml":
         info["nvml"] = nvml_info(args.gpu)
     prefill_tokens, eager_tokens, decode_points, repeats = (
-        PREFILL_TOKENS, PREFILL_EAGER_TOKENS, DECODE_POINTS, REPEATS
-    )  # fmt: skip
+        PREFILL_TOKENS,
+        PREFILL_EAGER_TOKENS,
+        DECODE_POINTS,
+        REPEATS,
+    )
     if args.quick:
         prefill_tokens, eager_tokens = [128, 1024], [128]
         decode_points = [(1, 512), (16, 512), (4, 2048)]
@@ -428,8 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples_out and sampler is not None:
         rows = sampler.rows()
         rows[:, 0] -= probe.t_origin if probe is not None else wall0
-        cols = {c: [None if np.isnan(v) else round(float(v), 4) for v in rows[:, i]]
-                for i, c in enumerate(COLUMNS)}  # fmt: skip
+        cols = {
+            c: [None if np.isnan(v) else round(float(v), 4) for v in rows[:, i]]
+            for i, c in enumerate(COLUMNS)
+        }
         Path(args.samples_out).write_text(json.dumps({"columns": list(COLUMNS), **cols}))
     print(f"wrote {args.out} ({results['wall_s']:.0f} s)", flush=True)
     return 1 if "error" in results else 0

@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
+from voltana import __version__
 from voltana.bus.client import Bus
 from voltana.common.errors import GpuError
 from voltana.common.logs import get_logger
@@ -30,8 +31,6 @@ from voltana.gpu.backends import ClockBackend
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockCommand, ClockState, ClockStatus, ResetClock, SetClock
 from voltana.services.actuator.core import ActuatorConfig, LeaseTable, Verdict
-
-SERVICE_VERSION = "0.1.0"
 
 COMMANDS = PromCounter(
     "voltana_actuator_outcomes", "Clock states published by the actuator", ["node", "status"]
@@ -312,7 +311,7 @@ class Actuator:
         self._service = await add_service(
             self.bus.nc,
             name="voltana-actuator",
-            version=SERVICE_VERSION,
+            version=__version__,
             description=f"clock actuator of node {self.node}",
             metadata={"node": self.node, "backend": self.backend.name},
             stats_handler=lambda _ep: {
@@ -322,6 +321,3 @@ class Actuator:
         )
         group = self._service.add_group(name=subjects.actuator_status(self.node).rsplit(".", 1)[0])
         await group.add_endpoint(name="status", handler=status)
-
-
-status_subject = subjects.actuator_status

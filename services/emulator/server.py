@@ -33,6 +33,7 @@ from voltana.groundtruth.engine import (
     iteration_cost,
 )
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, IterCost
+from voltana.schemas.base import Role
 from voltana.services.emulator import pd
 from voltana.services.emulator.gpu_device import EmulatedGpu
 from voltana.services.emulator.metrics import SglangMetrics
@@ -51,7 +52,7 @@ def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
 
 @dataclass(frozen=True)
 class EmulatorConfig:
-    role: Literal["prefill", "decode", "unified"] = "unified"
+    role: Role = "unified"
     gpu: str = "h100"
     model: str = "llama-3.1-8b"
     tp: int = 1

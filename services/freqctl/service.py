@@ -24,6 +24,7 @@ import msgspec
 import nats.js.errors
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
+from voltana import __version__
 from voltana.bus.client import Bus
 from voltana.common.logs import get_logger
 from voltana.predictor.profile import Profile
@@ -47,8 +48,6 @@ from voltana.services.freqctl.core import (
     missing_input,
     needs_send,
 )
-
-SERVICE_VERSION = "0.1.0"
 
 DECISIONS = PromCounter(
     "voltana_freqctl_decisions", "Controller decisions", ["instance", "policy", "rule"]
@@ -415,7 +414,7 @@ class FreqctlService:
         self._service = await add_service(
             self.bus.nc,
             name="voltana-freqctl",
-            version=SERVICE_VERSION,
+            version=__version__,
             description="per-instance GPU clock controllers",
             metadata={"controller": self.name},
             stats_handler=lambda _ep: {

@@ -36,26 +36,48 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", default=None, help="TOML file with RouterConfig keys")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="bind port (default 8000)")
-    p.add_argument("--prefill", nargs="+", action="append", default=None,
-                   metavar=("URL", "BOOTSTRAP_PORT"),
-                   help="prefill worker URL and optional bootstrap port (none = server's own); "
-                        "repeat per worker")  # fmt: skip
-    p.add_argument("--decode", action="append", default=None, metavar="URL",
-                   help="decode worker URL; repeat per worker")  # fmt: skip
+    p.add_argument(
+        "--prefill",
+        nargs="+",
+        action="append",
+        default=None,
+        metavar=("URL", "BOOTSTRAP_PORT"),
+        help="prefill worker URL and optional bootstrap port (none = server's own); "
+        "repeat per worker",
+    )
+    p.add_argument(
+        "--decode",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="decode worker URL; repeat per worker",
+    )
     p.add_argument("--policy", choices=_POLICIES, default=None, help="policy for both sides")
     p.add_argument("--prefill-policy", choices=_POLICIES, default=None)
     p.add_argument("--decode-policy", choices=_POLICIES, default=None)
     p.add_argument("--profile", default=None, help="profile JSON for ecoroute (default: packaged)")
-    p.add_argument("--gpu", dest="profile_gpu", default=None,
-                   help="packaged profile's GPU for ecoroute (default h100)")  # fmt: skip
-    p.add_argument("--model", dest="profile_model", default=None,
-                   help="packaged profile's model for ecoroute (default llama-3.1-8b)")  # fmt: skip
+    p.add_argument(
+        "--gpu",
+        dest="profile_gpu",
+        default=None,
+        help="packaged profile's GPU for ecoroute (default h100)",
+    )
+    p.add_argument(
+        "--model",
+        dest="profile_model",
+        default=None,
+        help="packaged profile's model for ecoroute (default llama-3.1-8b)",
+    )
     p.add_argument("--slo-ttft-s", type=float, default=None)
     p.add_argument("--slo-itl-s", type=float, default=None)
     p.add_argument("--no-nats", action="store_true", help="run without the bus")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
-                   help="event loop (auto: uvloop when installed)")  # fmt: skip
+    p.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop (auto: uvloop when installed)",
+    )
     g = p.add_argument_group("protection")
     g.add_argument("--max-concurrent-requests", type=int, default=None)
     g.add_argument("--max-queued-requests", type=int, default=None)
@@ -108,17 +130,33 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.policy:
         cfg.prefill_policy = cfg.decode_policy = args.policy
     simple = {
-        "host": "host", "port": "port", "prefill_policy": "prefill_policy",
-        "decode_policy": "decode_policy", "profile": "profile", "slo_ttft_s": "slo_ttft_s",
-        "slo_itl_s": "slo_itl_s", "seed": "seed", "profile_gpu": "profile_gpu",
+        "host": "host",
+        "port": "port",
+        "prefill_policy": "prefill_policy",
+        "decode_policy": "decode_policy",
+        "profile": "profile",
+        "slo_ttft_s": "slo_ttft_s",
+        "slo_itl_s": "slo_itl_s",
+        "seed": "seed",
+        "profile_gpu": "profile_gpu",
         "profile_model": "profile_model",
-    }  # fmt: skip
+    }
     for flag in (
-        "max_concurrent_requests", "max_queued_requests", "queue_timeout_s", "max_request_bytes",
-        "api_key", "request_timeout_s", "connect_timeout_s", "read_timeout_s", "prefill_retries",
-        "health_check_interval_s", "health_check_timeout_s", "health_failure_threshold",
-        "breaker_failures", "breaker_open_s",
-    ):  # fmt: skip
+        "max_concurrent_requests",
+        "max_queued_requests",
+        "queue_timeout_s",
+        "max_request_bytes",
+        "api_key",
+        "request_timeout_s",
+        "connect_timeout_s",
+        "read_timeout_s",
+        "prefill_retries",
+        "health_check_interval_s",
+        "health_check_timeout_s",
+        "health_failure_threshold",
+        "breaker_failures",
+        "breaker_open_s",
+    ):
         simple[flag] = flag
     for flag, key in simple.items():
         value = getattr(args, flag, None)

@@ -37,8 +37,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class PrefillFailed(Exception):
     """The prefill side failed; ``retryable`` when another worker could do it."""
 
-    def __init__(self, message: str, *, status: int = 502, retryable: bool = True,
-                 body: bytes | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, message: str, *, status: int = 502, retryable: bool = True, body: bytes | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
@@ -80,14 +81,19 @@ class Pd:
     def __init__(self, router: Router) -> None:
         self.r = router
 
-    async def serve(self, request: web.Request, path: str, body: dict[str, Any],
-                    info: proto.RequestInfo) -> web.StreamResponse:  # fmt: skip
+    async def serve(
+        self, request: web.Request, path: str, body: dict[str, Any], info: proto.RequestInfo
+    ) -> web.StreamResponse:
         r = self.r
         arrival = time.monotonic()
         arrival_ns = time.time_ns()
         rid = uuid.uuid4().hex
-        rreq = RouteRequest(request_id=rid, input_tokens=info.input_tokens,
-                            max_new_tokens=info.max_new_tokens, arrival_t=arrival)  # fmt: skip
+        rreq = RouteRequest(
+            request_id=rid,
+            input_tokens=info.input_tokens,
+            max_new_tokens=info.max_new_tokens,
+            arrival_t=arrival,
+        )
         excluded: set[str] = set()
         out = Outcome()
         attempt = 0
@@ -101,18 +107,28 @@ class Pd:
                     out.status, out.http_status = "rejected", 503
                     out.error = "no healthy prefill/decode worker"
                     r.metrics.rejected.labels("no_worker").inc()
-                    return web.Response(status=503, body=proto.error_body(out.error, code=503),
-                                        content_type="application/json")  # fmt: skip
+                    return web.Response(
+                        status=503,
+                        body=proto.error_body(out.error, code=503),
+                        content_type="application/json",
+                    )
                 pw, dw = pair.prefill, pair.decode
                 out.prefill, out.decode = pw.name, dw.name
                 rooms = [proto.new_room(r.pyrng) for _ in range(info.batch_size or 1)]
-                payload = proto.encode(proto.add_bootstrap(
-                    body, proto.bootstrap_host(pw.spec.url), pw.spec.bootstrap_port, rooms,
-                    info.batch_size))  # fmt: skip
+                payload = proto.encode(
+                    proto.add_bootstrap(
+                        body,
+                        proto.bootstrap_host(pw.spec.url),
+                        pw.spec.bootstrap_port,
+                        rooms,
+                        info.batch_size,
+                    )
+                )
                 r.on_dispatched(pair, rreq, rooms[0], path)
                 try:
-                    return await self._attempt(request, path, payload, info, rreq, pw.name,
-                                               dw.name, arrival, out)  # fmt: skip
+                    return await self._attempt(
+                        request, path, payload, info, rreq, pw.name, dw.name, arrival, out
+                    )
                 except PrefillFailed as exc:
                     last_failure = exc
                     if exc.retryable and not out.bytes_sent and attempt < r.cfg.prefill_retries:
@@ -132,8 +148,11 @@ class Pd:
             log.exception("dispatch_failed", request_id=rid)
             if out.bytes_sent:
                 raise
-            return web.Response(status=500, body=proto.error_body(out.error, code=500),
-                                content_type="application/json")  # fmt: skip
+            return web.Response(
+                status=500,
+                body=proto.error_body(out.error, code=500),
+                content_type="application/json",
+            )
         finally:
             r.on_finished(rreq, info, path, out, arrival, arrival_ns)
 
@@ -149,9 +168,18 @@ class Pd:
         )
         return web.Response(status=exc.status, body=body, content_type="application/json")
 
-    async def _attempt(self, request: web.Request, path: str, payload: bytes,
-                       info: proto.RequestInfo, rreq: RouteRequest, pname: str, dname: str,
-                       arrival: float, out: Outcome) -> web.StreamResponse:  # fmt: skip
+    async def _attempt(
+        self,
+        request: web.Request,
+        path: str,
+        payload: bytes,
+        info: proto.RequestInfo,
+        rreq: RouteRequest,
+        pname: str,
+        dname: str,
+        arrival: float,
+        out: Outcome,
+    ) -> web.StreamResponse:
         r = self.r
         st = r.state
         purl = st.workers[pname].spec.url + path
@@ -169,8 +197,9 @@ class Pd:
                 decode_ok = d_resp.status < 500
                 out.status, out.http_status = "error", d_resp.status
                 out.error = f"decode answered {d_resp.status}"
-                return web.Response(status=d_resp.status, body=data,
-                                    content_type=d_resp.content_type)  # fmt: skip
+                return web.Response(
+                    status=d_resp.status, body=data, content_type=d_resp.content_type
+                )
             if not info.stream:
                 data = await self._watch(p_task, d_resp.read())
                 decode_ok = True
@@ -191,8 +220,11 @@ class Pd:
             if out.bytes_sent:
                 return web.Response(status=200)  # stream already ended in _stream
             out.http_status = 504 if "timed out" in err else 502
-            return web.Response(status=out.http_status, body=proto.error_body(
-                out.error, code=out.http_status), content_type="application/json")  # fmt: skip
+            return web.Response(
+                status=out.http_status,
+                body=proto.error_body(out.error, code=out.http_status),
+                content_type="application/json",
+            )
         finally:
             await _cancel(p_task)
             if d_resp is not None:
@@ -203,8 +235,14 @@ class Pd:
             else:
                 with contextlib.suppress(BaseException):
                     await d_ctx.__aexit__(None, None, None)
-            st.decode_done(dname, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens,
-                           out.gaps_s, time.monotonic())  # fmt: skip
+            st.decode_done(
+                dname,
+                rreq.request_id,
+                rreq.input_tokens,
+                rreq.max_new_tokens,
+                out.gaps_s,
+                time.monotonic(),
+            )
             if decode_ok is None and out.bytes_sent:
                 decode_ok = not out.error or not out.error.startswith("decode")
             if decode_ok is not None:
@@ -247,8 +285,12 @@ class Pd:
                     retryable = resp.status >= 500 or resp.status == 429
                     ok = not retryable  # a 4xx is the request's fault, not the worker's
                     r.metrics.errors.labels("prefill", f"http_{resp.status}").inc()
-                    raise PrefillFailed(f"prefill answered {resp.status}", status=resp.status,
-                                        retryable=retryable, body=data)  # fmt: skip
+                    raise PrefillFailed(
+                        f"prefill answered {resp.status}",
+                        status=resp.status,
+                        retryable=retryable,
+                        body=data,
+                    )
                 if data.startswith(b"data:"):
                     sc = proto.SseScanner()
                     sc.feed(data if data.endswith(b"\n\n") else data + b"\n\n")
@@ -277,9 +319,17 @@ class Pd:
         except Exception:
             return data
 
-    async def _stream(self, request: web.Request, d_resp: aiohttp.ClientResponse,
-                      p_task: asyncio.Task[bytes], info: proto.RequestInfo, rreq: RouteRequest,
-                      dname: str, arrival: float, out: Outcome) -> web.StreamResponse:  # fmt: skip
+    async def _stream(
+        self,
+        request: web.Request,
+        d_resp: aiohttp.ClientResponse,
+        p_task: asyncio.Task[bytes],
+        info: proto.RequestInfo,
+        rreq: RouteRequest,
+        dname: str,
+        arrival: float,
+        out: Outcome,
+    ) -> web.StreamResponse:
         r = self.r
         chunks = d_resp.content.iter_any()
         try:
@@ -331,8 +381,12 @@ class Pd:
             else:
                 out.error = f"decode failed mid-stream: {_upstream_error(exc)}"
                 r.metrics.errors.labels("decode", type(exc).__name__).inc()
-                log.warning("decode_failed_mid_stream", request_id=rreq.request_id,
-                            decode=dname, error=out.error)  # fmt: skip
+                log.warning(
+                    "decode_failed_mid_stream",
+                    request_id=rreq.request_id,
+                    decode=dname,
+                    error=out.error,
+                )
             out.status = "error"
             with contextlib.suppress(Exception):
                 await resp.write(proto.error_event(out.error))
@@ -341,8 +395,11 @@ class Pd:
         if not scan.saw_done and out.status == "ok":
             perr = p_task.exception() if p_task.done() and not p_task.cancelled() else None
             out.status = "error"
-            out.error = (f"prefill failed: {perr}" if perr is not None
-                         else "decode stream ended without [DONE]")  # fmt: skip
+            out.error = (
+                f"prefill failed: {perr}"
+                if perr is not None
+                else "decode stream ended without [DONE]"
+            )
             log.warning("stream_cut", request_id=rreq.request_id, decode=dname, error=out.error)
             with contextlib.suppress(Exception):
                 await resp.write(proto.error_event(out.error))

@@ -251,10 +251,6 @@ def completion_tokens(obj: Any) -> int | None:
     return None
 
 
-def is_error_object(obj: Any) -> bool:
-    return isinstance(obj, dict) and "error" in obj and "meta_info" not in obj
-
-
 def merge_logprobs(prefill: Any, decode_obj: Any) -> Any:
     """Prepend the prefill's ``meta_info.input_token_logprobs`` to the decode's (per item)."""
     if isinstance(prefill, list) and isinstance(decode_obj, list):

@@ -71,8 +71,11 @@ class Router:
         if "ecoroute" in (cfg.prefill_policy, cfg.decode_policy):
             from voltana.predictor.profile import default_profile, load_profile
 
-            profile = (load_profile(cfg.profile) if cfg.profile
-                       else default_profile(cfg.profile_gpu, cfg.profile_model))  # fmt: skip
+            profile = (
+                load_profile(cfg.profile)
+                if cfg.profile
+                else default_profile(cfg.profile_gpu, cfg.profile_model)
+            )
         self.prefill_policy = make_policy(cfg.prefill_policy, profile=profile, slo=self.slo)
         self.decode_policy = make_policy(cfg.decode_policy, profile=profile, slo=self.slo)
         self.rng = np.random.default_rng(cfg.seed)
@@ -109,18 +112,31 @@ class Router:
         return app
 
     async def start(self) -> Router:
-        connector = aiohttp.TCPConnector(limit=self.cfg.upstream_connections, limit_per_host=0,
-                                         ttl_dns_cache=300, keepalive_timeout=60)  # fmt: skip
-        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_s,
-                                        sock_connect=self.cfg.connect_timeout_s,
-                                        sock_read=self.cfg.read_timeout_s)  # fmt: skip
+        connector = aiohttp.TCPConnector(
+            limit=self.cfg.upstream_connections,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            keepalive_timeout=60,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=self.cfg.request_timeout_s,
+            sock_connect=self.cfg.connect_timeout_s,
+            sock_read=self.cfg.read_timeout_s,
+        )
         # no cookies between router and workers: skip the jar's per-request work
-        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                             auto_decompress=False,
-                                             cookie_jar=aiohttp.DummyCookieJar())  # fmt: skip
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
         await self.bus.start()
-        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=self.cfg.shutdown_timeout_s)  # fmt: skip
+        self._runner = web.AppRunner(
+            self.app(),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=self.cfg.shutdown_timeout_s,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, backlog=4096)
         await site.start()
@@ -129,10 +145,16 @@ class Router:
         self._tasks = [asyncio.create_task(self._state_loop(), name="router-state")]
         if self.cfg.health_check_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._health_loop(), name="router-health"))
-        log.info("router_started", host=self.cfg.host, port=self.port,
-                 prefill=[w.url for w in self.cfg.prefill], decode=[w.url for w in self.cfg.decode],
-                 prefill_policy=self.prefill_policy.name, decode_policy=self.decode_policy.name,
-                 nats=self.cfg.nats)  # fmt: skip
+        log.info(
+            "router_started",
+            host=self.cfg.host,
+            port=self.port,
+            prefill=[w.url for w in self.cfg.prefill],
+            decode=[w.url for w in self.cfg.decode],
+            prefill_policy=self.prefill_policy.name,
+            decode_policy=self.decode_policy.name,
+            nats=self.cfg.nats,
+        )
         return self
 
     async def stop(self) -> None:
@@ -147,8 +169,11 @@ class Router:
             t0 = time.monotonic()
             await self._runner.cleanup()
             if time.monotonic() - t0 > 1.0:
-                log.warning("router_slow_shutdown", waited_s=round(time.monotonic() - t0, 2),
-                            in_flight=self._active)  # fmt: skip
+                log.warning(
+                    "router_slow_shutdown",
+                    waited_s=round(time.monotonic() - t0, 2),
+                    in_flight=self._active,
+                )
         await self.bus.stop()
         await self.session.close()
         log.info("router_stopped")
@@ -181,19 +206,31 @@ class Router:
     def on_dispatched(self, pair: Pair, rreq: RouteRequest, room: int, path: str) -> None:
         now = time.monotonic()
         pw, dw = pair.prefill, pair.decode
-        self.state.dispatched(pw.name, dw.name, rreq.request_id, rreq.input_tokens,
-                              rreq.max_new_tokens, now)  # fmt: skip
+        self.state.dispatched(
+            pw.name, dw.name, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, now
+        )
         self.prefill_policy.on_dispatch(pw.name, rreq, now)
         self.decode_policy.on_dispatch(dw.name, rreq, now)
         self.metrics.decisions.labels("prefill", pw.name).inc()
         self.metrics.decisions.labels("decode", dw.name).inc()
         self._changed.set()
-        self.bus.publish(subjects.ROUTE_DECISION, RouteDecision(
-            t_ns=now_ns(), request_id=rreq.request_id, prefill=pw.name, decode=dw.name,
-            prefill_policy=self.prefill_policy.name, decode_policy=self.decode_policy.name,
-            bootstrap_room=room, input_tokens=rreq.input_tokens,
-            max_new_tokens=rreq.max_new_tokens, prefill_reason=pair.prefill_reason, decode_reason=pair.decode_reason,
-            path=path))  # fmt: skip
+        self.bus.publish(
+            subjects.ROUTE_DECISION,
+            RouteDecision(
+                t_ns=now_ns(),
+                request_id=rreq.request_id,
+                prefill=pw.name,
+                decode=dw.name,
+                prefill_policy=self.prefill_policy.name,
+                decode_policy=self.decode_policy.name,
+                bootstrap_room=room,
+                input_tokens=rreq.input_tokens,
+                max_new_tokens=rreq.max_new_tokens,
+                prefill_reason=pair.prefill_reason,
+                decode_reason=pair.decode_reason,
+                path=path,
+            ),
+        )
 
     def breaker_result(self, name: str, ok: bool) -> None:
         if self.state.request_result(name, ok, time.monotonic()):
@@ -201,8 +238,15 @@ class Router:
             log.warning("circuit_" + ("open" if w.breaker.opened_at else "closed"), instance=name)
             self._changed.set()
 
-    def on_finished(self, rreq: RouteRequest, info: proto.RequestInfo, path: str, out: Outcome,
-                    arrival: float, arrival_ns: int) -> None:  # fmt: skip
+    def on_finished(
+        self,
+        rreq: RouteRequest,
+        info: proto.RequestInfo,
+        path: str,
+        out: Outcome,
+        arrival: float,
+        arrival_ns: int,
+    ) -> None:
         now = time.monotonic()
         if out.prefill:
             self.prefill_policy.on_complete(out.prefill, rreq, now)
@@ -222,11 +266,25 @@ class Router:
             m.slo_met.labels("true" if rec.slo_met else "false").inc()
         self.bus.publish(subjects.REQUEST_DONE, rec)
         if out.status != "ok":
-            log.warning("request_failed", request_id=rreq.request_id, status=out.status,
-                        prefill=out.prefill, decode=out.decode, error=out.error, path=path)  # fmt: skip
+            log.warning(
+                "request_failed",
+                request_id=rreq.request_id,
+                status=out.status,
+                prefill=out.prefill,
+                decode=out.decode,
+                error=out.error,
+                path=path,
+            )
         else:
-            log.debug("request_done", request_id=rreq.request_id, prefill=out.prefill,
-                      decode=out.decode, ttft_s=out.ttft_s, e2e_s=e2e, tokens=out.output_tokens)  # fmt: skip
+            log.debug(
+                "request_done",
+                request_id=rreq.request_id,
+                prefill=out.prefill,
+                decode=out.decode,
+                ttft_s=out.ttft_s,
+                e2e_s=e2e,
+                tokens=out.output_tokens,
+            )
 
     # -- telemetry -------------------------------------------------------------
 
@@ -294,13 +352,19 @@ class Router:
         if got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip(), key):
             return None
         self.metrics.rejected.labels("auth").inc()
-        return web.Response(status=401, body=proto.error_body("invalid or missing API key",
-                            code=401), content_type="application/json")  # fmt: skip
+        return web.Response(
+            status=401,
+            body=proto.error_body("invalid or missing API key", code=401),
+            content_type="application/json",
+        )
 
     @staticmethod
     def _err(status: int, message: str) -> web.Response:
-        return web.Response(status=status, body=proto.error_body(message, code=status),
-                            content_type="application/json")  # fmt: skip
+        return web.Response(
+            status=status,
+            body=proto.error_body(message, code=status),
+            content_type="application/json",
+        )
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         denied = self._auth(request)
@@ -349,8 +413,10 @@ class Router:
         return web.Response(status=200 if ok else 503, text="" if ok else "no healthy workers")
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
 
     def _first_available(self) -> WorkerState | None:
         now = time.monotonic()
@@ -383,8 +449,11 @@ class Router:
         for role in ("prefill", "decode"):
             ws = self.state.role(role)
             out[role] = [i for i in await asyncio.gather(*(self._info(w) for w in ws)) if i]
-        out["router"] = {"name": "voltana-router", "prefill_policy": self.prefill_policy.name,
-                         "decode_policy": self.decode_policy.name}  # fmt: skip
+        out["router"] = {
+            "name": "voltana-router",
+            "prefill_policy": self.prefill_policy.name,
+            "decode_policy": self.decode_policy.name,
+        }
         return web.json_response(out)
 
     async def _flush_cache(self, request: web.Request) -> web.Response:

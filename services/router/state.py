@@ -305,8 +305,11 @@ class ClusterState:
         w.seq += 1
         # latency windows cost a sort each: refresh them at most every WINDOW_REFRESH_S
         if w.windows is None or now - w.windows[0] >= WINDOW_REFRESH_S:
-            w.windows = (now, _window(w.ttft_samples, now, self.latency_window_s),
-                         _window(w.itl_samples, now, self.latency_window_s))  # fmt: skip
+            w.windows = (
+                now,
+                _window(w.ttft_samples, now, self.latency_window_s),
+                _window(w.itl_samples, now, self.latency_window_s),
+            )
         _, ttft, itl = w.windows
         return InstanceState(
             t_ns=t_ns,

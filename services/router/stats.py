@@ -19,8 +19,15 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def request_record(rreq: RouteRequest, info: proto.RequestInfo, out: Outcome, e2e_s: float,
-                   arrival_ns: int, slo: SloConfig, t_ns: int) -> RequestRecord:  # fmt: skip
+def request_record(
+    rreq: RouteRequest,
+    info: proto.RequestInfo,
+    out: Outcome,
+    e2e_s: float,
+    arrival_ns: int,
+    slo: SloConfig,
+    t_ns: int,
+) -> RequestRecord:
     """The bus record of one finished request.
 
     TTFT and ITL are measured only for streamed requests (a non-streamed answer
@@ -45,10 +52,25 @@ def request_record(rreq: RouteRequest, info: proto.RequestInfo, out: Outcome, e2
         slo_met = False
     status = cast(RequestStatus, out.status)
     return RequestRecord(
-        t_ns=t_ns, request_id=rreq.request_id, prefill=out.prefill, decode=out.decode,
-        status=status, arrival_t_ns=arrival_ns, input_tokens=rreq.input_tokens,
-        output_tokens=out.output_tokens, ttft_s=ttft, e2e_s=e2e_s, itl_mean_s=itl_mean,
-        itl_p99_s=itl_p99, itl_max_s=itl_max, itl_within_slo_frac=frac, slo_ttft_s=slo.ttft_s,
-        slo_itl_s=slo.itl_s, ttft_met=ttft_met, itl_met=itl_met, slo_met=slo_met,
-        error=out.error, stream=info.stream,
-    )  # fmt: skip
+        t_ns=t_ns,
+        request_id=rreq.request_id,
+        prefill=out.prefill,
+        decode=out.decode,
+        status=status,
+        arrival_t_ns=arrival_ns,
+        input_tokens=rreq.input_tokens,
+        output_tokens=out.output_tokens,
+        ttft_s=ttft,
+        e2e_s=e2e_s,
+        itl_mean_s=itl_mean,
+        itl_p99_s=itl_p99,
+        itl_max_s=itl_max,
+        itl_within_slo_frac=frac,
+        slo_ttft_s=slo.ttft_s,
+        slo_itl_s=slo.itl_s,
+        ttft_met=ttft_met,
+        itl_met=itl_met,
+        slo_met=slo_met,
+        error=out.error,
+        stream=info.stream,
+    )

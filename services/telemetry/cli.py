@@ -50,8 +50,16 @@ def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if args.nats or os.environ.get("VOLTANA_NATS_URL"):
         out["servers"] = given.servers
-    for fld in ("user", "password", "token", "creds_file", "nkeys_seed_file", "tls_ca_file",
-                "tls_cert_file", "tls_key_file"):  # fmt: skip
+    for fld in (
+        "user",
+        "password",
+        "token",
+        "creds_file",
+        "nkeys_seed_file",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+    ):
         value = getattr(given, fld)
         if value is not None:
             out[fld] = value

@@ -13,6 +13,7 @@ import msgspec
 from voltana.bus.client import BusOptions
 from voltana.common.errors import ConfigError
 from voltana.schemas import subjects
+from voltana.schemas.base import Role
 
 GpuBackend = Literal["nvml", "emulated", "none"]
 
@@ -26,7 +27,7 @@ class InstanceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """
 
     name: str
-    role: Literal["prefill", "decode", "unified"]
+    role: Role
     url: str
     gpus: list[int] = msgspec.field(default_factory=list)
     gpu_backend: GpuBackend = "nvml"

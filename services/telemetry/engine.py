@@ -71,8 +71,9 @@ class EngineScraper:
                     self.load_path = path
                     return self._parse_load(path, body)
                 if status not in (404, 405):
-                    raise UpstreamError(f"{self.url}{path} answered {status}", url=self.url,
-                                        status=status)  # fmt: skip
+                    raise UpstreamError(
+                        f"{self.url}{path} answered {status}", url=self.url, status=status
+                    )
             self.load_path = None  # neither endpoint: gauges only
             return None
         if self.load_path is None:
@@ -80,8 +81,9 @@ class EngineScraper:
         status, body = await self._get(self.load_path)
         if status != 200:
             self.load_path = _UNKNOWN  # the server changed under us: detect again next time
-            raise UpstreamError(f"{self.url}{self.load_path} answered {status}", url=self.url,
-                                status=status)  # fmt: skip
+            raise UpstreamError(
+                f"{self.url}{self.load_path} answered {status}", url=self.url, status=status
+            )
         return self._parse_load(self.load_path, body)
 
     def _parse_load(self, path: str, body: bytes) -> LoadSnapshot:
@@ -125,8 +127,14 @@ class EngineScraper:
             version = "0.4.7"
         else:
             version = metrics.looks_like
-        return EngineReading(t_ns=t_ns, mono_s=(m0 + m1) / 2, latency_s=m1 - m0,
-                             metrics=metrics, load=load, version=version)  # fmt: skip
+        return EngineReading(
+            t_ns=t_ns,
+            mono_s=(m0 + m1) / 2,
+            latency_s=m1 - m0,
+            metrics=metrics,
+            load=load,
+            version=version,
+        )
 
 
 def _first(*values: float | int | None) -> float:
@@ -209,10 +217,23 @@ class EngineState:
         seq = self._next_seq()
         if self._last is not None:
             return msgspec.structs.replace(
-                self._last, t_ns=t_ns, seq=seq, healthy=False, error=error, ttft=None, itl=None,
+                self._last,
+                t_ns=t_ns,
+                seq=seq,
+                healthy=False,
+                error=error,
+                ttft=None,
+                itl=None,
                 scrape_latency_s=None,
-            )  # fmt: skip
+            )
         return InstanceTelemetry(
-            t_ns=t_ns, instance=self.inst.name, role=self.inst.role, node=self.node,
-            url=self.inst.url, seq=seq, gpus=list(self.inst.gpus), healthy=False, error=error,
-        )  # fmt: skip
+            t_ns=t_ns,
+            instance=self.inst.name,
+            role=self.inst.role,
+            node=self.node,
+            url=self.inst.url,
+            seq=seq,
+            gpus=list(self.inst.gpus),
+            healthy=False,
+            error=error,
+        )

@@ -239,8 +239,9 @@ class TelemetryService:
             return
 
         async def metrics(_: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(REGISTRY),
-                                headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
+            return web.Response(
+                body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
 
         async def health(_: web.Request) -> web.Response:
             failing = {k: v for k, v in self._status.errors.items() if v}

@@ -71,9 +71,14 @@ async def test_role_users_run_the_control_loop(acl_server: NatsServer, tmp_path:
             while not stop.is_set():
                 seq += 1
                 msg = InstanceTelemetry(
-                    t_ns=time.time_ns(), instance="d0", role="decode", node=NODE,
-                    url=emu, seq=seq, gpus=[0],
-                )  # fmt: skip
+                    t_ns=time.time_ns(),
+                    instance="d0",
+                    role="decode",
+                    node=NODE,
+                    url=emu,
+                    seq=seq,
+                    gpus=[0],
+                )
                 await tel_bus.publish(subjects.telemetry_engine("decode", "d0"), msg)
                 await asyncio.sleep(0.05)
 

@@ -19,7 +19,7 @@ from voltana.gpu.emulated_clocks import EmulatedBackend
 from voltana.schemas import now_ns, subjects
 from voltana.schemas.clock import ClockState, ResetClock, SetClock
 from voltana.services.actuator.core import ActuatorConfig
-from voltana.services.actuator.service import Actuator, status_subject
+from voltana.services.actuator.service import Actuator
 
 NODE = "n1"
 
@@ -96,7 +96,7 @@ async def test_lock_lease_expiry_and_rejections(nats_server: NatsServer, emu: st
             subjects.clock_set(NODE, 0), msgspec.msgpack.encode({"type": "set"})
         )
         await wait_for(lambda: bus.decode_error_total() == 2)
-        reply = await client.nc.request(status_subject(NODE), b"", timeout=2)
+        reply = await client.nc.request(subjects.actuator_status(NODE), b"", timeout=2)
         status = json.loads(reply.data)
         assert status["malformed_dropped"] == 2 and status["outcomes"]["rejected"] == 3
 

@@ -69,10 +69,21 @@ async def test_admin_gpu_contract(make_emulator: Factory, http: aiohttp.ClientSe
         gpus = (await r.json())["gpus"]
     assert [g["index"] for g in gpus] == [2, 3]
     keys = {
-        "index", "name", "sm_clock_mhz", "locked_clock_mhz", "max_sm_clock_mhz",
-        "supported_sm_clocks_mhz", "mem_clock_mhz", "power_w", "energy_mj", "power_limit_w",
-        "throttle_reasons", "util_gpu_pct", "mem_used_mib", "temperature_c",
-    }  # fmt: skip
+        "index",
+        "name",
+        "sm_clock_mhz",
+        "locked_clock_mhz",
+        "max_sm_clock_mhz",
+        "supported_sm_clocks_mhz",
+        "mem_clock_mhz",
+        "power_w",
+        "energy_mj",
+        "power_limit_w",
+        "throttle_reasons",
+        "util_gpu_pct",
+        "mem_used_mib",
+        "temperature_c",
+    }
     assert keys <= set(gpus[0])
     assert gpus[0]["max_sm_clock_mhz"] == 1980 and gpus[0]["locked_clock_mhz"] is None
     async with http.post(
@@ -148,8 +159,18 @@ async def test_generate_stream_paced_by_the_model(
     assert slow * 0.95 < chunks[0][0] - t0 < slow + 0.15
     async with http.get(url(app, "/voltana/iterations?after=0")) as r:
         its = (await r.json())["iterations"]
-    assert {"seq", "t_start_s", "t_end_s", "kind", "batch_size", "new_tokens", "kv_tokens", "clock_mhz",
-            "effective_clock_mhz", "energy_j"} <= set(its[0])  # fmt: skip
+    assert {
+        "seq",
+        "t_start_s",
+        "t_end_s",
+        "kind",
+        "batch_size",
+        "new_tokens",
+        "kv_tokens",
+        "clock_mhz",
+        "effective_clock_mhz",
+        "energy_j",
+    } <= set(its[0])
     assert its[-1]["clock_mhz"] == 900 and its[0]["clock_mhz"] == 1980
     async with http.get(url(app, f"/voltana/iterations?after={its[-3]['seq']}")) as r:
         assert len((await r.json())["iterations"]) == 2
@@ -235,17 +256,29 @@ async def test_metrics_and_loads_per_sglang_line(
     make_emulator: Factory, http: aiohttp.ClientSession, version: str
 ) -> None:
     app = await make_emulator(role="decode", sglang_version=version)
-    body = {"text": "hello", "sampling_params": {"max_new_tokens": 3, "ignore_eos": True},
-            "bootstrap_host": "2.2.2.2", "bootstrap_room": 7}  # fmt: skip
+    body = {
+        "text": "hello",
+        "sampling_params": {"max_new_tokens": 3, "ignore_eos": True},
+        "bootstrap_host": "2.2.2.2",
+        "bootstrap_room": 7,
+    }
     async with http.post(url(app, "/generate"), json=body) as r:
         assert r.status == 200
     async with http.get(url(app, "/metrics")) as r:
         text = await r.text()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage",
-                 "sglang:gen_throughput", "sglang:time_to_first_token_seconds",
-                 "sglang:inter_token_latency_seconds", "sglang:e2e_request_latency_seconds",
-                 "sglang:prompt_tokens", "sglang:generation_tokens", "sglang:num_requests"):  # fmt: skip
+    for name in (
+        "sglang:num_running_reqs",
+        "sglang:num_queue_reqs",
+        "sglang:token_usage",
+        "sglang:gen_throughput",
+        "sglang:time_to_first_token_seconds",
+        "sglang:inter_token_latency_seconds",
+        "sglang:e2e_request_latency_seconds",
+        "sglang:prompt_tokens",
+        "sglang:generation_tokens",
+        "sglang:num_requests",
+    ):
         assert name in fams, name
     gen = fams["sglang:generation_tokens"].samples[0]
     assert gen.value == 3
@@ -278,9 +311,14 @@ async def test_pd_decode_waits_for_prefill_and_transfer(
     p = await make_emulator(role="prefill")
     d = await make_emulator(role="decode")
     room = 2**62 + 5
-    body = {"input_ids": list(range(8192)), "sampling_params": {"max_new_tokens": 4, "ignore_eos": True},
-            "bootstrap_host": "127.0.0.1", "bootstrap_port": p.config.bootstrap_port, "bootstrap_room": room,
-            "stream": True}  # fmt: skip
+    body = {
+        "input_ids": list(range(8192)),
+        "sampling_params": {"max_new_tokens": 4, "ignore_eos": True},
+        "bootstrap_host": "127.0.0.1",
+        "bootstrap_port": p.config.bootstrap_port,
+        "bootstrap_room": room,
+        "stream": True,
+    }
     t0 = time.monotonic()
     dec = asyncio.create_task(_stream(http, url(d, "/generate"), body))
     await asyncio.sleep(0.3)
@@ -312,8 +350,12 @@ async def test_fake_bootstrap_host_needs_no_partner(
 ) -> None:
     for role in ("prefill", "decode"):
         app = await make_emulator(role=role)
-        body = {"text": "warm up", "sampling_params": {"max_new_tokens": 2, "ignore_eos": True},
-                "bootstrap_host": "2.2.2.2", "bootstrap_room": 1}  # fmt: skip
+        body = {
+            "text": "warm up",
+            "sampling_params": {"max_new_tokens": 2, "ignore_eos": True},
+            "bootstrap_host": "2.2.2.2",
+            "bootstrap_room": 1,
+        }
         async with http.post(url(app, "/generate"), json=body) as r:
             assert r.status == 200, await r.text()
 
@@ -386,8 +428,13 @@ async def test_prefill_without_decode_partner_times_out_and_frees(
     make_emulator: Factory, http: aiohttp.ClientSession
 ) -> None:
     p = await make_emulator(role="prefill", bootstrap_timeout_s=0.4)
-    body = {"text": "y" * 400, "sampling_params": {"max_new_tokens": 4},
-            "bootstrap_host": "127.0.0.1", "bootstrap_port": p.config.bootstrap_port, "bootstrap_room": 99}  # fmt: skip
+    body = {
+        "text": "y" * 400,
+        "sampling_params": {"max_new_tokens": 4},
+        "bootstrap_host": "127.0.0.1",
+        "bootstrap_port": p.config.bootstrap_port,
+        "bootstrap_room": 99,
+    }
     t0 = time.monotonic()
     async with http.post(url(p, "/generate"), json=body) as r:
         assert r.status == 500
@@ -400,8 +447,14 @@ async def test_decode_gets_an_error_when_prefill_is_unreachable(
     make_emulator: Factory, http: aiohttp.ClientSession
 ) -> None:
     d = await make_emulator(role="decode", bootstrap_timeout_s=2.0)
-    body = {"text": "z", "sampling_params": {"max_new_tokens": 4}, "stream": True,
-            "bootstrap_host": "127.0.0.1", "bootstrap_port": free_port(), "bootstrap_room": 5}  # fmt: skip
+    body = {
+        "text": "z",
+        "sampling_params": {"max_new_tokens": 4},
+        "stream": True,
+        "bootstrap_host": "127.0.0.1",
+        "bootstrap_port": free_port(),
+        "bootstrap_room": 5,
+    }
     async with http.post(url(d, "/generate"), json=body) as r:
         chunks = [c for _, c in await sse(r)]
     assert "unreachable" in chunks[0]["error"]["message"] and chunks[-1] == "[DONE]"

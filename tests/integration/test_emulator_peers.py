@@ -206,9 +206,15 @@ async def test_sglang_client_measures_emulated_ttft_and_itl(
     bs = bench_serving
     out_len = 16
     inp = bs.RequestFuncInput(
-        prompt=PROMPT_IDS, api_url=f"{cluster.router}/generate", prompt_len=len(PROMPT_IDS),
-        output_len=out_len, model="m", lora_name=None, image_data=None, extra_request_body={},
-    )  # fmt: skip
+        prompt=PROMPT_IDS,
+        api_url=f"{cluster.router}/generate",
+        prompt_len=len(PROMPT_IDS),
+        output_len=out_len,
+        model="m",
+        lora_name=None,
+        image_data=None,
+        extra_request_body={},
+    )
     res = await bs.async_request_sglang_generate(inp)
     assert res.success, res.error
     assert res.output_len == out_len and len(res.itl) == out_len - 1
@@ -223,10 +229,15 @@ async def test_sglang_client_measures_emulated_ttft_and_itl(
 async def test_sglang_client_openai_completions(cluster: Cluster, bench_serving: Any) -> None:
     bs = bench_serving
     inp = bs.RequestFuncInput(
-        prompt="an emulated prompt " * 50, api_url=f"{cluster.decode}/v1/completions", prompt_len=0,
-        output_len=8, model="m", lora_name=None, image_data=None,
+        prompt="an emulated prompt " * 50,
+        api_url=f"{cluster.decode}/v1/completions",
+        prompt_len=0,
+        output_len=8,
+        model="m",
+        lora_name=None,
+        image_data=None,
         extra_request_body={"bootstrap_host": "2.2.2.2", "bootstrap_room": 3},
-    )  # fmt: skip
+    )
     res = await bs.async_request_openai_completions(inp)
     assert res.success, res.error
     assert len(res.generated_text.split()) == 8 and len(res.itl) >= 6
@@ -237,8 +248,11 @@ async def test_router_pd_concurrent_requests_all_finish_and_free(cluster: Cluste
     import asyncio
 
     async def one(i: int) -> list[Any]:
-        body = {"input_ids": list(range(200 + 300 * i)), "stream": True,
-                "sampling_params": {"max_new_tokens": 5 + i, "ignore_eos": True}}  # fmt: skip
+        body = {
+            "input_ids": list(range(200 + 300 * i)),
+            "stream": True,
+            "sampling_params": {"max_new_tokens": 5 + i, "ignore_eos": True},
+        }
         status, chunks = await _post(f"{cluster.router}/generate", body)
         assert status == 200, chunks
         return chunks

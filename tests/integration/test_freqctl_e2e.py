@@ -100,16 +100,38 @@ async def test_load_step_raises_clock_and_idle_instance_is_parked(
         with (
             spawn_voltana(["telemetry", "--config", str(cfg)], tmp_path / "telemetry.log"),
             spawn_voltana(
-                ["actuator", "--node", NODE, "--backend", "emulated", "--emulator-url", d0,
-                 "--emulator-url", d1, "--nats", nats_server.url],
+                [
+                    "actuator",
+                    "--node",
+                    NODE,
+                    "--backend",
+                    "emulated",
+                    "--emulator-url",
+                    d0,
+                    "--emulator-url",
+                    d1,
+                    "--nats",
+                    nats_server.url,
+                ],
                 tmp_path / "actuator.log",
             ),
             spawn_voltana(
-                ["freqctl", "--name", "e2e", "--instances", "d0,d1", "--nats", nats_server.url,
-                 "--itl-slo-s", "0.02", "--tick-s", "0.1"],
+                [
+                    "freqctl",
+                    "--name",
+                    "e2e",
+                    "--instances",
+                    "d0,d1",
+                    "--nats",
+                    nats_server.url,
+                    "--itl-slo-s",
+                    "0.02",
+                    "--tick-s",
+                    "0.1",
+                ],
                 tmp_path / "freqctl.log",
             ),
-        ):  # fmt: skip
+        ):
             # 1. idle: both instances parked at the lowest clock
             await wait_for(
                 lambda: all(
@@ -124,10 +146,12 @@ async def test_load_step_raises_clock_and_idle_instance_is_parked(
             load_task = asyncio.create_task(load(d0, 32, stop))
             try:
                 await wait_for(
-                    lambda: any(t >= t0 and s.gpu == 0 and (s.locked_clock_mhz or 0) > parked
-                                for t, s in applied),
+                    lambda: any(
+                        t >= t0 and s.gpu == 0 and (s.locked_clock_mhz or 0) > parked
+                        for t, s in applied
+                    ),
                     timeout_s=10,
-                )  # fmt: skip
+                )
                 t_raise = next(
                     t
                     for t, s in applied

@@ -51,9 +51,15 @@ class Loop:
     async def telemetry(self, instance: str, gpus: list[int], **kw: int) -> None:
         self.seq += 1
         msg = InstanceTelemetry(
-            t_ns=time.time_ns(), instance=instance, role="decode", node=NODE,
-            url="http://127.0.0.1:1", seq=self.seq, gpus=gpus, **kw,
-        )  # fmt: skip
+            t_ns=time.time_ns(),
+            instance=instance,
+            role="decode",
+            node=NODE,
+            url="http://127.0.0.1:1",
+            seq=self.seq,
+            gpus=gpus,
+            **kw,
+        )
         await self.client.publish(subjects.telemetry_engine("decode", instance), msg)
 
 
@@ -151,9 +157,14 @@ async def test_router_dispatch_wakes_a_parked_prefill_instance(loop: Loop) -> No
 
     gpu = 0
     idle = InstanceTelemetry(
-        t_ns=time.time_ns(), instance="d0", role="prefill", node=NODE,
-        url="http://127.0.0.1:1", seq=1, gpus=[gpu],
-    )  # fmt: skip
+        t_ns=time.time_ns(),
+        instance="d0",
+        role="prefill",
+        node=NODE,
+        url="http://127.0.0.1:1",
+        seq=1,
+        gpus=[gpu],
+    )
     await loop.client.publish(subjects.telemetry_engine("prefill", "d0"), idle)
 
     def locked() -> int | None:
@@ -162,9 +173,15 @@ async def test_router_dispatch_wakes_a_parked_prefill_instance(loop: Loop) -> No
 
     await wait_for(lambda: locked() == MIN, 5)
     state = InstanceState(
-        t_ns=time.time_ns(), instance="d0", role="prefill", url="http://127.0.0.1:1", seq=1,
-        in_flight_requests=2, queued_prefill_tokens=12000, oldest_wait_s=0.05,
-    )  # fmt: skip
+        t_ns=time.time_ns(),
+        instance="d0",
+        role="prefill",
+        url="http://127.0.0.1:1",
+        seq=1,
+        in_flight_requests=2,
+        queued_prefill_tokens=12000,
+        oldest_wait_s=0.05,
+    )
     sent = time.monotonic()
     await loop.client.publish(subjects.router_state("prefill", "d0"), state)
     await wait_for(lambda: (locked() or 0) > MIN, 0.4)  # well inside one 0.5 s stale window

@@ -46,9 +46,14 @@ async def record_run(url: str, config: ControllerConfig) -> int:
         stored = await bus.js.get_msg(subjects.STREAM_NAME, ack.seq)
         at_s = stored.time.timestamp() if getattr(stored, "time", None) else now  # arrival time
         inp = build_input(
-            tel, received_s=at_s, router=None, router_received_s=None, now_s=at_s,
-            stale_after_s=config.stale_after_s, current_clock_mhz=None,
-        )  # fmt: skip
+            tel,
+            received_s=at_s,
+            router=None,
+            router_received_s=None,
+            now_s=at_s,
+            stale_after_s=config.stale_after_s,
+            current_clock_mhz=None,
+        )
         decision = controller.decide(inp, at_s)
         event = to_event(decision, inp, policy=controller.name, t_ns=time.time_ns(), now=at_s)
         await bus.js.publish(subjects.freqctl_decision("d0"), _enc(event))
@@ -65,9 +70,23 @@ def _enc(msg: msgspec.Struct) -> bytes:
 
 def replay(url: str, *extra: str) -> dict[str, object]:
     out = subprocess.run(
-        [sys.executable, "-m", "voltana", "replay", "--nats", url, "--json", "--itl-slo-s", "0.04", *extra],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "voltana",
+            "replay",
+            "--nats",
+            url,
+            "--json",
+            "--itl-slo-s",
+            "0.04",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return msgspec.json.decode(out.stdout.strip().splitlines()[-1])
 
 
@@ -85,15 +104,39 @@ def test_replay_reproduces_recorded_decisions(nats_server: NatsServer, tmp_path:
 
     export = tmp_path / "events.jsonl"
     subprocess.run(
-        [sys.executable, "-m", "voltana", "replay", "--nats", nats_server.url, "--export", str(export)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "voltana",
+            "replay",
+            "--nats",
+            nats_server.url,
+            "--export",
+            str(export),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert len(export.read_text().splitlines()) == 2 * n
     with export.open("a") as f:
         f.write('{"at_s": 1, "subject": "voltana.nope", "msg": {}}\n')
     from_file = subprocess.run(
-        [sys.executable, "-m", "voltana", "replay", "--file", str(export), "--json", "--itl-slo-s", "0.04"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "voltana",
+            "replay",
+            "--file",
+            str(export),
+            "--json",
+            "--itl-slo-s",
+            "0.04",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert msgspec.json.decode(from_file.stdout.strip().splitlines()[-1])["agreement"] == 1.0
     assert "skipped" in from_file.stderr

@@ -24,22 +24,46 @@ from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.router.config import RouterConfig, WorkerSpec
 from voltana.services.router.server import Router
 
-BODY = {"text": "hello there", "stream": True,
-        "sampling_params": {"max_new_tokens": 6, "ignore_eos": True}}  # fmt: skip
+BODY = {
+    "text": "hello there",
+    "stream": True,
+    "sampling_params": {"max_new_tokens": 6, "ignore_eos": True},
+}
 
 
 @pytest.fixture(scope="module")
 def workers() -> Iterator[dict[str, Any]]:
     pp, bp, dp = free_port(), free_port(), free_port()
-    base = [sys.executable, "-m", "voltana", "--log-level", "warning", "emulator",
-            "--host", "127.0.0.1"]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "voltana",
+        "--log-level",
+        "warning",
+        "emulator",
+        "--host",
+        "127.0.0.1",
+    ]
     procs = [
-        subprocess.Popen([*base, "--role", "prefill", "--port", str(pp),
-                          "--disaggregation-bootstrap-port", str(bp)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([*base, "--role", "decode", "--port", str(dp), "--gpu-ids", "1"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]  # fmt: skip
+        subprocess.Popen(
+            [
+                *base,
+                "--role",
+                "prefill",
+                "--port",
+                str(pp),
+                "--disaggregation-bootstrap-port",
+                str(bp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [*base, "--role", "decode", "--port", str(dp), "--gpu-ids", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
     try:
         wait_http(f"http://127.0.0.1:{pp}/health", procs[0])
         wait_http(f"http://127.0.0.1:{dp}/health", procs[1])
@@ -56,10 +80,13 @@ def workers() -> Iterator[dict[str, Any]]:
 
 
 def router_config(w: dict[str, Any], nats_url: str) -> RouterConfig:
-    return RouterConfig(port=0, nats=nats_url, health_check_interval_s=0,
-                        prefill=[WorkerSpec(url=w["prefill"][0], role="prefill",
-                                            bootstrap_port=w["prefill"][1])],
-                        decode=[WorkerSpec(url=w["decode"], role="decode")])  # fmt: skip
+    return RouterConfig(
+        port=0,
+        nats=nats_url,
+        health_check_interval_s=0,
+        prefill=[WorkerSpec(url=w["prefill"][0], role="prefill", bootstrap_port=w["prefill"][1])],
+        decode=[WorkerSpec(url=w["decode"], role="decode")],
+    )
 
 
 def gauge(r: Router, name: str) -> float:
@@ -72,14 +99,18 @@ async def stream(url: str) -> bool:
     return resp.status == 200 and raw.endswith(b"data: [DONE]\n\n") and b'"error"' not in raw
 
 
-async def test_publishes_decisions_records_and_state(workers: dict[str, Any],
-                                                     nats_server: NatsServer) -> None:  # fmt: skip
+async def test_publishes_decisions_records_and_state(
+    workers: dict[str, Any], nats_server: NatsServer
+) -> None:
     got: dict[str, list[Any]] = {"dec": [], "rec": [], "state": []}
     bus = await Bus.connect(servers=[nats_server.url])
     await bus.subscribe(subjects.ROUTE_DECISION, RouteDecision, lambda m, s: got["dec"].append(m))
     await bus.subscribe(subjects.REQUEST_DONE, RequestRecord, lambda m, s: got["rec"].append(m))
-    await bus.subscribe(subjects.ROUTER_STATE_ALL, InstanceState,
-                        lambda m, s: got["state"].append((time.monotonic(), s, m)))  # fmt: skip
+    await bus.subscribe(
+        subjects.ROUTER_STATE_ALL,
+        InstanceState,
+        lambda m, s: got["state"].append((time.monotonic(), s, m)),
+    )
     r = await Router(router_config(workers, nats_server.url)).start()
     try:
         await wait_for(lambda: gauge(r, "voltana_router_nats_connected") == 1, 10)
@@ -87,8 +118,12 @@ async def test_publishes_decisions_records_and_state(workers: dict[str, Any],
         await wait_for(lambda: len(got["rec"]) == 3 and len(got["dec"]) == 3)
         pname, dname = r.cfg.prefill[0].name, r.cfg.decode[0].name
         for d in got["dec"]:
-            assert (d.prefill, d.decode, d.prefill_policy, d.path) == (pname, dname, "random",
-                                                                       "/generate")  # fmt: skip
+            assert (d.prefill, d.decode, d.prefill_policy, d.path) == (
+                pname,
+                dname,
+                "random",
+                "/generate",
+            )
             assert 0 <= d.bootstrap_room < 2**63 and d.max_new_tokens == 6
         assert {d.request_id for d in got["dec"]} == {x.request_id for x in got["rec"]}
         for rec in got["rec"]:
@@ -106,18 +141,47 @@ async def test_publishes_decisions_records_and_state(workers: dict[str, Any],
         last = [m for _, s, m in got["state"] if m.instance == dname][-1]
         assert last.ttft is not None and last.ttft.count == 3 and last.in_flight_requests == 0
         # telemetry named differently ("decode-0") is matched by URL and merged, with its age
-        await bus.publish(subjects.telemetry_engine("decode", "decode-0"), InstanceTelemetry(
-            t_ns=now_ns(), instance="decode-0", role="decode", node="n0", url=workers["decode"],
-            seq=1, num_running_reqs=5, kv_used_tokens=1234))  # fmt: skip
-        await bus.publish(subjects.telemetry_gpu("n0", 1), GpuTelemetry(
-            t_ns=now_ns(), node="n0", gpu=1, seq=1, instance="decode-0", power_w=250.0,
-            energy_j=10.0, sm_clock_mhz=1005))  # fmt: skip
+        await bus.publish(
+            subjects.telemetry_engine("decode", "decode-0"),
+            InstanceTelemetry(
+                t_ns=now_ns(),
+                instance="decode-0",
+                role="decode",
+                node="n0",
+                url=workers["decode"],
+                seq=1,
+                num_running_reqs=5,
+                kv_used_tokens=1234,
+            ),
+        )
+        await bus.publish(
+            subjects.telemetry_gpu("n0", 1),
+            GpuTelemetry(
+                t_ns=now_ns(),
+                node="n0",
+                gpu=1,
+                seq=1,
+                instance="decode-0",
+                power_w=250.0,
+                energy_j=10.0,
+                sm_clock_mhz=1005,
+            ),
+        )
         await bus.nc.publish(subjects.telemetry_engine("decode", "decode-0"), b"\x00garbage")
-        await wait_for(lambda: got["state"][-1][2].sm_clock_mhz == 1005
-                       or any(m.sm_clock_mhz == 1005 for _, _, m in got["state"][-3:]), 5)  # fmt: skip
+        await wait_for(
+            lambda: (
+                got["state"][-1][2].sm_clock_mhz == 1005
+                or any(m.sm_clock_mhz == 1005 for _, _, m in got["state"][-3:])
+            ),
+            5,
+        )
         view = r.state.instance_view(r.state.workers[dname], time.monotonic())
         assert (view.running_batch, view.kv_tokens, view.clock_mhz, view.power_w) == (
-            5, 1234, 1005, 250.0)  # fmt: skip
+            5,
+            1234,
+            1005,
+            250.0,
+        )
         assert view.telemetry_age_s is not None and view.telemetry_age_s < 1.0
         assert r.bus.bus is not None and r.bus.bus.decode_error_total() == 1
         async with aiohttp.ClientSession() as s, s.get(r.url + "/voltana/router/state") as resp:
@@ -126,16 +190,24 @@ async def test_publishes_decisions_records_and_state(workers: dict[str, Any],
         # once telemetry names the instance, the router publishes under that name, so
         # the controllers (which know instances by their telemetry names) can use it
         assert {i["instance"] for i in js["instances"]} == {pname, "decode-0"}
-        await wait_for(lambda: got["state"][-1][1] == subjects.router_state("decode", "decode-0")
-                       or any(s == subjects.router_state("decode", "decode-0")
-                              for _, s, _ in got["state"][-3:]), 5)  # fmt: skip
+        await wait_for(
+            lambda: (
+                got["state"][-1][1] == subjects.router_state("decode", "decode-0")
+                or any(
+                    s == subjects.router_state("decode", "decode-0")
+                    for _, s, _ in got["state"][-3:]
+                )
+            ),
+            5,
+        )
     finally:
         await r.stop()
         await bus.close()
 
 
-async def test_keeps_serving_when_nats_stops_during_load(workers: dict[str, Any],
-                                                         nats_server: NatsServer) -> None:  # fmt: skip
+async def test_keeps_serving_when_nats_stops_during_load(
+    workers: dict[str, Any], nats_server: NatsServer
+) -> None:
     records: list[RequestRecord] = []
     r = await Router(router_config(workers, nats_server.url)).start()
     bus = await Bus.connect(servers=[nats_server.url])

@@ -34,11 +34,29 @@ class Workers:
     decode: list[str]
 
 
-def _emulator(role: str, port: int, gpu: int, version: str, boot: int | None = None
-              ) -> subprocess.Popen[bytes]:  # fmt: skip
-    argv = [sys.executable, "-m", "voltana", "--log-level", "warning", "emulator", "--role", role,
-            "--host", "127.0.0.1", "--port", str(port), "--gpu-ids", str(gpu),
-            "--sglang-version", version, "--bootstrap-timeout-s", "10"]  # fmt: skip
+def _emulator(
+    role: str, port: int, gpu: int, version: str, boot: int | None = None
+) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable,
+        "-m",
+        "voltana",
+        "--log-level",
+        "warning",
+        "emulator",
+        "--role",
+        role,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--gpu-ids",
+        str(gpu),
+        "--sglang-version",
+        version,
+        "--bootstrap-timeout-s",
+        "10",
+    ]
     if boot is not None:
         argv += ["--disaggregation-bootstrap-port", str(boot)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -76,12 +94,15 @@ def config(w: Workers, **kw: Any) -> RouterConfig:
         port=0,
         prefill=[WorkerSpec(url=u, role="prefill", bootstrap_port=b) for u, b in w.prefill],
         decode=[WorkerSpec(url=u, role="decode") for u in w.decode],
-        health_check_interval_s=kw.pop("health_check_interval_s", 0.5), **kw)  # fmt: skip
+        health_check_interval_s=kw.pop("health_check_interval_s", 0.5),
+        **kw,
+    )
 
 
 @pytest.fixture(params=VERSIONS)
-async def router(request: pytest.FixtureRequest, workers: dict[str, Workers]
-                 ) -> AsyncIterator[Router]:  # fmt: skip
+async def router(
+    request: pytest.FixtureRequest, workers: dict[str, Workers]
+) -> AsyncIterator[Router]:
     r = Router(config(workers[request.param]))
     await r.start()
     try:
@@ -90,8 +111,7 @@ async def router(request: pytest.FixtureRequest, workers: dict[str, Workers]
         await r.stop()
 
 
-async def post(url: str, body: Any, headers: dict[str, str] | None = None
-               ) -> tuple[int, Any]:  # fmt: skip
+async def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """POST JSON; returns (status, parsed JSON) or (status, [SSE data items]) for streams."""
     async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
         raw = await r.read()
@@ -112,8 +132,11 @@ async def post(url: str, body: Any, headers: dict[str, str] | None = None
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_generate_single(router: Router, stream: bool) -> None:
-    body = {"text": "tell me about clocks", "stream": stream,
-            "sampling_params": {"max_new_tokens": 6, "ignore_eos": True}}  # fmt: skip
+    body = {
+        "text": "tell me about clocks",
+        "stream": stream,
+        "sampling_params": {"max_new_tokens": 6, "ignore_eos": True},
+    }
     status, got = await post(router.url + "/generate", body)
     assert status == 200, got
     if stream:
@@ -128,8 +151,11 @@ async def test_generate_single(router: Router, stream: bool) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_generate_batch(router: Router, stream: bool) -> None:
-    body = {"text": ["a", "bb", "ccc"], "stream": stream,
-            "sampling_params": {"max_new_tokens": 4, "ignore_eos": True}}  # fmt: skip
+    body = {
+        "text": ["a", "bb", "ccc"],
+        "stream": stream,
+        "sampling_params": {"max_new_tokens": 4, "ignore_eos": True},
+    }
     status, got = await post(router.url + "/generate", body)
     assert status == 200, got
     if stream:
@@ -141,15 +167,22 @@ async def test_generate_batch(router: Router, stream: bool) -> None:
         assert isinstance(got, list) and len(got) == 3
     assert all(c["meta_info"]["completion_tokens"] == 4 for c in finals)
     # the batch's input_ids form too
-    status, got2 = await post(router.url + "/generate", {
-        "input_ids": [[1, 2, 3], [4, 5]], "sampling_params": {"max_new_tokens": 2}})  # fmt: skip
+    status, got2 = await post(
+        router.url + "/generate",
+        {"input_ids": [[1, 2, 3], [4, 5]], "sampling_params": {"max_new_tokens": 2}},
+    )
     assert status == 200 and len(got2) == 2, got2
 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_chat_and_completions(router: Router, stream: bool) -> None:
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
-            "stream": stream, "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+        "stream": stream,
+        "stream_options": {"include_usage": True},
+    }
     status, got = await post(router.url + "/v1/chat/completions", body)
     assert status == 200, got
     if stream:
@@ -161,8 +194,10 @@ async def test_chat_and_completions(router: Router, stream: bool) -> None:
         assert got["object"] == "chat.completion" and got["usage"]["completion_tokens"] == 5
         text = got["choices"][0]["message"]["content"]
     assert len(text.split()) == 5
-    status, comp = await post(router.url + "/v1/completions", {
-        "model": "m", "prompt": "once upon", "max_tokens": 3, "stream": stream})  # fmt: skip
+    status, comp = await post(
+        router.url + "/v1/completions",
+        {"model": "m", "prompt": "once upon", "max_tokens": 3, "stream": stream},
+    )
     assert status == 200, comp
 
 
@@ -187,8 +222,11 @@ async def test_introspection_endpoints(router: Router) -> None:
 
 
 async def test_accounting_returns_to_zero_after_load(router: Router) -> None:
-    body = {"text": "x" * 400, "stream": True,
-            "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}}  # fmt: skip
+    body = {
+        "text": "x" * 400,
+        "stream": True,
+        "sampling_params": {"max_new_tokens": 8, "ignore_eos": True},
+    }
     res = await asyncio.gather(*(post(router.url + "/generate", body) for _ in range(24)))
     assert all(s == 200 and r[-1] == "[DONE]" for s, r in res)
     for w in router.state.workers.values():
@@ -207,24 +245,37 @@ def bench_serving() -> Any:
         import sglang.bench_serving as bs
     except ImportError as exc:
         pytest.skip(f"sglang 0.4.7 (pip install --no-deps sglang==0.4.7) is not importable: {exc}")
-    bs.args = argparse.Namespace(disable_ignore_eos=False, disable_stream=False,
-                                 return_logprob=False)  # fmt: skip
+    bs.args = argparse.Namespace(
+        disable_ignore_eos=False, disable_stream=False, return_logprob=False
+    )
     return bs
 
 
 async def test_sglang_client_functions_through_router(router: Router, bench_serving: Any) -> None:
     bs = bench_serving
     gen = bs.RequestFuncInput(
-        prompt=list(range(2000)), api_url=router.url + "/generate", prompt_len=2000,
-        output_len=12, model="m", lora_name=None, image_data=None, extra_request_body={},
-    )  # fmt: skip
+        prompt=list(range(2000)),
+        api_url=router.url + "/generate",
+        prompt_len=2000,
+        output_len=12,
+        model="m",
+        lora_name=None,
+        image_data=None,
+        extra_request_body={},
+    )
     res = await bs.async_request_sglang_generate(gen)
     assert res.success, res.error
     assert res.output_len == 12 and len(res.itl) == 11 and 0 < res.ttft < 1.0
     comp = bs.RequestFuncInput(
-        prompt="an emulated prompt " * 50, api_url=router.url + "/v1/completions", prompt_len=0,
-        output_len=8, model="m", lora_name=None, image_data=None, extra_request_body={},
-    )  # fmt: skip
+        prompt="an emulated prompt " * 50,
+        api_url=router.url + "/v1/completions",
+        prompt_len=0,
+        output_len=8,
+        model="m",
+        lora_name=None,
+        image_data=None,
+        extra_request_body={},
+    )
     res2 = await bs.async_request_openai_completions(comp)
     assert res2.success, res2.error
     assert len(res2.generated_text.split()) == 8 and res2.ttft > 0
@@ -238,17 +289,35 @@ def test_cli_router_with_energy_aware_policies(workers: dict[str, Workers]) -> N
     """`voltana router` as a process, ecoroute for prefill and the tile packer for decode."""
     w = workers["0.4.7"]
     port = free_port()
-    argv = [sys.executable, "-m", "voltana", "--log-level", "warning", "router", "--port",
-            str(port), "--prefill-policy", "ecoroute", "--decode-policy", "ecoroute-tile",
-            "--no-nats", "--prefill", w.prefill[0][0], str(w.prefill[0][1]),
-            "--decode", w.decode[0]]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "voltana",
+        "--log-level",
+        "warning",
+        "router",
+        "--port",
+        str(port),
+        "--prefill-policy",
+        "ecoroute",
+        "--decode-policy",
+        "ecoroute-tile",
+        "--no-nats",
+        "--prefill",
+        w.prefill[0][0],
+        str(w.prefill[0][1]),
+        "--decode",
+        w.decode[0],
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/generate", method="POST",
+            f"http://127.0.0.1:{port}/generate",
+            method="POST",
             data=json.dumps({"text": "hi", "sampling_params": {"max_new_tokens": 3}}).encode(),
-            headers={"Content-Type": "application/json"})  # fmt: skip
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200 and json.loads(r.read())["meta_info"]["completion_tokens"] >= 1
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:

@@ -26,15 +26,33 @@ from prometheus_client.parser import text_string_to_metric_families
 from voltana.services.router.config import RouterConfig, WorkerSpec
 from voltana.services.router.server import Router
 
-LONG = {"text": "count slowly", "stream": True,
-        "sampling_params": {"max_new_tokens": 400, "ignore_eos": True}}  # fmt: skip
+LONG = {
+    "text": "count slowly",
+    "stream": True,
+    "sampling_params": {"max_new_tokens": 400, "ignore_eos": True},
+}
 SHORT = {"text": "hi", "sampling_params": {"max_new_tokens": 3, "ignore_eos": True}}
 
 
 def _emulator(role: str, port: int, gpu: int, boot: int | None = None) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "voltana", "--log-level", "warning", "emulator", "--role", role,
-            "--host", "127.0.0.1", "--port", str(port), "--gpu-ids", str(gpu),
-            "--bootstrap-timeout-s", "10"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "voltana",
+        "--log-level",
+        "warning",
+        "emulator",
+        "--role",
+        role,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--gpu-ids",
+        str(gpu),
+        "--bootstrap-timeout-s",
+        "10",
+    ]
     if boot is not None:
         argv += ["--disaggregation-bootstrap-port", str(boot)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -102,12 +120,16 @@ async def broken() -> AsyncIterator[dict[str, str]]:
             await r.cleanup()
 
 
-async def make_router(prefill: list[tuple[str, int | None]], decode: list[str],
-                      **kw: Any) -> Router:  # fmt: skip
+async def make_router(
+    prefill: list[tuple[str, int | None]], decode: list[str], **kw: Any
+) -> Router:
     cfg = RouterConfig(
-        port=0, prefill=[WorkerSpec(url=u, role="prefill", bootstrap_port=b) for u, b in prefill],
+        port=0,
+        prefill=[WorkerSpec(url=u, role="prefill", bootstrap_port=b) for u, b in prefill],
         decode=[WorkerSpec(url=u, role="decode") for u in decode],
-        health_check_interval_s=kw.pop("health_check_interval_s", 0), **kw)  # fmt: skip
+        health_check_interval_s=kw.pop("health_check_interval_s", 0),
+        **kw,
+    )
     return await Router(cfg).start()
 
 
@@ -128,10 +150,12 @@ def metric(router: Router, name: str, **labels: str) -> float:
     return 0.0 if v is None else v
 
 
-async def test_prefill_500_is_retried_on_another_prefill(real: dict[str, Any],
-                                                         broken: dict[str, Any]) -> None:  # fmt: skip
-    r = await make_router([(broken["500"], None), real["prefill"]], [real["decode"]],
-                          prefill_policy="round-robin")  # fmt: skip
+async def test_prefill_500_is_retried_on_another_prefill(
+    real: dict[str, Any], broken: dict[str, Any]
+) -> None:
+    r = await make_router(
+        [(broken["500"], None), real["prefill"]], [real["decode"]], prefill_policy="round-robin"
+    )
     try:
         async with aiohttp.ClientSession() as s:
             for stream in (False, True):
@@ -153,8 +177,10 @@ async def test_prefill_500_ends_request_with_error_and_cancels_decode(
     r = await make_router([(broken["500"], None)], [real["decode"]])
     try:
         t0 = time.monotonic()
-        async with aiohttp.ClientSession() as s, s.post(r.url + "/generate",
-                                                        json={**LONG, "stream": stream}) as resp:  # fmt: skip
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(r.url + "/generate", json={**LONG, "stream": stream}) as resp,
+        ):
             body = await resp.json()
         assert time.monotonic() - t0 < 3
         assert resp.status == 500 and "prefill failed" in body["error"]["message"]
@@ -169,8 +195,9 @@ async def test_prefill_500_ends_request_with_error_and_cancels_decode(
 
 
 @pytest.mark.parametrize("side", ["prefill", "decode"])
-async def test_worker_never_answering_times_out(real: dict[str, Any], broken: dict[str, Any],
-                                                side: str) -> None:  # fmt: skip
+async def test_worker_never_answering_times_out(
+    real: dict[str, Any], broken: dict[str, Any], side: str
+) -> None:
     pf = [(broken["hang"], None)] if side == "prefill" else [real["prefill"]]
     dc = [broken["hang"]] if side == "decode" else [real["decode"]]
     r = await make_router(pf, dc, read_timeout_s=1.0, prefill_retries=0)
@@ -193,8 +220,12 @@ async def test_decode_killed_mid_stream_ends_with_error_chunk(real: dict[str, An
     proc = _emulator("decode", dp, 7)
     try:
         wait_http(f"http://127.0.0.1:{dp}/health", proc)
-        r = await make_router([real["prefill"]], [f"http://127.0.0.1:{dp}"],
-                              health_check_interval_s=0.2, health_failure_threshold=1)  # fmt: skip
+        r = await make_router(
+            [real["prefill"]],
+            [f"http://127.0.0.1:{dp}"],
+            health_check_interval_s=0.2,
+            health_failure_threshold=1,
+        )
         try:
             chunks: list[bytes] = []
             async with aiohttp.ClientSession() as s, s.post(r.url + "/generate", json=LONG) as resp:
@@ -248,8 +279,9 @@ async def test_client_disconnect_cancels_both_upstreams(real: dict[str, Any]) ->
                 await s.post(r.url + "/generate", json=big)
         await wait_for(lambda: metric(r, "voltana_router_client_cancelled_total") == 2, 5)
         await wait_for(lambda: engine_counts(real["decode"]) == (0, d_aborted0 + 2), 5)
-        assert all(w.in_flight_requests == 0 and not w.waiting_since
-                   for w in r.state.workers.values())  # fmt: skip
+        assert all(
+            w.in_flight_requests == 0 and not w.waiting_since for w in r.state.workers.values()
+        )
         # (the emulated prefill finishes a prefill whose client left; SGLang aborts it)
         await wait_for(lambda: engine_counts(real["prefill"][0])[0] == 0, 5)
     finally:
@@ -257,9 +289,15 @@ async def test_client_disconnect_cancels_both_upstreams(real: dict[str, Any]) ->
 
 
 async def test_admission_limits_and_auth(real: dict[str, Any]) -> None:
-    r = await make_router([real["prefill"]], [real["decode"]], max_concurrent_requests=1,
-                          max_queued_requests=1, queue_timeout_s=0.3, max_request_bytes=4096,
-                          api_key="sesame")  # fmt: skip
+    r = await make_router(
+        [real["prefill"]],
+        [real["decode"]],
+        max_concurrent_requests=1,
+        max_queued_requests=1,
+        queue_timeout_s=0.3,
+        max_request_bytes=4096,
+        api_key="sesame",
+    )
     auth = {"Authorization": "Bearer sesame"}
     try:
         async with aiohttp.ClientSession() as s:
@@ -298,8 +336,12 @@ async def test_prefill_failing_after_the_stream_started(real: dict[str, Any]) ->
 
     async def relay(request: web.Request) -> web.Response:
         body = await request.read()
-        async with aiohttp.ClientSession() as s, s.post(purl + request.path, data=body,
-                                                        headers={"Content-Type": "application/json"}) as r:  # fmt: skip
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                purl + request.path, data=body, headers={"Content-Type": "application/json"}
+            ) as r,
+        ):
             await r.read()
         await asyncio.sleep(0.3)  # the decode has the KV and streams meanwhile
         return web.json_response({"error": {"message": "lost after transfer"}}, status=500)
@@ -337,8 +379,12 @@ async def test_circuit_breaker_opens_then_a_trial_closes_it(real: dict[str, Any]
         st["hits"] += 1
         if st["fail"]:
             return web.json_response({"error": {"message": "sick"}}, status=500)
-        async with aiohttp.ClientSession() as s, s.post(purl + request.path, data=body,
-                                                        headers={"Content-Type": "application/json"}) as r:  # fmt: skip
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                purl + request.path, data=body, headers={"Content-Type": "application/json"}
+            ) as r,
+        ):
             return web.Response(body=await r.read(), status=r.status, content_type=r.content_type)
 
     app = web.Application()
@@ -347,8 +393,13 @@ async def test_circuit_breaker_opens_then_a_trial_closes_it(real: dict[str, Any]
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    r = await make_router([(f"http://127.0.0.1:{port}", pboot)], [real["decode"]],
-                          breaker_failures=2, breaker_open_s=0.5, prefill_retries=0)  # fmt: skip
+    r = await make_router(
+        [(f"http://127.0.0.1:{port}", pboot)],
+        [real["decode"]],
+        breaker_failures=2,
+        breaker_open_s=0.5,
+        prefill_retries=0,
+    )
     name = r.cfg.prefill[0].name
     try:
         async with aiohttp.ClientSession() as s:
@@ -358,8 +409,9 @@ async def test_circuit_breaker_opens_then_a_trial_closes_it(real: dict[str, Any]
             async with s.post(r.url + "/generate", json=SHORT) as resp:
                 assert resp.status == 503 and "no healthy" in await resp.text()
             assert st["hits"] == 2  # the open circuit kept the third request away
-            await wait_for(lambda: metric(r, "voltana_router_worker_circuit_open",
-                                          instance=name) == 1)  # fmt: skip
+            await wait_for(
+                lambda: metric(r, "voltana_router_worker_circuit_open", instance=name) == 1
+            )
             st["fail"] = False
             await asyncio.sleep(0.6)  # cool-down over: one trial request may pass
             async with s.post(r.url + "/generate", json=SHORT) as resp:

@@ -34,13 +34,15 @@ READY_LINE = "The server is fired up and ready to roll!"
 
 
 @contextlib.contextmanager
-def process(args: list[str], log: Path, ready: str | None = None,
-            timeout_s: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+def process(
+    args: list[str], log: Path, ready: str | None = None, timeout_s: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``python -m voltana ARGS``; wait for ``ready`` in its output; stop it by PID."""
     fh = log.open("wb")
     env = {**os.environ, "VOLTANA_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "voltana", *args], stdout=fh,
-                            stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voltana", *args], stdout=fh, stderr=subprocess.STDOUT, env=env
+    )
     try:
         if ready is not None:
             deadline = time.monotonic() + timeout_s
@@ -61,16 +63,37 @@ def process(args: list[str], log: Path, ready: str | None = None,
 
 
 def emulator_args(port: int, version: str, gpu_ids: str, tp: int, max_running: int) -> list[str]:
-    return ["emulator", "--role", "unified", "--port", str(port), "--host", "127.0.0.1",
-            "--sglang-version", version, "--tp", str(tp), "--gpu-ids", gpu_ids,
-            "--max-running-requests", str(max_running), "--seed", "3",
-            "--disaggregation-bootstrap-port", str(free_port())]  # fmt: skip
+    return [
+        "emulator",
+        "--role",
+        "unified",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--sglang-version",
+        version,
+        "--tp",
+        str(tp),
+        "--gpu-ids",
+        gpu_ids,
+        "--max-running-requests",
+        str(max_running),
+        "--seed",
+        "3",
+        "--disaggregation-bootstrap-port",
+        str(free_port()),
+    ]
 
 
-async def generate(http: aiohttp.ClientSession, url: str, prompt: int, new: int,
-                   done: list[float]) -> None:  # fmt: skip
-    body = {"input_ids": [7] * prompt, "stream": True,
-            "sampling_params": {"max_new_tokens": new, "ignore_eos": True}}  # fmt: skip
+async def generate(
+    http: aiohttp.ClientSession, url: str, prompt: int, new: int, done: list[float]
+) -> None:
+    body = {
+        "input_ids": [7] * prompt,
+        "stream": True,
+        "sampling_params": {"max_new_tokens": new, "ignore_eos": True},
+    }
     async with http.post(f"{url}/generate", json=body) as resp:
         assert resp.status == 200, await resp.text()
         async for line in resp.content:
@@ -126,10 +149,14 @@ gpu_backend = "emulated"
     gpu_msgs: dict[int, list[GpuTelemetry]] = defaultdict(list)
     eng_msgs: dict[str, list[InstanceTelemetry]] = defaultdict(list)
     bus = await Bus.connect(BusOptions(servers=[nats_server.url]))
-    await bus.subscribe(subjects.TELEMETRY_GPU_ALL, GpuTelemetry,
-                        lambda m, s: gpu_msgs[m.gpu].append(m))  # fmt: skip
-    await bus.subscribe(subjects.TELEMETRY_ENGINE_ALL, InstanceTelemetry,
-                        lambda m, s: eng_msgs[m.instance].append(m))  # fmt: skip
+    await bus.subscribe(
+        subjects.TELEMETRY_GPU_ALL, GpuTelemetry, lambda m, s: gpu_msgs[m.gpu].append(m)
+    )
+    await bus.subscribe(
+        subjects.TELEMETRY_ENGINE_ALL,
+        InstanceTelemetry,
+        lambda m, s: eng_msgs[m.instance].append(m),
+    )
     with (
         process(emulator_args(p_new, "0.5.23", "0,1", 2, 8), tmp_path / "new.log", READY_LINE),
         process(emulator_args(p_old, "0.4.7", "2", 1, 4), tmp_path / "old.log", READY_LINE) as old,
@@ -137,9 +164,13 @@ gpu_backend = "emulated"
     ):
         async with aiohttp.ClientSession() as http:
             try:
-                await wait_for(lambda: all(len(gpu_msgs[g]) >= 5 for g in (0, 1, 2))
-                               and all(eng_msgs[n] and eng_msgs[n][-1].healthy
-                                       for n in ("new", "old")), 20.0)  # fmt: skip
+                await wait_for(
+                    lambda: (
+                        all(len(gpu_msgs[g]) >= 5 for g in (0, 1, 2))
+                        and all(eng_msgs[n] and eng_msgs[n][-1].healthy for n in ("new", "old"))
+                    ),
+                    20.0,
+                )
             except AssertionError:
                 raise AssertionError((tmp_path / "tel.log").read_text()[-3000:]) from None
             assert eng_msgs["new"][-1].engine_version == "0.5.23"
@@ -152,8 +183,11 @@ gpu_backend = "emulated"
             load += [asyncio.create_task(generate(http, url_old, 256, 500, done)) for _ in range(6)]
 
             def seen(name: str, running: int, queue: int) -> bool:
-                return any(m.t_ns > t_load * 1e9 and (m.num_running_reqs, m.num_queue_reqs)
-                           == (running, queue) for m in eng_msgs[name])  # fmt: skip
+                return any(
+                    m.t_ns > t_load * 1e9
+                    and (m.num_running_reqs, m.num_queue_reqs) == (running, queue)
+                    for m in eng_msgs[name]
+                )
 
             await wait_for(lambda: seen("new", 8, 4) and seen("old", 4, 2), 10.0)
             # the engine's own view at the same moment agrees
@@ -163,13 +197,19 @@ gpu_backend = "emulated"
                 text = await resp.text()
             assert (row["num_running_reqs"], row["num_waiting_reqs"]) == (8, 4)
             assert 'sglang:num_running_reqs{engine_type="unified",model_name' in text
-            assert any(ln.startswith("sglang:num_queue_reqs") and ln.endswith(" 2.0")
-                       for ln in text.splitlines())  # fmt: skip
+            assert any(
+                ln.startswith("sglang:num_queue_reqs") and ln.endswith(" 2.0")
+                for ln in text.splitlines()
+            )
             await asyncio.wait_for(asyncio.gather(*load), 60.0)
             t_end = time.time()
-            await wait_for(lambda: all(eng_msgs[n][-1].num_running_reqs == 0
-                                       and eng_msgs[n][-1].num_queue_reqs == 0
-                                       for n in ("new", "old")), 5.0)  # fmt: skip
+            await wait_for(
+                lambda: all(
+                    eng_msgs[n][-1].num_running_reqs == 0 and eng_msgs[n][-1].num_queue_reqs == 0
+                    for n in ("new", "old")
+                ),
+                5.0,
+            )
             await asyncio.sleep(0.5)
             t_quiet, gpus_now = await admin_gpus(http, url_new)
 
@@ -216,8 +256,9 @@ gpu_backend = "emulated"
             assert eng_msgs["old"][-1].error
             assert tel.poll() is None
     await bus.close()
-    log = [json.loads(x) for x in (tmp_path / "tel.log").read_text().splitlines()
-           if x.startswith("{")]  # fmt: skip
+    log = [
+        json.loads(x) for x in (tmp_path / "tel.log").read_text().splitlines() if x.startswith("{")
+    ]
     assert any(e.get("event") == "telemetry_source_failing" for e in log)
     assert any(e.get("event") == "telemetry_stopped" for e in log)
 
@@ -225,11 +266,17 @@ gpu_backend = "emulated"
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ('node = "n"\n[[instances]]\nname = "a"\nrole = "decode"\nurl = "http://127.0.0.1:1"\n'
-         'gpus = [0]\ngpu_backend = "nvml"\n', "libnvidia-ml.so.1"),
-        ('node = "n"\n[rates]\ngpu_hz = "fast"\n', "Expected `float`, got `str` - at `$.rates.gpu_hz`"),
+        (
+            'node = "n"\n[[instances]]\nname = "a"\nrole = "decode"\nurl = "http://127.0.0.1:1"\n'
+            'gpus = [0]\ngpu_backend = "nvml"\n',
+            "libnvidia-ml.so.1",
+        ),
+        (
+            'node = "n"\n[rates]\ngpu_hz = "fast"\n',
+            "Expected `float`, got `str` - at `$.rates.gpu_hz`",
+        ),
     ],
-)  # fmt: skip
+)
 def test_cli_errors_are_one_line(tmp_path: Path, body: str, fragment: str) -> None:
     pynvml = pytest.importorskip("pynvml")
     if fragment.startswith("libnvidia"):
@@ -239,8 +286,12 @@ def test_cli_errors_are_one_line(tmp_path: Path, body: str, fragment: str) -> No
             pytest.skip("NVML is present on this machine: the missing-library error cannot occur")
     cfg = tmp_path / "node.toml"
     cfg.write_text(body)
-    out = subprocess.run([sys.executable, "-m", "voltana", "telemetry", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "voltana", "telemetry", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert fragment in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.strip().startswith("voltana telemetry: error:")
@@ -267,12 +318,16 @@ def test_emulated_source_errors_and_restart(tmp_path: Path) -> None:
             time.sleep(0.3)
             before = src.sample()[0].energy_j
             cfg = tmp_path / "node.toml"
-            cfg.write_text(f'node = "n"\n[[instances]]\nname = "e"\nrole = "decode"\n'
-                           f'url = "{url}"\ngpus = [4, 5]\ngpu_backend = "emulated"\n')  # fmt: skip
+            cfg.write_text(
+                f'node = "n"\n[[instances]]\nname = "e"\nrole = "decode"\n'
+                f'url = "{url}"\ngpus = [4, 5]\ngpu_backend = "emulated"\n'
+            )
             check = subprocess.run(
                 [sys.executable, "-m", "voltana", "telemetry", "--config", str(cfg), "--check"],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert check.returncode == 0, check.stderr
             assert "emulated GPUs [4, 5]: 2 sample(s) read" in check.stdout
         with pytest.raises(GpuError, match="unreachable") as info:

@@ -72,18 +72,39 @@ class FakeSglang:
                 await self.release.wait()
             self.itl_obs += 10
             if self.version == "0.5.23":
-                text = metrics_text(LAB_0523, self.running, self.queue,
-                                    "inter_token_latency_seconds", [0, self.itl_obs])  # fmt: skip
+                text = metrics_text(
+                    LAB_0523,
+                    self.running,
+                    self.queue,
+                    "inter_token_latency_seconds",
+                    [0, self.itl_obs],
+                )
             else:
-                text = metrics_text(LAB_047, self.running, self.queue,
-                                    "time_per_output_token_seconds", [0, self.itl_obs])  # fmt: skip
+                text = metrics_text(
+                    LAB_047,
+                    self.running,
+                    self.queue,
+                    "time_per_output_token_seconds",
+                    [0, self.itl_obs],
+                )
             return web.Response(text=text)
 
         async def v1_loads(_: web.Request) -> web.Response:
-            return web.json_response({"loads": [{
-                "dp_rank": 0, "num_running_reqs": self.running, "num_waiting_reqs": self.queue,
-                "num_used_tokens": 4096, "max_total_num_tokens": 65536, "token_usage": 0.0625,
-                "disaggregation": {"mode": "decode", "decode_transfer_queue_reqs": 1}}]})  # fmt: skip
+            return web.json_response(
+                {
+                    "loads": [
+                        {
+                            "dp_rank": 0,
+                            "num_running_reqs": self.running,
+                            "num_waiting_reqs": self.queue,
+                            "num_used_tokens": 4096,
+                            "max_total_num_tokens": 65536,
+                            "token_usage": 0.0625,
+                            "disaggregation": {"mode": "decode", "decode_transfer_queue_reqs": 1},
+                        }
+                    ]
+                }
+            )
 
         async def get_load(_: web.Request) -> web.Response:
             return web.json_response({"load": self.running + self.queue})
@@ -157,19 +178,22 @@ gpu_backend = "none"
 
 
 async def test_engine_telemetry_end_to_end(nats_server: Any, servers: dict[str, Any]) -> None:
-    cfg = parse_config(config_text(nats_server.url, servers["urls"],
-                                   f"http://127.0.0.1:{free_port()}", 0))  # fmt: skip
+    cfg = parse_config(
+        config_text(nats_server.url, servers["urls"], f"http://127.0.0.1:{free_port()}", 0)
+    )
     got: dict[str, list[InstanceTelemetry]] = defaultdict(list)
     sub_bus = await Bus.connect(BusOptions(servers=[nats_server.url]))
     pub_bus = await Bus.connect(cfg.nats)
-    await sub_bus.subscribe(subjects.TELEMETRY_ENGINE_ALL, InstanceTelemetry,
-                            lambda m, s: got[m.instance].append(m))  # fmt: skip
+    await sub_bus.subscribe(
+        subjects.TELEMETRY_ENGINE_ALL, InstanceTelemetry, lambda m, s: got[m.instance].append(m)
+    )
     service = TelemetryService(cfg, pub_bus)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     try:
-        await wait_for(lambda: all(len(got[n]) >= 3 for n in ("d-new", "p-old", "d-dead",
-                                                              "d-hung")), 10.0)  # fmt: skip
+        await wait_for(
+            lambda: all(len(got[n]) >= 3 for n in ("d-new", "p-old", "d-dead", "d-hung")), 10.0
+        )
         servers["fakes"]["new"].running, servers["fakes"]["new"].queue = 7, 5
         await wait_for(lambda: got["d-new"][-1].num_running_reqs == 7, 5.0)
         n_new, n_hung = len(got["d-new"]), len(got["d-hung"])

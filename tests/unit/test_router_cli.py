@@ -16,14 +16,35 @@ def parse(*argv: str) -> RouterConfig:
 
 
 def test_sglang_router_shaped_flags() -> None:
-    cfg = parse("--prefill", "http://10.0.0.1:30000", "8998", "--prefill", "10.0.0.2:30000", "none",
-                "--prefill", "http://10.0.0.3:30000", "--decode", "http://10.0.0.4:30001",
-                "--decode", "http://10.0.0.5:30001", "--policy", "power_of_two",
-                "--decode-policy", "ecoroute-tile", "--host", "0.0.0.0", "--port", "9000",
-                "--nats", "nats://10.0.0.9:4222")  # fmt: skip
+    cfg = parse(
+        "--prefill",
+        "http://10.0.0.1:30000",
+        "8998",
+        "--prefill",
+        "10.0.0.2:30000",
+        "none",
+        "--prefill",
+        "http://10.0.0.3:30000",
+        "--decode",
+        "http://10.0.0.4:30001",
+        "--decode",
+        "http://10.0.0.5:30001",
+        "--policy",
+        "power_of_two",
+        "--decode-policy",
+        "ecoroute-tile",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "9000",
+        "--nats",
+        "nats://10.0.0.9:4222",
+    )
     assert [(w.url, w.bootstrap_port) for w in cfg.prefill] == [
-        ("http://10.0.0.1:30000", 8998), ("http://10.0.0.2:30000", None),
-        ("http://10.0.0.3:30000", None)]  # fmt: skip
+        ("http://10.0.0.1:30000", 8998),
+        ("http://10.0.0.2:30000", None),
+        ("http://10.0.0.3:30000", None),
+    ]
     assert [w.url for w in cfg.decode] == ["http://10.0.0.4:30001", "http://10.0.0.5:30001"]
     assert (cfg.prefill_policy, cfg.decode_policy) == ("power_of_two", "ecoroute-tile")
     assert (cfg.host, cfg.port) == ("0.0.0.0", 9000)
@@ -32,9 +53,11 @@ def test_sglang_router_shaped_flags() -> None:
 
 def test_toml_file_under_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "router.toml"
-    f.write_text('port = 7000\nmax_concurrent_requests = 5\nprefill_retries = 0\n'
-                 '[[prefill]]\nurl = "http://p:1"\nrole = "prefill"\nbootstrap_port = 9\n'
-                 '[[decode]]\nurl = "http://d:2"\nrole = "decode"\n')  # fmt: skip
+    f.write_text(
+        "port = 7000\nmax_concurrent_requests = 5\nprefill_retries = 0\n"
+        '[[prefill]]\nurl = "http://p:1"\nrole = "prefill"\nbootstrap_port = 9\n'
+        '[[decode]]\nurl = "http://d:2"\nrole = "decode"\n'
+    )
     monkeypatch.setenv("VOLTANA_ROUTER_API_KEY", "k")
     cfg = parse("--config", str(f), "--port", "7001", "--no-nats")
     assert (cfg.port, cfg.max_concurrent_requests, cfg.prefill_retries) == (7001, 5, 0)

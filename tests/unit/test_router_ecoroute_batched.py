@@ -57,9 +57,15 @@ def _reference(prof: Profile, v: InstanceView, req: RouteRequest, now: float) ->
     budget = full - max(now - req.arrival_t, 0.0)
     ch1 = cheapest_within(clocks[i0:], lat1[i0:], en1[i0:], budget)
     return WhatIf(
-        v.instance, ch1.feasible, f0, ch1.clock_mhz, ch1.latency_s, float(lat1[-1]),
-        ch1.energy_j - e0, q,
-    )  # fmt: skip
+        v.instance,
+        ch1.feasible,
+        f0,
+        ch1.clock_mhz,
+        ch1.latency_s,
+        float(lat1[-1]),
+        ch1.energy_j - e0,
+        q,
+    )
 
 
 decode_view = st.builds(

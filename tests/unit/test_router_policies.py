@@ -22,17 +22,29 @@ from voltana.services.router.policies.ecoroute_tile import buckets_used
 REQ = RouteRequest(request_id="r", input_tokens=500, max_new_tokens=64, arrival_t=0.0)
 
 
-def dec(name: str, n: int = 0, *, healthy: bool = True, clock: int | None = None,
-        kv: int | None = None) -> InstanceView:  # fmt: skip
-    return InstanceView(instance=name, role="decode", in_flight_requests=n, running_batch=n,
-                        kv_tokens=kv if kv is not None else n * 1000, healthy=healthy,
-                        clock_mhz=clock)  # fmt: skip
+def dec(
+    name: str, n: int = 0, *, healthy: bool = True, clock: int | None = None, kv: int | None = None
+) -> InstanceView:
+    return InstanceView(
+        instance=name,
+        role="decode",
+        in_flight_requests=n,
+        running_batch=n,
+        kv_tokens=kv if kv is not None else n * 1000,
+        healthy=healthy,
+        clock_mhz=clock,
+    )
 
 
 def pre(name: str, queued: int = 0, *, wait: float = 0.0, healthy: bool = True) -> InstanceView:
-    return InstanceView(instance=name, role="prefill", queued_prefill_tokens=queued,
-                        in_flight_requests=1 if queued else 0, oldest_wait_s=wait,
-                        healthy=healthy)  # fmt: skip
+    return InstanceView(
+        instance=name,
+        role="prefill",
+        queued_prefill_tokens=queued,
+        in_flight_requests=1 if queued else 0,
+        oldest_wait_s=wait,
+        healthy=healthy,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +136,9 @@ def test_power_of_two_never_picks_the_most_loaded_of_three() -> None:
         ((128, 150), (None, None), "b"),  # b holds 2 buckets and has room; a would open one
     ],
 )
-def test_ecoroute_tile_packs_into_buckets(counts: tuple[int, ...], clocks: tuple[int | None, ...],
-                                          expect: str) -> None:  # fmt: skip
+def test_ecoroute_tile_packs_into_buckets(
+    counts: tuple[int, ...], clocks: tuple[int | None, ...], expect: str
+) -> None:
     view = ClusterView(dec(n, c, clock=f) for n, c, f in zip("abc", counts, clocks, strict=False))
     s = make_policy("ecoroute-tile").select(view, REQ, 0, np.random.default_rng(0))
     assert s is not None and s.instance == expect, s

@@ -34,8 +34,12 @@ def test_batch_detection(path: str, body: dict[str, object], batch: int | None) 
 def test_add_bootstrap_scalar_and_batch_forms() -> None:
     body = {"text": "hi", "stream": True}
     one = proto.add_bootstrap(body, "10.0.0.1", 8998, [42], None)
-    assert one == {**body, "bootstrap_host": "10.0.0.1", "bootstrap_port": 8998,
-                   "bootstrap_room": 42}  # fmt: skip
+    assert one == {
+        **body,
+        "bootstrap_host": "10.0.0.1",
+        "bootstrap_port": 8998,
+        "bootstrap_room": 42,
+    }
     assert "bootstrap_room" not in body  # input not mutated
     many = proto.add_bootstrap({"text": ["a", "b"]}, "h", None, [1, 2], 2)
     assert many["bootstrap_host"] == ["h", "h"]
@@ -51,25 +55,40 @@ def test_rooms_are_63_bit() -> None:
 
 @pytest.mark.parametrize(
     ("url", "host"),
-    [("http://127.0.0.1:30000", "127.0.0.1"), ("https://pf-0.svc:443/", "pf-0.svc"),
-     ("http://[::1]:8000", "::1")],
-)  # fmt: skip
+    [
+        ("http://127.0.0.1:30000", "127.0.0.1"),
+        ("https://pf-0.svc:443/", "pf-0.svc"),
+        ("http://[::1]:8000", "::1"),
+    ],
+)
 def test_bootstrap_host_strips_scheme_and_port(url: str, host: str) -> None:
     assert proto.bootstrap_host(url) == host
 
 
 def test_inspect_reads_sizes_and_budget() -> None:
     info = proto.inspect_request(
-        "/generate", {"input_ids": [1] * 300, "sampling_params": {"max_new_tokens": 7},
-                      "stream": True, "return_logprob": True})  # fmt: skip
+        "/generate",
+        {
+            "input_ids": [1] * 300,
+            "sampling_params": {"max_new_tokens": 7},
+            "stream": True,
+            "return_logprob": True,
+        },
+    )
     assert (info.stream, info.input_tokens, info.max_new_tokens, info.return_logprob) == (
-        True, 300, 7, True)  # fmt: skip
-    chat = proto.inspect_request("/v1/chat/completions",
-                                 {"messages": [{"role": "user", "content": "x" * 400}],
-                                  "max_tokens": 9})  # fmt: skip
+        True,
+        300,
+        7,
+        True,
+    )
+    chat = proto.inspect_request(
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 9},
+    )
     assert chat.input_tokens == 100 and chat.max_new_tokens == 9 and not chat.stream
-    batch = proto.inspect_request("/generate", {"text": ["a", "b"],
-                                               "sampling_params": {"max_new_tokens": 5}})  # fmt: skip
+    batch = proto.inspect_request(
+        "/generate", {"text": ["a", "b"], "sampling_params": {"max_new_tokens": 5}}
+    )
     assert batch.max_new_tokens == 10
 
 
@@ -121,8 +140,9 @@ def test_completion_tokens_from_every_format() -> None:
 def test_request_record_slo_accounting() -> None:
     slo = SloConfig(ttft_s=0.5, itl_s=0.05)
     rreq = RouteRequest(request_id="r", input_tokens=10, max_new_tokens=4, arrival_t=0.0)
-    info = proto.RequestInfo(stream=True, batch_size=None, input_tokens=10, max_new_tokens=4,
-                             return_logprob=False)  # fmt: skip
+    info = proto.RequestInfo(
+        stream=True, batch_size=None, input_tokens=10, max_new_tokens=4, return_logprob=False
+    )
     ok = Outcome(prefill="p", decode="d", ttft_s=0.2, gaps_s=[0.01, 0.02, 0.2], output_tokens=4)
     rec = request_record(rreq, info, ok, 0.5, 1, slo, 2)
     assert rec.ttft_met and rec.itl_met is False and rec.slo_met is False

@@ -10,8 +10,10 @@ from voltana.services.router.state import Breaker, ClusterState
 
 
 def cluster(**kw: float) -> ClusterState:
-    cfg = RouterConfig(prefill=[WorkerSpec(url="127.0.0.1:1", role="prefill")],
-                       decode=[WorkerSpec(url="http://127.0.0.1:2/", role="decode")]).validate()  # fmt: skip
+    cfg = RouterConfig(
+        prefill=[WorkerSpec(url="127.0.0.1:1", role="prefill")],
+        decode=[WorkerSpec(url="http://127.0.0.1:2/", role="decode")],
+    ).validate()
     return ClusterState([*cfg.prefill, *cfg.decode], **kw)
 
 
@@ -19,8 +21,10 @@ P, D = "127-0-0-1_1", "127-0-0-1_2"
 
 
 def test_config_normalises_and_names_workers() -> None:
-    cfg = RouterConfig(prefill=[WorkerSpec(url="127.0.0.1:1", role="prefill")],
-                       decode=[WorkerSpec(url="http://127.0.0.1:2/", role="decode")]).validate()  # fmt: skip
+    cfg = RouterConfig(
+        prefill=[WorkerSpec(url="127.0.0.1:1", role="prefill")],
+        decode=[WorkerSpec(url="http://127.0.0.1:2/", role="decode")],
+    ).validate()
     assert cfg.prefill[0].url == "http://127.0.0.1:1" and cfg.decode[0].url == "http://127.0.0.1:2"
     assert instance_name("http://a.b:5") == "a-b_5"
     with pytest.raises(ConfigError, match="decode"):
@@ -28,8 +32,9 @@ def test_config_normalises_and_names_workers() -> None:
     with pytest.raises(ConfigError, match="twice"):
         RouterConfig(prefill=cfg.prefill, decode=[*cfg.decode, *cfg.decode]).validate()
     with pytest.raises(ConfigError, match="http"):
-        RouterConfig(prefill=[WorkerSpec(url="ftp://x:1", role="prefill")],
-                     decode=cfg.decode).validate()  # fmt: skip
+        RouterConfig(
+            prefill=[WorkerSpec(url="ftp://x:1", role="prefill")], decode=cfg.decode
+        ).validate()
 
 
 def test_accounting_round_trip_returns_to_zero() -> None:
@@ -78,18 +83,67 @@ def test_unhealthy_after_threshold_and_back() -> None:
 
 def test_telemetry_merges_by_url_and_goes_stale() -> None:
     st = cluster(telemetry_stale_s=1.0)
-    st.on_instance_telemetry(InstanceTelemetry(t_ns=1, instance="decode-0", role="decode",
-                             node="n", url="http://127.0.0.1:2", seq=1, num_running_reqs=7,
-                             kv_used_tokens=900, num_queue_reqs=2), now=10.0)  # fmt: skip
-    st.on_gpu_telemetry(GpuTelemetry(t_ns=1, node="n", gpu=0, seq=1, instance=D, power_w=300.0,
-                        energy_j=5.0, sm_clock_mhz=1005), now=10.2)  # fmt: skip
-    assert st.on_gpu_telemetry(GpuTelemetry(t_ns=1, node="n", gpu=1, seq=1, instance="decode-0",
-                               power_w=100.0, energy_j=1.0, sm_clock_mhz=990), now=10.2)  # fmt: skip
-    assert not st.on_gpu_telemetry(GpuTelemetry(t_ns=1, node="n", gpu=1, seq=1, instance="other",
-                                   power_w=1.0, energy_j=1.0, sm_clock_mhz=1), now=10.2)  # fmt: skip
+    st.on_instance_telemetry(
+        InstanceTelemetry(
+            t_ns=1,
+            instance="decode-0",
+            role="decode",
+            node="n",
+            url="http://127.0.0.1:2",
+            seq=1,
+            num_running_reqs=7,
+            kv_used_tokens=900,
+            num_queue_reqs=2,
+        ),
+        now=10.0,
+    )
+    st.on_gpu_telemetry(
+        GpuTelemetry(
+            t_ns=1,
+            node="n",
+            gpu=0,
+            seq=1,
+            instance=D,
+            power_w=300.0,
+            energy_j=5.0,
+            sm_clock_mhz=1005,
+        ),
+        now=10.2,
+    )
+    assert st.on_gpu_telemetry(
+        GpuTelemetry(
+            t_ns=1,
+            node="n",
+            gpu=1,
+            seq=1,
+            instance="decode-0",
+            power_w=100.0,
+            energy_j=1.0,
+            sm_clock_mhz=990,
+        ),
+        now=10.2,
+    )
+    assert not st.on_gpu_telemetry(
+        GpuTelemetry(
+            t_ns=1,
+            node="n",
+            gpu=1,
+            seq=1,
+            instance="other",
+            power_w=1.0,
+            energy_j=1.0,
+            sm_clock_mhz=1,
+        ),
+        now=10.2,
+    )
     v = st.instance_view(st.workers[D], 10.5)
     assert (v.running_batch, v.kv_tokens, v.clock_mhz, v.power_w, v.engine_queue_reqs) == (
-        7, 900, 1005, 400.0, 2)  # fmt: skip
+        7,
+        900,
+        1005,
+        400.0,
+        2,
+    )
     assert v.telemetry_age_s == pytest.approx(0.3)
     stale = st.instance_view(st.workers[D], 12.0)
     assert stale.running_batch is None and stale.clock_mhz is None

@@ -14,9 +14,15 @@ from voltana.services.telemetry.gpu_messages import GpuMessageBuilder
 
 
 def sample(index: int, mono_s: float, energy_j: float, power_w: float = 300.0) -> GpuSample:
-    return GpuSample(index=index, t_ns=int(1.7e18 + mono_s * 1e9), mono_ns=int(mono_s * 1e9),
-                     power_w=power_w, energy_j=energy_j, sm_clock_mhz=1980,
-                     source="emulated")  # fmt: skip
+    return GpuSample(
+        index=index,
+        t_ns=int(1.7e18 + mono_s * 1e9),
+        mono_ns=int(mono_s * 1e9),
+        power_w=power_w,
+        energy_j=energy_j,
+        sm_clock_mhz=1980,
+        source="emulated",
+    )
 
 
 def test_gpu_messages_seq_and_interval_power() -> None:
@@ -39,8 +45,9 @@ def test_gpu_messages_seq_and_interval_power() -> None:
 def test_gpu_message_stale_energy_has_no_interval_power() -> None:
     b = GpuMessageBuilder("n1")
     b.build(sample(0, 1.0, 10.0))
-    stale = msgspec.structs.replace(sample(0, 1.05, 10.0), energy_fresh=False,
-                                    energy_mono_ns=int(1e9), energy_t_ns=123)  # fmt: skip
+    stale = msgspec.structs.replace(
+        sample(0, 1.05, 10.0), energy_fresh=False, energy_mono_ns=int(1e9), energy_t_ns=123
+    )
     m = b.build(stale)
     assert m.avg_power_w is None and m.interval_s is None and m.energy_t_ns == 123
     fresh = b.build(sample(0, 1.5, 60.0))
@@ -74,8 +81,14 @@ sglang:time_to_first_token_seconds_count COUNT
 
 def reading(mono_s: float, count: int, load: LoadSnapshot | None = None) -> EngineReading:
     m = parse_metrics(TEXT.replace("COUNT", str(count)))
-    return EngineReading(t_ns=int(mono_s * 1e9), mono_s=mono_s, latency_s=0.002, metrics=m,
-                         load=load, version=m.looks_like)  # fmt: skip
+    return EngineReading(
+        t_ns=int(mono_s * 1e9),
+        mono_s=mono_s,
+        latency_s=0.002,
+        metrics=m,
+        load=load,
+        version=m.looks_like,
+    )
 
 
 def test_engine_state_gauges_only() -> None:
@@ -93,8 +106,15 @@ def test_engine_state_gauges_only() -> None:
 
 def test_engine_state_prefers_load_endpoint() -> None:
     st = EngineState(INST, "n1")
-    ld = LoadSnapshot(endpoint="/v1/loads", running_reqs=11, waiting_reqs=0, used_tokens=5,
-                      capacity_tokens=1000, token_usage=0.005, transfer_queue_reqs=3)  # fmt: skip
+    ld = LoadSnapshot(
+        endpoint="/v1/loads",
+        running_reqs=11,
+        waiting_reqs=0,
+        used_tokens=5,
+        capacity_tokens=1000,
+        token_usage=0.005,
+        transfer_queue_reqs=3,
+    )
     m = st.on_reading(reading(0.0, 1, ld))
     assert (m.num_running_reqs, m.num_queue_reqs, m.kv_used_tokens) == (11, 0, 5)
     assert m.kv_capacity_tokens == 1000 and m.num_transfer_queue_reqs == 3

@@ -16,12 +16,36 @@ from voltana.services.telemetry.engine_metrics import (
 )
 
 TTFT_BOUNDS = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400]
-ITL_BOUNDS = [0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040,
-              0.060, 0.080, 0.100, 0.200, 0.400, 0.600, 0.800, 1, 2, 4, 6, 8]  # fmt: skip
+ITL_BOUNDS = [
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.010,
+    0.015,
+    0.020,
+    0.025,
+    0.030,
+    0.035,
+    0.040,
+    0.060,
+    0.080,
+    0.100,
+    0.200,
+    0.400,
+    0.600,
+    0.800,
+    1,
+    2,
+    4,
+    6,
+    8,
+]
 
 
-def histogram(name: str, labels: str, bounds: list[float], per_bucket: dict[float, int],
-              total_s: float) -> str:  # fmt: skip
+def histogram(
+    name: str, labels: str, bounds: list[float], per_bucket: dict[float, int], total_s: float
+) -> str:
     lines = [f"# HELP sglang:{name} Histogram.", f"# TYPE sglang:{name} histogram"]
     cum = 0
     for b in bounds:
@@ -48,36 +72,46 @@ def counter(name: str, labels: str, value: float) -> str:
 def text_047(running: int, queue: int, ttft: dict[float, int], itl: dict[float, int]) -> str:
     """SGLang 0.4.7 style: model_name label, ITL under the older name."""
     lab = 'model_name="meta-llama/Llama-3.1-8B-Instruct"'
-    return "\n".join([
-        gauge("num_running_reqs", lab, running),
-        gauge("num_used_tokens", lab, 5120),
-        gauge("token_usage", lab, 0.04),
-        gauge("gen_throughput", lab, 812.5),
-        gauge("num_queue_reqs", lab, queue),
-        gauge("cache_hit_rate", lab, 0.0),
-        counter("prompt_tokens", lab, 10000),
-        counter("generation_tokens", lab, 4000),
-        counter("num_requests", lab, 31),
-        histogram("time_to_first_token_seconds", lab, TTFT_BOUNDS, ttft, 3.3),
-        histogram("time_per_output_token_seconds", lab, ITL_BOUNDS, itl, 0.9),
-    ]) + "\n"  # fmt: skip
+    return (
+        "\n".join(
+            [
+                gauge("num_running_reqs", lab, running),
+                gauge("num_used_tokens", lab, 5120),
+                gauge("token_usage", lab, 0.04),
+                gauge("gen_throughput", lab, 812.5),
+                gauge("num_queue_reqs", lab, queue),
+                gauge("cache_hit_rate", lab, 0.0),
+                counter("prompt_tokens", lab, 10000),
+                counter("generation_tokens", lab, 4000),
+                counter("num_requests", lab, 31),
+                histogram("time_to_first_token_seconds", lab, TTFT_BOUNDS, ttft, 3.3),
+                histogram("time_per_output_token_seconds", lab, ITL_BOUNDS, itl, 0.9),
+            ]
+        )
+        + "\n"
+    )
 
 
-def text_0523(role: str, ranks: list[dict[str, float]], ttft: dict[float, int],
-              itl: dict[float, int]) -> str:  # fmt: skip
+def text_0523(
+    role: str, ranks: list[dict[str, float]], ttft: dict[float, int], itl: dict[float, int]
+) -> str:
     """SGLang 0.5.23 style: engine_type + per-rank labels, one series per TP rank, PD gauges."""
     out: list[str] = []
     families: dict[str, list[str]] = {}
     for r, vals in enumerate(ranks):
-        lab = (f'engine_type="{role}",model_name="meta-llama/Llama-3.1-8B-Instruct",'
-               f'moe_ep_rank="0",pp_rank="0",tp_rank="{r}"')  # fmt: skip
+        lab = (
+            f'engine_type="{role}",model_name="meta-llama/Llama-3.1-8B-Instruct",'
+            f'moe_ep_rank="0",pp_rank="0",tp_rank="{r}"'
+        )
         for name, value in vals.items():
             families.setdefault(name, []).append(f"sglang:{name}{{{lab}}} {value}")
     for name, rows in families.items():
         out.append(f"# HELP sglang:{name} g\n# TYPE sglang:{name} gauge")
         out.extend(rows)
-    lab0 = (f'engine_type="{role}",model_name="meta-llama/Llama-3.1-8B-Instruct",'
-            'moe_ep_rank="0",pp_rank="0",tp_rank="0"')  # fmt: skip
+    lab0 = (
+        f'engine_type="{role}",model_name="meta-llama/Llama-3.1-8B-Instruct",'
+        'moe_ep_rank="0",pp_rank="0",tp_rank="0"'
+    )
     out.append(counter("prompt_tokens", lab0, 2.5e5))
     out.append(counter("generation_tokens", lab0, 1.25e5))
     out.append(counter("num_requests", lab0, 512))
@@ -102,13 +136,29 @@ def test_047_gauges_counters_histograms() -> None:
 @pytest.mark.parametrize("role", ["prefill", "decode"])
 def test_0523_sums_ranks_and_reads_pd_queues(role: str) -> None:
     ranks = [
-        {"num_running_reqs": 5, "num_queue_reqs": 2, "token_usage": 0.30, "kv_used_tokens": 900,
-         "num_used_tokens": 900, "gen_throughput": 400.0, "num_decode_transfer_queue_reqs": 1,
-         "num_decode_prealloc_queue_reqs": 2, "num_prefill_bootstrap_queue_reqs": 0},
-        {"num_running_reqs": 6, "num_queue_reqs": 1, "token_usage": 0.35, "kv_used_tokens": 1000,
-         "num_used_tokens": 1000, "gen_throughput": 410.0, "num_decode_transfer_queue_reqs": 0,
-         "num_decode_prealloc_queue_reqs": 1, "num_prefill_bootstrap_queue_reqs": 4},
-    ]  # fmt: skip
+        {
+            "num_running_reqs": 5,
+            "num_queue_reqs": 2,
+            "token_usage": 0.30,
+            "kv_used_tokens": 900,
+            "num_used_tokens": 900,
+            "gen_throughput": 400.0,
+            "num_decode_transfer_queue_reqs": 1,
+            "num_decode_prealloc_queue_reqs": 2,
+            "num_prefill_bootstrap_queue_reqs": 0,
+        },
+        {
+            "num_running_reqs": 6,
+            "num_queue_reqs": 1,
+            "token_usage": 0.35,
+            "kv_used_tokens": 1000,
+            "num_used_tokens": 1000,
+            "gen_throughput": 410.0,
+            "num_decode_transfer_queue_reqs": 0,
+            "num_decode_prealloc_queue_reqs": 1,
+            "num_prefill_bootstrap_queue_reqs": 4,
+        },
+    ]
     snap = parse_metrics(text_0523(role, ranks, {1: 3}, {0.02: 10}))
     assert snap.gauge("num_running_reqs") == 11 and snap.gauge("num_queue_reqs") == 3
     assert snap.gauge("token_usage") == pytest.approx(0.35)  # the busiest rank, not a sum
@@ -153,16 +203,36 @@ def test_v1_loads_sums_dp_ranks() -> None:
         "timestamp": 1764100000.0,
         "version": "0.5.23",
         "loads": [
-            {"dp_rank": 0, "num_running_reqs": 3, "num_waiting_reqs": 1, "num_used_tokens": 700,
-             "max_total_num_tokens": 100000, "token_usage": 0.007, "gen_throughput": 250.0,
-             "disaggregation": {"mode": "decode", "decode_prealloc_queue_reqs": 2,
-                                "decode_transfer_queue_reqs": 1}},
-            {"dp_rank": 1, "num_running_reqs": 4, "num_waiting_reqs": 0, "num_used_tokens": 300,
-             "max_total_num_tokens": 100000, "token_usage": 0.003, "gen_throughput": 260.0,
-             "disaggregation": {"mode": "decode", "decode_prealloc_queue_reqs": 0,
-                                "decode_transfer_queue_reqs": 3}},
+            {
+                "dp_rank": 0,
+                "num_running_reqs": 3,
+                "num_waiting_reqs": 1,
+                "num_used_tokens": 700,
+                "max_total_num_tokens": 100000,
+                "token_usage": 0.007,
+                "gen_throughput": 250.0,
+                "disaggregation": {
+                    "mode": "decode",
+                    "decode_prealloc_queue_reqs": 2,
+                    "decode_transfer_queue_reqs": 1,
+                },
+            },
+            {
+                "dp_rank": 1,
+                "num_running_reqs": 4,
+                "num_waiting_reqs": 0,
+                "num_used_tokens": 300,
+                "max_total_num_tokens": 100000,
+                "token_usage": 0.003,
+                "gen_throughput": 260.0,
+                "disaggregation": {
+                    "mode": "decode",
+                    "decode_prealloc_queue_reqs": 0,
+                    "decode_transfer_queue_reqs": 3,
+                },
+            },
         ],
-    }  # fmt: skip
+    }
     ld = parse_v1_loads(doc)
     assert (ld.running_reqs, ld.waiting_reqs, ld.used_tokens) == (7, 1, 1000)
     assert ld.capacity_tokens == 200000 and ld.token_usage == pytest.approx(0.007)
@@ -171,9 +241,20 @@ def test_v1_loads_sums_dp_ranks() -> None:
 
 
 def test_v1_loads_prefill_queues() -> None:
-    doc = {"loads": [{"dp_rank": 0, "num_running_reqs": 1, "num_waiting_reqs": 5,
-                      "disaggregation": {"mode": "prefill", "prefill_bootstrap_queue_reqs": 2,
-                                         "prefill_inflight_queue_reqs": 3}}]}  # fmt: skip
+    doc = {
+        "loads": [
+            {
+                "dp_rank": 0,
+                "num_running_reqs": 1,
+                "num_waiting_reqs": 5,
+                "disaggregation": {
+                    "mode": "prefill",
+                    "prefill_bootstrap_queue_reqs": 2,
+                    "prefill_inflight_queue_reqs": 3,
+                },
+            }
+        ]
+    }
     ld = parse_v1_loads(doc)
     assert ld.bootstrap_queue_reqs == 2 and ld.inflight_queue_reqs == 3 and ld.mode == "prefill"
     assert ld.capacity_tokens is None and ld.token_usage is None

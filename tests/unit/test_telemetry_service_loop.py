@@ -49,9 +49,17 @@ class CountingSource:
             raise GpuError("GPU 3 fell over", gpu=3)
         mono = time.monotonic_ns()
         raw_mj = (mono - self._t0) * 300 // 1_000_000
-        return [GpuSample(index=3, t_ns=time.time_ns(), mono_ns=mono, power_w=300.0,
-                          energy_j=self._energy.update(raw_mj), sm_clock_mhz=1980,
-                          source="emulated")]  # fmt: skip
+        return [
+            GpuSample(
+                index=3,
+                t_ns=time.time_ns(),
+                mono_ns=mono,
+                power_w=300.0,
+                energy_j=self._energy.update(raw_mj),
+                sm_clock_mhz=1980,
+                source="emulated",
+            )
+        ]
 
     def close(self) -> None:
         pass

@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 from voltana.predictor.profile import Profile
+from voltana.schemas.base import Role
 from voltana.schemas.clock import ClockDecision
 from voltana.schemas.config import ControllerConfig
 
@@ -28,7 +29,6 @@ __all__ = [
     "to_event",
 ]
 
-Role = Literal["prefill", "decode", "unified"]
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+from voltana.schemas.base import Role
 
 __all__ = [
     "ClusterView",
@@ -22,8 +23,6 @@ __all__ = [
     "Selection",
     "healthy",
 ]
-
-ViewRole = Literal["prefill", "decode", "unified"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,7 +37,7 @@ class InstanceView:
     """
 
     instance: str
-    role: ViewRole
+    role: Role
     url: str = ""
     healthy: bool = True
     in_flight_requests: int = 0

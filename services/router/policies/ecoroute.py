@@ -160,10 +160,18 @@ class EcoRoutePolicy(PolicyBase):
         added = (e1 - e0) * max(req.max_new_tokens, 1)
         t_max = lat[:n, -1]
         return [
-            WhatIf(v.instance, bool(ok[j]), int(f0[j]), self.clocks[i1[j]], float(l1[j]),
-                   float(t_max[j]), float(added[j]), v.batch_size)
+            WhatIf(
+                v.instance,
+                bool(ok[j]),
+                int(f0[j]),
+                self.clocks[i1[j]],
+                float(l1[j]),
+                float(t_max[j]),
+                float(added[j]),
+                v.batch_size,
+            )
             for j, v in enumerate(views)
-        ]  # fmt: skip
+        ]
 
     # -- prefill ------------------------------------------------------------
 
@@ -197,10 +205,18 @@ class EcoRoutePolicy(PolicyBase):
         l1, added = lat1[rows, i1], en1[rows, i1] - e0
         t_max = lat1[:, -1]
         return [
-            WhatIf(v.instance, bool(ok1[j]), self.clocks[i0[j]], self.clocks[i1[j]],
-                   float(l1[j]), float(t_max[j]), float(added[j]), int(q[j]))
+            WhatIf(
+                v.instance,
+                bool(ok1[j]),
+                self.clocks[i0[j]],
+                self.clocks[i1[j]],
+                float(l1[j]),
+                float(t_max[j]),
+                float(added[j]),
+                int(q[j]),
+            )
             for j, v in enumerate(views)
-        ]  # fmt: skip
+        ]
 
     # -- policy -------------------------------------------------------------
 
