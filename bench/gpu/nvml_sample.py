@@ -99,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     _ensure_voltana()
     import msgspec
     from voltana.common.errors import GpuError
-    from voltana.gpu.nvml_source import NvmlGpuSource
+    from voltana.gpu.nvml import NvmlDevice
 
     indices = [int(x) for x in args.gpus.split(",") if x.strip()]
     try:
         period = 1.0 / args.energy_hz if args.energy_hz > 0 else 0.0
-        source = NvmlGpuSource(indices, energy_period_s=period)
+        source = NvmlDevice(indices, energy_period_s=period)
     except GpuError as exc:
         print(f"nvml_sample: error: {exc}", file=sys.stderr)
         return 1

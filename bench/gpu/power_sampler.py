@@ -1,7 +1,7 @@
 """Background sampling of a GPU source, and per-window power/clock/energy summaries.
 
 The probe's main thread keeps the GPU busy; this thread reads the project's
-telemetry source (``voltana.gpu.nvml_source.NvmlGpuSource``, read-only)
+telemetry source (``voltana.gpu.nvml.NvmlDevice``, read-only)
 at a fixed rate. A measurement window is a pair of host monotonic times taken
 after device synchronisation, so the samples inside it saw exactly that work.
 Energy over a window comes from the cumulative counter, interpolated at the
@@ -107,9 +107,9 @@ def open_source(kind: str, gpu: int) -> tuple[_Source, str]:
     if kind == "synthetic":
         return SyntheticSource(), "synthetic (no GPU: constant 100 W)"
     ensure_voltana()
-    from voltana.gpu.nvml_source import NvmlGpuSource
+    from voltana.gpu.nvml import NvmlDevice
 
-    return NvmlGpuSource([gpu]), "voltana.gpu.nvml_source.NvmlGpuSource"
+    return NvmlDevice([gpu]), "voltana.gpu.nvml.NvmlDevice"
 
 
 class Sampler:

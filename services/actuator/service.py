@@ -27,7 +27,7 @@ from voltana import __version__
 from voltana.bus.client import Bus
 from voltana.common.errors import GpuError
 from voltana.common.logs import get_logger
-from voltana.gpu.backends import ClockBackend
+from voltana.gpu.device import ClockSetter
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockCommand, ClockState, ClockStatus, ResetClock, SetClock
 from voltana.services.actuator.core import ActuatorConfig, LeaseTable, Verdict
@@ -68,7 +68,7 @@ class Actuator:
     def __init__(
         self,
         bus: Bus,
-        backend: ClockBackend,
+        backend: ClockSetter,
         config: ActuatorConfig,
         *,
         monotonic: Callable[[], float] = time.monotonic,
@@ -95,7 +95,7 @@ class Actuator:
 
     async def start(self) -> None:
         """Read supported clocks, reset every GPU, then start hearing commands."""
-        gpus = await asyncio.to_thread(self.backend.gpu_indices)
+        gpus = list(self.backend.indices)
         supported = {
             g: await asyncio.to_thread(self.backend.supported_sm_clocks_mhz, g) for g in gpus
         }
