@@ -2,9 +2,9 @@
 
 Hears clock commands for its own node only (``voltana.clock.set.<node>.*``),
 lets the pure :class:`~voltana.services.actuator.core.LeaseTable` decide,
-applies each decision through a clock backend (blocking calls in a worker
-thread, one ordered queue per GPU so GPUs of a TP group change in parallel), and
-publishes a ``ClockState`` for every command, expiry and reset.
+applies each decision through a GPU device's clock setters (blocking calls in a
+worker thread, one ordered queue per GPU so GPUs of a TP group change in
+parallel), and publishes a ``ClockState`` for every command, expiry and reset.
 
 Fail-safe paths, all ending in default clocks: start-up (a predecessor may
 have crashed holding a lock), lease expiry, bus disconnect, stop (SIGTERM,
@@ -60,7 +60,7 @@ class Actuator:
 
     Args:
         bus: a connected bus.
-        backend: the clock backend (nvml, emulated or dry-run).
+        backend: the GPU device's clock setters (nvml, emulated or dry-run).
         config: node name and limits.
         monotonic: the clock leases are measured with (seconds).
     """
