@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from voltana_path import ensure_voltana
 
 
 def snapshot(gpus: list[int]) -> dict[str, Any]:
@@ -66,21 +67,6 @@ def snapshot(gpus: list[int]) -> dict[str, Any]:
         return out
     finally:
         nv.nvmlShutdown()
-
-
-def _ensure_voltana() -> None:
-    """Make ``import voltana`` work from a plain checkout (the repo root is the package)."""
-    try:
-        import voltana  # noqa: F401
-    except ImportError:
-        root = Path(__file__).resolve().parents[2]
-        spec = importlib.util.spec_from_file_location(
-            "voltana", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["voltana"] = module
-        spec.loader.exec_module(module)
 
 
 def make_backend(gpus: list[int] | None, emulator_url: str | None) -> Any:
@@ -272,7 +258,7 @@ def main() -> int:
         "--emulator-url", default=None, help="read an emulator instead of NVML (a local check)"
     )
     args = parser.parse_args()
-    _ensure_voltana()
+    ensure_voltana()
     from voltana.common.logs import configure_logging
 
     configure_logging(fmt="console", level="warning")

@@ -10,33 +10,14 @@ window's edges.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-
-
-def ensure_voltana() -> None:
-    """Make ``import voltana`` work from a plain checkout (the repo root is the package)."""
-    try:
-        import voltana  # noqa: F401
-    except ImportError:
-        root = Path(__file__).resolve().parents[2]
-        spec = importlib.util.spec_from_file_location(
-            "voltana", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load the voltana package from {root}") from None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["voltana"] = module
-        spec.loader.exec_module(module)
-
+from voltana_path import ensure_voltana
 
 COLUMNS = (
     "t_s",
