@@ -9,7 +9,7 @@ dry-run) implements both in one object; callers that need one half type against
 Devices are synchronous on purpose: NVML calls block, so async services call
 them in worker threads and the same classes serve plain scripts. Every failure
 is a :class:`~voltana.common.errors.GpuError` with the backend's error name as
-``code``. This module imports only msgspec and the standard library.
+``code``. This module imports only msgspec, the standard library and voltana's ground layers.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 from voltana.common.errors import GpuError
+from voltana.schemas.telemetry import GpuSourceKind
 
 BackendName = Literal["nvml", "emulated", "dry-run"]
 BACKEND_NAMES: tuple[BackendName, ...] = ("nvml", "emulated", "dry-run")
-
-SourceKind = Literal["nvml", "emulated"]
-"""Where a sample's readings came from (a dry-run device reads through a real one)."""
 
 
 class GpuSample(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,7 +42,8 @@ class GpuSample(msgspec.Struct, frozen=True, kw_only=True):
     power_w: float
     energy_j: float
     sm_clock_mhz: int
-    source: SourceKind
+    source: GpuSourceKind
+    """A dry-run device passes on the kind of the device it reads through."""
     name: str | None = None
     power_instant_w: float | None = None
     app_clock_mhz: int | None = None
