@@ -78,12 +78,12 @@ def _cpu_s() -> float:
 
 
 class InProcessEmulatedSource:
-    """A GpuSource over emulator ``EmulatedGpu`` objects, driven with decode iterations."""
+    """A GPU reader over emulator ``EmulatedGpu`` objects, driven with decode iterations."""
 
-    kind = "emulated"
+    name = "emulated"
 
     def __init__(self, indices: list[int], seed: int = 0) -> None:
-        from voltana.gpu.sources import EnergyCounter
+        from voltana.gpu.energy import EnergyCounter
         from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
         from voltana.services.emulator.gpu_device import EmulatedGpu
 
@@ -103,7 +103,7 @@ class InProcessEmulatedSource:
         return self._indices
 
     def sample(self) -> list[Any]:
-        from voltana.gpu.sources import GpuSample
+        from voltana.gpu.device import GpuSample
 
         t_ns, mono_ns = time.time_ns(), time.monotonic_ns()
         now = mono_ns / 1e9

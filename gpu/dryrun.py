@@ -1,25 +1,32 @@
-"""Dry-run clock backend: real reads, no writes.
+"""Dry-run device: real reads, no writes.
 
-Wraps a real backend (NVML on a GPU host) for GPU indices and supported
-clocks, validates every request exactly as the real backend would, and records
-what it would have applied instead of applying it. Used to check a deployment
-on a GPU one must not touch, and to run the actuator without privilege.
+Wraps a real device (NVML on a GPU host) for readings, GPU indices and
+supported clocks, validates every request exactly as the real device would,
+and records what it would have applied instead of applying it. Used to check a
+deployment on a GPU one must not touch, and to run the actuator without
+privilege.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Literal
 
 from voltana.common.logs import get_logger
-from voltana.gpu.backends import BackendName, ClockBackend, check_gpu, check_supported
+from voltana.gpu.device import (
+    AppliedClocks,
+    BackendName,
+    GpuDevice,
+    GpuSample,
+    check_gpu,
+    check_supported,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class DryRunAction:
-    """One driver call the dry-run backend did not make."""
+    """One driver call the dry-run device did not make."""
 
     t_ns: int
     gpu: int
@@ -28,38 +35,40 @@ class DryRunAction:
     call: str
 
 
-class DryRunBackend:
+class DryRunDevice:
     """Reads through ``inner``; setters only record and log the call they would make."""
 
     name: BackendName = "dry-run"
 
-    def __init__(self, inner: ClockBackend) -> None:
+    def __init__(self, inner: GpuDevice) -> None:
         self.inner = inner
-        self._mu = threading.Lock()
-        self._gpus = inner.gpu_indices()
-        self._locked: dict[int, int | None] = {}
+        self._applied = AppliedClocks()
         self.actions: list[DryRunAction] = []
         self._log = get_logger("actuator", backend="dry-run", source=inner.name)
 
-    def gpu_indices(self) -> list[int]:
-        return list(self._gpus)
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return self.inner.indices
+
+    def sample(self) -> list[GpuSample]:
+        return self.inner.sample()
 
     def supported_sm_clocks_mhz(self, gpu: int) -> list[int]:
-        check_gpu(gpu, self._gpus)
+        check_gpu(gpu, self.indices)
         return self.inner.supported_sm_clocks_mhz(gpu)
 
     def _record(self, gpu: int, action: Literal["lock", "reset"], mhz: int | None) -> None:
-        source = self.inner.name
+        nvml = self.inner.name == "nvml"
         if action == "lock":
             call = (
                 f"nvmlDeviceSetGpuLockedClocks(gpu={gpu}, min={mhz}, max={mhz})"
-                if source == "nvml"
+                if nvml
                 else f"POST /voltana/gpus/{gpu}/locked_clocks min={mhz} max={mhz}"
             )
         else:
             call = (
                 f"nvmlDeviceResetGpuLockedClocks(gpu={gpu})"
-                if source == "nvml"
+                if nvml
                 else f"DELETE /voltana/gpus/{gpu}/locked_clocks"
             )
         self.actions.append(DryRunAction(time.time_ns(), gpu, action, mhz, call))
@@ -67,25 +76,15 @@ class DryRunBackend:
 
     def set_locked_sm_clock_mhz(self, gpu: int, mhz: int) -> bool:
         check_supported(gpu, mhz, self.supported_sm_clocks_mhz(gpu))
-        with self._mu:
-            if gpu in self._locked and self._locked[gpu] == mhz:
-                return False
-            self._record(gpu, "lock", mhz)
-            self._locked[gpu] = mhz
-            return True
+        return self._applied.lock(gpu, mhz, lambda: self._record(gpu, "lock", mhz))
 
     def reset_locked_clocks(self, gpu: int) -> bool:
-        check_gpu(gpu, self._gpus)
-        with self._mu:
-            if gpu in self._locked and self._locked[gpu] is None:
-                return False
-            self._record(gpu, "reset", None)
-            self._locked[gpu] = None
-            return True
+        check_gpu(gpu, self.indices)
+        return self._applied.reset(gpu, lambda: self._record(gpu, "reset", None))
 
     def locked_clock_mhz(self, gpu: int) -> int | None:
-        check_gpu(gpu, self._gpus)
-        return self._locked.get(gpu)
+        check_gpu(gpu, self.indices)
+        return self._applied.get(gpu)
 
     def close(self) -> None:
         self.inner.close()

@@ -7,7 +7,10 @@ from typing import Literal
 import msgspec
 from voltana.schemas.base import Event, Role
 
-__all__ = ["GpuTelemetry", "InstanceTelemetry", "LatencyWindow", "Role"]
+__all__ = ["GpuSourceKind", "GpuTelemetry", "InstanceTelemetry", "LatencyWindow", "Role"]
+
+GpuSourceKind = Literal["nvml", "emulated"]
+"""Where a GPU's readings came from."""
 
 
 class LatencyWindow(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +61,7 @@ class GpuTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     util_gpu_pct: float | None = None
     mem_used_mib: float | None = None
     temperature_c: float | None = None
-    source: Literal["nvml", "emulated"] = "nvml"
+    source: GpuSourceKind = "nvml"
     energy_t_ns: int | None = None
     power_instant_w: float | None = None
 

@@ -107,18 +107,8 @@ def actuator_proc(
     args = ["actuator", "--node", node, "--backend", "emulated", "--nats", nats_url]
     for u in emulator_urls:
         args += ["--emulator-url", u]
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        voltana_cmd(*args, *extra),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "VOLTANA_LOG_FORMAT": "json"},
-    )
-    try:
+    with spawn_voltana([*args, *extra], log_path) as proc:
         yield proc
-    finally:
-        _stop(proc)
-        log.close()
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 On a GPU host (no privilege needed: only NVML getters are called). Starts an
 embedded nats-server, runs the real actuator shell with
-``DryRunBackend(NvmlBackend(...))``, sends it a scripted set of commands (max,
+``DryRunDevice(NvmlDevice(...))``, sends it a scripted set of commands (max,
 middle and min clocks, an unsupported clock, a foreign node's command, a
 short lease that lapses, a reset), then stops it, and writes:
 
@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from voltana_path import ensure_voltana
 
 
 def snapshot(gpus: list[int]) -> dict[str, Any]:
@@ -68,34 +69,18 @@ def snapshot(gpus: list[int]) -> dict[str, Any]:
         nv.nvmlShutdown()
 
 
-def _ensure_voltana() -> None:
-    """Make ``import voltana`` work from a plain checkout (the repo root is the package)."""
-    try:
-        import voltana  # noqa: F401
-    except ImportError:
-        root = Path(__file__).resolve().parents[2]
-        spec = importlib.util.spec_from_file_location(
-            "voltana", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["voltana"] = module
-        spec.loader.exec_module(module)
-
-
 def make_backend(gpus: list[int] | None, emulator_url: str | None) -> Any:
     """The dry-run wrapper around NVML (or an emulator, for a local check)."""
-    from voltana.gpu.dryrun import DryRunBackend
+    from voltana.gpu.dryrun import DryRunDevice
+    from voltana.gpu.open import open_device
 
-    if emulator_url:
-        from voltana.gpu.emulated_clocks import EmulatedBackend
-
-        backend = DryRunBackend(EmulatedBackend([emulator_url], gpus=gpus))
-    else:
-        from voltana.gpu.nvml_clocks import NvmlBackend
-
-        backend = DryRunBackend(NvmlBackend(gpus))
-    assert isinstance(backend, DryRunBackend) and backend.name == "dry-run"
+    backend = open_device(
+        "dry-run",
+        gpus=gpus,
+        emulator_urls=[emulator_url] if emulator_url else [],
+        dry_run_source="emulated" if emulator_url else "nvml",
+    )
+    assert isinstance(backend, DryRunDevice)
     return backend
 
 
@@ -156,7 +141,7 @@ async def scenario_bus(backend: Any, node: str) -> list[dict[str, Any]]:
             actuator = Actuator(bus, backend, ActuatorConfig(node=node, min_change_interval_s=0.0))
             await actuator.start()
             try:
-                for g in backend.gpu_indices():
+                for g in backend.indices:
                     cmds = plan(node, g, backend.supported_sm_clocks_mhz(g))
                     for _label, cmd in stamped(cmds, 100 * g):
                         await client.publish(subjects.clock_set(node, g), cmd)
@@ -176,7 +161,7 @@ def scenario_direct(backend: Any, node: str) -> list[dict[str, Any]]:
     """Without nats-py/nats-server: the same lease table and backend, driven in-process."""
     from voltana.services.actuator.core import ActuatorConfig, LeaseTable, Verdict
 
-    gpus = backend.gpu_indices()
+    gpus = list(backend.indices)
     table = LeaseTable(
         ActuatorConfig(node=node, min_change_interval_s=0.0),
         {g: backend.supported_sm_clocks_mhz(g) for g in gpus},
@@ -225,7 +210,7 @@ def scenario(
     gpus: list[int] | None, node: str, emulator_url: str | None, bus: bool
 ) -> dict[str, Any]:
     backend = make_backend(gpus, emulator_url)
-    supported = {g: backend.supported_sm_clocks_mhz(g) for g in backend.gpu_indices()}
+    supported = {g: backend.supported_sm_clocks_mhz(g) for g in backend.indices}
     mode = "bus"
     if bus:
         try:
@@ -273,7 +258,7 @@ def main() -> int:
         "--emulator-url", default=None, help="read an emulator instead of NVML (a local check)"
     )
     args = parser.parse_args()
-    _ensure_voltana()
+    ensure_voltana()
     from voltana.common.logs import configure_logging
 
     configure_logging(fmt="console", level="warning")

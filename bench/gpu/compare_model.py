@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from power_sampler import ensure_voltana
+from voltana_path import ensure_voltana
 
 ensure_voltana()
 

@@ -9,7 +9,7 @@ then measures prefill latency against batched tokens and decode step latency
 against batch size and KV length, each in a CUDA graph (as serving engines run
 decode), while a background thread samples power, SM clock, throttle reasons
 and the energy counter through the project's telemetry source
-(``voltana.gpu.nvml_source.NvmlGpuSource``). The GPU runs at whatever
+(``voltana.gpu.nvml.NvmlDevice``). The GPU runs at whatever
 clocks and power limit it was found with: a lent GPU gives default clocks only.
 
 Check it on a CPU with ``--shape tiny --device cpu --telemetry synthetic --quick``.

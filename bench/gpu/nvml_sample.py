@@ -14,7 +14,6 @@ integral of the sampled power, and reports how well the sampler held its rate.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import signal
 import sys
@@ -23,21 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def _ensure_voltana() -> None:
-    """Make ``import voltana`` work from a plain checkout (the repo root is the package)."""
-    try:
-        import voltana  # noqa: F401
-    except ImportError:
-        root = Path(__file__).resolve().parents[2]
-        spec = importlib.util.spec_from_file_location(
-            "voltana", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["voltana"] = module
-        spec.loader.exec_module(module)
+from voltana_path import ensure_voltana
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,15 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    _ensure_voltana()
+    ensure_voltana()
     import msgspec
     from voltana.common.errors import GpuError
-    from voltana.gpu.nvml_source import NvmlGpuSource
+    from voltana.gpu.nvml import NvmlDevice
 
     indices = [int(x) for x in args.gpus.split(",") if x.strip()]
     try:
         period = 1.0 / args.energy_hz if args.energy_hz > 0 else 0.0
-        source = NvmlGpuSource(indices, energy_period_s=period)
+        source = NvmlDevice(indices, energy_period_s=period)
     except GpuError as exc:
         print(f"nvml_sample: error: {exc}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """Background sampling of a GPU source, and per-window power/clock/energy summaries.
 
 The probe's main thread keeps the GPU busy; this thread reads the project's
-telemetry source (``voltana.gpu.nvml_source.NvmlGpuSource``, read-only)
+telemetry source (``voltana.gpu.nvml.NvmlDevice``, read-only)
 at a fixed rate. A measurement window is a pair of host monotonic times taken
 after device synchronisation, so the samples inside it saw exactly that work.
 Energy over a window comes from the cumulative counter, interpolated at the
@@ -10,33 +10,14 @@ window's edges.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-
-
-def ensure_voltana() -> None:
-    """Make ``import voltana`` work from a plain checkout (the repo root is the package)."""
-    try:
-        import voltana  # noqa: F401
-    except ImportError:
-        root = Path(__file__).resolve().parents[2]
-        spec = importlib.util.spec_from_file_location(
-            "voltana", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load the voltana package from {root}") from None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["voltana"] = module
-        spec.loader.exec_module(module)
-
+from voltana_path import ensure_voltana
 
 COLUMNS = (
     "t_s",
@@ -107,9 +88,9 @@ def open_source(kind: str, gpu: int) -> tuple[_Source, str]:
     if kind == "synthetic":
         return SyntheticSource(), "synthetic (no GPU: constant 100 W)"
     ensure_voltana()
-    from voltana.gpu.nvml_source import NvmlGpuSource
+    from voltana.gpu.nvml import NvmlDevice
 
-    return NvmlGpuSource([gpu]), "voltana.gpu.nvml_source.NvmlGpuSource"
+    return NvmlDevice([gpu]), "voltana.gpu.nvml.NvmlDevice"
 
 
 class Sampler:

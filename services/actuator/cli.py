@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 
 from voltana.common.logs import get_logger
-from voltana.gpu.backends import ClockBackend, make_backend
+from voltana.gpu.device import ClockSetter
+from voltana.gpu.open import open_device
 
 
 def parse_gpus(text: str | None) -> list[int] | None:
@@ -22,7 +23,7 @@ def parse_gpus(text: str | None) -> list[int] | None:
         raise ConfigError(f"--gpus wants comma-separated indices, got {text!r}") from exc
 
 
-async def serve(args: argparse.Namespace, backend: ClockBackend) -> int:
+async def serve(args: argparse.Namespace, backend: ClockSetter) -> int:
     """Connect, start the actuator, wait for a signal; always stop (reset) on the way out."""
     from voltana.bus.client import Bus
     from voltana.bus.cliopts import bus_options_from_args
@@ -57,7 +58,7 @@ async def serve(args: argparse.Namespace, backend: ClockBackend) -> int:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``voltana actuator``."""
     log = get_logger("actuator", node=args.node)
-    backend = make_backend(
+    backend = open_device(
         args.backend,
         gpus=parse_gpus(args.gpus),
         emulator_urls=args.emulator_url or [],
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(args, backend))
     finally:
         # Last line of defence: whatever happened above, no lock this process made survives it.
-        for gpu in backend.gpu_indices():
+        for gpu in backend.indices:
             try:
                 if backend.reset_locked_clocks(gpu):
                     log.warning("final_reset_was_needed", gpu=gpu)

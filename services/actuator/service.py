@@ -2,9 +2,9 @@
 
 Hears clock commands for its own node only (``voltana.clock.set.<node>.*``),
 lets the pure :class:`~voltana.services.actuator.core.LeaseTable` decide,
-applies each decision through a clock backend (blocking calls in a worker
-thread, one ordered queue per GPU so GPUs of a TP group change in parallel), and
-publishes a ``ClockState`` for every command, expiry and reset.
+applies each decision through a GPU device's clock setters (blocking calls in a
+worker thread, one ordered queue per GPU so GPUs of a TP group change in
+parallel), and publishes a ``ClockState`` for every command, expiry and reset.
 
 Fail-safe paths, all ending in default clocks: start-up (a predecessor may
 have crashed holding a lock), lease expiry, bus disconnect, stop (SIGTERM,
@@ -27,7 +27,7 @@ from voltana import __version__
 from voltana.bus.client import Bus
 from voltana.common.errors import GpuError
 from voltana.common.logs import get_logger
-from voltana.gpu.backends import ClockBackend
+from voltana.gpu.device import ClockSetter
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockCommand, ClockState, ClockStatus, ResetClock, SetClock
 from voltana.services.actuator.core import ActuatorConfig, LeaseTable, Verdict
@@ -60,7 +60,7 @@ class Actuator:
 
     Args:
         bus: a connected bus.
-        backend: the clock backend (nvml, emulated or dry-run).
+        backend: the GPU device's clock setters (nvml, emulated or dry-run).
         config: node name and limits.
         monotonic: the clock leases are measured with (seconds).
     """
@@ -68,7 +68,7 @@ class Actuator:
     def __init__(
         self,
         bus: Bus,
-        backend: ClockBackend,
+        backend: ClockSetter,
         config: ActuatorConfig,
         *,
         monotonic: Callable[[], float] = time.monotonic,
@@ -95,7 +95,7 @@ class Actuator:
 
     async def start(self) -> None:
         """Read supported clocks, reset every GPU, then start hearing commands."""
-        gpus = await asyncio.to_thread(self.backend.gpu_indices)
+        gpus = list(self.backend.indices)
         supported = {
             g: await asyncio.to_thread(self.backend.supported_sm_clocks_mhz, g) for g in gpus
         }

@@ -2,25 +2,38 @@
 
 Routes (same host:port as the SGLang API; contract in docs/emulator.md):
 GET /voltana/gpus, POST|DELETE /voltana/gpus/{index}/locked_clocks,
-GET /voltana/iterations?after=SEQ.
+GET /voltana/iterations?after=SEQ. The GPU routes encode the Structs of
+:mod:`voltana.gpu.emulator_admin`, which the GPU devices' client decodes.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
+import msgspec
 from aiohttp import web
 from voltana.common.errors import GpuError
+from voltana.gpu.emulator_admin import AdminError, EmulatedGpus, EmulatedGpuState, LockRequest
 from voltana.services.emulator.api import SERVER_KEY
 from voltana.services.emulator.gpu_device import EmulatedGpu
 
 __all__ = ["add_admin_routes"]
 
+_lock_request = msgspec.json.Decoder(LockRequest)
+
+
+def _json(payload: msgspec.Struct, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(payload), status=status, content_type="application/json"
+    )
+
 
 def _err(msg: str, status: int) -> web.Response:
-    return web.json_response({"error": msg}, status=status)
+    return _json(AdminError(msg), status)
+
+
+def _state(g: EmulatedGpu) -> EmulatedGpuState:
+    return msgspec.convert(g.snapshot(time.monotonic()), EmulatedGpuState)
 
 
 def _gpu(request: web.Request) -> EmulatedGpu | web.Response:
@@ -39,7 +52,8 @@ def _gpu(request: web.Request) -> EmulatedGpu | web.Response:
 async def list_gpus(request: web.Request) -> web.Response:
     srv = request.app[SERVER_KEY]
     now = time.monotonic()
-    return web.json_response({"gpus": [g.snapshot(now) for g in srv.gpus]})
+    states = [msgspec.convert(g.snapshot(now), EmulatedGpuState) for g in srv.gpus]
+    return _json(EmulatedGpus(states))
 
 
 async def set_locked(request: web.Request) -> web.Response:
@@ -47,21 +61,15 @@ async def set_locked(request: web.Request) -> web.Response:
     if isinstance(g, web.Response):
         return g
     try:
-        body: Any = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _err(f"malformed JSON body: {exc}", 400)
-    if not isinstance(body, dict):
-        return _err('body must be {"min_mhz": int, "max_mhz": int}', 400)
-    lo, hi = body.get("min_mhz"), body.get("max_mhz")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)):
-        return _err(f"min_mhz and max_mhz must be integers, got {lo!r}, {hi!r}", 400)
-    assert isinstance(lo, int) and isinstance(hi, int)
+        body = _lock_request.decode(await request.read())
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return _err(f'body must be {{"min_mhz": int, "max_mhz": int}}: {exc}', 400)
     try:
-        g.set_locked_clocks(lo, hi, time.monotonic())
+        g.set_locked_clocks(body.min_mhz, body.max_mhz, time.monotonic())
     except GpuError as exc:
         return _err(str(exc), 400)
     request.app[SERVER_KEY].clocks_changed()
-    return web.json_response(g.snapshot(time.monotonic()))
+    return _json(_state(g))
 
 
 async def reset_locked(request: web.Request) -> web.Response:
@@ -70,7 +78,7 @@ async def reset_locked(request: web.Request) -> web.Response:
         return g
     g.reset_locked_clocks(time.monotonic())
     request.app[SERVER_KEY].clocks_changed()
-    return web.json_response(g.snapshot(time.monotonic()))
+    return _json(_state(g))
 
 
 async def iterations(request: web.Request) -> web.Response:

@@ -1,9 +1,9 @@
 """Profiling running workers over HTTP: an emulated worker now, SGLang on a GPU node later.
 
-The prober locks each instance's GPUs through a clock backend
-(:mod:`voltana.gpu.backends`), drives the worker with the requests
-a serving engine sees, and reads energy from the GPUs' cumulative counters
-(the emulator's admin endpoint or NVML, via the telemetry sources):
+The prober locks each instance's GPUs through a GPU device (:mod:`voltana.gpu`,
+one per instance: the emulator's admin endpoint or NVML), drives the worker
+with the requests a serving engine sees, and reads energy from the same
+device's cumulative counters:
 
 - decode: ``B`` concurrent streaming ``/generate`` requests with ``ignore_eos``,
   random prompt token ids (no prefix-cache hits) and, in PD mode, SGLang's fake
@@ -30,8 +30,8 @@ import aiohttp
 import msgspec
 import numpy as np
 from voltana.common.errors import UpstreamError
-from voltana.gpu.backends import ClockBackend, make_backend
-from voltana.gpu.sources import GpuSource
+from voltana.gpu.device import GpuDevice, GpuReader
+from voltana.gpu.open import open_device
 from voltana.predictor.measurements import (
     DecodeSample,
     HardwareInfo,
@@ -55,11 +55,11 @@ class LiveTarget(msgspec.Struct, frozen=True, kw_only=True):
 class _Energy:
     """Cumulative energy (J) and mean SM clock of one target's GPUs."""
 
-    def __init__(self, source: GpuSource) -> None:
-        self.source = source
+    def __init__(self, device: GpuReader) -> None:
+        self.device = device
 
     def read(self) -> tuple[float, float, float]:
-        samples = self.source.sample()
+        samples = self.device.sample()
         t = time.monotonic()
         energy = sum(s.energy_j for s in samples)
         clock = sum(s.sm_clock_mhz for s in samples) / max(len(samples), 1)
@@ -74,8 +74,7 @@ class LiveProber:
         model: model name written into the profile.
         prefill: the prefill worker (PD) or the single worker (unified).
         decode: the decode worker (may be the same as ``prefill`` when unified).
-        backend: locks clocks (must control every GPU of both targets).
-        energy: one energy source per target URL.
+        devices: one GPU device per target URL: locks its GPUs and reads their energy.
         decode_tokens: tokens generated per decode request (the window's length).
         prefill_repeats: prefills timed per sample.
         disaggregated: send the PD bootstrap fields (fake transfer).
@@ -93,8 +92,7 @@ class LiveProber:
         model: str,
         prefill: LiveTarget,
         decode: LiveTarget,
-        backend: ClockBackend,
-        energy: dict[str, GpuSource],
+        devices: dict[str, GpuDevice],
         decode_tokens: int = 48,
         prefill_repeats: int = 3,
         disaggregated: bool = True,
@@ -106,8 +104,8 @@ class LiveProber:
             raise ValueError("prefill and decode instances must have the same TP size")
         self.gpu, self.model = gpu, model
         self.prefill, self.decode = prefill, decode
-        self.backend = backend
-        self._energy = {url: _Energy(src) for url, src in energy.items()}
+        self._devices = devices
+        self._energy = {url: _Energy(dev) for url, dev in devices.items()}
         self.decode_tokens = max(8, decode_tokens)
         self.prefill_repeats = max(1, prefill_repeats)
         self.disaggregated = disaggregated
@@ -127,33 +125,28 @@ class LiveProber:
         backend: str = "emulated",
         **kwargs: Any,
     ) -> LiveProber:
-        """A prober with the named backend and matching energy sources.
+        """A prober with one device of the named backend per worker.
 
         ``emulated``: clocks and energy through each worker's admin HTTP;
         ``nvml``: clocks and energy through NVML on this host (needs root to lock).
         """
-        targets = {prefill.url: prefill, decode.url: decode}
-        all_gpus = sorted({g for t in targets.values() for g in t.gpus})
-        energy: dict[str, GpuSource] = {}
-        if backend == "emulated":
-            from voltana.gpu.emulated_source import EmulatedGpuSource
-
-            be = make_backend("emulated", gpus=all_gpus, emulator_urls=list(targets))
-            for url, t in targets.items():
-                energy[url] = EmulatedGpuSource(url, t.gpus)
-        else:
-            from voltana.gpu.nvml_source import NvmlGpuSource
-
-            be = make_backend("nvml", gpus=all_gpus)
-            for url, t in targets.items():
-                energy[url] = NvmlGpuSource(t.gpus)
+        gpus_at: dict[str, list[int]] = {}
+        for t in (prefill, decode):
+            gpus_at[t.url] = sorted({*gpus_at.get(t.url, ()), *t.gpus})
+        devices: dict[str, GpuDevice] = {}
+        try:
+            for url, gpus in gpus_at.items():
+                devices[url] = open_device(backend, gpus=gpus, emulator_urls=[url])
+        except BaseException:
+            for dev in devices.values():
+                dev.close()
+            raise
         return cls(
             gpu=gpu,
             model=model,
             prefill=prefill,
             decode=decode,
-            backend=be,
-            energy=energy,
+            devices=devices,
             **kwargs,
         )
 
@@ -161,8 +154,8 @@ class LiveProber:
 
     def hardware(self) -> HardwareInfo:
         g = self.decode.gpus[0]
-        clocks = sorted(set(self.backend.supported_sm_clocks_mhz(g)))
-        samples = self._energy[self.decode.url].source.sample()
+        clocks = sorted(set(self._devices[self.decode.url].supported_sm_clocks_mhz(g)))
+        samples = self._devices[self.decode.url].sample()
         limits = [s.power_limit_w for s in samples if s.power_limit_w is not None]
         return HardwareInfo(
             gpu=self.gpu,
@@ -190,22 +183,22 @@ class LiveProber:
         return IdleSample(clock_mhz=clock_mhz, power_w=(e1 - e0) / max(t1 - t0, 1e-6))
 
     def close(self) -> None:
-        """Reset every GPU to default clocks, then release the backend and sources."""
+        """Reset every GPU to default clocks, then release the devices."""
         try:
-            for g in sorted({*self.prefill.gpus, *self.decode.gpus}):
-                self.backend.reset_locked_clocks(g)
+            for t in (self.prefill, self.decode):
+                for g in t.gpus:
+                    self._devices[t.url].reset_locked_clocks(g)
         finally:
             self._locked.clear()
-            for m in self._energy.values():
-                m.source.close()
-            self.backend.close()
+            for dev in self._devices.values():
+                dev.close()
 
     # -- internals ----------------------------------------------------------------------
 
     def _lock(self, target: LiveTarget, clock_mhz: int) -> None:
         for g in target.gpus:
             if self._locked.get(g) != clock_mhz:
-                self.backend.set_locked_sm_clock_mhz(g, clock_mhz)
+                self._devices[target.url].set_locked_sm_clock_mhz(g, clock_mhz)
                 self._locked[g] = clock_mhz
 
     def _body(self, tokens: int, max_new: int, stream: bool) -> dict[str, Any]:

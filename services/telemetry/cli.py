@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         try:
             for s in sources.values():
-                print(f"{s.kind} GPUs {list(s.indices)}: {len(s.sample())} sample(s) read")
+                print(f"{s.name} GPUs {list(s.indices)}: {len(s.sample())} sample(s) read")
         finally:
             for s in sources.values():
                 s.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voltana.gpu.sources import GpuSample
+from voltana.gpu.device import GpuSample
 from voltana.schemas.telemetry import GpuTelemetry, Role
 
 

@@ -29,7 +29,9 @@ from prometheus_client import (
 )
 from voltana.common.errors import GpuError, UpstreamError
 from voltana.common.logs import get_logger
-from voltana.gpu.sources import GpuSource
+from voltana.gpu.device import GpuReader
+from voltana.gpu.emulated import EmulatedDevice
+from voltana.gpu.nvml import NvmlDevice
 from voltana.schemas import subjects
 from voltana.services.telemetry.config import InstanceConfig, NodeConfig
 from voltana.services.telemetry.engine import EngineScraper, EngineState
@@ -68,26 +70,22 @@ class Publisher(Protocol):
     async def publish(self, subject: str, msg: msgspec.Struct) -> None: ...
 
 
-def make_source(inst: InstanceConfig, timeout_s: float, energy_hz: float = 2.0) -> GpuSource | None:
-    """The GPU source an instance's config asks for (None for ``gpu_backend = "none"``)."""
+def make_source(inst: InstanceConfig, timeout_s: float, energy_hz: float = 2.0) -> GpuReader | None:
+    """The GPU device an instance's config asks for (None for ``gpu_backend = "none"``)."""
     if inst.gpu_backend == "none" or not inst.gpus:
         return None
     if inst.gpu_backend == "nvml":
-        from voltana.gpu.nvml_source import NvmlGpuSource
-
-        return NvmlGpuSource(inst.gpus, energy_period_s=1.0 / energy_hz)
-    from voltana.gpu.emulated_source import EmulatedGpuSource
-
-    return EmulatedGpuSource(inst.gpu_admin_url, inst.gpus, timeout_s=timeout_s)
+        return NvmlDevice(inst.gpus, energy_period_s=1.0 / energy_hz)
+    return EmulatedDevice.serving(inst.gpu_admin_url, inst.gpus, timeout_s=timeout_s)
 
 
-def build_sources(cfg: NodeConfig) -> dict[str, GpuSource]:
+def build_sources(cfg: NodeConfig) -> dict[str, GpuReader]:
     """Open every instance's GPU source; on failure close those already open.
 
     Raises:
         GpuError: NVML missing, an index out of range, a bad admin URL.
     """
-    sources: dict[str, GpuSource] = {}
+    sources: dict[str, GpuReader] = {}
     try:
         for inst in cfg.instances:
             src = make_source(inst, cfg.rates.http_timeout_s, cfg.rates.energy_hz)
@@ -131,7 +129,7 @@ class TelemetryService:
         cfg: NodeConfig,
         publisher: Publisher,
         *,
-        sources: dict[str, GpuSource] | None = None,
+        sources: dict[str, GpuReader] | None = None,
         clock: Callable[[], float] = time.monotonic,
         close_sources: bool = False,
     ) -> None:
@@ -179,7 +177,7 @@ class TelemetryService:
                     next_t += missed * period
             await asyncio.sleep(max(0.0, next_t - now))
 
-    async def _gpu_loop(self, inst: InstanceConfig | None, src: GpuSource) -> None:
+    async def _gpu_loop(self, inst: InstanceConfig | None, src: GpuReader) -> None:
         name = inst.name if inst else "node"
         builder = GpuMessageBuilder(
             self.cfg.node, inst.name if inst else None, inst.role if inst else None

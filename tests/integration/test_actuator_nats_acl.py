@@ -11,7 +11,7 @@ from actuator_helpers import ROOT, emulator, gpus_of
 from helpers import wait_for
 from voltana.bus.client import Bus, BusOptions
 from voltana.bus.natsserver import NatsServer
-from voltana.gpu.emulated_clocks import EmulatedBackend
+from voltana.gpu.emulated import EmulatedDevice
 from voltana.predictor.profile import default_profile
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockState, SetClock
@@ -57,7 +57,7 @@ async def test_role_users_run_the_control_loop(acl_server: NatsServer, tmp_path:
         tel_bus = await Bus.connect(opts(url, "telemetry"))
         states: list[ClockState] = []
         await admin.subscribe(subjects.CLOCK_STATE_ALL, ClockState, lambda m, s: states.append(m))
-        actuator = Actuator(act_bus, EmulatedBackend([emu]), ActuatorConfig(node=NODE))
+        actuator = Actuator(act_bus, EmulatedDevice.discover([emu]), ActuatorConfig(node=NODE))
         profile = default_profile("h100", "llama-3.1-8b")
         freqctl = FreqctlService(
             fc_bus, [InstanceSpec("d0", NODE, (0,))], profile, ControllerConfig(), name="acl"

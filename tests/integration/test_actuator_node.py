@@ -15,7 +15,7 @@ from actuator_helpers import actuator_proc, emulator, gpus_of
 from helpers import wait_for
 from voltana.bus.client import Bus, BusOptions
 from voltana.bus.natsserver import NatsServer
-from voltana.gpu.emulated_clocks import EmulatedBackend
+from voltana.gpu.emulated import EmulatedDevice
 from voltana.schemas import now_ns, subjects
 from voltana.schemas.clock import ClockState, ResetClock, SetClock
 from voltana.services.actuator.core import ActuatorConfig
@@ -56,7 +56,7 @@ def fast(url: str) -> BusOptions:
 
 async def test_lock_lease_expiry_and_rejections(nats_server: NatsServer, emu: str) -> None:
     """Applied, renewed, expired; out-of-list clock, foreign node, unknown GPU rejected; junk counted."""
-    backend = EmulatedBackend([emu])
+    backend = EmulatedDevice.discover([emu])
     supported = backend.supported_sm_clocks_mhz(0)
     bus = await Bus.connect(fast(nats_server.url))
     client = await Bus.connect(fast(nats_server.url))
@@ -111,7 +111,7 @@ async def test_lock_lease_expiry_and_rejections(nats_server: NatsServer, emu: st
 
 
 async def test_reset_command_and_exception_exit(nats_server: NatsServer, emu: str) -> None:
-    backend = EmulatedBackend([emu])
+    backend = EmulatedDevice.discover([emu])
     mhz = backend.supported_sm_clocks_mhz(1)[10]
     bus = await Bus.connect(fast(nats_server.url))
     got = await states(bus)
@@ -136,7 +136,7 @@ async def test_bus_loss_resets_clocks(tmp_path: Path, emu: str) -> None:
     server = NatsServer(store_dir=tmp_path / "js")
     server.start()
     try:
-        backend = EmulatedBackend([emu])
+        backend = EmulatedDevice.discover([emu])
         mhz = backend.supported_sm_clocks_mhz(0)[5]
         bus = await Bus.connect(fast(server.url))
         act = Actuator(bus, backend, ActuatorConfig(node=NODE, min_change_interval_s=0.0))
@@ -162,7 +162,7 @@ async def test_backend_failure_is_reported_as_error(
 ) -> None:
     """The emulator goes away: the lock fails, an error state is published, the target drops."""
     with emulator(gpu_ids=(0,), log_dir=tmp_path) as url:
-        backend = EmulatedBackend([url], timeout_s=0.5)
+        backend = EmulatedDevice.discover([url], timeout_s=0.5)
         mhz = backend.supported_sm_clocks_mhz(0)[3]
         bus = await Bus.connect(fast(nats_server.url))
         got = await states(bus)

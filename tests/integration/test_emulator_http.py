@@ -13,6 +13,9 @@ import aiohttp
 import pytest
 from helpers import free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from voltana.common.errors import GpuError
+from voltana.gpu.emulated import EmulatedDevice
+from voltana.gpu.emulator_admin import EmulatorAdmin
 from voltana.services.emulator.app import EmulatorApp
 from voltana.services.emulator.server import EmulatorConfig
 
@@ -98,6 +101,8 @@ async def test_admin_gpu_contract(make_emulator: Factory, http: aiohttp.ClientSe
         ({"min_mhz": 1000, "max_mhz": 1005}, 400),
         ({"min_mhz": 1200, "max_mhz": 1005}, 400),
         ({"min_mhz": "x"}, 400),
+        ({"min_mhz": True, "max_mhz": 1005}, 400),
+        ([1005, 1005], 400),
     ]
     for payload, status in bad:
         async with http.post(url(app, "/voltana/gpus/3/locked_clocks"), json=payload) as r:
@@ -116,6 +121,40 @@ async def test_admin_gpu_contract(make_emulator: Factory, http: aiohttp.ClientSe
         e2 = (await r.json())["gpus"][0]["energy_mj"]
     elapsed = time.monotonic() - t1
     assert 117.0 * 0.19e3 < e2 - e1 < 117.0 * elapsed * 1e3 + 1  # idle at the default (max) clock
+
+
+async def test_gpu_device_over_the_admin_routes(make_emulator: Factory) -> None:
+    """The devices' typed client against the server's routes: reads, locks, resets, errors."""
+    app = await make_emulator(tp=2, gpu_ids=(2, 3))
+    base = url(app, "")
+    device = await asyncio.to_thread(EmulatedDevice.discover, [base])
+    admin = EmulatorAdmin(base)
+    try:
+        assert device.indices == (2, 3)
+        supported = await asyncio.to_thread(device.supported_sm_clocks_mhz, 3)
+        assert supported[0] == 1980 and supported == sorted(supported, reverse=True)
+        assert await asyncio.to_thread(device.set_locked_sm_clock_mhz, 3, 1005) is True
+        assert await asyncio.to_thread(device.set_locked_sm_clock_mhz, 3, 1005) is False
+        assert device.locked_clock_mhz(3) == 1005
+        s2, s3 = await asyncio.to_thread(device.sample)
+        assert (s2.index, s3.index, s3.source) == (2, 3, "emulated")
+        assert (s2.locked_clock_mhz, s3.locked_clock_mhz) == (None, 1005)
+        assert s3.max_sm_clock_mhz == 1980 and s3.energy_j > 0 and s3.name
+        # discovery saw GPU 2 at default clocks: no request is made to reset it
+        assert await asyncio.to_thread(device.reset_locked_clocks, 2) is False
+        assert await asyncio.to_thread(device.reset_locked_clocks, 3) is True
+        assert [g.locked_clock_mhz for g in await asyncio.to_thread(admin.gpus)] == [None, None]
+        with pytest.raises(GpuError) as info:
+            await asyncio.to_thread(admin.lock, 3, 1000, 1005)
+        assert info.value.code == "INVALID_ARGUMENT" and "not a supported SM clock" in str(
+            info.value
+        )
+        with pytest.raises(GpuError) as info:
+            await asyncio.to_thread(admin.reset, 7)
+        assert info.value.code == "UNKNOWN_GPU" and info.value.gpu == 7
+    finally:
+        device.close()
+        admin.close()
 
 
 # ----- formats and pacing ----------------------------------------------------------------

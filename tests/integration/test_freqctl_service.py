@@ -17,7 +17,7 @@ from actuator_helpers import emulator, gpus_of
 from helpers import wait_for
 from voltana.bus.client import Bus, BusOptions
 from voltana.bus.natsserver import NatsServer
-from voltana.gpu.emulated_clocks import EmulatedBackend
+from voltana.gpu.emulated import EmulatedDevice
 from voltana.predictor.profile import default_profile
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockDecision, ClockState
@@ -67,7 +67,7 @@ class Loop:
 async def loop(nats_server: NatsServer, emu: str) -> AsyncIterator[Loop]:
     opts = BusOptions(servers=[nats_server.url])
     bus, client = await Bus.connect(opts), await Bus.connect(opts)
-    actuator = Actuator(bus, EmulatedBackend([emu]), ActuatorConfig(node=NODE))
+    actuator = Actuator(bus, EmulatedDevice.discover([emu]), ActuatorConfig(node=NODE))
     base = ControllerConfig(lease_s=0.6, stale_after_s=0.5, min_dwell_s=0.0)
     specs = [InstanceSpec("d0"), InstanceSpec("fixed", NODE, (1,))]
     freqctl = FreqctlService(bus, specs, PROFILE, base, name="t", tick_s=0.05)

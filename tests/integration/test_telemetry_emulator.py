@@ -297,16 +297,16 @@ def test_cli_errors_are_one_line(tmp_path: Path, body: str, fragment: str) -> No
     assert out.stderr.strip().startswith("voltana telemetry: error:")
 
 
-def test_emulated_source_errors_and_restart(tmp_path: Path) -> None:
+def test_emulated_device_errors_and_restart(tmp_path: Path) -> None:
     """Bad index, a dead emulator, and an emulator restart (its counter restarts at 0)."""
     from voltana.common.errors import GpuError
-    from voltana.gpu.emulated_source import EmulatedGpuSource
+    from voltana.gpu.emulated import EmulatedDevice
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = emulator_args(port, "0.5.23", "4,5", 2, 8)
-    src = EmulatedGpuSource(url, [4, 5], timeout_s=0.5)
-    bad = EmulatedGpuSource(url, [4, 9], timeout_s=0.5)
+    src = EmulatedDevice.serving(url, [4, 5], timeout_s=0.5)
+    bad = EmulatedDevice.serving(url, [4, 9], timeout_s=0.5)
     try:
         with process(args, tmp_path / "a.log", READY_LINE):
             time.sleep(0.3)

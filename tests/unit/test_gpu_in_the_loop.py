@@ -53,8 +53,8 @@ def test_results_come_from_a_real_h100_at_default_settings(name: str) -> None:
     doc = DOCS[name]
     assert doc["device"] == "NVIDIA H100 80GB HBM3"
     assert doc["driver"] and doc["driver"].count(".") == 2
-    # recorded under the module path of its day; the class is the NVML reader
-    assert doc["telemetry_source"].endswith(".NvmlGpuSource")
+    # recorded under the module path and class name of its day: the NVML reader
+    assert doc["telemetry_source"].endswith((".NvmlGpuSource", ".NvmlDevice"))
     assert doc["settings_changed"] is False and "error" not in doc
     nvml = doc["info"]["nvml"]
     # Found and left at defaults: full P0 clock range, default power limit.

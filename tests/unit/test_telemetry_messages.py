@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from voltana.gpu.sources import GpuSample
+from voltana.gpu.device import GpuSample
 from voltana.schemas import codec
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.telemetry.config import InstanceConfig

@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 from prometheus_client import REGISTRY
 from voltana.common.errors import GpuError
-from voltana.gpu.sources import EnergyCounter, GpuSample, SourceKind
+from voltana.gpu.device import BackendName, GpuSample
+from voltana.gpu.energy import EnergyCounter
 from voltana.schemas.telemetry import GpuTelemetry
 from voltana.services.telemetry.config import parse_config
 from voltana.services.telemetry.service import TelemetryService
@@ -33,7 +34,7 @@ engine = false
 class CountingSource:
     """A 300 W GPU whose counter advances with real time; can be told to fail."""
 
-    kind: SourceKind = "emulated"
+    name: BackendName = "emulated"
 
     def __init__(self) -> None:
         self.fail = False

@@ -1,94 +1,23 @@
-"""NVML source: error mapping, optional readings, energy counter handling.
+"""NVML device readings: error mapping, optional readings, energy counter handling.
 
 There is no GPU (and no libnvidia-ml) on CI machines, so the success paths run
-against a small stand-in for the pynvml module with NVML's calling
-conventions; the missing-library path runs against the real pynvml.
+against a stand-in for the pynvml module (``tests/fake_pynvml.py``); the
+missing-library path runs against the real pynvml. Clock setters are tested in
+``test_gpu_setters.py``.
 """
 
 from __future__ import annotations
 
 import time
-import types
-from typing import Any
 
 import pytest
+from fake_pynvml import FakeNvmlError
+from fake_pynvml import fake_pynvml as fake_nvml
 from voltana.common.errors import GpuError
-from voltana.gpu.nvml_source import NvmlGpuSource, nvml_error
-from voltana.gpu.sources import EnergyCounter, GpuSource, PowerIntegrator
-
-
-class _NVMLError(Exception):
-    def __init__(self, value: int) -> None:
-        super().__init__(value)
-        self.value = value
-
-
-def fake_nvml(
-    count: int = 2,
-    *,
-    unsupported: frozenset[str] = frozenset(),
-    energy_mj: list[int] | None = None,
-    pstate_max: int = 1980,
-    fail: dict[str, int] | None = None,
-) -> Any:
-    """A pynvml-shaped module; ``unsupported`` names calls answering NOT_SUPPORTED."""
-    energy = list(energy_mj or [1_000_000, 1_050_000, 1_100_000])
-    calls = {"init": 0, "shutdown": 0, "energy": 0, "app_clock": 0, "pstate": 0}
-    fail = fail or {}
-
-    def guard(name: str) -> None:
-        if name in fail:
-            raise _NVMLError(fail[name])
-        if name in unsupported:
-            raise _NVMLError(3)
-
-    def dev(name: str, value: Any) -> Any:
-        def fn(handle: int, *args: Any) -> Any:
-            guard(name)
-            if name in calls:
-                calls[name] += 1
-            return value(handle, *args) if callable(value) else value
-
-        return fn
-
-    def init() -> None:
-        guard("init")
-        calls["init"] += 1
-
-    def total_energy(handle: int) -> int:
-        guard("energy")
-        calls["energy"] += 1
-        return energy.pop(0) if len(energy) > 1 else energy[0]
-
-    field = types.SimpleNamespace(nvmlReturn=0, value=types.SimpleNamespace(uiVal=312_500))
-    m = types.SimpleNamespace(
-        NVMLError=_NVMLError,
-        NVML_CLOCK_GRAPHICS=0,
-        NVML_CLOCK_SM=1,
-        NVML_CLOCK_MEM=2,
-        NVML_TEMPERATURE_GPU=0,
-        NVML_PSTATE_0=0,
-        NVML_FI_DEV_POWER_INSTANT=186,
-        calls=calls,
-        nvmlInit=init,
-        nvmlShutdown=lambda: calls.__setitem__("shutdown", calls["shutdown"] + 1),
-        nvmlDeviceGetCount=lambda: count,
-        nvmlDeviceGetHandleByIndex=lambda i: 100 + i,
-        nvmlDeviceGetName=dev("name", b"NVIDIA H100 80GB HBM3"),
-        nvmlDeviceGetMaxClockInfo=dev("max_clock", 1980),
-        nvmlDeviceGetPowerUsage=dev("power", 300_000),
-        nvmlDeviceGetTotalEnergyConsumption=total_energy,
-        nvmlDeviceGetClockInfo=dev("clock", lambda h, t: 1755 if t == 1 else 2619),
-        nvmlDeviceGetApplicationsClock=dev("app_clock", 1755),
-        nvmlDeviceGetMinMaxClockOfPState=dev("pstate", (345, pstate_max)),
-        nvmlDeviceGetCurrentClocksEventReasons=dev("throttle", 0x4),
-        nvmlDeviceGetUtilizationRates=dev("util", types.SimpleNamespace(gpu=87, memory=40)),
-        nvmlDeviceGetMemoryInfo=dev("memory", types.SimpleNamespace(used=2 * 2**30)),
-        nvmlDeviceGetEnforcedPowerLimit=dev("power_limit", 700_000),
-        nvmlDeviceGetTemperature=dev("temperature", 51),
-        nvmlDeviceGetFieldValues=dev("fields", lambda h, ids: [field]),
-    )
-    return m
+from voltana.gpu.device import GpuDevice, GpuReader
+from voltana.gpu.energy import EnergyCounter, PowerIntegrator
+from voltana.gpu.nvml import NvmlDevice
+from voltana.gpu.nvml_errors import nvml_error
 
 
 def test_missing_library_is_a_clear_gpu_error() -> None:
@@ -102,7 +31,7 @@ def test_missing_library_is_a_clear_gpu_error() -> None:
         pynvml.nvmlShutdown()
         pytest.skip("NVML is present here; the missing-library path cannot be exercised")
     with pytest.raises(GpuError) as info:
-        NvmlGpuSource([0])
+        NvmlDevice([0])
     assert info.value.code == "NVML_ERROR_LIBRARY_NOT_FOUND"
     assert "libnvidia-ml.so.1" in str(info.value)
     assert "emulated" in str(info.value)
@@ -120,7 +49,7 @@ def test_missing_library_is_a_clear_gpu_error() -> None:
 def test_index_out_of_range(indices: list[int], count: int, message: str) -> None:
     nv = fake_nvml(count)
     with pytest.raises(GpuError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
-        NvmlGpuSource(indices, nvml=nv)
+        NvmlDevice(indices, nvml=nv)
     assert info.value.code == "INDEX_OUT_OF_RANGE"
     assert nv.calls["shutdown"] == nv.calls["init"] == 1  # NVML released on failure
 
@@ -137,7 +66,7 @@ def test_index_out_of_range(indices: list[int], count: int, message: str) -> Non
     ],
 )
 def test_error_table(code: int, code_name: str, fragment: str) -> None:
-    err = nvml_error(_NVMLError(code), "read power", gpu=3)
+    err = nvml_error(FakeNvmlError(code), "read power", gpu=3)
     assert isinstance(err, GpuError)
     assert err.code == code_name and err.gpu == 3
     assert fragment in str(err) and "GPU 3" in str(err)
@@ -145,8 +74,8 @@ def test_error_table(code: int, code_name: str, fragment: str) -> None:
 
 def test_sample_reads_everything() -> None:
     nv = fake_nvml(2)
-    with NvmlGpuSource([1], nvml=nv) as src:
-        assert isinstance(src, GpuSource)
+    with NvmlDevice([1], nvml=nv) as src:
+        assert isinstance(src, GpuReader) and isinstance(src, GpuDevice)
         (s,) = src.sample()
     assert s.index == 1 and s.source == "nvml" and s.name == "NVIDIA H100 80GB HBM3"
     assert s.power_w == 300.0 and s.power_instant_w == 312.5
@@ -159,7 +88,7 @@ def test_sample_reads_everything() -> None:
 
 
 def test_locked_clock_inferred_from_pstate_range() -> None:
-    with NvmlGpuSource([0], nvml=fake_nvml(1, pstate_max=1410)) as src:
+    with NvmlDevice([0], nvml=fake_nvml(1, pstate_max=1410)) as src:
         assert src.sample()[0].locked_clock_mhz == 1410
 
 
@@ -178,7 +107,7 @@ def test_optional_readings_tolerate_not_supported() -> None:
             "max_clock",
         }
     )
-    with NvmlGpuSource([0], nvml=fake_nvml(1, unsupported=optional)) as src:
+    with NvmlDevice([0], nvml=fake_nvml(1, unsupported=optional)) as src:
         a, b = src.sample()[0], src.sample()[0]
     for s in (a, b):
         assert s.power_w == 300.0 and s.sm_clock_mhz == 1755
@@ -188,14 +117,14 @@ def test_optional_readings_tolerate_not_supported() -> None:
 
 def test_required_reading_failure_raises() -> None:
     with (
-        NvmlGpuSource([0], nvml=fake_nvml(1, fail={"power": 15})) as src,
+        NvmlDevice([0], nvml=fake_nvml(1, fail={"power": 15})) as src,
         pytest.raises(GpuError, match="read power on GPU 0 failed: the GPU fell off the bus"),
     ):
         src.sample()
 
 
 def test_no_energy_counter_integrates_power() -> None:
-    with NvmlGpuSource(
+    with NvmlDevice(
         [0], nvml=fake_nvml(1, unsupported=frozenset({"energy"})), energy_period_s=0.0
     ) as src:
         first = src.sample()[0]
@@ -207,7 +136,7 @@ def test_no_energy_counter_integrates_power() -> None:
 
 def test_energy_counter_restart_never_goes_back() -> None:
     nv = fake_nvml(1, energy_mj=[5_000, 9_000, 1_000, 4_000])
-    with NvmlGpuSource([0], nvml=nv, energy_period_s=0.0) as src:
+    with NvmlDevice([0], nvml=nv, energy_period_s=0.0) as src:
         values = [src.sample()[0].energy_j for _ in range(4)]
     assert values == [5.0, 9.0, 10.0, 13.0]
 
@@ -215,7 +144,7 @@ def test_energy_counter_restart_never_goes_back() -> None:
 def test_expensive_reads_are_rate_limited() -> None:
     """The energy counter (~4 ms a read on an H100) and the slow clocks are not read every tick."""
     nv = fake_nvml(1, energy_mj=[1_000_000, 1_060_000, 1_120_000])
-    with NvmlGpuSource([0], nvml=nv, energy_period_s=0.2, slow_period_s=0.5) as src:
+    with NvmlDevice([0], nvml=nv, energy_period_s=0.2, slow_period_s=0.5) as src:
         first = src.sample()[0]
         second = src.sample()[0]
         assert first.energy_fresh and not second.energy_fresh
@@ -234,7 +163,7 @@ def test_expensive_reads_are_rate_limited() -> None:
 
 def test_energy_reads_are_spread_over_the_period() -> None:
     nv = fake_nvml(4, energy_mj=list(range(1_000_000, 2_000_000, 1000)))
-    with NvmlGpuSource([0, 1, 2, 3], nvml=nv, energy_period_s=0.4) as src:
+    with NvmlDevice([0, 1, 2, 3], nvml=nv, energy_period_s=0.4) as src:
         src.sample()
         assert nv.calls["energy"] == 4  # everyone's baseline at once
         fresh_per_tick = []
@@ -245,7 +174,7 @@ def test_energy_reads_are_spread_over_the_period() -> None:
 
 
 def test_closed_source_raises() -> None:
-    src = NvmlGpuSource([0], nvml=fake_nvml(1))
+    src = NvmlDevice([0], nvml=fake_nvml(1))
     src.close()
     src.close()
     with pytest.raises(GpuError, match="closed"):

@@ -1,6 +1,11 @@
-"""Read-only NVML GPU source (pynvml), with NVML errors mapped onto ``GpuError``.
+"""NVML device (pynvml): readings, and SM clock locks.
 
-Nothing here changes a GPU setting: only ``nvmlDeviceGet*`` calls are made.
+Reading needs no privilege; locking or resetting the SM clock needs root
+(CAP_SYS_ADMIN), otherwise NVML answers ``NVML_ERROR_NO_PERMISSION``. Locked
+clocks outlive the process, so the actuator resets on every exit path and on
+start (a crashed predecessor may have left a lock behind, and NVML cannot
+report a lock back, so the first reset is always issued).
+
 Power, energy and SM clock are required readings; every other reading is
 optional and becomes None where the GPU or driver answers NOT_SUPPORTED (the
 answer is remembered so unsupported calls are not retried at 20 Hz).
@@ -18,81 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
 from voltana.common.errors import GpuError
-from voltana.gpu.sources import (
-    EnergyCounter,
-    GpuSample,
-    PowerIntegrator,
-    SourceKind,
-)
-
-# NVML return codes (stable across driver versions; copied so the table does not
-# need pynvml to be importable).
-_NOT_SUPPORTED = 3
-_NO_PERMISSION = 4
-_FUNCTION_NOT_FOUND = 13
-
-_OPTIONAL_MISSING = {_NOT_SUPPORTED, _NO_PERMISSION, _FUNCTION_NOT_FOUND}
-"""Codes that make an optional reading None instead of an error."""
-
-_HINTS: dict[int, tuple[str, str]] = {
-    1: ("NVML_ERROR_UNINITIALIZED", "NVML was not initialised"),
-    2: ("NVML_ERROR_INVALID_ARGUMENT", "invalid argument (GPU index or handle)"),
-    3: ("NVML_ERROR_NOT_SUPPORTED", "not supported on this GPU or driver"),
-    4: ("NVML_ERROR_NO_PERMISSION", "permission denied (this needs root / CAP_SYS_ADMIN)"),
-    6: ("NVML_ERROR_NOT_FOUND", "not found"),
-    9: (
-        "NVML_ERROR_DRIVER_NOT_LOADED",
-        "the NVIDIA kernel driver is not loaded; on a machine without GPUs use gpu "
-        "backend 'emulated'",
-    ),
-    10: ("NVML_ERROR_TIMEOUT", "the GPU did not answer in time"),
-    12: (
-        "NVML_ERROR_LIBRARY_NOT_FOUND",
-        "the NVML library (libnvidia-ml.so.1) was not found: install the NVIDIA driver, "
-        "or use gpu backend 'emulated' on a machine without GPUs",
-    ),
-    13: ("NVML_ERROR_FUNCTION_NOT_FOUND", "this driver's NVML lacks the function"),
-    15: ("NVML_ERROR_GPU_IS_LOST", "the GPU fell off the bus or is otherwise inaccessible"),
-    16: ("NVML_ERROR_RESET_REQUIRED", "the GPU needs a reset"),
-    17: ("NVML_ERROR_OPERATING_SYSTEM", "the operating system blocked the request"),
-    18: (
-        "NVML_ERROR_LIB_RM_VERSION_MISMATCH",
-        "the NVML library and the kernel driver versions differ (reload the driver)",
-    ),
-    28: ("NVML_ERROR_GPU_NOT_FOUND", "GPU not found"),
-}
+from voltana.gpu.device import AppliedClocks, BackendName, GpuSample, check_gpu, check_supported
+from voltana.gpu.energy import EnergyCounter, PowerIntegrator
+from voltana.gpu.nvml_errors import OPTIONAL_MISSING, import_pynvml, nvml_error
 
 
-def nvml_error(exc: BaseException, action: str, gpu: int | None = None) -> GpuError:
-    """Map one NVML exception onto ``GpuError`` through the table above."""
-    value = getattr(exc, "value", None)
-    if isinstance(value, int):
-        code_name, hint = _HINTS.get(value, (f"NVML_ERROR_{value}", str(exc)))
-    else:
-        code_name, hint = "NVML_ERROR_UNKNOWN", str(exc)
-    where = f" on GPU {gpu}" if gpu is not None else ""
-    return GpuError(f"NVML {action}{where} failed: {hint} ({code_name})", gpu=gpu, code=code_name)
-
-
-def _import_pynvml() -> ModuleType:
-    try:
-        import pynvml
-    except ImportError as exc:  # pragma: no cover - pynvml is a declared dependency
-        raise GpuError(
-            "the pynvml module is missing: pip install nvidia-ml-py", code="NO_PYNVML"
-        ) from exc
-    return pynvml
-
-
-class NvmlGpuSource:
-    """Reads power, energy, clocks, throttle reasons, utilisation, memory and temperature.
+class NvmlDevice:
+    """The GPUs of this host through NVML.
 
     Args:
-        indices: NVML device indices (as ``nvidia-smi`` numbers them).
+        gpus: NVML device indices (as ``nvidia-smi`` numbers them), in sample
+            order; None: every GPU NVML reports.
         nvml: the pynvml module (injectable so the mapping logic can be tested
             on machines without GPUs).
         energy_period_s: least time between reads of a GPU's energy counter;
@@ -106,22 +52,21 @@ class NvmlGpuSource:
         GpuError: NVML cannot be loaded/initialised, or an index does not exist.
     """
 
-    kind: SourceKind = "nvml"
+    name: BackendName = "nvml"
 
     def __init__(
         self,
-        indices: list[int] | tuple[int, ...],
-        nvml: ModuleType | None = None,
+        gpus: Sequence[int] | None = None,
         *,
+        nvml: ModuleType | None = None,
         energy_period_s: float = 0.0,
         slow_period_s: float = 1.0,
     ) -> None:
-        self._nvml = nvml if nvml is not None else _import_pynvml()
+        if gpus is not None and not gpus:
+            raise GpuError("no GPU indices given to the NVML device")
+        self._nvml = nvml if nvml is not None else import_pynvml()
         self._energy_period_ns = int(0.9 * energy_period_s * 1e9)  # tick jitter tolerance
         self._slow_period_ns = int(0.9 * slow_period_s * 1e9)
-        self._indices = tuple(int(i) for i in indices)
-        if not self._indices:
-            raise GpuError("no GPU indices given to the NVML source")
         self._open = False
         self._unsupported: set[tuple[int, str]] = set()
         try:
@@ -130,26 +75,17 @@ class NvmlGpuSource:
             raise nvml_error(exc, "initialisation") from exc
         self._open = True
         try:
-            count = int(self._nvml.nvmlDeviceGetCount())
-            bad = [i for i in self._indices if i < 0 or i >= count]
-            if bad:
-                raise GpuError(
-                    f"GPU index {bad[0]} out of range: this node has {count} GPU(s)"
-                    + (f" (indices 0..{count - 1})" if count else ""),
-                    gpu=bad[0],
-                    code="INDEX_OUT_OF_RANGE",
-                )
+            self._indices = self._check_indices(gpus)
             self._handles = [
                 self._call(self._nvml.nvmlDeviceGetHandleByIndex, "get handle", i, i)
                 for i in self._indices
             ]
             self._names = [
-                self._optional(h, i, "name", self._nvml.nvmlDeviceGetName, h)
+                self._optional(i, "name", self._nvml.nvmlDeviceGetName, h)
                 for h, i in zip(self._handles, self._indices, strict=True)
             ]
             self._max_clock = [
                 self._optional(
-                    h,
                     i,
                     "max_clock",
                     self._nvml.nvmlDeviceGetMaxClockInfo,
@@ -161,6 +97,7 @@ class NvmlGpuSource:
         except BaseException:
             self.close()
             raise
+        self._slot = {gpu: k for k, gpu in enumerate(self._indices)}
         self._energy = [EnergyCounter() for _ in self._indices]
         self._integrators = [PowerIntegrator() for _ in self._indices]
         # per GPU: (mono_ns, t_ns, energy_j) of the last counter read
@@ -168,6 +105,25 @@ class NvmlGpuSource:
         self._energy_due_ns = [0] * len(self._indices)
         # per GPU: (mono_ns, app_clock_mhz, locked_clock_mhz) of the last slow read
         self._slow: list[tuple[int, int | None, int | None] | None] = [None] * len(self._indices)
+        self._supported: dict[int, list[int]] = {}
+        self._applied = AppliedClocks()
+
+    def _check_indices(self, gpus: Sequence[int] | None) -> tuple[int, ...]:
+        count = int(self._call(self._nvml.nvmlDeviceGetCount, "count GPUs", None))
+        if gpus is None:
+            if not count:
+                raise GpuError("NVML sees no GPU on this host")
+            return tuple(range(count))
+        indices = tuple(dict.fromkeys(int(i) for i in gpus))
+        bad = [i for i in indices if i < 0 or i >= count]
+        if bad:
+            raise GpuError(
+                f"GPU index {bad[0]} out of range: this node has {count} GPU(s)"
+                + (f" (indices 0..{count - 1})" if count else ""),
+                gpu=bad[0],
+                code="INDEX_OUT_OF_RANGE",
+            )
+        return indices
 
     @property
     def indices(self) -> tuple[int, ...]:
@@ -179,7 +135,7 @@ class NvmlGpuSource:
         except self._nvml.NVMLError as exc:
             raise nvml_error(exc, action, gpu) from exc
 
-    def _optional(self, handle: Any, gpu: int, field: str, fn: Any, *args: Any) -> Any:
+    def _optional(self, gpu: int, field: str, fn: Any, *args: Any) -> Any:
         """An optional reading: None where unsupported (and never asked again)."""
         key = (gpu, field)
         if key in self._unsupported:
@@ -187,7 +143,7 @@ class NvmlGpuSource:
         try:
             value = fn(*args)
         except self._nvml.NVMLError as exc:
-            if getattr(exc, "value", None) in _OPTIONAL_MISSING:
+            if getattr(exc, "value", None) in OPTIONAL_MISSING:
                 self._unsupported.add(key)
                 return None
             raise nvml_error(exc, f"read {field}", gpu) from exc
@@ -195,14 +151,14 @@ class NvmlGpuSource:
             value = value.decode(errors="replace")
         return value
 
+    # -- readings ---------------------------------------------------------------------
+
     def _instant_power_w(self, handle: Any, gpu: int) -> float | None:
         nv = self._nvml
         fid = getattr(nv, "NVML_FI_DEV_POWER_INSTANT", None)
         if fid is None:
             return None
-        values = self._optional(
-            handle, gpu, "power_instant", nv.nvmlDeviceGetFieldValues, handle, [fid]
-        )
+        values = self._optional(gpu, "power_instant", nv.nvmlDeviceGetFieldValues, handle, [fid])
         if values is None:
             return None
         v = values[0]
@@ -211,7 +167,7 @@ class NvmlGpuSource:
             return None
         return float(v.value.uiVal) / 1000.0
 
-    def _locked_clock_mhz(self, handle: Any, gpu: int, max_clock: int | None) -> int | None:
+    def _pstate_locked_clock_mhz(self, handle: Any, gpu: int, max_clock: int | None) -> int | None:
         """Upper bound of the P0 SM clock range, where below the GPU's max clock.
 
         NVML has no getter for locked clocks; a lock narrows the P0 range, so a
@@ -222,7 +178,7 @@ class NvmlGpuSource:
         if fn is None or max_clock is None:
             return None
         rng = self._optional(
-            handle, gpu, "pstate_range", fn, handle, nv.NVML_CLOCK_GRAPHICS, nv.NVML_PSTATE_0
+            gpu, "pstate_range", fn, handle, nv.NVML_CLOCK_GRAPHICS, nv.NVML_PSTATE_0
         )
         if not rng:
             return None
@@ -235,7 +191,7 @@ class NvmlGpuSource:
             getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
             or nv.nvmlDeviceGetCurrentClocksThrottleReasons
         )
-        value = self._optional(handle, gpu, "throttle", fn, handle)
+        value = self._optional(gpu, "throttle", fn, handle)
         return int(value) if value is not None else 0
 
     def _read_energy(
@@ -246,7 +202,7 @@ class NvmlGpuSource:
         last = self._last_energy[k]
         if last is not None and mono_ns < self._energy_due_ns[k]:
             return last[2], False, False, last[1], last[0]
-        raw_mj = self._optional(h, gpu, "energy", self._nvml.nvmlDeviceGetTotalEnergyConsumption, h)
+        raw_mj = self._optional(gpu, "energy", self._nvml.nvmlDeviceGetTotalEnergyConsumption, h)
         if raw_mj is None:
             return self._integrators[k].update(mono_ns, power_w), True, True, t_ns, mono_ns
         energy_j = self._energy[k].update(int(raw_mj))
@@ -265,10 +221,10 @@ class NvmlGpuSource:
             return cached[1], cached[2]
         nv, h, gpu = self._nvml, self._handles[k], self._indices[k]
         app = self._optional(
-            h, gpu, "app_clock", nv.nvmlDeviceGetApplicationsClock, h, nv.NVML_CLOCK_SM
+            gpu, "app_clock", nv.nvmlDeviceGetApplicationsClock, h, nv.NVML_CLOCK_SM
         )
         app_mhz = int(app) if app is not None else None
-        locked = self._locked_clock_mhz(h, gpu, self._max_clock[k])
+        locked = self._pstate_locked_clock_mhz(h, gpu, self._max_clock[k])
         self._slow[k] = (mono_ns, app_mhz, locked)
         return app_mhz, locked
 
@@ -283,15 +239,15 @@ class NvmlGpuSource:
         energy_j, from_power, fresh, e_t_ns, e_mono_ns = self._read_energy(
             k, mono_ns, t_ns, power_w
         )
-        util = self._optional(h, gpu, "util", nv.nvmlDeviceGetUtilizationRates, h)
-        mem = self._optional(h, gpu, "memory", nv.nvmlDeviceGetMemoryInfo, h)
-        limit_mw = self._optional(h, gpu, "power_limit", nv.nvmlDeviceGetEnforcedPowerLimit, h)
+        util = self._optional(gpu, "util", nv.nvmlDeviceGetUtilizationRates, h)
+        mem = self._optional(gpu, "memory", nv.nvmlDeviceGetMemoryInfo, h)
+        limit_mw = self._optional(gpu, "power_limit", nv.nvmlDeviceGetEnforcedPowerLimit, h)
         temp = self._optional(
-            h, gpu, "temperature", nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU
+            gpu, "temperature", nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU
         )
         app, locked = self._slow_clocks(k, mono_ns)
         mem_clock = self._optional(
-            h, gpu, "mem_clock", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM
+            gpu, "mem_clock", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM
         )
         max_clock = self._max_clock[k]
         return GpuSample(
@@ -322,8 +278,64 @@ class NvmlGpuSource:
     def sample(self) -> list[GpuSample]:
         """Read every GPU once (a few ms for 8 GPUs)."""
         if not self._open:
-            raise GpuError("NVML source is closed", code="CLOSED")
+            raise GpuError("NVML device is closed", code="CLOSED")
         return [self._read_one(k) for k in range(len(self._indices))]
+
+    # -- clock setters ------------------------------------------------------------------
+
+    def _handle(self, gpu: int) -> Any:
+        check_gpu(gpu, self._indices)
+        return self._handles[self._slot[gpu]]
+
+    def supported_sm_clocks_mhz(self, gpu: int) -> list[int]:
+        cached = self._supported.get(gpu)
+        if cached is None:
+            cached = self._supported[gpu] = self._read_supported_clocks(gpu)
+        return list(cached)
+
+    def _read_supported_clocks(self, gpu: int) -> list[int]:
+        """The SM clocks listed for the highest memory clock, descending."""
+        nv, handle = self._nvml, self._handle(gpu)
+        mem = self._call(
+            nv.nvmlDeviceGetSupportedMemoryClocks, "read supported memory clocks", gpu, handle
+        )
+        if not mem:
+            raise GpuError(f"GPU {gpu}: NVML lists no memory clocks", gpu=gpu, code="NO_CLOCKS")
+        sm = self._call(
+            nv.nvmlDeviceGetSupportedGraphicsClocks,
+            "read supported SM clocks",
+            gpu,
+            handle,
+            max(int(m) for m in mem),
+        )
+        clocks = sorted({int(c) for c in sm}, reverse=True)
+        if not clocks:
+            raise GpuError(f"GPU {gpu}: NVML lists no SM clocks", gpu=gpu, code="NO_CLOCKS")
+        return clocks
+
+    def set_locked_sm_clock_mhz(self, gpu: int, mhz: int) -> bool:
+        check_supported(gpu, mhz, self.supported_sm_clocks_mhz(gpu))
+        handle = self._handle(gpu)
+
+        def lock() -> None:
+            self._call(
+                self._nvml.nvmlDeviceSetGpuLockedClocks, "set locked clocks", gpu, handle, mhz, mhz
+            )
+
+        return self._applied.lock(gpu, mhz, lock)
+
+    def reset_locked_clocks(self, gpu: int) -> bool:
+        handle = self._handle(gpu)
+        return self._applied.reset(
+            gpu,
+            lambda: self._call(
+                self._nvml.nvmlDeviceResetGpuLockedClocks, "reset locked clocks", gpu, handle
+            ),
+        )
+
+    def locked_clock_mhz(self, gpu: int) -> int | None:
+        check_gpu(gpu, self._indices)
+        return self._applied.get(gpu)
 
     def close(self) -> None:
         if self._open:
@@ -331,7 +343,7 @@ class NvmlGpuSource:
             with contextlib.suppress(self._nvml.NVMLError):
                 self._nvml.nvmlShutdown()
 
-    def __enter__(self) -> NvmlGpuSource:
+    def __enter__(self) -> NvmlDevice:
         return self
 
     def __exit__(self, *exc: object) -> None:
