@@ -86,8 +86,7 @@ async def test_loop_rate_publish_errors_and_source_errors() -> None:
     svc = TelemetryService(CFG, pub, sources={"loop-i": src})
     pub_err0 = _value("voltana_telemetry_errors_total", kind="publish", source="loop-i")
     gpu_err0 = _value("voltana_telemetry_errors_total", kind="gpu", source="loop-i")
-    stop = asyncio.Event()
-    task = asyncio.create_task(svc.run(stop))
+    await svc.start()
     await asyncio.sleep(0.6)
     src.fail = True
     await asyncio.sleep(0.3)
@@ -96,8 +95,7 @@ async def test_loop_rate_publish_errors_and_source_errors() -> None:
     assert len(pub.got) == n_while_failing  # nothing published while the source fails
     src.fail = False
     await asyncio.sleep(0.4)
-    stop.set()
-    await asyncio.wait_for(task, 5.0)
+    await asyncio.wait_for(svc.stop(), 5.0)
 
     msgs = [m for _, m in pub.got]
     assert all(s == "voltana.telemetry.gpu.n1.3" for s, _ in pub.got)
