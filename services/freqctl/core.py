@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import msgspec
 from voltana.common.errors import ConfigError
 from voltana.schemas import subjects
 from voltana.schemas.base import Role
@@ -35,8 +36,7 @@ RENEW_FRACTION = 0.4
 """A held clock is re-sent after this fraction of its lease (two renewals can be lost)."""
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceSpec:
+class InstanceSpec(msgspec.Struct, frozen=True):
     """One instance this controller drives; ``node``/``gpus`` None: learned from telemetry."""
 
     name: str
