@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import msgspec
+import pytest
 from prometheus_client import REGISTRY
 from voltana.common.errors import GpuError
 from voltana.gpu.sources import EnergyCounter, GpuSample, SourceKind
@@ -109,3 +110,30 @@ async def test_loop_rate_publish_errors_and_source_errors() -> None:
     powers = [m.avg_power_w for m in msgs if m.avg_power_w is not None]
     assert powers and all(abs(p - 300.0) < 30.0 for p in powers)
     assert svc.published["gpu"] == len(msgs)
+
+
+class BrokenSource(CountingSource):
+    """A source failing in a way the loop does not expect (not a GpuError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def sample(self) -> list[GpuSample]:
+        raise RuntimeError("driver returned garbage")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_loop_that_dies_ends_done_with_its_error_and_stop_still_runs() -> None:
+    src = BrokenSource()
+    svc = TelemetryService(CFG, FlakyPublisher(fail_first=0), sources={"loop-i": src})
+    await svc.start()
+    try:
+        with pytest.raises(RuntimeError, match="garbage"):
+            await asyncio.wait_for(svc.done(), 2.0)
+    finally:
+        await asyncio.wait_for(svc.stop(), 5.0)
+        await svc.stop()  # twice is harmless
+    assert not src.closed  # given sources stay open: their owner closes them
