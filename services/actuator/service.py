@@ -29,6 +29,7 @@ from voltana.gpu.backends import ClockBackend
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockCommand, ClockState, ClockStatus, ResetClock, SetClock
 from voltana.services.actuator.core import ActuatorConfig, LeaseTable, Verdict
+from voltana.services.runner import cancel_and_wait
 from voltana.services.status import add_status_service
 
 COMMANDS = PromCounter(
@@ -133,10 +134,7 @@ class Actuator:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+        await cancel_and_wait([self._timer])
         if self.table is not None:
             self._enqueue(self.table.release_all(self._now(), reason))
             await self._drain()

@@ -23,6 +23,7 @@ from voltana.bus.client import Bus
 from voltana.schemas import codec
 from voltana.schemas.config import ControllerConfig
 from voltana.services.freqctl.core import ConfigStore
+from voltana.services.runner import cancel_and_wait
 
 CONFIG_ERRORS = PromCounter(
     "voltana_freqctl_config_errors", "KV config values that could not be used", ["key"]
@@ -67,10 +68,7 @@ class KvConfigWatcher:
         self.bus.on_reconnect(self.reload)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await cancel_and_wait([self._task])
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()

@@ -47,6 +47,7 @@ from voltana.services.freqctl.core import (
     needs_send,
 )
 from voltana.services.freqctl.kvconfig import KvConfigWatcher
+from voltana.services.runner import cancel_and_wait
 from voltana.services.status import add_status_service
 
 DECISIONS = PromCounter(
@@ -160,11 +161,7 @@ class FreqctlService:
         self._log.info("freqctl_ready", instances=sorted(self.instances))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         await self.kv.stop()
         for sub in self._subs:
             with contextlib.suppress(Exception):

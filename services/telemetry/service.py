@@ -9,7 +9,6 @@ source or an instance that hangs delays only itself. Blocking source reads
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from voltana.common.errors import GpuError, UpstreamError
 from voltana.common.logs import get_logger
 from voltana.gpu.sources import GpuSource
 from voltana.schemas import subjects
+from voltana.services.runner import cancel_and_wait
 from voltana.services.telemetry.config import InstanceConfig, NodeConfig
 from voltana.services.telemetry.engine import EngineScraper, EngineState
 from voltana.services.telemetry.gpu_messages import GpuMessageBuilder
@@ -299,11 +299,7 @@ class TelemetryService:
 
     async def stop(self) -> None:
         """End the loops and the endpoint; close the sources built here. Safe after a failed start."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self._session is not None:
             await self._session.close()
