@@ -141,8 +141,7 @@ async def _wait(service: Service, stop: asyncio.Event, *, name: str, log: Logger
     try:
         done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for w in waiters:
-            w.cancel()
+        await cancel_and_wait(waiters)
     if stop.is_set():
         log.info(f"{name}_signal_received")
     for task in done:
