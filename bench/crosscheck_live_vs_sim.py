@@ -31,7 +31,7 @@ import aiohttp
 import numpy as np
 from voltana.sim.crosscheck import compare, sim_figures
 from voltana.sim.workload import SimRequest, load_trace, scale_rate, window
-from voltana.tools.localcluster import ClusterSpec, LocalCluster
+from voltana.tools.localcluster import LocalCluster, LocalClusterSpec
 
 DEFAULT_TRACE = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"
@@ -148,7 +148,7 @@ def main() -> int:
         telemetry_period_s=0.25,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        spec = ClusterSpec(
+        spec = LocalClusterSpec(
             router_port=0,
             workdir=Path(tmp),
             noise=0.0,

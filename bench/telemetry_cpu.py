@@ -172,15 +172,11 @@ def _telemetry_process(args: dict[str, Any], out: Any) -> None:
 
     async def main() -> dict[str, Any]:
         bus = await Bus.connect(BusOptions(servers=[args["nats_url"]]))
-        service = TelemetryService(cfg, bus, sources=sources)
-        stop = asyncio.Event()
-        task = asyncio.create_task(service.run(stop))
-        await asyncio.sleep(args["warmup"])
-        c0, w0, p0 = _cpu_s(), time.monotonic(), dict(service.published)
-        await asyncio.sleep(args["seconds"])
-        c1, w1, p1 = _cpu_s(), time.monotonic(), dict(service.published)
-        stop.set()
-        await task
+        async with TelemetryService(cfg, bus, sources=sources) as service:
+            await asyncio.sleep(args["warmup"])
+            c0, w0, p0 = _cpu_s(), time.monotonic(), dict(service.published)
+            await asyncio.sleep(args["seconds"])
+            c1, w1, p1 = _cpu_s(), time.monotonic(), dict(service.published)
         await bus.close()
         return {
             "cpu_s": c1 - c0,

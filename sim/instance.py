@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from voltana.groundtruth.engine import BatchPlan, Engine, EngineConfig, Phase
 from voltana.groundtruth.gpu_model import GpuModel, IterCost
 from voltana.services.freqctl.controllers.base import ControlInput
+from voltana.services.freqctl.core import control_input
 from voltana.sim.metrics import TimeSeries
 
 __all__ = ["Instance", "IterationRun"]
@@ -301,16 +302,16 @@ class Instance:
             itl = self.obs_itl_s if is_decode else None
             ttft = None if is_decode else self.obs_ttft_s
             t_inp = obs_t
-        return ControlInput(
+        # the simulated router always knows the queued prompt tokens: the live mapping's
+        # fresh-router branch, with the engine's own counts as the telemetry
+        return control_input(
             instance=self.name,
             role="decode" if is_decode else "prefill",
             t=t_inp,
             queue_reqs=waiting,
             running_reqs=running,
-            batch_size=float(running) if is_decode else 0.0,
-            kv_tokens=float(decode_kv) if is_decode else 0.0,
-            prefill_tokens=float(prefill_tokens),
-            oldest_wait_s=0.0 if oldest is None else max(t - oldest, 0.0),
+            kv_used_tokens=decode_kv,
+            queued_prefill=(float(prefill_tokens), 0.0 if oldest is None else max(t - oldest, 0.0)),
             observed_ttft_s=ttft,
             observed_itl_s=itl,
             current_clock_mhz=self.clock_mhz,

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+import msgspec
 import numpy as np
 from voltana.bus.client import Bus
 from voltana.common.logs import get_logger
@@ -22,8 +23,7 @@ log = get_logger("up")
 _WORDS = ("energy", "clock", "token", "prefill", "decode", "latency", "budget", "watt")
 
 
-@dataclass(frozen=True)
-class LoadSpec:
+class LoadSpec(msgspec.Struct, frozen=True, kw_only=True):
     """Poisson arrivals at ``rate_rps``; prompt and output lengths uniform in the ranges."""
 
     rate_rps: float = 2.0

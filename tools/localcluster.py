@@ -23,24 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 from voltana.bus.natsserver import NatsServer
 from voltana.common.errors import VoltanaError
 from voltana.common.logs import get_logger
 from voltana.common.ports import free_port
+from voltana.tools.nats import prepare_nats
 
 log = get_logger("up")
-
-
-async def _setup_nats(url: str) -> None:
-    """Create the event stream and the config bucket before any service starts."""
-    from voltana.bus.client import Bus
-
-    bus = await Bus.connect(servers=[url], name="voltana-up")
-    try:
-        await bus.ensure_event_stream()
-        await bus.kv()
-    finally:
-        await bus.close()
 
 
 def _run_in_thread(coro: Coroutine[Any, Any, None]) -> None:
@@ -60,8 +50,7 @@ def _run_in_thread(coro: Coroutine[Any, Any, None]) -> None:
         raise errors[0]
 
 
-@dataclass(frozen=True)
-class ClusterSpec:
+class LocalClusterSpec(msgspec.Struct, frozen=True, kw_only=True):
     """What to run. Ports 0 mean "any free port"."""
 
     prefill: int = 1
@@ -97,7 +86,7 @@ class Instance:
 class LocalCluster:
     """Start/stop a local cluster; ``router_url`` and ``nats_url`` once started."""
 
-    spec: ClusterSpec
+    spec: LocalClusterSpec
     instances: list[Instance] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     nats: NatsServer | None = None
@@ -159,7 +148,7 @@ class LocalCluster:
         s.workdir.mkdir(parents=True, exist_ok=True)
         self.nats = NatsServer(port=s.nats_port or -1, store_dir=s.workdir / "nats")
         self.nats.start()
-        _run_in_thread(_setup_nats(self.nats.url))
+        _run_in_thread(prepare_nats(self.nats.url, name="voltana-up"))
         gpu = 0
         for role, count in (("prefill", s.prefill), ("decode", s.decode)):
             for i in range(count):

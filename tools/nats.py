@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import Any, TextIO
 
+import msgspec
+from voltana.bus.client import Bus, StreamLimits
 from voltana.bus.cliopts import add_nats_args, bus_options_from_args
+from voltana.bus.natsserver import NatsServer
+from voltana.common.logs import get_logger
+from voltana.schemas import codec, subjects
+from voltana.services.runner import run_service
+
+log = get_logger("nats")
 
 
 def register(sub: Any) -> None:
@@ -55,19 +63,59 @@ def register(sub: Any) -> None:
     t.set_defaults(func=_run_tail)
 
 
+async def prepare_nats(
+    url: str,
+    *,
+    name: str,
+    limits: StreamLimits | None = None,
+    user: str | None = None,
+    password: str | None = None,
+) -> None:
+    """Create the event stream and the config bucket (before any service needs them)."""
+    bus = await Bus.connect(servers=[url], name=name, user=user, password=password)
+    try:
+        await bus.ensure_event_stream(limits)
+        await bus.kv()
+    finally:
+        await bus.close()
+
+
+class EmbeddedNats:
+    """``voltana nats`` as a service: a prepared nats-server until a signal or until it exits."""
+
+    def __init__(self, server: NatsServer, limits: StreamLimits) -> None:
+        self.server = server
+        self.limits = limits
+
+    async def start(self) -> None:
+        s = self.server
+        await asyncio.to_thread(s.start)
+        await prepare_nats(
+            s.url, name="voltana-nats", limits=self.limits, user=s.user, password=s.password
+        )
+        log.info("nats_ready", url=s.url, store_dir=str(s.store_dir), pid=s.pid)
+        print(s.url, flush=True)
+
+    async def done(self) -> None:
+        """Return when the server process exited on its own."""
+        while self.server.proc is not None and self.server.proc.poll() is None:
+            await asyncio.sleep(0.5)
+        log.error("nats_server_exited", log_tail=self.server.log_lines[-5:])
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.server.stop)
+        log.info("nats_stopped")
+
+
 def _run_nats(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from voltana.bus.client import Bus, StreamLimits
-    from voltana.bus.natsserver import NatsServer
     from voltana.common.errors import ConfigError
-    from voltana.common.logs import get_logger
 
     if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
         raise ConfigError(
             f"--host {args.host} is not a loopback address; voltana nats serves locally only"
         )
-    log = get_logger("nats")
     Path(args.store_dir).mkdir(parents=True, exist_ok=True)
     server = NatsServer(
         host=args.host,
@@ -76,76 +124,56 @@ def _run_nats(args: argparse.Namespace) -> int:
         user=args.user,
         password=args.password,
     )
+    limits = StreamLimits(max_age_s=args.stream_max_age_s, max_bytes=args.stream_max_bytes)
+    return run_service(lambda: EmbeddedNats(server, limits), name="nats", log=log)
 
-    async def main() -> None:
-        from voltana.common.shutdown import shutdown_event
 
-        stop = shutdown_event()
-        await asyncio.to_thread(server.start)
+class Tail:
+    """``voltana tail`` as a service: print each message on ``subject`` as one JSON line.
+
+    Ends by itself after ``count`` messages (0: never).
+    """
+
+    def __init__(self, bus: Bus, subject: str, count: int, out: TextIO = sys.stdout) -> None:
+        self.bus = bus
+        self.subject = subject
+        self.count = count
+        self.out = out
+        self.seen = 0
+        self._enough = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.bus.subscribe_raw(self.subject, self._on_msg)
+
+    async def done(self) -> None:
+        await self._enough.wait()
+
+    async def stop(self) -> None:
+        """Nothing to release: the subscription ends with the bus connection."""
+
+    async def _on_msg(self, m: Any) -> None:
         try:
-            bus = await Bus.connect(
-                servers=[server.url], name="voltana-nats", user=args.user, password=args.password
+            typ = subjects.message_type(m.subject)
+            value = codec.decode(m.data, typ)
+            line = (
+                b'{"subject":'
+                + msgspec.json.encode(m.subject)
+                + b',"msg":'
+                + codec.to_json(value)
+                + b"}"
             )
-            await bus.ensure_event_stream(
-                StreamLimits(max_age_s=args.stream_max_age_s, max_bytes=args.stream_max_bytes)
-            )
-            await bus.kv()
-            await bus.close()
-            log.info("nats_ready", url=server.url, store_dir=args.store_dir, pid=server.pid)
-            print(server.url, flush=True)
-            while not stop.is_set():
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=0.5)
-                except TimeoutError:
-                    if server.proc is None or server.proc.poll() is not None:
-                        log.error("nats_server_exited", log_tail=server.log_lines[-5:])
-                        return
-        finally:
-            await asyncio.to_thread(server.stop)
-            log.info("nats_stopped")
-
-    asyncio.run(main())
-    return 0
+            self.out.write(line.decode() + "\n")
+            self.out.flush()
+        except (subjects.SubjectError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            print(f"undecodable message on {m.subject}: {exc}", file=sys.stderr)
+        self.seen += 1
+        if self.count and self.seen >= self.count:
+            self._enough.set()
 
 
 def _run_tail(args: argparse.Namespace) -> int:
-    import msgspec
-    from voltana.bus.client import Bus
-    from voltana.schemas import codec, subjects
-
-    async def main() -> None:
-        from voltana.common.shutdown import shutdown_event
-
-        stop = shutdown_event()
-        bus = await Bus.connect(bus_options_from_args(args, name="voltana-tail"))
-        seen = 0
-        out = sys.stdout
-
-        async def on_msg(m: Any) -> None:
-            nonlocal seen
-            try:
-                typ = subjects.message_type(m.subject)
-                value = codec.decode(m.data, typ)
-                line = (
-                    b'{"subject":'
-                    + msgspec.json.encode(m.subject)
-                    + b',"msg":'
-                    + codec.to_json(value)
-                    + b"}"
-                )
-                out.write(line.decode() + "\n")
-                out.flush()
-            except (subjects.SubjectError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-                print(f"undecodable message on {m.subject}: {exc}", file=sys.stderr)
-            seen += 1
-            if args.count and seen >= args.count:
-                stop.set()
-
-        await bus.subscribe_raw(args.subject, on_msg)
-        try:
-            await stop.wait()
-        finally:
-            await bus.close()
-
-    asyncio.run(main())
-    return 0
+    return run_service(
+        lambda bus: Tail(bus, args.subject, args.count),
+        name="tail",
+        bus=bus_options_from_args(args, name="voltana-tail"),
+    )

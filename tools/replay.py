@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     for col in ("instance", "replayed", "compared", "agreed", "most used clocks (MHz x n)"):
         table.add_column(col)
     for inst in sorted(report.decisions):
-        top = report.clocks.get(inst, {})
+        top: dict[int, int] = dict(report.clocks.get(inst, {}))
         common = ", ".join(f"{c}x{n}" for c, n in sorted(top.items(), key=lambda kv: -kv[1])[:4])
         table.add_row(
             inst,

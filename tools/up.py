@@ -7,6 +7,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from voltana.bus.client import Bus
+from voltana.common.logs import get_logger
+from voltana.services.runner import run_service
+from voltana.tools.demoload import LoadSpec, StatusView, report_status, run_load
+from voltana.tools.localcluster import LocalCluster, LocalClusterSpec
+
+log = get_logger("up")
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -52,15 +60,68 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from voltana.bus.client import Bus
-    from voltana.common.logs import get_logger
-    from voltana.common.shutdown import shutdown_event
-    from voltana.tools.demoload import LoadSpec, StatusView, report_status, run_load
-    from voltana.tools.localcluster import ClusterSpec, LocalCluster
+class LocalUp:
+    """``voltana up`` as a service: the local cluster, demo traffic and a status line.
 
-    log = get_logger("up")
-    spec = ClusterSpec(
+    Ends by itself when a child process exits or after ``duration_s`` (0: never).
+    """
+
+    def __init__(
+        self, spec: LocalClusterSpec, load: LoadSpec | None, *, duration_s: float = 0.0
+    ) -> None:
+        self.spec = spec
+        self.load = load
+        self.duration_s = duration_s
+        self.cluster = LocalCluster(spec)
+        self.view = StatusView()
+        self._bus: Bus | None = None
+        self._quit = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deadline = 0.0
+
+    async def start(self) -> None:
+        cluster = self.cluster
+        await asyncio.to_thread(cluster.start)
+        log.info(
+            "cluster_up",
+            router=cluster.router_url,
+            nats=cluster.nats_url,
+            logs=str(self.spec.workdir / "logs"),
+            instances=[f"{i.name}={i.url}" for i in cluster.instances],
+        )
+        self._bus = await Bus.connect(servers=[cluster.nats_url], name="voltana-up")
+        await self.view.attach(self._bus)
+        self._tasks.append(asyncio.create_task(report_status(self.view, self._quit)))
+        if self.load is not None:
+            load = run_load(cluster.router_url, self.load, self._quit)
+            self._tasks.append(asyncio.create_task(load))
+        self._deadline = asyncio.get_running_loop().time() + self.duration_s
+
+    async def done(self) -> None:
+        """Return when a child process exited or the duration is over."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.5)
+            dead = self.cluster.check_alive()
+            if dead:
+                log.error("process_exited", processes=dead, logs=str(self.spec.workdir / "logs"))
+                return
+            if self.duration_s and loop.time() >= self._deadline:
+                return
+
+    async def stop(self) -> None:
+        """Let the demo requests finish, print the summary, stop every child."""
+        self._quit.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._bus is not None:
+            log.info("final", **self.view.summary())
+            await self._bus.close()
+        await asyncio.to_thread(self.cluster.stop)
+        log.info("cluster_down")
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec = LocalClusterSpec(
         prefill=args.prefill,
         decode=args.decode,
         gpu=args.gpu,
@@ -74,41 +135,5 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         workdir=Path(args.workdir),
     )
-
-    async def main() -> None:
-        stop = shutdown_event()
-        cluster = LocalCluster(spec)
-        await asyncio.to_thread(cluster.start)
-        try:
-            log.info(
-                "cluster_up",
-                router=cluster.router_url,
-                nats=cluster.nats_url,
-                logs=str(spec.workdir / "logs"),
-                instances=[f"{i.name}={i.url}" for i in cluster.instances],
-            )
-            bus = await Bus.connect(servers=[cluster.nats_url], name="voltana-up")
-            view = StatusView()
-            await view.attach(bus)
-            tasks = [asyncio.create_task(report_status(view, stop))]
-            if args.demo_rps > 0:
-                load = LoadSpec(rate_rps=args.demo_rps, seed=args.seed)
-                tasks.append(asyncio.create_task(run_load(cluster.router_url, load, stop)))
-            deadline = asyncio.get_running_loop().time() + args.duration_s
-            while not stop.is_set():
-                await asyncio.sleep(0.5)
-                dead = cluster.check_alive()
-                if dead:
-                    log.error("process_exited", processes=dead, logs=str(spec.workdir / "logs"))
-                    stop.set()
-                if args.duration_s and asyncio.get_running_loop().time() >= deadline:
-                    stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            log.info("final", **view.summary())
-            await bus.close()
-        finally:
-            await asyncio.to_thread(cluster.stop)
-            log.info("cluster_down")
-
-    asyncio.run(main())
-    return 0
+    load = LoadSpec(rate_rps=args.demo_rps, seed=args.seed) if args.demo_rps > 0 else None
+    return run_service(lambda: LocalUp(spec, load, duration_s=args.duration_s), name="up", log=log)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 
+import structlog
 from voltana.common.logs import get_logger
 from voltana.gpu.device import ClockSetter
 from voltana.gpu.open import open_device
@@ -23,63 +22,58 @@ def parse_gpus(text: str | None) -> list[int] | None:
         raise ConfigError(f"--gpus wants comma-separated indices, got {text!r}") from exc
 
 
-async def serve(args: argparse.Namespace, backend: ClockSetter) -> int:
-    """Connect, start the actuator, wait for a signal; always stop (reset) on the way out."""
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``voltana actuator``: run until a signal, then leave default clocks."""
     from voltana.bus.client import Bus
     from voltana.bus.cliopts import bus_options_from_args
-    from voltana.common.shutdown import shutdown_event
     from voltana.services.actuator.core import ActuatorConfig
     from voltana.services.actuator.service import Actuator
+    from voltana.services.runner import metrics_from_args, run_service
 
     log = get_logger("actuator", node=args.node)
-    stop = shutdown_event()
     config = ActuatorConfig(
         node=args.node,
         min_change_interval_s=args.min_change_interval_s,
         max_lease_s=args.max_lease_s,
     )
-    bus = await Bus.connect(bus_options_from_args(args, name=f"voltana-actuator-{args.node}"))
-    actuator = Actuator(bus, backend, config)
-    try:
-        await actuator.start()
-        if args.metrics_port is not None:
-            from prometheus_client import start_http_server
-
-            start_http_server(args.metrics_port, addr=args.metrics_host)
-        await stop.wait()
-        log.info("actuator_signal_received")
-        return 0
-    finally:
-        await actuator.stop("shutdown")
-        with contextlib.suppress(Exception):
-            await bus.close()
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``voltana actuator``."""
-    log = get_logger("actuator", node=args.node)
     backend = open_device(
         args.backend,
         gpus=parse_gpus(args.gpus),
         emulator_urls=args.emulator_url or [],
         dry_run_source=args.dry_run_source,
     )
+
+    def build(bus: Bus) -> Actuator:
+        return Actuator(bus, backend, config)
+
     try:
-        return asyncio.run(serve(args, backend))
+        # the runner always calls Actuator.stop, which resets every GPU it controls
+        return run_service(
+            build,
+            name="actuator",
+            bus=bus_options_from_args(args, name=f"voltana-actuator-{args.node}"),
+            metrics=metrics_from_args(args),
+            log=log,
+        )
     finally:
-        # Last line of defence: whatever happened above, no lock this process made survives it.
-        for gpu in backend.indices:
-            try:
-                if backend.reset_locked_clocks(gpu):
-                    log.warning("final_reset_was_needed", gpu=gpu)
-            except Exception as exc:
-                log.error("final_reset_failed", gpu=gpu, error=str(exc))
-        backend.close()
+        final_reset(backend, log)
+
+
+def final_reset(backend: ClockSetter, log: structlog.typing.FilteringBoundLogger) -> None:
+    """Last line of defence: whatever happened, no lock this process made survives it."""
+    for gpu in backend.indices:
+        try:
+            if backend.reset_locked_clocks(gpu):
+                log.warning("final_reset_was_needed", gpu=gpu)
+        except Exception as exc:
+            log.error("final_reset_failed", gpu=gpu, error=str(exc))
+    backend.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add ``voltana actuator``."""
     from voltana.bus.cliopts import add_nats_args
+    from voltana.services.runner import add_metrics_args
 
     p = sub.add_parser(
         "actuator",
@@ -115,9 +109,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     p.add_argument(
         "--max-lease-s", type=float, default=30.0, help="longest lease a command may ask for"
     )
-    p.add_argument(
-        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
-    )
-    p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
+    add_metrics_args(p)
     add_nats_args(p)
     p.set_defaults(func=run)

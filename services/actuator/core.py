@@ -29,13 +29,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+import msgspec
 from voltana.schemas.clock import ResetClock, SetClock
 
 VerdictKind = Literal["apply", "renew", "deferred", "reset", "rejected", "expired", "released"]
 
 
-@dataclass(frozen=True, slots=True)
-class ActuatorConfig:
+class ActuatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Limits of one node's actuator.
 
     ``min_change_interval_s`` caps clock changes per GPU (NVML applies a lock in

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from typing import Any
 
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
-from voltana import __version__
 from voltana.bus.client import Bus
 from voltana.common.errors import GpuError
 from voltana.common.logs import get_logger
@@ -31,6 +29,8 @@ from voltana.gpu.device import ClockSetter
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockCommand, ClockState, ClockStatus, ResetClock, SetClock
 from voltana.services.actuator.core import ActuatorConfig, LeaseTable, Verdict
+from voltana.services.runner import cancel_and_wait
+from voltana.services.status import add_status_service
 
 COMMANDS = PromCounter(
     "voltana_actuator_outcomes", "Clock states published by the actuator", ["node", "status"]
@@ -115,7 +115,15 @@ class Actuator:
             subjects.clock_set_node(self.node), ClockCommand, self._on_command
         )
         self._timer = asyncio.create_task(self._tick_loop(), name="actuator-leases")
-        await self._start_service()
+        self._service = await add_status_service(
+            self.bus,
+            name="voltana-actuator",
+            description=f"clock actuator of node {self.node}",
+            metadata={"node": self.node, "backend": self.backend.name},
+            status_subject=subjects.actuator_status(self.node),
+            status=self.stats,
+            counts=lambda: {"outcomes": dict(self.outcomes)},
+        )
         self._log.info("actuator_ready", subject=subjects.clock_set_node(self.node))
 
     async def stop(self, reason: str = "shutdown") -> None:
@@ -126,10 +134,7 @@ class Actuator:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+        await cancel_and_wait([self._timer])
         if self.table is not None:
             self._enqueue(self.table.release_all(self._now(), reason))
             await self._drain()
@@ -300,24 +305,3 @@ class Actuator:
             "malformed_dropped": self.bus.decode_error_total(),
             "received": self.bus.received,
         }
-
-    async def _start_service(self) -> None:
-        from nats.micro import add_service
-        from nats.micro.request import Request
-
-        async def status(req: Request) -> None:
-            await req.respond(json.dumps(self.stats()).encode())
-
-        self._service = await add_service(
-            self.bus.nc,
-            name="voltana-actuator",
-            version=__version__,
-            description=f"clock actuator of node {self.node}",
-            metadata={"node": self.node, "backend": self.backend.name},
-            stats_handler=lambda _ep: {
-                "malformed_dropped": self.bus.decode_error_total(),
-                "outcomes": dict(self.outcomes),
-            },
-        )
-        group = self._service.add_group(name=subjects.actuator_status(self.node).rsplit(".", 1)[0])
-        await group.add_endpoint(name="status", handler=status)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from voltana.common.logs import get_logger
+
 __all__ = ["register"]
 
 
@@ -80,13 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio
-
     from voltana.common.errors import ConfigError
-    from voltana.services.emulator.app import run_emulator
+    from voltana.schemas.base import Role
+    from voltana.services.emulator.app import EmulatorApp
     from voltana.services.emulator.server import EmulatorConfig
+    from voltana.services.runner import run_service
 
-    role = "unified" if args.role == "null" else args.role
+    role: Role = "unified" if args.role == "null" else args.role
     try:
         config = EmulatorConfig(
             role=role,
@@ -112,7 +114,13 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--tp, --max-running-requests and --chunked-prefill-size must be >= 1"
             )
-        asyncio.run(run_emulator(config))
+        run_service(lambda: EmulatorApp(config), name="emulator", ready=_print_ready)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    get_logger("emulator").info("emulator_stopped")
     return 0
+
+
+def _print_ready(_app: object) -> None:
+    # The line SGLang prints when ready; scripts and tests wait for it.
+    print("The server is fired up and ready to roll!", flush=True)

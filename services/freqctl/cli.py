@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 
 
-async def serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``voltana freqctl``."""
     from voltana.bus.client import Bus
     from voltana.bus.cliopts import bus_options_from_args
     from voltana.common.logs import get_logger
-    from voltana.common.shutdown import shutdown_event
     from voltana.predictor.profile import default_profile, load_profile
     from voltana.schemas.config import ControllerConfig, SloConfig
     from voltana.services.freqctl.core import parse_instances
     from voltana.services.freqctl.service import FreqctlService
+    from voltana.services.runner import metrics_from_args, run_service
 
     specs = parse_instances(args.instances)
     profile = load_profile(args.profile) if args.profile else default_profile(args.gpu, args.model)
@@ -26,35 +25,25 @@ async def serve(args: argparse.Namespace) -> int:
         lease_s=args.lease_s,
         stale_after_s=args.stale_after_s,
     )
-    log = get_logger("freqctl", controller=args.name)
-    stop = shutdown_event()
-    bus = await Bus.connect(bus_options_from_args(args, name=f"voltana-freqctl-{args.name}"))
-    service = FreqctlService(
-        bus, specs, profile, base, name=args.name, tick_s=args.tick_s, use_kv=not args.no_kv
+
+    def build(bus: Bus) -> FreqctlService:
+        return FreqctlService(
+            bus, specs, profile, base, name=args.name, tick_s=args.tick_s, use_kv=not args.no_kv
+        )
+
+    return run_service(
+        build,
+        name="freqctl",
+        bus=bus_options_from_args(args, name=f"voltana-freqctl-{args.name}"),
+        metrics=metrics_from_args(args),
+        log=get_logger("freqctl", controller=args.name),
     )
-    try:
-        await service.start()
-        if args.metrics_port is not None:
-            from prometheus_client import start_http_server
-
-            start_http_server(args.metrics_port, addr=args.metrics_host)
-        await stop.wait()
-        log.info("freqctl_signal_received")
-        return 0
-    finally:
-        await service.stop()
-        with contextlib.suppress(Exception):
-            await bus.close()
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``voltana freqctl``."""
-    return asyncio.run(serve(args))
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add ``voltana freqctl``."""
     from voltana.bus.cliopts import add_nats_args
+    from voltana.services.runner import add_metrics_args
 
     p = sub.add_parser(
         "freqctl",
@@ -90,9 +79,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     )
     p.add_argument("--tick-s", type=float, default=0.1, help="staleness/renewal check period")
     p.add_argument("--no-kv", action="store_true", help="ignore the KV bucket (flags only)")
-    p.add_argument(
-        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
-    )
-    p.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
+    add_metrics_args(p)
     add_nats_args(p)
     p.set_defaults(func=run)

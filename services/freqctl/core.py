@@ -23,8 +23,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import msgspec
 from voltana.common.errors import ConfigError
 from voltana.schemas import subjects
+from voltana.schemas.base import Role
 from voltana.schemas.config import ControllerConfig
 from voltana.schemas.router import InstanceState
 from voltana.schemas.telemetry import InstanceTelemetry, LatencyWindow
@@ -34,8 +36,7 @@ RENEW_FRACTION = 0.4
 """A held clock is re-sent after this fraction of its lease (two renewals can be lost)."""
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceSpec:
+class InstanceSpec(msgspec.Struct, frozen=True):
     """One instance this controller drives; ``node``/``gpus`` None: learned from telemetry."""
 
     name: str
@@ -104,38 +105,71 @@ def build_input(
 
     Times are wall-clock seconds (``t_ns / 1e9``), the timeline the controller sees.
     """
-    t = min(tel.t_ns / 1e9, received_s)
-    running = tel.num_running_reqs
-    queued = tel.num_queue_reqs
-    idle = running == 0 and queued == 0
     router_fresh = (
         router is not None
         and router_received_s is not None
         and now_s - min(router.t_ns / 1e9, router_received_s) <= stale_after_s
     )
-    prefill_tokens: float | None
-    oldest_wait_s: float | None
+    queued: tuple[float, float] | None = None
     if router_fresh and router is not None:
-        prefill_tokens = float(router.queued_prefill_tokens)
-        oldest_wait_s = float(router.oldest_wait_s)
-    elif idle:
-        prefill_tokens, oldest_wait_s = 0.0, 0.0
-    else:
-        prefill_tokens = oldest_wait_s = None
-    return ControlInput(
+        queued = (float(router.queued_prefill_tokens), float(router.oldest_wait_s))
+    return control_input(
         instance=tel.instance,
         role=tel.role,
-        t=t,
-        queue_reqs=queued,
-        running_reqs=running,
-        batch_size=float(running),
-        kv_tokens=float(tel.kv_used_tokens),
-        prefill_tokens=prefill_tokens,
-        oldest_wait_s=oldest_wait_s,
+        t=min(tel.t_ns / 1e9, received_s),
+        queue_reqs=tel.num_queue_reqs,
+        running_reqs=tel.num_running_reqs,
+        kv_used_tokens=tel.kv_used_tokens,
+        queued_prefill=queued,
         observed_ttft_s=_observed(tel.ttft),
         observed_itl_s=_observed(tel.itl),
         current_clock_mhz=current_clock_mhz,
         healthy=tel.healthy,
+    )
+
+
+def control_input(
+    *,
+    instance: str,
+    role: Role,
+    t: float,
+    queue_reqs: int,
+    running_reqs: int,
+    kv_used_tokens: int,
+    queued_prefill: tuple[float, float] | None,
+    observed_ttft_s: float | None,
+    observed_itl_s: float | None,
+    current_clock_mhz: int | None,
+    healthy: bool = True,
+) -> ControlInput:
+    """The one mapping from an engine's state to a controller input (live and simulated).
+
+    ``queued_prefill`` is (prompt tokens still to prefill, the oldest one's wait in s)
+    from a fresh router view, None without one: then an idle instance has none and
+    a busy one an unknown amount (the controller's safe clock).
+    """
+    prefill_tokens: float | None
+    oldest_wait_s: float | None
+    if queued_prefill is not None:
+        prefill_tokens, oldest_wait_s = queued_prefill
+    elif running_reqs == 0 and queue_reqs == 0:
+        prefill_tokens, oldest_wait_s = 0.0, 0.0
+    else:
+        prefill_tokens = oldest_wait_s = None
+    return ControlInput(
+        instance=instance,
+        role=role,
+        t=t,
+        queue_reqs=queue_reqs,
+        running_reqs=running_reqs,
+        batch_size=float(running_reqs),
+        kv_tokens=float(kv_used_tokens),
+        prefill_tokens=prefill_tokens,
+        oldest_wait_s=oldest_wait_s,
+        observed_ttft_s=observed_ttft_s,
+        observed_itl_s=observed_itl_s,
+        current_clock_mhz=current_clock_mhz,
+        healthy=healthy,
     )
 
 

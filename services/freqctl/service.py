@@ -6,14 +6,14 @@ actuator's ``ClockState`` for the clock in force), publishes a
 ``ClockDecision`` and a ``SetClock`` per GPU of the instance when the clock
 changes, and renews held clocks at a fraction of the lease. A periodic tick
 catches stale or missing telemetry: the controller then answers with its safe
-(maximum) clock. Controller configs (policy, SLO) come live from the KV bucket.
+(maximum) clock. Controller configs (policy, SLO) come live from the KV bucket
+(:mod:`~voltana.services.freqctl.kvconfig`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,14 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import nats.js.errors
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
-from voltana import __version__
 from voltana.bus.client import Bus
 from voltana.common.logs import get_logger
 from voltana.predictor.profile import Profile
-from voltana.schemas import codec, subjects
+from voltana.schemas import subjects
 from voltana.schemas.clock import ClockState, ResetClock, SetClock
 from voltana.schemas.config import ControllerConfig
 from voltana.schemas.router import InstanceState
@@ -48,6 +46,9 @@ from voltana.services.freqctl.core import (
     missing_input,
     needs_send,
 )
+from voltana.services.freqctl.kvconfig import KvConfigWatcher
+from voltana.services.runner import cancel_and_wait
+from voltana.services.status import add_status_service
 
 DECISIONS = PromCounter(
     "voltana_freqctl_decisions", "Controller decisions", ["instance", "policy", "rule"]
@@ -57,9 +58,6 @@ DECIDE_SECONDS = Histogram(
     "Time of one controller decision",
     ["policy"],
     buckets=(1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3),
-)
-CONFIG_ERRORS = PromCounter(
-    "voltana_freqctl_config_errors", "KV config values that could not be used", ["key"]
 )
 
 
@@ -132,16 +130,17 @@ class FreqctlService:
         self.counts: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[Any]] = []
         self._subs: list[Any] = []
-        self._watcher: Any = None
         self._service: Any = None
         self._log = get_logger("freqctl", controller=name)
+        self.kv = KvConfigWatcher(
+            bus, self.store, self._config_changed, counts=self.counts, log=self._log
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self.use_kv:
-            await self._load_kv()
-            self.bus.on_reconnect(self._reload_kv)
+            await self.kv.start()
         for subject, typ, handler in (
             (subjects.TELEMETRY_ENGINE_ALL, InstanceTelemetry, self._on_engine),
             (subjects.TELEMETRY_GPU_ALL, GpuTelemetry, self._on_gpu),
@@ -150,21 +149,23 @@ class FreqctlService:
         ):
             self._subs.append(await self.bus.subscribe(subject, typ, handler))
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="freqctl-tick"))
-        await self._start_service()
+        self._service = await add_status_service(
+            self.bus,
+            name="voltana-freqctl",
+            description="per-instance GPU clock controllers",
+            metadata={"controller": self.name},
+            status_subject=subjects.freqctl_status(self.name),
+            status=self.stats,
+            counts=lambda: {"counts": dict(self.counts)},
+        )
         self._log.info("freqctl_ready", instances=sorted(self.instances))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
+        await self.kv.stop()
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
         if self._service is not None:
             with contextlib.suppress(Exception):
                 await self._service.stop()
@@ -181,17 +182,8 @@ class FreqctlService:
 
     # -- live config (KV) ------------------------------------------------------------------
 
-    def _apply_config(self, key: str, raw: bytes | None) -> None:
-        value: ControllerConfig | None = None
-        if raw:
-            try:
-                value = codec.from_json(raw, ControllerConfig)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.counts["config_errors"] += 1
-                CONFIG_ERRORS.labels(key).inc()
-                self._log.error("kv_config_invalid", key=key, error=str(exc))
-                return
-        self.store.put(key, value)
+    def _config_changed(self, key: str) -> None:
+        """Rebuild the controllers whose resolved config the change of ``key`` altered."""
         for inst in self.instances.values():
             cfg = self.store.for_instance(inst.spec.name)
             if cfg == inst.config:
@@ -199,43 +191,11 @@ class FreqctlService:
             try:
                 ctl = make_controller(cfg, self.profile)
             except Exception as exc:
-                self.counts["config_errors"] += 1
-                CONFIG_ERRORS.labels(key).inc()
-                self._log.error("kv_config_unusable", key=key, error=str(exc))
+                self.kv.config_error(key, "kv_config_unusable", str(exc))
                 continue
             inst.config, inst.controller = cfg, ctl
             self.counts["config_changes"] += 1
             self._log.info("controller_config", instance=inst.spec.name, policy=cfg.policy, key=key)
-
-    async def _load_kv(self) -> None:
-        kv = await self.bus.kv()
-        self._watcher = await kv.watch("controller.>")
-        self._tasks.append(asyncio.create_task(self._watch_kv(), name="freqctl-kv"))
-        await self._reload_kv()
-
-    async def _reload_kv(self) -> None:
-        """Re-read every controller key (after a reconnect watches may have missed changes)."""
-        kv = await self.bus.kv()
-        try:
-            keys = await kv.keys(filters=["controller.>"])
-        except nats.js.errors.NoKeysError:
-            keys = []
-        seen = set()
-        for key in keys:
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-                entry = await kv.get(key)
-                self._apply_config(key, entry.value)
-                seen.add(key)
-        for key in list(self.store.values):
-            if key not in seen:
-                self._apply_config(key, None)
-
-    async def _watch_kv(self) -> None:
-        async for entry in self._watcher:
-            if entry is None:  # initial replay done
-                continue
-            deleted = entry.operation in ("DEL", "PURGE")
-            self._apply_config(entry.key, None if deleted else entry.value)
 
     # -- bus inputs ------------------------------------------------------------------------
 
@@ -403,24 +363,3 @@ class FreqctlService:
             "counts": dict(self.counts),
             "malformed_dropped": self.bus.decode_error_total(),
         }
-
-    async def _start_service(self) -> None:
-        from nats.micro import add_service
-        from nats.micro.request import Request
-
-        async def status(req: Request) -> None:
-            await req.respond(json.dumps(self.stats()).encode())
-
-        self._service = await add_service(
-            self.bus.nc,
-            name="voltana-freqctl",
-            version=__version__,
-            description="per-instance GPU clock controllers",
-            metadata={"controller": self.name},
-            stats_handler=lambda _ep: {
-                "malformed_dropped": self.bus.decode_error_total(),
-                "counts": dict(self.counts),
-            },
-        )
-        group = self._service.add_group(name=subjects.freqctl_status(self.name).rsplit(".", 1)[0])
-        await group.add_endpoint(name="status", handler=status)

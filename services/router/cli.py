@@ -7,7 +7,9 @@ The API key may also come from ``VOLTANA_ROUTER_API_KEY``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 from voltana.services.router.policies.factory import POLICY_NAMES
@@ -174,35 +176,36 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from voltana.common.shutdown import shutdown_event
     from voltana.services.router.server import Router
+    from voltana.services.runner import run_service
 
     cfg = build_config(args)
 
-    async def main() -> int:
-        stop = shutdown_event()
-        async with Router(cfg):
-            if cfg.gc_threshold is not None:
-                import gc
+    def started(_router: Router) -> None:
+        if cfg.gc_threshold is not None:
+            import gc
 
-                gc.collect()
-                gc.freeze()  # start-up objects never need scanning again
-                gc.set_threshold(*cfg.gc_threshold)
-            await stop.wait()
-        return 0
+            gc.collect()
+            gc.freeze()  # start-up objects never need scanning again
+            gc.set_threshold(*cfg.gc_threshold)
 
-    factory = None
-    if args.loop in ("auto", "uvloop"):
-        try:
-            import uvloop
+    # the router keeps its own bus link (RouterBus): it runs, and reconnects, without one
+    return run_service(
+        lambda: Router(cfg), name="router", ready=started, loop_factory=_loop_factory(args.loop)
+    )
 
-            factory = uvloop.new_event_loop
-        except ImportError:
-            if args.loop == "uvloop":
-                from voltana.common.errors import ConfigError
 
-                raise ConfigError("--loop uvloop: uvloop is not installed") from None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for ``auto`` (when installed) and ``uvloop``; None: asyncio's."""
+    if choice not in ("auto", "uvloop"):
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            from voltana.common.errors import ConfigError
+
+            raise ConfigError("--loop uvloop: uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

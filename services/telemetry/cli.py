@@ -67,11 +67,8 @@ def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     import msgspec
-    from voltana.bus.client import Bus
-    from voltana.common.shutdown import shutdown_event
+    from voltana.services.runner import run_service
     from voltana.services.telemetry.config import load_config, validate
     from voltana.services.telemetry.service import TelemetryService, build_sources
 
@@ -88,29 +85,16 @@ def run(args: argparse.Namespace) -> int:
     nats = msgspec.structs.replace(cfg.nats, **_nats_overrides(args))
     cfg = validate(msgspec.structs.replace(cfg, node=node, rates=rates, metrics=metrics, nats=nats))
     sources = build_sources(cfg)  # GPU errors surface before anything connects
-    if args.check:
-        try:
+    try:
+        if args.check:
             for s in sources.values():
                 print(f"{s.name} GPUs {list(s.indices)}: {len(s.sample())} sample(s) read")
-        finally:
-            for s in sources.values():
-                s.close()
-        print(f"config {args.config}: ok ({len(cfg.instances)} instance(s))")
-        return 0
-
-    async def main() -> None:
-        stop = shutdown_event()
-        try:
-            bus = await Bus.connect(cfg.nats)
-        except BaseException:
-            for s in sources.values():
-                s.close()
-            raise
-        try:
-            service = TelemetryService(cfg, bus, sources=sources, close_sources=True)
-            await service.run(stop)
-        finally:
-            await bus.close()
-
-    asyncio.run(main())
-    return 0
+            print(f"config {args.config}: ok ({len(cfg.instances)} instance(s))")
+            return 0
+        # the node config's own [metrics] endpoint (with /healthz) is the service's
+        return run_service(
+            lambda bus: TelemetryService(cfg, bus, sources=sources), name="telemetry", bus=cfg.nats
+        )
+    finally:
+        for s in sources.values():
+            s.close()

@@ -9,7 +9,6 @@ source or an instance that hangs delays only itself. Blocking source reads
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from voltana.gpu.device import GpuReader
 from voltana.gpu.emulated import EmulatedDevice
 from voltana.gpu.nvml import NvmlDevice
 from voltana.schemas import subjects
+from voltana.services.runner import cancel_and_wait
 from voltana.services.telemetry.config import InstanceConfig, NodeConfig
 from voltana.services.telemetry.engine import EngineScraper, EngineState
 from voltana.services.telemetry.gpu_messages import GpuMessageBuilder
@@ -119,9 +119,12 @@ class TelemetryService:
     Args:
         cfg: the node config.
         publisher: where messages go (a connected ``Bus``).
-        sources: GPU sources per instance name; default built from ``cfg`` (and
-            closed on exit, as given ones are with ``close_sources``).
+        sources: GPU sources per instance name; default built from ``cfg`` (and then
+            closed by ``stop``; given ones stay open: their owner closes them).
         clock: monotonic time in seconds (injectable for tests of scheduling).
+
+    ``start`` starts the loops and the metrics endpoint; ``stop`` ends them (and
+    closes the sources built here); ``done`` returns only if a loop failed.
     """
 
     def __init__(
@@ -131,7 +134,6 @@ class TelemetryService:
         *,
         sources: dict[str, GpuReader] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        close_sources: bool = False,
     ) -> None:
         self.cfg = cfg
         self.publisher = publisher
@@ -142,7 +144,9 @@ class TelemetryService:
         self.metrics_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._owns_sources = sources is None or close_sources
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._owns_sources = sources is None
         if sources is None:
             sources = build_sources(cfg)
         self.sources = sources
@@ -256,54 +260,63 @@ class TelemetryService:
         sockets = getattr(server, "sockets", None) or []
         self.metrics_port = sockets[0].getsockname()[1] if sockets else mc.port
 
-    # -- run ----------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, ready: Callable[[], None] | None = None) -> None:
-        """Run until ``stop`` is set; close sources (if built here) on the way out."""
+    async def start(self) -> None:
+        """Serve metrics, then start one loop per GPU source and one per engine."""
         by_name = {i.name: i for i in self.cfg.instances}
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         # one worker per source: a source stuck in a read never holds up another's
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, len(self.sources)), thread_name_prefix="gpu-source"
         )
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            await self._start_metrics()
-            for name, src in self.sources.items():
-                tasks.append(asyncio.create_task(self._gpu_loop(by_name.get(name), src)))
-            for inst in self.cfg.instances:
-                if inst.engine:
-                    HEALTHY.labels(inst.name).set(0)
-                    tasks.append(asyncio.create_task(self._engine_loop(inst, session)))
-            log.info(
-                "telemetry_started",
-                node=self.cfg.node,
-                gpus=sum(len(s.indices) for s in self.sources.values()),
-                instances=[i.name for i in self.cfg.instances],
-                gpu_hz=self.cfg.rates.gpu_hz,
-                engine_hz=self.cfg.rates.engine_hz,
-                metrics_port=self.metrics_port,
-            )
-            if ready is not None:
-                ready()
-            waiter = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                exc = None if t is waiter else t.exception()
-                if exc is not None:
-                    raise exc
-            waiter.cancel()
-        finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            await session.close()
-            if self._runner is not None:
-                await self._runner.cleanup()
-            if self._owns_sources:
-                for s in self.sources.values():
-                    s.close()
+        await self._start_metrics()
+        for name, src in self.sources.items():
+            self._tasks.append(asyncio.create_task(self._gpu_loop(by_name.get(name), src)))
+        for inst in self.cfg.instances:
+            if inst.engine:
+                HEALTHY.labels(inst.name).set(0)
+                self._tasks.append(asyncio.create_task(self._engine_loop(inst, self._session)))
+        log.info(
+            "telemetry_started",
+            node=self.cfg.node,
+            gpus=sum(len(s.indices) for s in self.sources.values()),
+            instances=[i.name for i in self.cfg.instances],
+            gpu_hz=self.cfg.rates.gpu_hz,
+            engine_hz=self.cfg.rates.engine_hz,
+            metrics_port=self.metrics_port,
+        )
+
+    async def done(self) -> None:
+        """Return (raising its error) when a sampling loop ends; they run until stopped."""
+        if not self._tasks:
+            await asyncio.Event().wait()
+        finished, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in finished:
+            t.result()
+
+    async def stop(self) -> None:
+        """End the loops and the endpoint; close the sources built here. Safe after a failed start."""
+        await cancel_and_wait(self._tasks)
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._owns_sources:
+            self._owns_sources = False  # closed once, however often stop is called
+            for s in self.sources.values():
+                s.close()
+        if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-            log.info("telemetry_stopped", node=self.cfg.node, published=self.published)
+            self._executor = None
+        log.info("telemetry_stopped", node=self.cfg.node, published=self.published)
+
+    async def __aenter__(self) -> TelemetryService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -11,7 +11,7 @@ import aiohttp
 from helpers import wait_for
 from voltana.bus.client import Bus
 from voltana.schemas import ClockState, GpuTelemetry, RequestRecord, subjects
-from voltana.tools.localcluster import ClusterSpec, LocalCluster
+from voltana.tools.localcluster import LocalCluster, LocalClusterSpec
 
 
 async def exercise(
@@ -50,7 +50,7 @@ async def exercise(
 
 
 def test_local_cluster_serves_and_controls_clocks(tmp_path: Path) -> None:
-    spec = ClusterSpec(router_port=0, workdir=tmp_path / "up", noise=0.0)
+    spec = LocalClusterSpec(router_port=0, workdir=tmp_path / "up", noise=0.0)
     cluster = LocalCluster(spec)
     try:
         cluster.start()

@@ -188,8 +188,7 @@ async def test_engine_telemetry_end_to_end(nats_server: Any, servers: dict[str, 
         subjects.TELEMETRY_ENGINE_ALL, InstanceTelemetry, lambda m, s: got[m.instance].append(m)
     )
     service = TelemetryService(cfg, pub_bus)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
+    await service.start()
     try:
         await wait_for(
             lambda: all(len(got[n]) >= 3 for n in ("d-new", "p-old", "d-dead", "d-hung")), 10.0
@@ -206,8 +205,7 @@ async def test_engine_telemetry_end_to_end(nats_server: Any, servers: dict[str, 
         async with aiohttp.ClientSession() as http, http.get(url) as resp:
             prom = await resp.text()
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5.0)
+        await asyncio.wait_for(service.stop(), 5.0)
         await pub_bus.close()
         await sub_bus.close()
 

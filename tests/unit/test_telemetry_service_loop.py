@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import msgspec
+import pytest
 from prometheus_client import REGISTRY
 from voltana.common.errors import GpuError
 from voltana.gpu.device import BackendName, GpuSample
@@ -87,8 +88,7 @@ async def test_loop_rate_publish_errors_and_source_errors() -> None:
     svc = TelemetryService(CFG, pub, sources={"loop-i": src})
     pub_err0 = _value("voltana_telemetry_errors_total", kind="publish", source="loop-i")
     gpu_err0 = _value("voltana_telemetry_errors_total", kind="gpu", source="loop-i")
-    stop = asyncio.Event()
-    task = asyncio.create_task(svc.run(stop))
+    await svc.start()
     await asyncio.sleep(0.6)
     src.fail = True
     await asyncio.sleep(0.3)
@@ -97,8 +97,7 @@ async def test_loop_rate_publish_errors_and_source_errors() -> None:
     assert len(pub.got) == n_while_failing  # nothing published while the source fails
     src.fail = False
     await asyncio.sleep(0.4)
-    stop.set()
-    await asyncio.wait_for(task, 5.0)
+    await asyncio.wait_for(svc.stop(), 5.0)
 
     msgs = [m for _, m in pub.got]
     assert all(s == "voltana.telemetry.gpu.n1.3" for s, _ in pub.got)
@@ -112,3 +111,30 @@ async def test_loop_rate_publish_errors_and_source_errors() -> None:
     powers = [m.avg_power_w for m in msgs if m.avg_power_w is not None]
     assert powers and all(abs(p - 300.0) < 30.0 for p in powers)
     assert svc.published["gpu"] == len(msgs)
+
+
+class BrokenSource(CountingSource):
+    """A source failing in a way the loop does not expect (not a GpuError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def sample(self) -> list[GpuSample]:
+        raise RuntimeError("driver returned garbage")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_loop_that_dies_ends_done_with_its_error_and_stop_still_runs() -> None:
+    src = BrokenSource()
+    svc = TelemetryService(CFG, FlakyPublisher(fail_first=0), sources={"loop-i": src})
+    await svc.start()
+    try:
+        with pytest.raises(RuntimeError, match="garbage"):
+            await asyncio.wait_for(svc.done(), 2.0)
+    finally:
+        await asyncio.wait_for(svc.stop(), 5.0)
+        await svc.stop()  # twice is harmless
+    assert not src.closed  # given sources stay open: their owner closes them

@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 from voltana.predictor.profile import Profile
@@ -46,8 +47,7 @@ from voltana.services.freqctl.controllers.steady import DecodeSteadyState, Stead
 __all__ = ["VoltanaController", "VoltanaTuning"]
 
 
-@dataclass(frozen=True, slots=True)
-class VoltanaTuning:
+class VoltanaTuning(msgspec.Struct, frozen=True, kw_only=True):
     """Feedback gains; the defaults suit telemetry every 50-200 ms.
 
     The slack scale works as a quantile tracker: it shrinks by ``slack_tighten``

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from voltana.common.errors import ConfigError
 from voltana.predictor.profile import default_profile
 from voltana.schemas import subjects
+from voltana.schemas.base import Role
 from voltana.schemas.config import ControllerConfig
 from voltana.schemas.router import InstanceState
 from voltana.schemas.telemetry import InstanceTelemetry, LatencyWindow
@@ -17,6 +20,7 @@ from voltana.services.freqctl.core import (
     InstanceSpec,
     Sent,
     build_input,
+    control_input,
     missing_input,
     needs_send,
     parse_instances,
@@ -183,3 +187,124 @@ def test_needs_send(last: Sent | None, clock: int | None, now: float, want: bool
 
 def test_missing_input_is_maximally_stale() -> None:
     assert math.isinf(missing_input("x").t)
+
+
+def test_simulated_instance_uses_the_live_mapping() -> None:
+    """The simulator's input is what build_input makes of the messages for that state."""
+    from voltana.groundtruth.engine import EngineConfig
+    from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+    from voltana.sim.instance import Instance
+
+    inst = Instance(
+        "p0",
+        "prefill",
+        EngineConfig(role="prefill", chunked_prefill_size=1024),
+        GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"]),
+        1980,
+    )
+    for i, n in enumerate((800, 900, 700)):
+        inst.engine.submit(f"r{i}", prompt_tokens=n, max_new_tokens=5, now=float(i))
+    assert inst.start_iteration(3.0) is not None
+    simulated = inst.control_input(3.5)
+    live = build_input(
+        tel(
+            t_ns=3_500_000_000, instance="p0", role="prefill", num_running_reqs=2, num_queue_reqs=1
+        ),
+        received_s=3.5,
+        router=InstanceState(
+            t_ns=3_500_000_000,
+            instance="p0",
+            role="prefill",
+            url="u",
+            seq=1,
+            queued_prefill_tokens=800 + 900 + 700,
+            oldest_wait_s=3.5,
+        ),
+        router_received_s=3.5,
+        now_s=3.5,
+        stale_after_s=1.0,
+        current_clock_mhz=1980,
+    )
+    assert simulated == live
+
+
+counts = st.integers(min_value=0, max_value=1 << 20)
+seconds = st.floats(min_value=0.0, max_value=1e4, allow_nan=False)
+window = st.one_of(st.none(), st.floats(min_value=1e-4, max_value=10.0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    role=st.sampled_from(["prefill", "decode", "unified"]),
+    t_ns=st.integers(min_value=0, max_value=10**13),
+    queued=counts,
+    running=counts,
+    kv=counts,
+    prefill_tokens=counts,
+    oldest_wait=seconds,
+    ttft=window,
+    itl=window,
+    clock=st.one_of(st.none(), st.integers(min_value=210, max_value=1980)),
+    healthy=st.booleans(),
+)
+def test_build_input_is_control_input_of_the_message_fields(
+    role: Role,
+    t_ns: int,
+    queued: int,
+    running: int,
+    kv: int,
+    prefill_tokens: int,
+    oldest_wait: float,
+    ttft: float | None,
+    itl: float | None,
+    clock: int | None,
+    healthy: bool,
+) -> None:
+    """Live telemetry + a fresh router state map exactly as the simulator's direct call does."""
+
+    def lw(v: float | None) -> LatencyWindow | None:
+        return None if v is None else LatencyWindow(count=3, window_s=1.0, mean_s=v)
+
+    t = t_ns / 1e9
+    message = tel(
+        t_ns=t_ns,
+        role=role,
+        num_queue_reqs=queued,
+        num_running_reqs=running,
+        kv_used_tokens=kv,
+        ttft=lw(ttft),
+        itl=lw(itl),
+        healthy=healthy,
+    )
+    router = InstanceState(
+        t_ns=t_ns,
+        instance="d0",
+        role=role,
+        url="u",
+        seq=1,
+        queued_prefill_tokens=prefill_tokens,
+        oldest_wait_s=oldest_wait,
+    )
+    live = build_input(
+        message,
+        received_s=t,
+        router=router,
+        router_received_s=t,
+        now_s=t,
+        stale_after_s=1.0,
+        current_clock_mhz=clock,
+    )
+    direct = control_input(
+        instance="d0",
+        role=role,
+        t=t,
+        queue_reqs=queued,
+        running_reqs=running,
+        kv_used_tokens=kv,
+        queued_prefill=(float(prefill_tokens), oldest_wait),
+        observed_ttft_s=ttft,
+        observed_itl_s=itl,
+        current_clock_mhz=clock,
+        healthy=healthy,
+    )
+    assert live == direct

@@ -1,0 +1,116 @@
+"""Live controller configs from the NATS KV bucket: read once, watched, re-read after a reconnect.
+
+Keys ``controller.<instance>`` and ``controller.default`` hold ``ControllerConfig``
+JSON. Every change lands in the :class:`~voltana.services.freqctl.core.ConfigStore`
+and is announced to the service (which rebuilds the controllers it affects); a
+value that does not decode is logged, counted and ignored, so the previous
+config stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import nats.js.errors
+import structlog
+from prometheus_client import Counter as PromCounter
+from voltana.bus.client import Bus
+from voltana.schemas import codec
+from voltana.schemas.config import ControllerConfig
+from voltana.services.freqctl.core import ConfigStore
+from voltana.services.runner import cancel_and_wait
+
+CONFIG_ERRORS = PromCounter(
+    "voltana_freqctl_config_errors", "KV config values that could not be used", ["key"]
+)
+KEYS = "controller.>"
+
+
+class KvConfigWatcher:
+    """Keeps ``store`` equal to the bucket's controller keys and calls ``on_change(key)``.
+
+    Args:
+        bus: a connected bus.
+        store: the configs the service resolves per instance.
+        on_change: called after every stored change (with the KV key).
+        counts: the service's counters (``config_errors`` is added to).
+        log: the service's logger.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        store: ConfigStore,
+        on_change: Callable[[str], None],
+        *,
+        counts: Counter[str],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.on_change = on_change
+        self.counts = counts
+        self._log = log
+        self._watcher: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Watch first, then read every key: a change in between is seen twice, never missed."""
+        kv = await self.bus.kv()
+        self._watcher = await kv.watch(KEYS)
+        self._task = asyncio.create_task(self._watch(), name="freqctl-kv")
+        await self.reload()
+        self.bus.on_reconnect(self.reload)
+
+    async def stop(self) -> None:
+        await cancel_and_wait([self._task])
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+
+    def config_error(self, key: str, event: str, error: str) -> None:
+        """Count and log a config value that cannot be used (it is ignored)."""
+        self.counts["config_errors"] += 1
+        CONFIG_ERRORS.labels(key).inc()
+        self._log.error(event, key=key, error=error)
+
+    def apply(self, key: str, raw: bytes | None) -> None:
+        """Store one key's value (None or empty: deleted) and announce the change."""
+        value: ControllerConfig | None = None
+        if raw:
+            try:
+                value = codec.from_json(raw, ControllerConfig)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.config_error(key, "kv_config_invalid", str(exc))
+                return
+        self.store.put(key, value)
+        self.on_change(key)
+
+    async def reload(self) -> None:
+        """Re-read every controller key (after a reconnect, watches may have missed changes)."""
+        kv = await self.bus.kv()
+        try:
+            keys = await kv.keys(filters=[KEYS])
+        except nats.js.errors.NoKeysError:
+            keys = []
+        seen = set()
+        for key in keys:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                entry = await kv.get(key)
+                self.apply(key, entry.value)
+                seen.add(key)
+        for key in list(self.store.values):
+            if key not in seen:
+                self.apply(key, None)
+
+    async def _watch(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:  # initial replay done
+                continue
+            deleted = entry.operation in ("DEL", "PURGE")
+            self.apply(entry.key, None if deleted else entry.value)
