@@ -230,8 +230,12 @@ async def test_accounting_returns_to_zero_after_load(router: Router) -> None:
     res = await asyncio.gather(*(post(router.url + "/generate", body) for _ in range(24)))
     assert all(s == 200 and r[-1] == "[DONE]" for s, r in res)
     for w in router.state.workers.values():
-        assert (w.in_flight_requests, w.in_flight_tokens, w.queued_prefill_tokens) == (0, 0, 0)
-        assert not w.waiting_since
+        assert (
+            w.load.in_flight_requests,
+            w.load.in_flight_tokens,
+            w.load.queued_prefill_tokens,
+        ) == (0, 0, 0)
+        assert not w.load.waiting_since
     d = next(w for w in router.state.workers.values() if w.spec.role == "decode")
     # one gap per event after the first, as the client saw them (a slow reader may get
     # several tokens in one event, as from SGLang)

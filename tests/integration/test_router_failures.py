@@ -189,7 +189,7 @@ async def test_prefill_500_ends_request_with_error_and_cancels_decode(
         await wait_for(lambda: engine_counts(real["decode"])[0] == 0, 5)
         assert engine_counts(real["decode"])[1] in (aborted0, aborted0 + 1)
         st = r.state.workers[r.cfg.prefill[0].name]
-        assert st.breaker.failures == 1 and st.in_flight_requests == 0
+        assert st.breaker.failures == 1 and st.load.in_flight_requests == 0
     finally:
         await r.stop()
 
@@ -208,7 +208,9 @@ async def test_worker_never_answering_times_out(
         took = time.monotonic() - t0
         assert resp.status == 504, body
         assert "timed out" in body["error"]["message"] and 0.9 < took < 4, (took, body)
-        await wait_for(lambda: all(w.in_flight_requests == 0 for w in r.state.workers.values()))
+        await wait_for(
+            lambda: all(w.load.in_flight_requests == 0 for w in r.state.workers.values())
+        )
         if side == "prefill":  # the real decode partner was cancelled, not left waiting
             await wait_for(lambda: engine_counts(real["decode"])[0] == 0, 5)
     finally:
@@ -270,7 +272,7 @@ async def test_client_disconnect_cancels_both_upstreams(real: dict[str, Any]) ->
         await wait_for(lambda: metric(r, "voltana_router_client_cancelled_total") == 1, 5)
         await wait_for(lambda: engine_counts(real["decode"]) == (0, d_aborted0 + 1), 5)
         assert engine_counts(real["prefill"][0])[1] == p_aborted0  # prefill had finished
-        assert all(w.in_flight_requests == 0 for w in r.state.workers.values())
+        assert all(w.load.in_flight_requests == 0 for w in r.state.workers.values())
         # gone while the prefill is still running: both upstream requests are closed
         big = {**LONG, "input_ids": list(range(16000))}
         big.pop("text")
@@ -280,7 +282,8 @@ async def test_client_disconnect_cancels_both_upstreams(real: dict[str, Any]) ->
         await wait_for(lambda: metric(r, "voltana_router_client_cancelled_total") == 2, 5)
         await wait_for(lambda: engine_counts(real["decode"]) == (0, d_aborted0 + 2), 5)
         assert all(
-            w.in_flight_requests == 0 and not w.waiting_since for w in r.state.workers.values()
+            w.load.in_flight_requests == 0 and not w.load.waiting_since
+            for w in r.state.workers.values()
         )
         # (the emulated prefill finishes a prefill whose client left; SGLang aborts it)
         await wait_for(lambda: engine_counts(real["prefill"][0])[0] == 0, 5)
