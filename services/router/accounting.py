@@ -1,7 +1,7 @@
 """The router's own load accounting of one instance: what it sent there and what came back.
 
 Pure and shared: the live router (``state.ClusterState``) and the simulator
-(``sim.routing``) drive the same object through the same request lifecycle,
+(``sim.router``) drive the same object through the same request lifecycle,
 so a simulated policy sees exactly the numbers the live one would.
 
 Lifecycle of one request (``now`` in the caller's time base):
