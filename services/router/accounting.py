@@ -66,11 +66,6 @@ class InstanceLoad:
         self.in_flight_requests -= 1
         self.in_flight_tokens -= input_tokens + out_tokens
 
-    def oldest_wait_s(self, now: float) -> float:
-        """How long the oldest request still waiting here has waited (0 when none)."""
-        ws = self.waiting_since
-        return max(now - next(iter(ws.values())), 0.0) if ws else 0.0
-
     def view(
         self,
         instance: str,
@@ -86,7 +81,11 @@ class InstanceLoad:
         engine_queue_reqs: int | None = None,
         telemetry_age_s: float | None = None,
     ) -> InstanceView:
-        """What a policy sees: these counters plus the caller's telemetry (None = unknown)."""
+        """What a policy sees: these counters plus the caller's telemetry (None = unknown).
+
+        ``oldest_wait_s``: how long the oldest request still waiting here has waited.
+        """
+        ws = self.waiting_since
         return InstanceView(
             instance=instance,
             role=role,
@@ -98,7 +97,7 @@ class InstanceLoad:
             running_batch=running_batch,
             kv_tokens=kv_tokens,
             clock_mhz=clock_mhz,
-            oldest_wait_s=self.oldest_wait_s(now),
+            oldest_wait_s=max(now - next(iter(ws.values())), 0.0) if ws else 0.0,
             power_w=power_w,
             engine_queue_reqs=engine_queue_reqs,
             telemetry_age_s=telemetry_age_s,

@@ -10,14 +10,14 @@ def test_prefill_side_counts_prompt_tokens_until_done_once() -> None:
     p.prefill_dispatched("r1", 100, now=1.0)
     p.prefill_dispatched("r2", 50, now=2.0)
     assert (p.in_flight_requests, p.in_flight_tokens, p.queued_prefill_tokens) == (2, 150, 150)
-    assert p.oldest_wait_s(3.5) == 2.5
+    assert p.view("p0", "prefill", 3.5).oldest_wait_s == 2.5
     assert p.prefill_done("r1", 100)
     assert not p.prefill_done("r1", 100)  # a second end of the same prefill is ignored
     assert (p.in_flight_requests, p.in_flight_tokens, p.queued_prefill_tokens) == (1, 50, 50)
-    assert p.oldest_wait_s(3.5) == 1.5  # r2 is now the oldest
+    assert p.view("p0", "prefill", 3.5).oldest_wait_s == 1.5  # r2 is now the oldest
     assert p.prefill_done("r2", 50)
     assert (p.in_flight_requests, p.in_flight_tokens, p.queued_prefill_tokens) == (0, 0, 0)
-    assert p.oldest_wait_s(9.0) == 0.0 and not p.waiting_since
+    assert p.view("p0", "prefill", 9.0).oldest_wait_s == 0.0 and not p.waiting_since
 
 
 def test_decode_side_holds_the_kv_footprint_until_done() -> None:
@@ -25,7 +25,8 @@ def test_decode_side_holds_the_kv_footprint_until_done() -> None:
     d.decode_dispatched("r1", 100, 20, now=1.0)
     assert (d.in_flight_requests, d.in_flight_tokens, d.queued_prefill_tokens) == (1, 120, 0)
     d.first_token("r1")
-    assert d.oldest_wait_s(5.0) == 0.0 and d.in_flight_requests == 1  # still decoding
+    assert d.view("d0", "decode", 5.0).oldest_wait_s == 0.0
+    assert d.in_flight_requests == 1  # still decoding
     d.decode_done("r1", 100, 20)
     assert (d.in_flight_requests, d.in_flight_tokens) == (0, 0)
 
