@@ -13,12 +13,12 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from voltana.schemas.config import SloConfig
-from voltana.sim.core import SimConfig
+from voltana.sim.config import SimConfig
 from voltana.sim.policies import parse_policies
 from voltana.sim.report import markdown_table
 from voltana.sim.runner import evaluate
@@ -37,9 +37,9 @@ def _one(job: tuple[argparse.Namespace, float, str]) -> tuple[dict[str, Any], li
     ttft, itl = SLOS[slo_name]
     cfg = SimConfig(slo=SloConfig(ttft_s=ttft, itl_s=itl), control=args.control)
     if args.control_lag is not None:
-        cfg = replace(cfg, control_lag_s=args.control_lag)
+        cfg = msgspec.structs.replace(cfg, control_lag_s=args.control_lag)
     t0 = time.perf_counter()
-    ev = evaluate(wl, specs, replace(cfg))
+    ev = evaluate(wl, specs, cfg)
     rows = [dict(r, policy=k) for k, r in ev.policies.items()]
     if ev.oracle is not None:
         rows.append(dict(ev.oracle, policy="oracle (reference)"))

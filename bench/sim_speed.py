@@ -18,11 +18,11 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 from voltana.schemas.config import SloConfig
-from voltana.sim.core import ClusterSpec, SimConfig
+from voltana.sim.config import ClusterSpec, SimConfig
 from voltana.sim.policies import POLICIES
 from voltana.sim.runner import profile_for, run_policy
 from voltana.sim.workload import load_trace, scale_rate, window
@@ -79,7 +79,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for control in [] if args.skip_trace else args.controls.split(","):
         for name in args.policies.split(","):
-            r = _one(wl, POLICIES[name], replace(cfg, control=control), profile)
+            r = _one(wl, POLICIES[name], msgspec.structs.replace(cfg, control=control), profile)
             print(
                 f"| {name} | {control} | {r['sim_s']:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
                 f"| {r['x_wall']:.0f} | {r['x_cpu']:.0f} | {r['iterations']} "
@@ -97,7 +97,9 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.sizes.split(",")):
         half = max(n // 2, 1)
-        c = replace(cfg, cluster=ClusterSpec(half, half), control=args.scaling_control)
+        c = msgspec.structs.replace(
+            cfg, cluster=ClusterSpec(n_prefill=half, n_decode=half), control=args.scaling_control
+        )
         wl_n = window(scale_rate(base, 2 * half / 4), 0.0, args.scaling_window)
         r = _one(wl_n, POLICIES[args.scaling_policy], c, profile)
         print(

@@ -127,14 +127,13 @@ def register(subparsers: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dataclasses import replace
     from pathlib import Path
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from voltana.common.errors import ConfigError
     from voltana.schemas.config import SloConfig
-    from voltana.sim.core import ClusterSpec, SimConfig
+    from voltana.sim.config import ClusterSpec, SimConfig
     from voltana.sim.metrics import RunMetrics
     from voltana.sim.policies import parse_policies
     from voltana.sim.report import evaluation_table, markdown_table, sweep_table, write_results
@@ -228,7 +227,7 @@ def main(args: argparse.Namespace) -> int:
         ev = evaluate(
             wl,
             specs,
-            replace(cfg),
+            cfg,
             oracle=not args.no_oracle,
             quick_profile=args.quick_profile,
             progress=progress,

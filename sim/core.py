@@ -3,8 +3,9 @@
 Events (a heap ordered by time, then insertion):
 
 - arrival: the routing policies pick a prefill and a decode instance (as
-  SGLang's PD router does, both at dispatch); the request is submitted to both
-  engines and the decode engine preallocates its KV when it can;
+  SGLang's PD router does, both at dispatch; :class:`~voltana.sim.router.SimRouter`
+  keeps the live router's books); the request is submitted to both engines and
+  the decode engine preallocates its KV when it can;
 - iteration end: the engine applies the iteration (chunked prefill or one
   decode step); finished prefills start their KV transfer once the decode side
   holds the KV reservation; the next iteration starts at once;
@@ -31,83 +32,24 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+from voltana.common.errors import ConfigError
 from voltana.groundtruth.engine import AdmissionError, BatchPlan, EngineConfig
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
-from voltana.schemas.config import SloConfig
+from voltana.schemas.base import Role
 from voltana.services.freqctl.controllers.base import ClockController
-from voltana.services.router.policies.base import (
-    ClusterView,
-    InstanceView,
-    RouteRequest,
-    RoutingPolicy,
-)
+from voltana.services.router.policies.base import RouteRequest, RoutingPolicy
+from voltana.sim.config import SimConfig
 from voltana.sim.instance import Instance
 from voltana.sim.metrics import ItlRecorder, RequestOutcome, RunMetrics
+from voltana.sim.router import SimRouter
 from voltana.sim.workload import Workload
 
-__all__ = ["ClusterSpec", "SimConfig", "Simulator"]
+__all__ = ["ClockChooser", "Simulator"]
 
 _ARRIVE, _ITER, _XFER, _TICK, _CLOCK = 0, 1, 2, 3, 4
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterSpec:
-    """Instances and hardware: ``n_prefill`` + ``n_decode`` instances of ``tp`` GPUs."""
-
-    n_prefill: int = 2
-    n_decode: int = 2
-    gpu: str = "h100"
-    model: str = "llama-3.1-8b"
-    tp: int = 1
-
-    @staticmethod
-    def parse(text: str, **kw: Any) -> ClusterSpec:
-        """``"2p2d"`` -> 2 prefill + 2 decode."""
-        t = text.strip().lower()
-        try:
-            p, d = t.rstrip("d").split("p")
-            return ClusterSpec(n_prefill=int(p), n_decode=int(d), **kw)
-        except ValueError as exc:
-            from voltana.common.errors import ConfigError
-
-            raise ConfigError(f"cluster must look like 2p2d, got {text!r}") from exc
-
-    @property
-    def label(self) -> str:
-        return f"{self.n_prefill}p{self.n_decode}d"
-
-
-@dataclass(frozen=True, slots=True)
-class SimConfig:
-    """Everything about a run except the policy and the workload."""
-
-    cluster: ClusterSpec = field(default_factory=ClusterSpec)
-    slo: SloConfig = field(default_factory=SloConfig)
-    seed: int = 0
-    noise: float = 0.02  # ground-truth iteration-time jitter (relative std)
-    control: Literal["iteration", "telemetry"] = "telemetry"
-    # decision -> clock in effect: bus hops, actuator and the NVML lock (freqctl loop
-    # measured p50 6 ms, p99 18 ms on the emulated backend; the NVML lock itself ~3 ms)
-    control_lag_s: float = 0.01
-    telemetry_period_s: float = 0.25  # router (and telemetry-mode controller) refresh
-    wake_on_dispatch: bool = True  # telemetry mode: a prefill dispatch asks the controller too
-    observed_window_s: float = 1.0  # span of observed TTFT/ITL fed to controllers
-    max_running_requests: int = 256
-    chunked_prefill_size: int = 8192
-    kv_mem_fraction: float = 0.88
-    kv_capacity_override_tokens: int | None = None  # instead of the memory-derived capacity
-    series_min_dt_s: float = 0.05
-    drain_limit_s: float = 600.0  # stop this long after the last arrival, whatever is left
-
-    def kv_capacity_tokens(self) -> int:
-        if self.kv_capacity_override_tokens is not None:
-            return self.kv_capacity_override_tokens
-        c = self.cluster
-        return GpuModel(GPUS[c.gpu], MODELS[c.model], c.tp).kv_capacity_tokens(self.kv_mem_fraction)
 
 
 ClockChooser = Callable[[Instance, BatchPlan, float], int]
@@ -138,20 +80,17 @@ class Simulator:
         self.cfg = config
         self.name = name
         self.controllers = controllers
-        self.policies = {"prefill": prefill_policy, "decode": decode_policy}
         self.oracle = oracle
         c = config.cluster
         if c.gpu not in GPUS or c.model not in MODELS:
-            from voltana.common.errors import ConfigError
-
             raise ConfigError(f"unknown gpu {c.gpu!r} or model {c.model!r}")
         seeds = np.random.SeedSequence(config.seed).spawn(c.n_prefill + c.n_decode + 1)
-        self.rng = np.random.default_rng(seeds[-1])
         kv_cap = config.kv_capacity_tokens()
         self.instances: dict[str, Instance] = {}
-        self.by_role: dict[str, list[Instance]] = {"prefill": [], "decode": []}
+        role_of: dict[str, Role] = {}
+        roles: tuple[tuple[Role, int], ...] = (("prefill", c.n_prefill), ("decode", c.n_decode))
         i = 0
-        for role, n in (("prefill", c.n_prefill), ("decode", c.n_decode)):
+        for role, n in roles:
             for k in range(n):
                 model = GpuModel(
                     GPUS[c.gpu],
@@ -177,7 +116,13 @@ class Simulator:
                     observed_window_s=config.observed_window_s,
                 )
                 self.instances[inst.name] = inst
-                self.by_role[role].append(inst)
+                role_of[inst.name] = role
+        self.router = SimRouter(
+            role_of,
+            prefill_policy,
+            decode_policy,
+            np.random.default_rng(seeds[-1]),
+        )
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self.outcomes: dict[str, RequestOutcome] = {}
@@ -186,10 +131,6 @@ class Simulator:
         self._prefilled: set[str] = set()
         self._last_tok: dict[str, float] = {}
         self.itl = ItlRecorder()
-        # router accounting per instance
-        self._inflight: dict[str, dict[str, int]] = {n: {} for n in self.instances}
-        self._awaiting_first: dict[str, dict[str, float]] = {n: {} for n in self.instances}
-        self._telemetry: dict[str, tuple[int, int, int, float]] = {}
         self.now = 0.0
         self._open = 0
 
@@ -234,42 +175,15 @@ class Simulator:
         if run is not None:
             self._push(run.t_end, _ITER, inst)
 
-    # ----- routing ----------------------------------------------------------------------
-    def _view(self, role: str, t: float) -> ClusterView:
-        views = []
-        for inst in self.by_role[role]:
-            fl = self._inflight[inst.name]
-            aw = self._awaiting_first[inst.name]
-            tele = self._telemetry.get(inst.name)
-            queued = 0
-            oldest = 0.0
-            if aw:
-                oldest = max(t - min(aw.values()), 0.0)
-                for rid in aw:
-                    queued += self._route[rid].input_tokens
-            views.append(
-                InstanceView(
-                    instance=inst.name,
-                    role=role,
-                    in_flight_requests=len(fl),
-                    in_flight_tokens=sum(fl.values()),
-                    queued_prefill_tokens=queued,
-                    running_batch=None if tele is None else tele[0],
-                    kv_tokens=None if tele is None else tele[1],
-                    clock_mhz=None if tele is None else tele[2],
-                    power_w=None if tele is None else tele[3],
-                    oldest_wait_s=oldest,
-                    telemetry_age_s=None if tele is None else 0.0,
-                )
-            )
-        return ClusterView(views)
-
+    # ----- telemetry --------------------------------------------------------------------
     def _refresh_telemetry(self, t: float) -> None:
         for inst in self.instances.values():
             inst.sample_observations(t)
             st = inst.engine.stats()
             p = inst.running.power_w if inst.running is not None else inst.idle_power_w()
-            self._telemetry[inst.name] = (st.running_reqs, st.decode_kv_tokens, inst.clock_mhz, p)
+            self.router.observe(
+                inst.name, (st.running_reqs, st.decode_kv_tokens, inst.clock_mhz, p)
+            )
             if self.oracle is None and (self.cfg.control == "telemetry" or inst.running is None):
                 # telemetry mode: every sample; iteration mode: an idle engine runs no
                 # iterations, so its controller is asked on telemetry (to park it).
@@ -277,19 +191,13 @@ class Simulator:
             if inst.running is None:
                 inst.apply_pending(t)
 
-    def _select(self, role: str, rr: RouteRequest, t: float) -> Instance | None:
-        sel = self.policies[role].select(self._view(role, t), rr, t, self.rng)
-        if sel is None:
-            return None
-        return self.instances.get(sel.instance)
-
     # ----- request flow -----------------------------------------------------------------
     def _arrive(self, rr: RouteRequest, out: RequestOutcome, t: float) -> None:
-        p = self._select("prefill", rr, t)
-        d = self._select("decode", rr, t)
-        if p is None or d is None:
+        pair = self.router.select(rr, t)
+        if pair is None:
             self._open -= 1  # rejected: stays unfinished, counted as a miss
             return
+        p, d = self.instances[pair[0]], self.instances[pair[1]]
         try:
             p.engine.submit(
                 rr.request_id,
@@ -308,10 +216,7 @@ class Simulator:
             self._open -= 1  # rejected: never finishes, counted as a miss
             return
         out.prefill, out.decode = p.name, d.name
-        for inst in (p, d):
-            self.policies[inst.role].on_dispatch(inst.name, rr, t)
-            self._inflight[inst.name][rr.request_id] = rr.input_tokens + rr.max_new_tokens
-            self._awaiting_first[inst.name][rr.request_id] = t
+        self.router.dispatched(p.name, d.name, rr, t)
         self._admit_decode(d, t)
         self._kick(p, t)
         if self.cfg.control == "telemetry" and self.cfg.wake_on_dispatch:
@@ -337,10 +242,7 @@ class Simulator:
         self._prefilled.discard(rid)
         self._allocated.discard(rid)
         p.engine.transfer_done(rid, t)
-        self._inflight[p.name].pop(rid, None)
-        self._awaiting_first[p.name].pop(rid, None)
-        self._awaiting_first[d.name].pop(rid, None)
-        self.policies["prefill"].on_complete(p.name, self._route[rid], t)
+        self.router.first_token(p.name, d.name, self._route[rid], t)
         out.first_token_s = t
         self._last_tok[rid] = t
         for ev in d.engine.kv_arrived(rid, t):
@@ -354,8 +256,7 @@ class Simulator:
         out.finish_s = t
         self._open -= 1
         self._last_tok.pop(rid, None)
-        self._inflight[d.name].pop(rid, None)
-        self.policies["decode"].on_complete(d.name, self._route[rid], t)
+        self.router.decode_done(d.name, self._route[rid], t)
 
     def _iteration_done(self, inst: Instance, t: float) -> None:
         run = inst.finish_iteration()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from voltana.schemas.config import SloConfig
-from voltana.sim.core import ClusterSpec, SimConfig
+from voltana.sim.config import ClusterSpec, SimConfig
 from voltana.sim.policies import POLICIES
 from voltana.sim.runner import profile_for, run_policy
 from voltana.sim.workload import Workload, load_trace, scale_rate, window

@@ -22,19 +22,24 @@ tile packer, with random prefill placement); ``voltana`` is the project's own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
+import msgspec
 from voltana.common.errors import ConfigError
 
-__all__ = ["POLICIES", "PolicySpec", "parse_policies"]
+__all__ = ["POLICIES", "ControllerName", "PolicySpec", "parse_policies"]
+
+ControllerName = Literal[
+    "voltana", "ecofreq", "ecofreq-2level", "static", "static-max", "static-min"
+]
+"""The ``policy`` values ``ControllerConfig`` accepts."""
 
 
-@dataclass(frozen=True, slots=True)
-class PolicySpec:
+class PolicySpec(msgspec.Struct, frozen=True):
     """One evaluated combination (controller policy name as in ``ControllerConfig``)."""
 
     name: str
-    controller: str
+    controller: ControllerName
     prefill_routing: str
     decode_routing: str
     static_clock: str | None = None  # "max" | "min" for the static controllers

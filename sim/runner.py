@@ -9,7 +9,6 @@ static max; ``sweep`` repeats that over request-rate scales and SLO scales.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
 from typing import Any
 
 import msgspec
@@ -17,7 +16,8 @@ from voltana.predictor.profile import Profile
 from voltana.schemas.config import ControllerConfig, SloConfig
 from voltana.services.freqctl.controllers.factory import make_controller
 from voltana.services.router.policies.factory import make_policy
-from voltana.sim.core import SimConfig, Simulator
+from voltana.sim.config import SimConfig
+from voltana.sim.core import Simulator
 from voltana.sim.metrics import RunMetrics
 from voltana.sim.oracle import OracleChooser
 from voltana.sim.policies import POLICIES, PolicySpec
@@ -75,7 +75,9 @@ def run_oracle(
     c = cfg.cluster
     chooser = OracleChooser(c.gpu, c.model, c.tp, cfg.slo)
     sim = Simulator(
-        replace(cfg, noise=0.0),  # perfect knowledge: the hardware does what the model says
+        msgspec.structs.replace(
+            cfg, noise=0.0
+        ),  # perfect knowledge: the hardware does what the model says
         controllers={},
         prefill_policy=make_policy(routing[0], profile=profile, slo=cfg.slo),
         decode_policy=make_policy(routing[1], profile=profile, slo=cfg.slo),
@@ -96,8 +98,7 @@ class Evaluation(msgspec.Struct, kw_only=True):
 
 
 def _params(cfg: SimConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    d = asdict(cfg)
-    d["slo"] = msgspec.to_builtins(cfg.slo)
+    d: dict[str, Any] = msgspec.to_builtins(cfg)
     d["cluster_label"] = cfg.cluster.label
     d.update(extra)
     return d
@@ -180,7 +181,7 @@ def sweep(
             ev = evaluate(
                 wl,
                 specs,
-                replace(cfg, slo=slo),
+                msgspec.structs.replace(cfg, slo=slo),
                 oracle=oracle,
                 quick_profile=quick_profile,
                 progress=progress,

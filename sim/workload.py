@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -116,45 +117,46 @@ def _parse_azure_ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def _rows_azure(path: Path) -> list[tuple[float, int, int]]:
-    rows: list[tuple[float, int, int]] = []
+Row = tuple[float, int, int]
+"""One trace request: (arrival timestamp s, input tokens, output tokens)."""
+
+
+def _csv_rows(path: Path, kind: str, parse: Callable[[dict[str, str]], Row | None]) -> list[Row]:
+    """Rows of a CSV trace; ``parse`` gets each record with lower-case keys (None: skip it).
+
+    Raises:
+        ConfigError: a record ``parse`` cannot read (file and line in the message).
+    """
+    rows: list[Row] = []
     with path.open("r", encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         for lineno, rec in enumerate(reader, start=2):
             try:
-                norm = {k.strip().lower(): v for k, v in rec.items() if k is not None}
-                rows.append(
-                    (
-                        _parse_azure_ts(norm["timestamp"]),
-                        int(norm["contexttokens"]),
-                        int(norm["generatedtokens"]),
-                    )
-                )
+                row = parse({k.strip().lower(): v for k, v in rec.items() if k is not None})
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
-                raise ConfigError(f"trace {path}:{lineno}: bad Azure row {rec!r}: {exc}") from exc
+                raise ConfigError(f"trace {path}:{lineno}: bad {kind} row {rec!r}: {exc}") from exc
+            if row is not None:
+                rows.append(row)
     return rows
 
 
-def _rows_burstgpt(path: Path) -> list[tuple[float, int, int]]:
-    rows: list[tuple[float, int, int]] = []
-    with path.open("r", encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        for lineno, rec in enumerate(reader, start=2):
-            try:
-                norm = {k.strip().lower(): v for k, v in rec.items() if k is not None}
-                out = int(float(norm["response tokens"]))
-                if out <= 0:
-                    continue  # a failed request in BurstGPT's log
-                rows.append((float(norm["timestamp"]), int(float(norm["request tokens"])), out))
-            except (KeyError, ValueError, TypeError, AttributeError) as exc:
-                raise ConfigError(
-                    f"trace {path}:{lineno}: bad BurstGPT row {rec!r}: {exc}"
-                ) from exc
-    return rows
+def _azure_row(rec: dict[str, str]) -> Row:
+    return (
+        _parse_azure_ts(rec["timestamp"]),
+        int(rec["contexttokens"]),
+        int(rec["generatedtokens"]),
+    )
 
 
-def _rows_mooncake(path: Path) -> list[tuple[float, int, int]]:
-    rows: list[tuple[float, int, int]] = []
+def _burstgpt_row(rec: dict[str, str]) -> Row | None:
+    out = int(float(rec["response tokens"]))
+    if out <= 0:
+        return None  # a failed request in BurstGPT's log
+    return (float(rec["timestamp"]), int(float(rec["request tokens"])), out)
+
+
+def _rows_mooncake(path: Path) -> list[Row]:
+    rows: list[Row] = []
     with path.open("r", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             line = line.strip()
@@ -184,7 +186,12 @@ def load_trace(path: str | Path, *, name: str | None = None) -> Workload:
     if not p.is_file():
         raise ConfigError(f"trace {p} not found")
     fmt = _detect_format(p)
-    rows = {"azure": _rows_azure, "burstgpt": _rows_burstgpt, "mooncake": _rows_mooncake}[fmt](p)
+    if fmt == "azure":
+        rows = _csv_rows(p, "Azure", _azure_row)
+    elif fmt == "burstgpt":
+        rows = _csv_rows(p, "BurstGPT", _burstgpt_row)
+    else:
+        rows = _rows_mooncake(p)
     if not rows:
         raise ConfigError(f"trace {p} has no requests")
     rows.sort(key=lambda r: r[0])

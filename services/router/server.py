@@ -1,9 +1,11 @@
 """The router service: HTTP front, admission control, health checks, state publishing.
 
 ``Router`` owns one shared aiohttp ``ClientSession``, the :class:`ClusterState`,
-one policy per side and the bus link; :class:`~voltana.services.router.dispatch.Pd`
-does the PD exchange for each request. Use it as an async context manager or
-through ``voltana router``.
+one policy per side and the bus link. It hands dispatch only what dispatch needs:
+a :class:`~voltana.services.router.routing.Routing` (decisions and their books)
+and the session, with which :class:`~voltana.services.router.dispatch.Pd` does the
+PD exchange for each request. Use it as an async context manager or through
+``voltana router``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import contextlib
 import hmac
 import random
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -26,30 +27,19 @@ from voltana.common.logs import get_logger
 from voltana.schemas import subjects
 from voltana.schemas.base import now_ns
 from voltana.schemas.config import SloConfig
-from voltana.schemas.router import RouteDecision
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.router import protocol as proto
 from voltana.services.router.busio import RouterBus
 from voltana.services.router.config import RouterConfig
-from voltana.services.router.dispatch import Outcome, Pd
+from voltana.services.router.dispatch import Pd
 from voltana.services.router.metrics import RouterMetrics
-from voltana.services.router.policies import ClusterView, RouteRequest, make_policy
+from voltana.services.router.policies import make_policy
+from voltana.services.router.routing import Routing
 from voltana.services.router.state import ClusterState, WorkerState
-from voltana.services.router.stats import request_record
 
 log = get_logger("router")
 
 GENERATE_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
-
-
-@dataclass(frozen=True, slots=True)
-class Pair:
-    """The workers chosen for one request and why."""
-
-    prefill: WorkerState
-    decode: WorkerState
-    prefill_reason: str
-    decode_reason: str
 
 
 class Router:
@@ -84,15 +74,25 @@ class Router:
         if bus_opts is None and cfg.nats:
             bus_opts = BusOptions(servers=[cfg.nats], name="voltana-router")
         self.bus = RouterBus(bus_opts, self.metrics, self._on_instance, self._on_gpu)
-        self.pd = Pd(self)
+        self._changed = asyncio.Event()
+        self.routing = Routing(
+            state=self.state,
+            prefill_policy=self.prefill_policy,
+            decode_policy=self.decode_policy,
+            rng=self.rng,
+            metrics=self.metrics,
+            bus=self.bus,
+            slo=self.slo,
+            changed=self._changed,
+        )
         self._sem = asyncio.Semaphore(cfg.max_concurrent_requests)
         self._waiting = 0
         self._active = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
-        self._changed = asyncio.Event()
         self._stopping = False
         self.session: aiohttp.ClientSession
+        self.pd: Pd  # needs the session: built in start()
         self.port = cfg.port
 
     # -- lifecycle -----------------------------------------------------------
@@ -129,6 +129,13 @@ class Router:
             timeout=timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        self.pd = Pd(
+            self.routing,
+            self.session,
+            self.pyrng,
+            prefill_retries=self.cfg.prefill_retries,
+            retry_backoff_s=self.cfg.retry_backoff_s,
         )
         await self.bus.start()
         self._runner = web.AppRunner(
@@ -188,104 +195,6 @@ class Router:
     def url(self) -> str:
         return f"http://{self.cfg.host}:{self.port}"
 
-    # -- decisions (called by Pd) ----------------------------------------------
-
-    def choose(self, rreq: RouteRequest, excluded: set[str]) -> Pair | None:
-        """Ask both policies; None when either side has no healthy candidate."""
-        now = time.monotonic()
-        st = self.state
-        pview = st.view("prefill", now)
-        if excluded:
-            pview = ClusterView(v for v in pview if v.instance not in excluded)
-        psel = self.prefill_policy.select(pview, rreq, now, self.rng)
-        dsel = self.decode_policy.select(st.view("decode", now), rreq, now, self.rng)
-        if psel is None or dsel is None:
-            return None
-        return Pair(st.workers[psel.instance], st.workers[dsel.instance], psel.reason, dsel.reason)
-
-    def on_dispatched(self, pair: Pair, rreq: RouteRequest, room: int, path: str) -> None:
-        now = time.monotonic()
-        pw, dw = pair.prefill, pair.decode
-        self.state.dispatched(
-            pw.name, dw.name, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, now
-        )
-        self.prefill_policy.on_dispatch(pw.name, rreq, now)
-        self.decode_policy.on_dispatch(dw.name, rreq, now)
-        self.metrics.decisions.labels("prefill", pw.name).inc()
-        self.metrics.decisions.labels("decode", dw.name).inc()
-        self._changed.set()
-        self.bus.publish(
-            subjects.ROUTE_DECISION,
-            RouteDecision(
-                t_ns=now_ns(),
-                request_id=rreq.request_id,
-                prefill=pw.name,
-                decode=dw.name,
-                prefill_policy=self.prefill_policy.name,
-                decode_policy=self.decode_policy.name,
-                bootstrap_room=room,
-                input_tokens=rreq.input_tokens,
-                max_new_tokens=rreq.max_new_tokens,
-                prefill_reason=pair.prefill_reason,
-                decode_reason=pair.decode_reason,
-                path=path,
-            ),
-        )
-
-    def breaker_result(self, name: str, ok: bool) -> None:
-        if self.state.request_result(name, ok, time.monotonic()):
-            w = self.state.workers[name]
-            log.warning("circuit_" + ("open" if w.breaker.opened_at else "closed"), instance=name)
-            self._changed.set()
-
-    def on_finished(
-        self,
-        rreq: RouteRequest,
-        info: proto.RequestInfo,
-        path: str,
-        out: Outcome,
-        arrival: float,
-        arrival_ns: int,
-    ) -> None:
-        now = time.monotonic()
-        if out.prefill:
-            self.prefill_policy.on_complete(out.prefill, rreq, now)
-        if out.decode:
-            self.decode_policy.on_complete(out.decode, rreq, now)
-        self._changed.set()
-        m = self.metrics
-        m.requests.labels(path, out.status).inc()
-        e2e = now - arrival
-        m.e2e.observe(e2e)
-        if out.ttft_s is not None and info.stream:
-            m.ttft.observe(out.ttft_s)
-        for g in out.gaps_s:
-            m.itl.observe(g)
-        rec = request_record(rreq, info, out, e2e, arrival_ns, self.slo, now_ns())
-        if rec.slo_met is not None:
-            m.slo_met.labels("true" if rec.slo_met else "false").inc()
-        self.bus.publish(subjects.REQUEST_DONE, rec)
-        if out.status != "ok":
-            log.warning(
-                "request_failed",
-                request_id=rreq.request_id,
-                status=out.status,
-                prefill=out.prefill,
-                decode=out.decode,
-                error=out.error,
-                path=path,
-            )
-        else:
-            log.debug(
-                "request_done",
-                request_id=rreq.request_id,
-                prefill=out.prefill,
-                decode=out.decode,
-                ttft_s=out.ttft_s,
-                e2e_s=e2e,
-                tokens=out.output_tokens,
-            )
-
     # -- telemetry -------------------------------------------------------------
 
     def _on_instance(self, msg: InstanceTelemetry) -> None:
@@ -312,7 +221,7 @@ class Router:
             next_due = now + period
             t_ns = now_ns()
             for w in self.state.workers.values():
-                m.worker_in_flight.labels(w.name, w.spec.role).set(w.in_flight_requests)
+                m.worker_in_flight.labels(w.name, w.spec.role).set(w.load.in_flight_requests)
                 m.worker_healthy.labels(w.name).set(1 if w.healthy else 0)
                 m.circuit_open.labels(w.name).set(1 if w.breaker.is_open(now) else 0)
                 age = self.state.telemetry_age_s(w, now)

@@ -1,7 +1,9 @@
 """The router's picture of its workers: own accounting merged with telemetry, each with its age.
 
 Pure bookkeeping: every method takes ``now`` (monotonic seconds) and does no I/O.
-The shell calls ``dispatched``/``first_token``/``finished`` around each request,
+The load counters are :class:`~voltana.services.router.accounting.InstanceLoad`
+(shared with the simulator). The shell calls ``dispatched``, ``prefill_done``,
+``first_token`` and ``decode_done`` around each request,
 ``health_result`` from the health checker, ``request_result`` for the circuit
 breaker, and ``on_*_telemetry`` from the bus; ``view(role, now)`` builds the
 :class:`ClusterView` a policy sees.
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from voltana.schemas.router import InstanceState
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry, LatencyWindow
+from voltana.services.router.accounting import InstanceLoad
 from voltana.services.router.config import WorkerSpec
 from voltana.services.router.policies.base import ClusterView, InstanceView
 
@@ -70,10 +73,7 @@ class WorkerState:
     healthy: bool = True
     health_failures: int = 0
     last_health_error: str | None = None
-    in_flight_requests: int = 0
-    in_flight_tokens: int = 0
-    queued_prefill_tokens: int = 0
-    waiting_since: dict[str, float] = field(default_factory=dict)
+    load: InstanceLoad = field(default_factory=InstanceLoad)
     completed: int = 0
     failed: int = 0
     engine: InstanceTelemetry | None = None
@@ -140,12 +140,11 @@ class ClusterState:
         self.health_failure_threshold = max(1, health_failure_threshold)
         self.telemetry_stale_s = telemetry_stale_s
         self.latency_window_s = latency_window_s
-        self.changed: set[str] = set()
 
     def role(self, role: str) -> list[WorkerState]:
         return [w for w in self.workers.values() if w.spec.role == role]
 
-    # -- request accounting ----------------------------------------------
+    # -- request accounting (the counters live in accounting.InstanceLoad) ---------
 
     def dispatched(
         self,
@@ -157,32 +156,19 @@ class ClusterState:
         now: float,
     ) -> None:
         p, d = self.workers[prefill], self.workers[decode]
-        p.in_flight_requests += 1
-        p.in_flight_tokens += input_tokens
-        p.queued_prefill_tokens += input_tokens
-        p.waiting_since[request_id] = now
+        p.load.prefill_dispatched(request_id, input_tokens, now)
         p.breaker.on_dispatch(now)
-        d.in_flight_requests += 1
-        d.in_flight_tokens += input_tokens + out_tokens
-        d.waiting_since[request_id] = now
+        d.load.decode_dispatched(request_id, input_tokens, out_tokens, now)
         d.breaker.on_dispatch(now)
-        self.changed.update((prefill, decode))
 
     def prefill_done(self, prefill: str, request_id: str, input_tokens: int) -> None:
         """The prefill side of a request ended (answered, failed or cancelled)."""
-        p = self.workers[prefill]
-        if p.waiting_since.pop(request_id, None) is None:
-            return
-        p.in_flight_requests -= 1
-        p.in_flight_tokens -= input_tokens
-        p.queued_prefill_tokens -= input_tokens
-        self.changed.add(prefill)
+        self.workers[prefill].load.prefill_done(request_id, input_tokens)
 
     def first_token(self, decode: str, request_id: str, ttft_s: float, now: float) -> None:
         d = self.workers[decode]
-        d.waiting_since.pop(request_id, None)
+        d.load.first_token(request_id)
         d.ttft_samples.append((now, ttft_s))
-        self.changed.add(decode)
 
     def decode_done(
         self,
@@ -194,12 +180,9 @@ class ClusterState:
         now: float,
     ) -> None:
         d = self.workers[decode]
-        d.waiting_since.pop(request_id, None)
-        d.in_flight_requests -= 1
-        d.in_flight_tokens -= input_tokens + out_tokens
+        d.load.decode_done(request_id, input_tokens, out_tokens)
         for gap in itl_s[-256:]:
             d.itl_samples.append((now, gap))
-        self.changed.add(decode)
 
     def request_result(self, name: str, ok: bool, now: float) -> bool:
         """Feed the worker's circuit breaker; True when it opened or closed."""
@@ -208,10 +191,7 @@ class ClusterState:
             w.completed += 1
         else:
             w.failed += 1
-        flipped = w.breaker.record(ok, now)
-        if flipped:
-            self.changed.add(name)
-        return flipped
+        return w.breaker.record(ok, now)
 
     def health_result(self, name: str, ok: bool, error: str | None) -> bool:
         """Record one health check; True when the worker's health flipped."""
@@ -226,8 +206,6 @@ class ClusterState:
             w.last_health_error = error
             if w.health_failures >= self.health_failure_threshold:
                 w.healthy = False
-        if before != w.healthy:
-            self.changed.add(name)
         return before != w.healthy
 
     # -- telemetry ---------------------------------------------------------
@@ -270,28 +248,23 @@ class ClusterState:
     # -- views -------------------------------------------------------------
 
     def instance_view(self, w: WorkerState, now: float) -> InstanceView:
-        fresh_engine = (
+        engine = (
             w.engine
             if (w.engine_at is not None and now - w.engine_at <= self.telemetry_stale_s)
             else None
         )
         gpus = self._fresh_gpus(w, now)
-        # dicts keep insertion order and entries are added at dispatch time: first = oldest
-        oldest = next(iter(w.waiting_since.values())) if w.waiting_since else None
-        return InstanceView(
-            instance=w.name,
-            role="prefill" if w.spec.role == "prefill" else "decode",
+        return w.load.view(
+            w.name,
+            "prefill" if w.spec.role == "prefill" else "decode",
+            now,
             url=w.spec.url,
             healthy=w.available(now),
-            in_flight_requests=w.in_flight_requests,
-            in_flight_tokens=w.in_flight_tokens,
-            queued_prefill_tokens=w.queued_prefill_tokens,
-            running_batch=fresh_engine.num_running_reqs if fresh_engine else None,
-            kv_tokens=fresh_engine.kv_used_tokens if fresh_engine else None,
+            running_batch=engine.num_running_reqs if engine else None,
+            kv_tokens=engine.kv_used_tokens if engine else None,
             clock_mhz=max(g.sm_clock_mhz for g in gpus) if gpus else None,
-            oldest_wait_s=0.0 if oldest is None else max(now - oldest, 0.0),
             power_w=sum(g.power_w for g in gpus) if gpus else None,
-            engine_queue_reqs=fresh_engine.num_queue_reqs if fresh_engine else None,
+            engine_queue_reqs=engine.num_queue_reqs if engine else None,
             telemetry_age_s=self.telemetry_age_s(w, now),
         )
 
@@ -317,9 +290,9 @@ class ClusterState:
             role="prefill" if w.spec.role == "prefill" else "decode",
             url=w.spec.url,
             seq=w.seq,
-            in_flight_requests=w.in_flight_requests,
-            in_flight_tokens=w.in_flight_tokens,
-            queued_prefill_tokens=w.queued_prefill_tokens,
+            in_flight_requests=v.in_flight_requests,
+            in_flight_tokens=v.in_flight_tokens,
+            queued_prefill_tokens=v.queued_prefill_tokens,
             oldest_wait_s=v.oldest_wait_s,
             healthy=w.healthy,
             circuit_open=w.breaker.is_open(now),

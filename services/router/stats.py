@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import cast
 
 from voltana.schemas.config import SloConfig
 from voltana.schemas.router import RequestRecord, RequestStatus
 from voltana.services.router import protocol as proto
-from voltana.services.router.dispatch import Outcome
 from voltana.services.router.policies import RouteRequest
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one request, filled in by dispatch, for its record and metrics."""
+
+    status: str = "ok"
+    http_status: int = 200
+    prefill: str = ""
+    decode: str = ""
+    ttft_s: float | None = None
+    gaps_s: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    error: str | None = None
+    bytes_sent: bool = False
 
 
 def _quantile(ordered: list[float], q: float) -> float:

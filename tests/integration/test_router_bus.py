@@ -4,8 +4,6 @@ what it hears, and that it keeps serving when NATS goes away mid-load."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import free_port, wait_for, wait_http
+from helpers import emulated_pd_pair, wait_for
 from structlog.testing import capture_logs
 from voltana.bus.client import Bus
 from voltana.bus.natsserver import NatsServer
@@ -33,50 +31,8 @@ BODY = {
 
 @pytest.fixture(scope="module")
 def workers() -> Iterator[dict[str, Any]]:
-    pp, bp, dp = free_port(), free_port(), free_port()
-    base = [
-        sys.executable,
-        "-m",
-        "voltana",
-        "--log-level",
-        "warning",
-        "emulator",
-        "--host",
-        "127.0.0.1",
-    ]
-    procs = [
-        subprocess.Popen(
-            [
-                *base,
-                "--role",
-                "prefill",
-                "--port",
-                str(pp),
-                "--disaggregation-bootstrap-port",
-                str(bp),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-        subprocess.Popen(
-            [*base, "--role", "decode", "--port", str(dp), "--gpu-ids", "1"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-    ]
-    try:
-        wait_http(f"http://127.0.0.1:{pp}/health", procs[0])
-        wait_http(f"http://127.0.0.1:{dp}/health", procs[1])
-        yield {"prefill": (f"http://127.0.0.1:{pp}", bp), "decode": f"http://127.0.0.1:{dp}"}
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    with emulated_pd_pair() as workers:
+        yield workers
 
 
 def router_config(w: dict[str, Any], nats_url: str) -> RouterConfig:

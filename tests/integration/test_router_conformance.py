@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import free_port, wait_for, wait_http
+from helpers import free_port, start_emulator, stop_processes, wait_for, wait_http
 from voltana.services.router.config import RouterConfig, WorkerSpec
 from voltana.services.router.server import Router
 
@@ -34,34 +34,6 @@ class Workers:
     decode: list[str]
 
 
-def _emulator(
-    role: str, port: int, gpu: int, version: str, boot: int | None = None
-) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable,
-        "-m",
-        "voltana",
-        "--log-level",
-        "warning",
-        "emulator",
-        "--role",
-        role,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--gpu-ids",
-        str(gpu),
-        "--sglang-version",
-        version,
-        "--bootstrap-timeout-s",
-        "10",
-    ]
-    if boot is not None:
-        argv += ["--disaggregation-bootstrap-port", str(boot)]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 @pytest.fixture(scope="module")
 def workers() -> Iterator[dict[str, Workers]]:
     """Per SGLang line: one prefill and one decode emulated worker (started in parallel)."""
@@ -71,22 +43,22 @@ def workers() -> Iterator[dict[str, Workers]]:
         gpu = 0
         for v in VERSIONS:
             pp, bp, dp = free_port(), free_port(), free_port()
-            procs.append((f"http://127.0.0.1:{pp}", _emulator("prefill", pp, gpu, v, bp)))
-            procs.append((f"http://127.0.0.1:{dp}", _emulator("decode", dp, gpu + 1, v)))
+            procs.append(
+                (
+                    f"http://127.0.0.1:{pp}",
+                    start_emulator("prefill", pp, gpu=gpu, version=v, boot=bp),
+                )
+            )
+            procs.append(
+                (f"http://127.0.0.1:{dp}", start_emulator("decode", dp, gpu=gpu + 1, version=v))
+            )
             out[v] = Workers(v, [(f"http://127.0.0.1:{pp}", bp)], [f"http://127.0.0.1:{dp}"])
             gpu += 2
         for url, p in procs:
             wait_http(url + "/health", p)
         yield out
     finally:
-        for _, p in procs:
-            p.terminate()
-        for _, p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(p for _, p in procs)
 
 
 def config(w: Workers, **kw: Any) -> RouterConfig:
@@ -230,8 +202,12 @@ async def test_accounting_returns_to_zero_after_load(router: Router) -> None:
     res = await asyncio.gather(*(post(router.url + "/generate", body) for _ in range(24)))
     assert all(s == 200 and r[-1] == "[DONE]" for s, r in res)
     for w in router.state.workers.values():
-        assert (w.in_flight_requests, w.in_flight_tokens, w.queued_prefill_tokens) == (0, 0, 0)
-        assert not w.waiting_since
+        assert (
+            w.load.in_flight_requests,
+            w.load.in_flight_tokens,
+            w.load.queued_prefill_tokens,
+        ) == (0, 0, 0)
+        assert not w.load.waiting_since
     d = next(w for w in router.state.workers.values() if w.spec.role == "decode")
     # one gap per event after the first, as the client saw them (a slow reader may get
     # several tokens in one event, as from SGLang)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +19,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import free_port, wait_for, wait_http
+from helpers import (
+    emulated_pd_pair,
+    free_port,
+    serve_app,
+    start_emulator,
+    stop_processes,
+    wait_for,
+    wait_http,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from voltana.services.router.config import RouterConfig, WorkerSpec
 from voltana.services.router.server import Router
@@ -34,53 +40,11 @@ LONG = {
 SHORT = {"text": "hi", "sampling_params": {"max_new_tokens": 3, "ignore_eos": True}}
 
 
-def _emulator(role: str, port: int, gpu: int, boot: int | None = None) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable,
-        "-m",
-        "voltana",
-        "--log-level",
-        "warning",
-        "emulator",
-        "--role",
-        role,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--gpu-ids",
-        str(gpu),
-        "--bootstrap-timeout-s",
-        "10",
-    ]
-    if boot is not None:
-        argv += ["--disaggregation-bootstrap-port", str(boot)]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 @pytest.fixture(scope="module")
 def real() -> Iterator[dict[str, Any]]:
     """One real prefill and one real decode worker shared by the module."""
-    pp, bp, dp = free_port(), free_port(), free_port()
-    procs = [_emulator("prefill", pp, 0, bp), _emulator("decode", dp, 1)]
-    try:
-        wait_http(f"http://127.0.0.1:{pp}/health", procs[0])
-        wait_http(f"http://127.0.0.1:{dp}/health", procs[1])
-        yield {"prefill": (f"http://127.0.0.1:{pp}", bp), "decode": f"http://127.0.0.1:{dp}"}
-    finally:
-        _stop(procs)
+    with emulated_pd_pair() as workers:
+        yield workers
 
 
 @pytest.fixture
@@ -107,12 +71,8 @@ async def broken() -> AsyncIterator[dict[str, str]]:
         for path in ("/generate", "/v1/completions", "/v1/chat/completions"):
             app.router.add_post(path, handler)
         app.router.add_get("/health", ok)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner, urls[name] = await serve_app(app)
         runners.append(runner)
-        urls[name] = f"http://127.0.0.1:{port}"
     try:
         yield {**urls, "hits": hits}  # type: ignore[dict-item]
     finally:
@@ -189,7 +149,7 @@ async def test_prefill_500_ends_request_with_error_and_cancels_decode(
         await wait_for(lambda: engine_counts(real["decode"])[0] == 0, 5)
         assert engine_counts(real["decode"])[1] in (aborted0, aborted0 + 1)
         st = r.state.workers[r.cfg.prefill[0].name]
-        assert st.breaker.failures == 1 and st.in_flight_requests == 0
+        assert st.breaker.failures == 1 and st.load.in_flight_requests == 0
     finally:
         await r.stop()
 
@@ -208,7 +168,9 @@ async def test_worker_never_answering_times_out(
         took = time.monotonic() - t0
         assert resp.status == 504, body
         assert "timed out" in body["error"]["message"] and 0.9 < took < 4, (took, body)
-        await wait_for(lambda: all(w.in_flight_requests == 0 for w in r.state.workers.values()))
+        await wait_for(
+            lambda: all(w.load.in_flight_requests == 0 for w in r.state.workers.values())
+        )
         if side == "prefill":  # the real decode partner was cancelled, not left waiting
             await wait_for(lambda: engine_counts(real["decode"])[0] == 0, 5)
     finally:
@@ -217,7 +179,7 @@ async def test_worker_never_answering_times_out(
 
 async def test_decode_killed_mid_stream_ends_with_error_chunk(real: dict[str, Any]) -> None:
     dp = free_port()
-    proc = _emulator("decode", dp, 7)
+    proc = start_emulator("decode", dp, gpu=7)
     try:
         wait_http(f"http://127.0.0.1:{dp}/health", proc)
         r = await make_router(
@@ -251,7 +213,7 @@ async def test_decode_killed_mid_stream_ends_with_error_chunk(real: dict[str, An
         finally:
             await r.stop()
     finally:
-        _stop([proc])
+        stop_processes([proc])
 
 
 async def test_client_disconnect_cancels_both_upstreams(real: dict[str, Any]) -> None:
@@ -270,7 +232,7 @@ async def test_client_disconnect_cancels_both_upstreams(real: dict[str, Any]) ->
         await wait_for(lambda: metric(r, "voltana_router_client_cancelled_total") == 1, 5)
         await wait_for(lambda: engine_counts(real["decode"]) == (0, d_aborted0 + 1), 5)
         assert engine_counts(real["prefill"][0])[1] == p_aborted0  # prefill had finished
-        assert all(w.in_flight_requests == 0 for w in r.state.workers.values())
+        assert all(w.load.in_flight_requests == 0 for w in r.state.workers.values())
         # gone while the prefill is still running: both upstream requests are closed
         big = {**LONG, "input_ids": list(range(16000))}
         big.pop("text")
@@ -280,7 +242,8 @@ async def test_client_disconnect_cancels_both_upstreams(real: dict[str, Any]) ->
         await wait_for(lambda: metric(r, "voltana_router_client_cancelled_total") == 2, 5)
         await wait_for(lambda: engine_counts(real["decode"]) == (0, d_aborted0 + 2), 5)
         assert all(
-            w.in_flight_requests == 0 and not w.waiting_since for w in r.state.workers.values()
+            w.load.in_flight_requests == 0 and not w.load.waiting_since
+            for w in r.state.workers.values()
         )
         # (the emulated prefill finishes a prefill whose client left; SGLang aborts it)
         await wait_for(lambda: engine_counts(real["prefill"][0])[0] == 0, 5)
@@ -348,13 +311,10 @@ async def test_prefill_failing_after_the_stream_started(real: dict[str, Any]) ->
 
     app = web.Application()
     app.router.add_post("/generate", relay)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, url = await serve_app(app)
     _, d_aborted0 = engine_counts(real["decode"])
     # the relay's host, the real prefill's bootstrap port: the KV rendezvous still works
-    r = await make_router([(f"http://127.0.0.1:{port}", pboot)], [real["decode"]])
+    r = await make_router([(url, pboot)], [real["decode"]])
     try:
         async with aiohttp.ClientSession() as s, s.post(r.url + "/generate", json=LONG) as resp:
             assert resp.status == 200
@@ -389,12 +349,9 @@ async def test_circuit_breaker_opens_then_a_trial_closes_it(real: dict[str, Any]
 
     app = web.Application()
     app.router.add_post("/generate", flaky)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, url = await serve_app(app)
     r = await make_router(
-        [(f"http://127.0.0.1:{port}", pboot)],
+        [(url, pboot)],
         [real["decode"]],
         breaker_failures=2,
         breaker_open_s=0.5,

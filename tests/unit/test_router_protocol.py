@@ -8,9 +8,8 @@ import msgspec
 import pytest
 from voltana.schemas.config import SloConfig
 from voltana.services.router import protocol as proto
-from voltana.services.router.dispatch import Outcome
 from voltana.services.router.policies import RouteRequest
-from voltana.services.router.stats import request_record
+from voltana.services.router.stats import Outcome, request_record
 
 
 @pytest.mark.parametrize(

@@ -53,8 +53,12 @@ def test_accounting_round_trip_returns_to_zero() -> None:
     st.decode_done(D, "r2", 50, 10, [], 4.0)
     for name in (P, D):
         w = st.workers[name]
-        assert (w.in_flight_requests, w.in_flight_tokens, w.queued_prefill_tokens) == (0, 0, 0)
-        assert not w.waiting_since
+        assert (
+            w.load.in_flight_requests,
+            w.load.in_flight_tokens,
+            w.load.queued_prefill_tokens,
+        ) == (0, 0, 0)
+        assert not w.load.waiting_since
     msg = st.instance_state(D, 4.0, 123)
     assert msg.seq == 1 and msg.ttft is not None and msg.ttft.count == 1
     assert msg.itl is not None and msg.itl.max_s == pytest.approx(0.02)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
+import msgspec
 import pytest
 from voltana.groundtruth.engine import BatchPlan, EngineConfig
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.predictor.profile import Profile
 from voltana.schemas.config import SloConfig
-from voltana.sim.core import ClusterSpec, SimConfig
+from voltana.sim.config import ClusterSpec, SimConfig
 from voltana.sim.instance import Instance
 from voltana.sim.policies import POLICIES
 from voltana.sim.runner import Evaluation, evaluate, profile_for, run_oracle, run_policy
 from voltana.sim.workload import SimRequest, Workload, synthetic
 
 H100 = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
-CFG = SimConfig(cluster=ClusterSpec(1, 1), slo=SloConfig(ttft_s=1.0, itl_s=0.05), noise=0.0)
+CFG = SimConfig(
+    cluster=ClusterSpec(n_prefill=1, n_decode=1), slo=SloConfig(ttft_s=1.0, itl_s=0.05), noise=0.0
+)
 
 
 def _wl(*reqs: tuple[float, int, int]) -> Workload:
@@ -61,7 +63,7 @@ def test_energy_books_busy_plus_idle(profile: Profile) -> None:
 
 def test_all_finish_and_tokens_add_up(profile: Profile) -> None:
     wl = synthetic(rate_rps=4, duration_s=30, seed=2)
-    cfg = replace(CFG, cluster=ClusterSpec(2, 2), noise=0.02)
+    cfg = msgspec.structs.replace(CFG, cluster=ClusterSpec(n_prefill=2, n_decode=2), noise=0.02)
     for name in ("static-max", "ecofreq", "voltana-ref", "voltana"):
         run = run_policy(wl, POLICIES[name], cfg, profile)
         s = run.summary()
@@ -76,7 +78,9 @@ def test_all_finish_and_tokens_add_up(profile: Profile) -> None:
 
 def test_determinism_same_seed_same_results() -> None:
     wl = synthetic(rate_rps=3, duration_s=20, arrival="gamma", seed=5)
-    cfg = replace(CFG, cluster=ClusterSpec(2, 2), noise=0.03, seed=11)
+    cfg = msgspec.structs.replace(
+        CFG, cluster=ClusterSpec(n_prefill=2, n_decode=2), noise=0.03, seed=11
+    )
     specs = [POLICIES["static-max"], POLICIES["voltana-ref"], POLICIES["voltana"]]
     a = evaluate(wl, specs, cfg, quick_profile=True)
     b = evaluate(wl, specs, cfg, quick_profile=True)
@@ -87,14 +91,14 @@ def test_determinism_same_seed_same_results() -> None:
         }
 
     assert strip(a) == strip(b)
-    c = evaluate(wl, specs, replace(cfg, seed=12), quick_profile=True, oracle=False)
+    c = evaluate(wl, specs, msgspec.structs.replace(cfg, seed=12), quick_profile=True, oracle=False)
     assert strip(c) != strip(a)
 
 
 def test_kv_capacity_rejects_oversized_and_queues(profile: Profile) -> None:
     # capacity 3000 tokens: the 5000-token request can never run; the others queue for KV.
     wl = _wl((0.0, 1000, 50), (0.0, 1000, 50), (0.0, 1000, 50), (0.1, 5000, 10))
-    cfg = replace(CFG, kv_capacity_override_tokens=3000)
+    cfg = msgspec.structs.replace(CFG, kv_capacity_override_tokens=3000)
     run = run_policy(wl, POLICIES["static-max"], cfg, profile)
     assert run.unfinished == 1
     assert run.summary()["slo_attainment"] == pytest.approx(0.75)
@@ -143,7 +147,7 @@ def test_clock_change_after_the_iteration_started_retimes_its_rest() -> None:
 def test_telemetry_control_acts_within_the_iteration(profile: Profile) -> None:
     # One long prompt on a parked prefill instance, tight TTFT: the decision on
     # dispatch must speed up the very prefill it was taken for.
-    cfg = replace(CFG, control="telemetry", slo=SloConfig(ttft_s=0.3, itl_s=0.03))
+    cfg = msgspec.structs.replace(CFG, control="telemetry", slo=SloConfig(ttft_s=0.3, itl_s=0.03))
     run = run_policy(_wl((1.0, 4000, 20)), POLICIES["voltana"], cfg, profile)
     ttft = run.requests[0].ttft_s
     assert ttft is not None and ttft < 0.3
@@ -166,7 +170,9 @@ def test_control_input_reflects_prefill_queue() -> None:
 
 def test_oracle_keeps_slo_and_is_cheap(profile: Profile) -> None:
     wl = synthetic(rate_rps=3, duration_s=40, seed=4)
-    cfg = replace(CFG, cluster=ClusterSpec(1, 1), slo=SloConfig(ttft_s=0.6, itl_s=0.02))
+    cfg = msgspec.structs.replace(
+        CFG, cluster=ClusterSpec(n_prefill=1, n_decode=1), slo=SloConfig(ttft_s=0.6, itl_s=0.02)
+    )
     orc = run_oracle(wl, cfg).summary()
     smax = run_policy(wl, POLICIES["static-max"], cfg, profile).summary()
     assert orc["slo_attainment"] >= 0.99

@@ -63,6 +63,11 @@ def test_formats_are_detected_and_rebased(
         ("e.csv", "", "empty"),
         ("u.csv", "a,b,c\n1,2,3\n", "unknown format"),
         ("bad.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\nnot-a-date,1,2\n", "bad.csv:2"),
+        (
+            "bb.csv",
+            "Timestamp,Request tokens,Response tokens\n1,2,5\n3,x,5\n",
+            "bb.csv:3: bad BurstGPT",
+        ),
         ("bad.jsonl", '{"timestamp": 1}\n', "bad.jsonl:1"),
     ],
 )

@@ -29,11 +29,12 @@ __all__ = [
 class InstanceView:
     """What a policy may know about one instance at decision time.
 
-    Router accounting (always present): ``in_flight_requests``, ``in_flight_tokens``
-    (prompt + expected output tokens of requests routed here and not finished),
-    ``queued_prefill_tokens`` (prompt tokens routed here whose first token has not
-    come back yet), ``oldest_wait_s``. Engine/GPU telemetry (None when unknown or
-    stale): ``running_batch``, ``kv_tokens``, ``clock_mhz``, ``power_w``.
+    Router accounting (always present, see ``services.router.accounting``):
+    ``in_flight_requests``, ``in_flight_tokens`` (of requests routed here and not
+    finished: prompt tokens on a prefill instance, prompt + expected output tokens on
+    a decode instance), ``queued_prefill_tokens`` (prefill: prompt tokens routed here
+    whose prefill has not ended), ``oldest_wait_s``. Engine/GPU telemetry (None when
+    unknown or stale): ``running_batch``, ``kv_tokens``, ``clock_mhz``, ``power_w``.
     """
 
     instance: str
@@ -123,9 +124,26 @@ class RoutingPolicy(Protocol):
 
 
 class PolicyBase:
-    """No-op hooks shared by the policies (subclasses set ``name`` and ``select``)."""
+    """What the policies share: ``select`` over the healthy candidates, no-op hooks.
+
+    Subclasses set ``name`` and implement ``pick`` (or override ``select`` when they
+    need the whole view, e.g. its order).
+    """
 
     name: str = "base"
+
+    def select(
+        self, view: ClusterView, request: RouteRequest, now: float, rng: np.random.Generator
+    ) -> Selection | None:
+        """The pick among the healthy candidates; None when there is none."""
+        cands = healthy(view)
+        return self.pick(cands, request, now, rng) if cands else None
+
+    def pick(
+        self, cands: list[InstanceView], request: RouteRequest, now: float, rng: np.random.Generator
+    ) -> Selection:
+        """Choose one of ``cands`` (healthy, never empty)."""
+        raise NotImplementedError
 
     def on_dispatch(self, instance: str, request: RouteRequest, now: float) -> None:
         """Called right after the caller committed ``request`` to ``instance``."""

@@ -222,7 +222,11 @@ class EcoRoutePolicy(PolicyBase):
 
     def evaluate(self, view: ClusterView, request: RouteRequest, now: float) -> list[WhatIf]:
         """The what-if of every healthy candidate (exposed for tests, replay and logs)."""
-        cands = list(healthy(view))
+        return self._whatifs(healthy(view), request, now)
+
+    def _whatifs(
+        self, cands: list[InstanceView], request: RouteRequest, now: float
+    ) -> list[WhatIf]:
         pre = [v for v in cands if v.role == "prefill"]
         dec = [v for v in cands if v.role != "prefill"]
         found = {
@@ -232,12 +236,10 @@ class EcoRoutePolicy(PolicyBase):
         }
         return [found[v.instance] for v in cands]
 
-    def select(
-        self, view: ClusterView, request: RouteRequest, now: float, rng: np.random.Generator
-    ) -> Selection | None:
-        whatifs = self.evaluate(view, request, now)
-        if not whatifs:
-            return None
+    def pick(
+        self, cands: list[InstanceView], request: RouteRequest, now: float, rng: np.random.Generator
+    ) -> Selection:
+        whatifs = self._whatifs(cands, request, now)
         ok = [w for w in whatifs if w.feasible]
         if ok:
             # round energy to 1 mJ so float noise does not beat the load tie-break

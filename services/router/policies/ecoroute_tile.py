@@ -15,12 +15,10 @@ import math
 
 import numpy as np
 from voltana.services.router.policies.base import (
-    ClusterView,
     InstanceView,
     PolicyBase,
     RouteRequest,
     Selection,
-    healthy,
 )
 
 BUCKET_REQS = 128
@@ -42,12 +40,9 @@ class EcoRouteTilePolicy(PolicyBase):
     def _n(self, v: InstanceView) -> int:
         return max(v.in_flight_requests, v.batch_size)
 
-    def select(
-        self, view: ClusterView, request: RouteRequest, now: float, rng: np.random.Generator
-    ) -> Selection | None:
-        cands = healthy(view)
-        if not cands:
-            return None
+    def pick(
+        self, cands: list[InstanceView], request: RouteRequest, now: float, rng: np.random.Generator
+    ) -> Selection:
         b = self.bucket_reqs
         if all(self._n(v) < b for v in cands):
             # unknown clock sorts last: it may be the top clock (fail-safe reading)

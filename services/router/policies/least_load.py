@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 from voltana.services.router.policies.base import (
-    ClusterView,
     InstanceView,
     PolicyBase,
     RouteRequest,
     Selection,
-    healthy,
 )
 
 
@@ -28,12 +26,9 @@ def load_key(v: InstanceView) -> tuple[int, int]:
 class LeastLoadPolicy(PolicyBase):
     name = "least-load"
 
-    def select(
-        self, view: ClusterView, request: RouteRequest, now: float, rng: np.random.Generator
-    ) -> Selection | None:
-        cands = healthy(view)
-        if not cands:
-            return None
+    def pick(
+        self, cands: list[InstanceView], request: RouteRequest, now: float, rng: np.random.Generator
+    ) -> Selection:
         best = min(load_key(v) for v in cands)
         ties = [v for v in cands if load_key(v) == best]
         pick = ties[int(rng.integers(len(ties)))] if len(ties) > 1 else ties[0]
@@ -43,12 +38,9 @@ class LeastLoadPolicy(PolicyBase):
 class PowerOfTwoPolicy(PolicyBase):
     name = "power-of-two"
 
-    def select(
-        self, view: ClusterView, request: RouteRequest, now: float, rng: np.random.Generator
-    ) -> Selection | None:
-        cands = healthy(view)
-        if not cands:
-            return None
+    def pick(
+        self, cands: list[InstanceView], request: RouteRequest, now: float, rng: np.random.Generator
+    ) -> Selection:
         if len(cands) == 1:
             return Selection(cands[0].instance, "only healthy")
         i, j = rng.choice(len(cands), size=2, replace=False)

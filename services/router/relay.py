@@ -1,0 +1,139 @@
+"""Streaming the decode side's SSE answer to the client, timing it as the client sees it.
+
+The first chunk is held back until it is known not to be the echo of a failed
+prefill (then the request can still be re-paired); after that every chunk is
+written through as it arrives. A failure mid-stream ends the stream with an
+SSE error chunk; a stream that ends without ``[DONE]`` gets one too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+from aiohttp import web
+from voltana.common.logs import get_logger
+from voltana.services.router import protocol as proto
+from voltana.services.router.metrics import RouterMetrics
+from voltana.services.router.policies.base import RouteRequest
+from voltana.services.router.state import ClusterState
+from voltana.services.router.stats import Outcome
+from voltana.services.router.upstream import (
+    prefill_error,
+    raise_if_prefill_failed,
+    upstream_error,
+    watch,
+)
+
+__all__ = ["SSE_HEADERS", "relay_stream", "stream_tokens"]
+
+log = get_logger("router.dispatch")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def relay_stream(
+    request: web.Request,
+    d_resp: aiohttp.ClientResponse,
+    p_task: asyncio.Task[bytes],
+    rreq: RouteRequest,
+    dname: str,
+    arrival: float,
+    out: Outcome,
+    state: ClusterState,
+    metrics: RouterMetrics,
+) -> web.StreamResponse:
+    """Relay ``d_resp`` to the client; fills ``out`` (TTFT, gaps, tokens, status, error).
+
+    Raises:
+        PrefillFailed: the first chunk is an error and the prefill side failed (no byte sent).
+        aiohttp.ClientPayloadError: the decode stream ended before any data.
+    """
+    chunks = d_resp.content.iter_any()
+    try:
+        first = await watch(p_task, chunks.__anext__())
+    except StopAsyncIteration:
+        raise aiohttp.ClientPayloadError("decode stream ended before any data") from None
+    t_first = time.monotonic()
+    if b'"error"' in first:
+        # a decode that fails at once often failed because its prefill partner did
+        probe = proto.SseScanner()
+        probe.feed(first)
+        if probe.saw_error:
+            await raise_if_prefill_failed(p_task)
+    resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    resp.content_type = d_resp.content_type or "text/event-stream"
+    await resp.prepare(request)
+    out.bytes_sent = True
+    out.ttft_s = t_first - arrival
+    state.first_token(dname, rreq.request_id, out.ttft_s, t_first)
+    scan = proto.SseScanner()
+    gaps = out.gaps_s
+    # events that arrive in one read reach the client together: gap 0, as it sees them
+    gaps.extend([0.0] * max(scan.feed(first) - 1, 0))
+    await resp.write(first)
+
+    def _on_prefill_done(t: asyncio.Task[bytes]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            d_resp.close()  # wakes the read loop below
+
+    p_task.add_done_callback(_on_prefill_done)
+    last = t_first
+    try:
+        async for chunk in chunks:
+            now = time.monotonic()
+            n = scan.feed(chunk)
+            if n:
+                gaps.append(now - last)
+                if n > 1:
+                    gaps.extend([0.0] * (n - 1))
+                last = now
+            await resp.write(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        perr = prefill_error(p_task)
+        if perr is not None:
+            out.error = f"prefill failed: {perr}"
+            log.warning("prefill_failed_mid_stream", request_id=rreq.request_id, error=str(perr))
+        else:
+            out.error = f"decode failed mid-stream: {upstream_error(exc)}"
+            metrics.errors.labels("decode", type(exc).__name__).inc()
+            log.warning(
+                "decode_failed_mid_stream",
+                request_id=rreq.request_id,
+                decode=dname,
+                error=out.error,
+            )
+        out.status = "error"
+        with contextlib.suppress(Exception):
+            await resp.write(proto.error_event(out.error))
+    except ConnectionResetError:
+        raise asyncio.CancelledError from None
+    if not scan.saw_done and out.status == "ok":
+        perr = prefill_error(p_task)
+        out.status = "error"
+        out.error = (
+            f"prefill failed: {perr}" if perr is not None else "decode stream ended without [DONE]"
+        )
+        log.warning("stream_cut", request_id=rreq.request_id, decode=dname, error=out.error)
+        with contextlib.suppress(Exception):
+            await resp.write(proto.error_event(out.error))
+    elif scan.saw_error and out.status == "ok":
+        out.status, out.error = "error", "decode sent an error chunk"
+    out.output_tokens = stream_tokens(scan)
+    with contextlib.suppress(Exception):
+        await resp.write_eof()
+    return resp
+
+
+def stream_tokens(scan: proto.SseScanner) -> int:
+    """Output tokens of a finished stream: the last chunk's usage, else its event count."""
+    if scan.last_data is not None:
+        try:
+            n = proto.completion_tokens(proto.decode(scan.last_data))
+        except proto.ProtocolError:
+            n = None
+        if n is not None:
+            return n
+    return scan.events
