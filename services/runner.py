@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
 import msgspec
@@ -20,13 +20,13 @@ import structlog
 from voltana.bus.client import Bus, BusOptions
 from voltana.common.logs import get_logger
 from voltana.common.shutdown import shutdown_event
+from voltana.common.tasks import cancel_and_wait
 
 __all__ = [
     "EndsByItself",
     "MetricsEndpoint",
     "Service",
     "add_metrics_args",
-    "cancel_and_wait",
     "metrics_from_args",
     "run_service",
 ]
@@ -154,14 +154,6 @@ def _serve_metrics(endpoint: MetricsEndpoint, log: Logger) -> Any:
     server, _thread = start_http_server(endpoint.port, addr=endpoint.host)
     log.info("metrics_serving", host=endpoint.host, port=server.server_port)
     return server
-
-
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
-    """Cancel a service's tasks and wait until each has ended (stopping drops their errors)."""
-    running = [t for t in tasks if t is not None]
-    for t in running:
-        t.cancel()
-    await asyncio.gather(*running, return_exceptions=True)
 
 
 @overload

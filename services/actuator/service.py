@@ -25,11 +25,11 @@ from prometheus_client import Gauge, Histogram
 from voltana.bus.client import Bus
 from voltana.common.errors import GpuError
 from voltana.common.logs import get_logger
+from voltana.common.tasks import cancel_and_wait
 from voltana.gpu.device import ClockSetter
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockCommand, ClockState, ClockStatus, ResetClock, SetClock
 from voltana.services.actuator.core import ActuatorConfig, LeaseTable, Verdict
-from voltana.services.runner import cancel_and_wait
 from voltana.services.status import add_status_service
 
 COMMANDS = PromCounter(

@@ -20,10 +20,10 @@ import nats.js.errors
 import structlog
 from prometheus_client import Counter as PromCounter
 from voltana.bus.client import Bus
+from voltana.common.tasks import cancel_and_wait
 from voltana.schemas import codec
 from voltana.schemas.config import ControllerConfig
 from voltana.services.freqctl.core import ConfigStore
-from voltana.services.runner import cancel_and_wait
 
 CONFIG_ERRORS = PromCounter(
     "voltana_freqctl_config_errors", "KV config values that could not be used", ["key"]

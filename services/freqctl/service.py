@@ -25,6 +25,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
 from voltana.bus.client import Bus
 from voltana.common.logs import get_logger
+from voltana.common.tasks import cancel_and_wait
 from voltana.predictor.profile import Profile
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockState, ResetClock, SetClock
@@ -47,7 +48,6 @@ from voltana.services.freqctl.core import (
     needs_send,
 )
 from voltana.services.freqctl.kvconfig import KvConfigWatcher
-from voltana.services.runner import cancel_and_wait
 from voltana.services.status import add_status_service
 
 DECISIONS = PromCounter(

@@ -17,6 +17,7 @@ import msgspec
 from voltana.bus.client import Bus, BusOptions
 from voltana.common.errors import BusError
 from voltana.common.logs import get_logger
+from voltana.common.tasks import cancel_and_wait
 from voltana.schemas import subjects
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.router.metrics import RouterMetrics
@@ -64,11 +65,7 @@ class RouterBus:
         ]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         if self.bus is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.bus.close(), 3.0)

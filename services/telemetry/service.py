@@ -28,11 +28,11 @@ from prometheus_client import (
 )
 from voltana.common.errors import GpuError, UpstreamError
 from voltana.common.logs import get_logger
+from voltana.common.tasks import cancel_and_wait
 from voltana.gpu.device import GpuReader
 from voltana.gpu.emulated import EmulatedDevice
 from voltana.gpu.nvml import NvmlDevice
 from voltana.schemas import subjects
-from voltana.services.runner import cancel_and_wait
 from voltana.services.telemetry.config import InstanceConfig, NodeConfig
 from voltana.services.telemetry.engine import EngineScraper, EngineState
 from voltana.services.telemetry.gpu_messages import GpuMessageBuilder
