@@ -40,8 +40,8 @@ from voltana.groundtruth.gpu_model import (  # noqa: E402
     MODELS,
     GpuModel,
     IterCost,
-    decode_bucket,
 )
+from voltana.predictor.buckets import decode_bucket  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = [ROOT / "bench/results/h100_llm_probe.json", ROOT / "bench/results/h100_llm_probe_run2.json"]
