@@ -11,7 +11,8 @@ from aiohttp import web
 from voltana.services.emulator import pd
 from voltana.services.emulator.admin import add_admin_routes
 from voltana.services.emulator.api import add_sglang_routes
-from voltana.services.emulator.server import EmulatorConfig, EmulatorServer
+from voltana.services.emulator.config import EmulatorConfig
+from voltana.services.emulator.server import EmulatorServer
 
 __all__ = ["EmulatorApp", "run_emulator"]
 

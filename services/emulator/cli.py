@@ -83,10 +83,11 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from voltana.common.errors import ConfigError
+    from voltana.schemas.base import Role
     from voltana.services.emulator.app import run_emulator
-    from voltana.services.emulator.server import EmulatorConfig
+    from voltana.services.emulator.config import EmulatorConfig
 
-    role = "unified" if args.role == "null" else args.role
+    role: Role = "unified" if args.role == "null" else args.role
     try:
         config = EmulatorConfig(
             role=role,

@@ -14,7 +14,7 @@ import pytest
 from helpers import free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from voltana.services.emulator.app import EmulatorApp
-from voltana.services.emulator.server import EmulatorConfig
+from voltana.services.emulator.config import EmulatorConfig
 
 Factory = Callable[..., Awaitable[EmulatorApp]]
 JSON = {"Content-Type": "application/json"}
