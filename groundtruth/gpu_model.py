@@ -36,8 +36,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 from voltana.groundtruth.gpu_clock import (
     dynamic_power_scale,
@@ -293,4 +294,6 @@ class GpuModel:
 
     def with_gpu(self, **changes: float) -> GpuModel:
         """A copy with some GpuSpec knobs changed (for refitting and what-if studies)."""
-        return GpuModel(replace(self.gpu, **changes), self.model, self.tp, self.noise)
+        return GpuModel(
+            msgspec.structs.replace(self.gpu, **changes), self.model, self.tp, self.noise
+        )
