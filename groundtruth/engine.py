@@ -130,15 +130,22 @@ class Engine:
         events: list[EngineEvent] = []
         slots = self._slots_used()
         while self._waiting:
-            req = self.requests[self._waiting[0]]
-            if not self._can_admit(req, slots):
+            req = self._admit_head(slots, Phase.TRANSFER)
+            if req is None:
                 break
-            self._waiting.popleft()
-            self._reserve(req)
-            req.phase = Phase.TRANSFER
             slots += 1
             events.append(EngineEvent(req.rid, "kv_allocated", now))
         return events
+
+    def _admit_head(self, slots_used: int, phase: Phase) -> EngineRequest | None:
+        """Admit the head of the waiting queue into ``phase`` (KV reserved); None: it must wait."""
+        req = self.requests[self._waiting[0]]
+        if not self._can_admit(req, slots_used):
+            return None
+        self._waiting.popleft()
+        self._reserve(req)
+        req.phase = phase
+        return req
 
     def next_batch(self, now: float) -> BatchPlan | None:
         """The next iteration, or None when idle (nothing runnable)."""
@@ -181,12 +188,9 @@ class Engine:
                 budget -= n
         slots = self._slots_used()
         while self._waiting and budget > 0:
-            req = self.requests[self._waiting[0]]
-            if not self._can_admit(req, slots):
+            req = self._admit_head(slots, Phase.PREFILLING)
+            if req is None:
                 break
-            self._waiting.popleft()
-            self._reserve(req)
-            req.phase = Phase.PREFILLING
             slots += 1
             n = min(req.prompt_tokens, budget)
             rids.append(req.rid)

@@ -42,16 +42,12 @@ async def handle_get_load(request: web.Request) -> web.Response:
 
 async def handle_v1_loads(request: web.Request) -> web.Response:
     srv = server_of(request)
-    s = srv.engine.stats()
     load = _load(srv)
     include = request.query.get("include", "core,queues,disagg")
     if "disagg" in include or "all" in include:
         load["disaggregation"] = {
             "mode": srv.config.role if srv.config.role != "unified" else "null",
-            "prefill_bootstrap_queue_reqs": srv.bootstrap_waiting,
-            "prefill_inflight_queue_reqs": s.transfer_reqs if srv.config.role == "prefill" else 0,
-            "decode_prealloc_queue_reqs": s.waiting_reqs if srv.config.role == "decode" else 0,
-            "decode_transfer_queue_reqs": s.transfer_reqs if srv.config.role == "decode" else 0,
+            **srv.pd_queues(srv.engine.stats()),
         }
     return web.json_response(
         {"timestamp": time.time(), "version": srv.config.sglang_version, "loads": [load]}

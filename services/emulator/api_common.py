@@ -18,6 +18,7 @@ from voltana.services.emulator.server import EmulatorServer, RequestError, Reque
 __all__ = [
     "SERVER_KEY",
     "error_body",
+    "error_response",
     "int_field",
     "json_body",
     "pick",
@@ -43,6 +44,11 @@ def error_body(srv: EmulatorServer, msg: str, status: int, openai: bool) -> dict
     if srv.config.sglang_version != "0.4.7":
         err.update(type=kind, code=status, retryable=status >= 500)
     return {"error": err}
+
+
+def error_response(srv: EmulatorServer, exc: RequestError, openai: bool) -> web.Response:
+    """A failed request's answer: its status and ``error_body``."""
+    return web.json_response(error_body(srv, str(exc), exc.status, openai), status=exc.status)
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 from voltana.services.emulator.api_common import (
-    error_body,
+    error_response,
     int_field,
     json_body,
     pick,
@@ -97,7 +97,7 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
             max_new = int_field(sp.get("max_new_tokens"), "max_new_tokens", 128)
             specs.append(request_spec(srv, body, i, count_prompt_tokens(p), max_new))
     except RequestError as exc:
-        return web.json_response(error_body(srv, str(exc), exc.status, False), status=exc.status)
+        return error_response(srv, exc, openai=False)
     t0 = time.monotonic()
     gens = [srv.generate(s) for s in specs]
 
@@ -119,7 +119,7 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
             async for c in it:
                 last[c.get("index", 0)] = c
     except RequestError as exc:
-        return web.json_response(error_body(srv, str(exc), exc.status, False), status=exc.status)
+        return error_response(srv, exc, openai=False)
     out = [last[i] for i in range(len(specs))]
     for c in out:
         c.pop("index", None)

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 from voltana.services.emulator.api_common import (
-    error_body,
+    error_response,
     int_field,
     json_body,
     request_spec,
@@ -50,7 +50,7 @@ async def _openai(request: web.Request, chat: bool) -> web.StreamResponse:
         max_new = int_field(limit, "max_tokens", 128 if chat else 16)
         spec = request_spec(srv, body, 0, prompt_tokens, max_new)
     except RequestError as exc:
-        return web.json_response(error_body(srv, str(exc), exc.status, True), status=exc.status)
+        return error_response(srv, exc, openai=True)
     obj = "chat.completion" if chat else "text_completion"
     created = int(time.time())
     base = {"id": spec.rid, "created": created, "model": srv.config.model_name}
@@ -96,7 +96,7 @@ async def _openai(request: web.Request, chat: bool) -> web.StreamResponse:
             async for u in it:
                 last = u
     except RequestError as exc:
-        return web.json_response(error_body(srv, str(exc), exc.status, True), status=exc.status)
+        return error_response(srv, exc, openai=True)
     assert last is not None
     n = last.completion_tokens
     return web.json_response(

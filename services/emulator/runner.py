@@ -74,12 +74,12 @@ class IterationLoop:
 
     def gen_throughput(self) -> float:
         """Decode tokens per second over the last five seconds (SGLang's gauge)."""
-        now = time.monotonic()
-        while self._gen_log and self._gen_log[0][0] < now - _GEN_WINDOW_S:
-            self._gen_log.popleft()
-        if not self._gen_log:
-            return 0.0
+        self._forget_tokens_before(time.monotonic() - _GEN_WINDOW_S)
         return sum(n for _, n in self._gen_log) / _GEN_WINDOW_S
+
+    def _forget_tokens_before(self, t: float) -> None:
+        while self._gen_log and self._gen_log[0][0] < t:
+            self._gen_log.popleft()
 
     async def run(self) -> None:
         """Iterations back to back on the model's timeline.
@@ -134,8 +134,7 @@ class IterationLoop:
             )
             if plan.kind == "decode":
                 self._gen_log.append((end, plan.batch_size))
-                while self._gen_log[0][0] < end - _GEN_WINDOW_S:
-                    self._gen_log.popleft()
+                self._forget_tokens_before(end - _GEN_WINDOW_S)
             self._dispatch(self.engine.complete(plan, end))
 
     async def _sleep_until(self, deadline: float) -> bool:

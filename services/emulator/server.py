@@ -21,7 +21,13 @@ from typing import Any
 import aiohttp
 import numpy as np
 import structlog
-from voltana.groundtruth.engine import AdmissionError, Engine, EngineConfig, EngineEvent
+from voltana.groundtruth.engine import (
+    AdmissionError,
+    Engine,
+    EngineConfig,
+    EngineEvent,
+    EngineStats,
+)
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.services.emulator import pd
 from voltana.services.emulator.config import EmulatorConfig
@@ -313,10 +319,19 @@ class EmulatorServer:
     def gen_throughput(self) -> float:
         return self.iteration_loop.gen_throughput()
 
+    def pd_queues(self, s: EngineStats) -> dict[str, int]:
+        """SGLang's PD queue lengths (0.5.23 gauges and /v1/loads); zero where the role has none."""
+        role = self.config.role
+        return {
+            "prefill_bootstrap_queue_reqs": self.bootstrap_waiting,  # prefill role only
+            "prefill_inflight_queue_reqs": s.transfer_reqs if role == "prefill" else 0,
+            "decode_prealloc_queue_reqs": s.waiting_reqs if role == "decode" else 0,
+            "decode_transfer_queue_reqs": s.transfer_reqs if role == "decode" else 0,
+        }
+
     def refresh_gauges(self) -> None:
         s = self.engine.stats()
         m = self.metrics
-        pd_role = self.config.role != "unified"
         new = m.new_style
         m.set_gauge("num_running_reqs", s.running_reqs)
         m.set_gauge("num_used_tokens", s.kv_used_tokens)
@@ -324,13 +339,8 @@ class EmulatorServer:
         m.set_gauge("gen_throughput", self.gen_throughput())
         m.set_gauge("num_queue_reqs", s.waiting_reqs)
         m.set_gauge("cache_hit_rate", 0.0)
-        bootstrap = self.bootstrap_waiting if new and pd_role else 0
-        m.set_gauge("num_prefill_bootstrap_queue_reqs", bootstrap)
-        inflight = s.transfer_reqs if new and self.config.role == "prefill" else 0
-        m.set_gauge("num_prefill_inflight_queue_reqs", inflight)
-        dec = new and self.config.role == "decode"
-        m.set_gauge("num_decode_prealloc_queue_reqs", s.waiting_reqs if dec else 0)
-        m.set_gauge("num_decode_transfer_queue_reqs", s.transfer_reqs if dec else 0)
+        for queue, n in self.pd_queues(s).items():
+            m.set_gauge(f"num_{queue}", n if new else 0)  # 0.4.7 has no PD queue gauges
         m.set_gauge("kv_used_tokens", s.kv_used_tokens)
         m.set_gauge("decode_sum_seq_lens", s.decode_kv_tokens)
         m.set_gauge("utilization", self.gpus[0].util_gpu_pct(time.monotonic()) / 100.0)
