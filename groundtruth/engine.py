@@ -188,12 +188,12 @@ class Engine:
                 budget -= n
         slots = self._slots_used()
         while self._waiting and budget > 0:
-            req = self._admit_head(slots, Phase.PREFILLING)
-            if req is None:
+            admitted = self._admit_head(slots, Phase.PREFILLING)
+            if admitted is None:
                 break
             slots += 1
-            n = min(req.prompt_tokens, budget)
-            rids.append(req.rid)
+            n = min(admitted.prompt_tokens, budget)
+            rids.append(admitted.rid)
             chunks.append((n, 0))
             budget -= n
         if not rids:

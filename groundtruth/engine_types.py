@@ -78,8 +78,7 @@ class EngineRequest:
         return self.prefilled_tokens + self.generated_tokens
 
 
-@dataclass(frozen=True)
-class BatchPlan:
+class BatchPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One iteration to run: prefill chunks or one decode step."""
 
     kind: Literal["prefill", "decode"]
@@ -93,8 +92,7 @@ class BatchPlan:
 EventKind = Literal["kv_allocated", "first_token", "token", "prefill_done", "finished"]
 
 
-@dataclass(frozen=True)
-class EngineEvent:
+class EngineEvent(msgspec.Struct, frozen=True, gc=False):
     """Something a shell must act on: stream a token, start a KV transfer, finish."""
 
     rid: str
@@ -104,8 +102,7 @@ class EngineEvent:
     finish_reason: Literal["length", "stop"] | None = None
 
 
-@dataclass(frozen=True)
-class EngineStats:
+class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     """What SGLang's gauges report (num_running_reqs, num_queue_reqs, token usage ...)."""
 
     running_reqs: int

@@ -36,7 +36,6 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -61,8 +60,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class IterCost:
+class IterCost(msgspec.Struct, frozen=True, gc=False):
     """Cost of one engine iteration on one GPU of the instance."""
 
     time_s: float
@@ -72,8 +70,7 @@ class IterCost:
     power_capped: bool
 
 
-@dataclass(frozen=True)
-class _Work:
+class _Work(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Clock-independent description of one iteration on one GPU."""
 
     linear_flops: float
