@@ -19,17 +19,26 @@ Scheduling follows SGLang's defaults: a prefill batch whenever waiting requests 
 admitted (a running slot and their KV reservation: prompt + max_new_tokens), packed up
 to ``chunked_prefill_size`` tokens with the last request chunked; a partly prefilled
 request continues first; otherwise one decode step over every running request.
+
+Its configuration, request records, plans, events and gauges are in engine_types.py
+(re-exported here: this module is the engine's public face).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from voltana.schemas.base import Role
+from voltana.groundtruth.engine_types import (
+    AdmissionError,
+    BatchPlan,
+    EngineConfig,
+    EngineEvent,
+    EngineRequest,
+    EngineStats,
+    Phase,
+)
 from voltana.groundtruth.gpu_model import GpuModel, IterCost
 
 __all__ = [
@@ -43,104 +52,6 @@ __all__ = [
     "Phase",
     "iteration_cost",
 ]
-
-
-class AdmissionError(ValueError):
-    """A request the engine can never serve (bad sizes, larger than the KV capacity)."""
-
-
-class Phase(StrEnum):
-    WAITING = "waiting"  # queued for prefill (or for KV preallocation on a decode server)
-    PREFILLING = "prefilling"  # partly prefilled (chunked)
-    TRANSFER = "transfer"  # prefill: sending KV; decode: KV allocated, waiting for it
-    RUNNING = "running"  # in the decode batch
-    FINISHED = "finished"
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Engine knobs, named after SGLang's server arguments."""
-
-    role: Role = "unified"
-    max_running_requests: int = 256
-    chunked_prefill_size: int = 8192
-    kv_capacity_tokens: int = 400_000
-
-    def __post_init__(self) -> None:
-        if self.max_running_requests < 1 or self.chunked_prefill_size < 1:
-            raise ValueError("max_running_requests and chunked_prefill_size must be >= 1")
-        if self.kv_capacity_tokens < 1:
-            raise ValueError("kv_capacity_tokens must be >= 1")
-
-
-@dataclass
-class EngineRequest:
-    """State of one request inside the engine (owned and mutated by ``Engine`` only)."""
-
-    rid: str
-    prompt_tokens: int
-    max_new_tokens: int
-    output_tokens: int  # tokens it will produce (< max_new_tokens when it stops at EOS)
-    arrival_s: float
-    phase: Phase = Phase.WAITING
-    prefilled_tokens: int = 0
-    generated_tokens: int = 0
-    first_token_s: float | None = None
-    finish_s: float | None = None
-    holds_reservation: bool = False
-
-    @property
-    def reserved_tokens(self) -> int:
-        return self.prompt_tokens + self.max_new_tokens
-
-    @property
-    def kv_tokens(self) -> int:
-        """Tokens held in the KV cache now."""
-        return self.prefilled_tokens + self.generated_tokens
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """One iteration to run: prefill chunks or one decode step."""
-
-    kind: Literal["prefill", "decode"]
-    rids: tuple[str, ...]
-    chunks: tuple[tuple[int, int], ...] = ()  # prefill: (new_tokens, context_tokens) per rid
-    batch_size: int = 0
-    new_tokens: int = 0  # prefill: tokens computed; decode: batch size
-    kv_tokens: int = 0  # KV tokens the iteration reads (decode: sum of contexts)
-
-
-EventKind = Literal["kv_allocated", "first_token", "token", "prefill_done", "finished"]
-
-
-@dataclass(frozen=True)
-class EngineEvent:
-    """Something a shell must act on: stream a token, start a KV transfer, finish."""
-
-    rid: str
-    kind: EventKind
-    t_s: float
-    generated_tokens: int = 0
-    finish_reason: Literal["length", "stop"] | None = None
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """What SGLang's gauges report (num_running_reqs, num_queue_reqs, token usage ...)."""
-
-    running_reqs: int
-    waiting_reqs: int
-    transfer_reqs: int
-    kv_used_tokens: int
-    kv_reserved_tokens: int
-    kv_capacity_tokens: int
-    decode_kv_tokens: int  # sum of contexts of the decode batch
-    waiting_prompt_tokens: int = 0
-
-    @property
-    def token_usage(self) -> float:
-        return self.kv_used_tokens / self.kv_capacity_tokens
 
 
 @dataclass
@@ -219,15 +130,22 @@ class Engine:
         events: list[EngineEvent] = []
         slots = self._slots_used()
         while self._waiting:
-            req = self.requests[self._waiting[0]]
-            if not self._can_admit(req, slots):
+            req = self._admit_head(slots, Phase.TRANSFER)
+            if req is None:
                 break
-            self._waiting.popleft()
-            self._reserve(req)
-            req.phase = Phase.TRANSFER
             slots += 1
             events.append(EngineEvent(req.rid, "kv_allocated", now))
         return events
+
+    def _admit_head(self, slots_used: int, phase: Phase) -> EngineRequest | None:
+        """Admit the head of the waiting queue into ``phase`` (KV reserved); None: it must wait."""
+        req = self.requests[self._waiting[0]]
+        if not self._can_admit(req, slots_used):
+            return None
+        self._waiting.popleft()
+        self._reserve(req)
+        req.phase = phase
+        return req
 
     def next_batch(self, now: float) -> BatchPlan | None:
         """The next iteration, or None when idle (nothing runnable)."""
@@ -270,15 +188,12 @@ class Engine:
                 budget -= n
         slots = self._slots_used()
         while self._waiting and budget > 0:
-            req = self.requests[self._waiting[0]]
-            if not self._can_admit(req, slots):
+            admitted = self._admit_head(slots, Phase.PREFILLING)
+            if admitted is None:
                 break
-            self._waiting.popleft()
-            self._reserve(req)
-            req.phase = Phase.PREFILLING
             slots += 1
-            n = min(req.prompt_tokens, budget)
-            rids.append(req.rid)
+            n = min(admitted.prompt_tokens, budget)
+            rids.append(admitted.rid)
             chunks.append((n, 0))
             budget -= n
         if not rids:

@@ -36,11 +36,19 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 
+import msgspec
 import numpy as np
-from voltana.groundtruth.gpu_decode import DecodeTerms, decode_bucket
+from voltana.groundtruth.gpu_clock import (
+    dynamic_power_scale,
+    idle_power_w,
+    mem_bw_bytes_s,
+    nearest_clock_mhz,
+    supported_clocks_mhz,
+)
+from voltana.groundtruth.gpu_decode import DecodeTerms
 from voltana.groundtruth.gpu_specs import GPUS, MODELS, GpuSpec, ModelShape
+from voltana.predictor.buckets import decode_bucket
 
 __all__ = [
     "GPUS",
@@ -49,12 +57,10 @@ __all__ = [
     "GpuSpec",
     "IterCost",
     "ModelShape",
-    "decode_bucket",
 ]
 
 
-@dataclass(frozen=True)
-class IterCost:
+class IterCost(msgspec.Struct, frozen=True, gc=False):
     """Cost of one engine iteration on one GPU of the instance."""
 
     time_s: float
@@ -64,8 +70,7 @@ class IterCost:
     power_capped: bool
 
 
-@dataclass(frozen=True)
-class _Work:
+class _Work(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Clock-independent description of one iteration on one GPU."""
 
     linear_flops: float
@@ -105,12 +110,9 @@ class GpuModel:
         self.tp = tp
         self.noise = noise
         self._rng = np.random.default_rng(seed)
-        n = (gpu.max_clock_mhz - gpu.min_clock_mhz) // gpu.clock_step_mhz
-        self.supported_clocks_mhz: list[int] = [
-            gpu.max_clock_mhz - i * gpu.clock_step_mhz for i in range(n + 1)
-        ]
+        self.supported_clocks_mhz: list[int] = supported_clocks_mhz(gpu)
         self._ascending = sorted(self.supported_clocks_mhz)
-        self._decode_terms = DecodeTerms(self)
+        self._decode_terms = DecodeTerms(gpu, model, tp, self._ascending)
 
     # ----- clocks and static power -------------------------------------------------
     @property
@@ -123,32 +125,11 @@ class GpuModel:
 
     def nearest_clock_mhz(self, clock_mhz: float) -> int:
         """The highest supported clock not above ``clock_mhz`` (min clock if below all)."""
-        asc = self._ascending
-        if not clock_mhz >= asc[0]:  # below all (or NaN): the min clock
-            return asc[0]
-        return asc[bisect.bisect_right(asc, clock_mhz) - 1]
+        return nearest_clock_mhz(self._ascending, clock_mhz)
 
     def idle_power_w(self, clock_mhz: float) -> float:
         """Power of one idle GPU held at ``clock_mhz`` (static part of the power model)."""
-        g = self.gpu
-        f = min(max(clock_mhz, g.min_clock_mhz), g.max_clock_mhz)
-        x = (f - g.min_clock_mhz) / (g.max_clock_mhz - g.min_clock_mhz)
-        return g.idle_min_clock_w + (g.idle_max_clock_w - g.idle_min_clock_w) * x
-
-    def _volt(self, f: float) -> float:
-        g = self.gpu
-        if f <= g.volt_knee_mhz:
-            return g.volt_floor
-        x = (f - g.volt_knee_mhz) / (g.max_clock_mhz - g.volt_knee_mhz)
-        return g.volt_floor + (1.0 - g.volt_floor) * x
-
-    def _dyn(self, f: float) -> float:
-        """Relative dynamic power per unit activity: f * V(f)^2, 1.0 at f_max."""
-        return (f / self.gpu.max_clock_mhz) * self._volt(f) ** 2
-
-    def _bw(self, f: float) -> float:
-        g = self.gpu
-        return g.hbm_bw_bytes_s * min(1.0, f / g.mem_knee_mhz) ** g.mem_knee_exp
+        return idle_power_w(self.gpu, clock_mhz)
 
     # ----- work descriptions -------------------------------------------------------
     def _prefill_work(self, chunks: Sequence[tuple[int, int]]) -> _Work:
@@ -197,7 +178,7 @@ class GpuModel:
         g = self.gpu
         busy = 0.0
         peak = g.peak_flop_per_clock * f * 1e6
-        bw = self._bw(f)
+        bw = mem_bw_bytes_s(g, f)
         if w.is_decode:
             t_w = w.weight_bytes / (bw * g.weight_bw_eff)
             t_c = w.padded_linear_flops / (peak * g.decode_compute_eff)
@@ -236,8 +217,8 @@ class GpuModel:
             # prefill_attn_activity (through u_comp), its bytes count as plain reads.
             u_comp = min(1.0, self._time_parts(w, f)[1] / t)
             u_sm = g.mem_sm_activity * u_mem + u_comp
-        dyn = g.sm_power_w * self._dyn(f) * u_sm
-        return self.idle_power_w(f) + g.hbm_power_w * u_mem + dyn
+        dyn = g.sm_power_w * dynamic_power_scale(g, f) * u_sm
+        return idle_power_w(g, f) + g.hbm_power_w * u_mem + dyn
 
     def _cost(self, w: _Work, clock_mhz: float) -> IterCost:
         """Throttle to the power cap (highest clock whose power fits), then add noise."""
@@ -310,4 +291,6 @@ class GpuModel:
 
     def with_gpu(self, **changes: float) -> GpuModel:
         """A copy with some GpuSpec knobs changed (for refitting and what-if studies)."""
-        return GpuModel(replace(self.gpu, **changes), self.model, self.tp, self.noise)
+        return GpuModel(
+            msgspec.structs.replace(self.gpu, **changes), self.model, self.tp, self.noise
+        )

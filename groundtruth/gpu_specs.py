@@ -8,13 +8,12 @@ refits them); ``ModelShape`` a decoder-only transformer's shape. ``GPUS`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import msgspec
 
 __all__ = ["GPUS", "MODELS", "GpuSpec", "ModelShape"]
 
 
-@dataclass(frozen=True)
-class GpuSpec:
+class GpuSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One GPU type: hardware constants and the engine-efficiency/power knobs fitted to it."""
 
     name: str
@@ -64,8 +63,7 @@ class GpuSpec:
         return float(self.sm_count * self.bf16_flop_per_clock_per_sm)
 
 
-@dataclass(frozen=True)
-class ModelShape:
+class ModelShape(msgspec.Struct, frozen=True, kw_only=True):
     """A decoder-only transformer's shape (bf16 weights and KV cache)."""
 
     name: str
@@ -146,8 +144,9 @@ _H100 = GpuSpec(
 # No A100 measurement is available: its hardware, static power, dynamic-power scale,
 # voltage and memory knees are its own (below); every engine knob (bandwidth and
 # tensor efficiencies, SM activities, roofline sharpness, fixed overheads) is the
-# H100 fit's, inherited through ``replace`` so a refit of the H100 carries over.
-_A100 = replace(
+# H100 fit's, inherited through ``msgspec.structs.replace`` so a refit of the H100
+# carries over.
+_A100 = msgspec.structs.replace(
     _H100,
     name="NVIDIA A100-SXM4-80GB",
     sm_count=108,  # A100 data sheet

@@ -1,10 +1,12 @@
 """Decode batch-size buckets: the engine's CUDA-graph sizes, where decode latency steps.
 
 Serving engines capture decode graphs for batch sizes 1, 2, 4, 8, 16, ..., 128
-and then every 128 (SGLang's default capture list); a batch runs in the graph of the smallest bucket that holds it. A
-lookup therefore rounds a (possibly fractional, e.g. median) batch size UP to a
-bucket and never asks for an exact match, so no valid batch size falls into a
-gap between buckets.
+and then every 128 (SGLang's default capture list); a batch runs in the graph of
+the smallest bucket that holds it. ``decode_bucket`` is that schedule (the ground
+truth pads every decode step with it); ``default_buckets`` lists it up to a batch
+size, the table a profile is fitted on. A table lookup rounds a (possibly
+fractional, e.g. median) batch size UP to a bucket and never asks for an exact
+match, so no valid batch size falls into a gap between buckets.
 """
 
 from __future__ import annotations
@@ -13,21 +15,34 @@ import bisect
 import math
 from collections.abc import Sequence
 
-__all__ = ["bucket_index", "default_buckets", "round_up_to_bucket"]
+__all__ = ["bucket_index", "decode_bucket", "default_buckets", "round_up_to_bucket"]
+
+
+def decode_bucket(batch_size: int) -> int:
+    """CUDA-graph batch size a decode batch is padded to (1, 2, 4, 8..128 by 8, then by 128).
+
+    Unbounded (0 for an empty batch); the per-step hot path, hence closed-form.
+    """
+    if batch_size <= 0:
+        return 0
+    if batch_size <= 4:
+        return 1 << (batch_size - 1).bit_length()
+    if batch_size <= 128:
+        return -(-batch_size // 8) * 8
+    return -(-batch_size // 128) * 128
 
 
 def default_buckets(max_batch_size: int = 512, small: bool = True) -> list[int]:
-    """Bucket upper bounds: (1, 2, 4,) 8, 16, ..., 128, then steps of 128 to ``max_batch_size``.
+    """The ``decode_bucket`` schedule as a table: (1, 2, 4,) 8, 16, ..., 128, then by 128.
 
+    It always reaches 128 and goes on until a bucket holds ``max_batch_size``.
     ``small`` adds the sub-8 graph sizes 1, 2 and 4 that engines also capture.
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    out = ([1, 2, 4] if small else []) + list(range(8, 129, 8))
-    top = 256
-    while out[-1] < max_batch_size:
-        out.append(top)
-        top += 128
+    out = [1 if small else 8]
+    while out[-1] < max(128, max_batch_size):
+        out.append(decode_bucket(out[-1] + 1))
     return out
 
 

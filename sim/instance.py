@@ -1,10 +1,11 @@
 """One simulated serving instance: the shared engine, the ground-truth GPU, its clock and meters.
 
-The scheduler (``services.emulator.engine.Engine``) and the GPU model
-(``services.emulator.gpu_model.GpuModel``) are the very objects the emulator
-server drives; this class only paces them in virtual time and keeps the
-books: energy of every GPU of the TP group (busy and idle), busy time, clock
-switches, and the latency observations telemetry would report.
+The scheduler (``groundtruth.engine.Engine``), the GPU model
+(``groundtruth.gpu_model.GpuModel``) and the mid-iteration re-timing
+(``groundtruth.timing``) are the very ones the emulated worker uses; this class
+only paces them in virtual time and keeps the books: energy of every GPU of the
+TP group (busy and idle), busy time, clock switches, and the latency
+observations telemetry would report.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from voltana.groundtruth.engine import BatchPlan, Engine, EngineConfig, Phase
-from voltana.groundtruth.gpu_model import GpuModel, IterCost
+from voltana.groundtruth.engine import BatchPlan, Engine, EngineConfig, Phase, iteration_cost
+from voltana.groundtruth.gpu_model import GpuModel
+from voltana.groundtruth.timing import Stretch, retime
 from voltana.services.freqctl.controllers.base import ControlInput
 from voltana.services.freqctl.core import control_input
 from voltana.sim.metrics import TimeSeries
@@ -26,10 +28,8 @@ __all__ = ["Instance", "IterationRun"]
 class IterationRun:
     """An iteration in flight: what runs, when it ends, and what it costs (instance totals).
 
-    The ``seg_*`` fields describe the stretch since the last clock change, so a
-    change that lands mid-iteration re-times the rest: ``seg_left`` of the work
-    remained at ``seg_t``, and the whole plan takes ``seg_full_s`` and
-    ``seg_full_j`` at the current clock; ``done_j`` is the energy before ``seg_t``.
+    ``stretch`` is the run since the last clock change (instance energy), so a
+    change that lands mid-iteration re-times the rest (``groundtruth.timing``).
     """
 
     plan: BatchPlan
@@ -38,11 +38,7 @@ class IterationRun:
     energy_j: float
     clock_mhz: int
     power_w: float
-    seg_t: float = 0.0
-    seg_left: float = 1.0
-    seg_full_s: float = 0.0
-    seg_full_j: float = 0.0
-    done_j: float = 0.0
+    stretch: Stretch
 
 
 class Instance:
@@ -160,21 +156,21 @@ class Instance:
         if chooser is not None:
             self.pending = None
             self._set_clock(t, chooser(self, plan, t))
-        cost = self._cost(plan, self.clock_mhz)
+        cost = iteration_cost(self.model, plan, self.clock_mhz)
         dur, energy = cost.time_s, cost.energy_j * self.tp
-        seg = (t, 1.0, dur, energy, 0.0)
+        stretch = Stretch(t, 1.0, dur, energy)
         if self.pending is not None and self.pending[0] < t + dur:
             t_c, new_clock = self.pending
-            frac = (t_c - t) / dur
-            cost2 = self._cost(plan, new_clock)
-            dur2 = (1.0 - frac) * cost2.time_s
-            seg = (t_c, 1.0 - frac, cost2.time_s, cost2.energy_j * self.tp, frac * energy)
-            energy = frac * energy + (1.0 - frac) * cost2.energy_j * self.tp
-            dur = (t_c - t) + dur2
+            cost = iteration_cost(self.model, plan, new_clock)
+            stretch = retime(stretch, t_c, cost.time_s, cost.energy_j * self.tp)
+            energy = stretch.energy_j
+            # old clock until t_c, then the rest at the new one; summed as a duration (not
+            # stretch.end_s - t) so that t_end and power_w round as they always have
+            dur = (t_c - t) + stretch.rest_s
             self.pending = None
             self.clock_mhz = new_clock
             self.switches += 1
-        run = IterationRun(plan, t, t + dur, energy, self.clock_mhz, energy / dur, *seg)
+        run = IterationRun(plan, t, t + dur, energy, self.clock_mhz, energy / dur, stretch)
         self.running = run
         return run
 
@@ -190,24 +186,15 @@ class Instance:
         self.pending = None
         if new_clock == self.clock_mhz:
             return False
-        t_c = max(t_c, run.seg_t)
-        used = (t_c - run.seg_t) / run.seg_full_s
-        cost = self._cost(run.plan, new_clock)
-        run.done_j += used * run.seg_full_j
-        run.seg_left -= used
-        run.seg_t, run.seg_full_s, run.seg_full_j = t_c, cost.time_s, cost.energy_j * self.tp
-        run.t_end = t_c + run.seg_left * run.seg_full_s
-        run.energy_j = run.done_j + run.seg_left * run.seg_full_j
+        cost = iteration_cost(self.model, run.plan, new_clock)
+        stretch = run.stretch = retime(run.stretch, t_c, cost.time_s, cost.energy_j * self.tp)
+        run.t_end = stretch.end_s
+        run.energy_j = stretch.energy_j
         run.power_w = run.energy_j / (run.t_end - run.t_start)
         run.clock_mhz = self.clock_mhz = new_clock
         self.switches += 1
-        self._sample(t_c, run.power_w, batch=run.plan.batch_size, force=True)
+        self._sample(stretch.start_s, run.power_w, batch=run.plan.batch_size, force=True)
         return True
-
-    def _cost(self, plan: BatchPlan, clock_mhz: int) -> IterCost:
-        if plan.kind == "prefill":
-            return self.model.prefill_batch(clock_mhz, plan.chunks)
-        return self.model.decode(clock_mhz, plan.batch_size, plan.kv_tokens)
 
     def finish_iteration(self) -> IterationRun:
         """Book the iteration in flight; the instance becomes idle at its end."""

@@ -37,7 +37,7 @@ over the whole schedule.
 from __future__ import annotations
 
 import numpy as np
-from voltana.groundtruth.engine import BatchPlan, Phase
+from voltana.groundtruth.engine import BatchPlan, Phase, iteration_cost
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.schemas.config import SloConfig
 from voltana.sim.instance import Instance
@@ -73,11 +73,7 @@ class OracleChooser:
         t = np.empty(len(self.clocks))
         e = np.empty(len(self.clocks))
         for i, c in enumerate(self.clocks):
-            cost = (
-                self.gm.prefill_batch(int(c), plan.chunks)
-                if plan.kind == "prefill"
-                else self.gm.decode(int(c), plan.batch_size, plan.kv_tokens)
-            )
+            cost = iteration_cost(self.gm, plan, int(c))
             t[i], e[i] = cost.time_s, cost.energy_j - self.idle_floor_w * cost.time_s
         return t, e
 

@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,8 +41,8 @@ from voltana.groundtruth.gpu_model import (  # noqa: E402
     MODELS,
     GpuModel,
     IterCost,
-    decode_bucket,
 )
+from voltana.predictor.buckets import decode_bucket  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = [ROOT / "bench/results/h100_llm_probe.json", ROOT / "bench/results/h100_llm_probe_run2.json"]
@@ -313,7 +314,9 @@ def fit(
     x0 = np.array([getattr(base, k) for k in FIT_KNOBS], dtype=float)
 
     def build(x: np.ndarray) -> GpuModel:
-        spec = replace(base, **dict(zip(FIT_KNOBS, (float(v) for v in x), strict=True)))
+        spec = msgspec.structs.replace(
+            base, **dict(zip(FIT_KNOBS, (float(v) for v in x), strict=True))
+        )
         return GpuModel(spec, model.model, model.tp)
 
     def over(err: float, bound: float) -> float:

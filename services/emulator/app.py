@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from types import TracebackType
 
 import structlog
@@ -11,9 +9,10 @@ from aiohttp import web
 from voltana.services.emulator import pd
 from voltana.services.emulator.admin import add_admin_routes
 from voltana.services.emulator.api import add_sglang_routes
-from voltana.services.emulator.server import EmulatorConfig, EmulatorServer
+from voltana.services.emulator.config import EmulatorConfig
+from voltana.services.emulator.server import EmulatorServer
 
-__all__ = ["EmulatorApp", "run_emulator"]
+__all__ = ["EmulatorApp"]
 
 log = structlog.get_logger("voltana.emulator")
 
@@ -74,16 +73,3 @@ class EmulatorApp:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-
-async def run_emulator(config: EmulatorConfig) -> None:
-    """Serve until SIGINT/SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with EmulatorApp(config):
-        # The line SGLang prints when ready; scripts and tests wait for it.
-        print("The server is fired up and ready to roll!", flush=True)
-        await stop.wait()
-    log.info("emulator_stopped")

@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     from voltana.common.errors import ConfigError
     from voltana.schemas.base import Role
     from voltana.services.emulator.app import EmulatorApp
-    from voltana.services.emulator.server import EmulatorConfig
+    from voltana.services.emulator.config import EmulatorConfig
     from voltana.services.runner import run_service
 
     role: Role = "unified" if args.role == "null" else args.role

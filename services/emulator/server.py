@@ -1,9 +1,7 @@
-"""The emulated SGLang worker: engine + GPUs paced in real time, and its request core.
+"""The emulated SGLang worker's state and request core: engine, GPUs, streams, gauges.
 
-``EmulatorServer`` owns one ``Engine`` (engine.py), one ``GpuModel`` and ``tp``
-``EmulatedGpu`` devices. A single runner task plans an iteration, asks the model how
-long it takes at the GPUs' current clock, sleeps until then (back-to-back iterations
-are timed from the previous end, so host overhead does not stretch ITL) and applies it.
+``EmulatorServer`` owns one ``Engine``, one ``GpuModel`` and ``tp`` ``EmulatedGpu``
+devices, and the ``IterationLoop`` (runner.py) that runs the engine in real time.
 HTTP handlers (api.py, admin.py) talk to it through ``generate()``, an async iterator
 of token updates that frees everything the request held when it ends, fails or is
 cancelled (client disconnect).
@@ -15,66 +13,31 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import numpy as np
 import structlog
 from voltana.groundtruth.engine import (
     AdmissionError,
-    BatchPlan,
     Engine,
     EngineConfig,
     EngineEvent,
-    iteration_cost,
+    EngineStats,
 )
-from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, IterCost
-from voltana.schemas.base import Role
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.services.emulator import pd
+from voltana.services.emulator.config import EmulatorConfig
 from voltana.services.emulator.gpu_device import EmulatedGpu
 from voltana.services.emulator.metrics import SglangMetrics
+from voltana.services.emulator.runner import IterationLoop
 
-__all__ = ["EmulatorConfig", "EmulatorServer", "RequestError", "RequestSpec", "TokenUpdate"]
+__all__ = ["EmulatorServer", "RequestError", "RequestSpec", "TokenUpdate"]
 
 log = structlog.get_logger("voltana.emulator")
-_SPIN_S = 0.0012  # asyncio timers have ms resolution: the last stretch is a precise sleep
-_MAX_LAG_S = 0.05  # behind the model's timeline by more than this: restart it
-
-
-def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-@dataclass(frozen=True)
-class EmulatorConfig:
-    role: Role = "unified"
-    gpu: str = "h100"
-    model: str = "llama-3.1-8b"
-    tp: int = 1
-    host: str = "127.0.0.1"
-    port: int = 30000
-    bootstrap_port: int = 8998
-    gpu_ids: tuple[int, ...] = ()
-    seed: int | None = 0
-    noise: float = 0.0
-    max_running_requests: int = 256
-    chunked_prefill_size: int = 8192
-    kv_capacity_tokens: int | None = None  # default: what fits in memory
-    mem_fraction_static: float = 0.88
-    sglang_version: Literal["0.4.7", "0.5.23"] = "0.4.7"
-    served_model_name: str | None = None
-    bootstrap_timeout_s: float = 300.0
-    eos_mean_tokens: float = 256.0  # mean natural output length when ignore_eos is false
-    time_scale: float = 1.0  # >1 runs faster than the model (for demos); 1 = real time
-
-    @property
-    def model_name(self) -> str:
-        return self.served_model_name or MODELS[self.model].name
 
 
 class RequestError(Exception):
@@ -114,7 +77,7 @@ class _Stream:
 
 
 class EmulatorServer:
-    """State and real-time loop of one emulated instance (TP group)."""
+    """State and request core of one emulated instance (TP group); ``IterationLoop`` runs it."""
 
     def __init__(self, config: EmulatorConfig) -> None:
         if config.gpu not in GPUS:
@@ -146,24 +109,21 @@ class EmulatorServer:
             model_name=config.model_name, role=config.role, sglang_version=config.sglang_version
         )
         self.rooms = pd.RoomTable(ttl_s=2 * config.bootstrap_timeout_s)
-        self.iterations: deque[dict[str, Any]] = deque(maxlen=4096)
-        self._seq = 0
+        self.iteration_loop = IterationLoop(
+            self.engine, self.model, self.gpus, self._dispatch, config.time_scale
+        )
+        self.iterations = self.iteration_loop.iterations  # the admin API's iteration log
         self._streams: dict[str, _Stream] = {}
-        self._wake = asyncio.Event()
-        self._clock_moved: asyncio.Future[bool] | None = None
         self._rng = np.random.default_rng(config.seed)
         self._runner: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._gen_log: deque[tuple[float, int]] = deque()
-        self._bootstrap_waiting = 0
+        self.bootstrap_waiting = 0  # prefill requests waiting for their decode partner
         self._detached: set[asyncio.Task[TokenUpdate]] = set()
-        self.wall_offset_s = time.time() - time.monotonic()
-        self.started_s = now
 
     # ----- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-        self._runner = asyncio.create_task(self._run(), name="emulator-runner")
+        self._runner = asyncio.create_task(self.iteration_loop.run(), name="emulator-runner")
 
     async def stop(self) -> None:
         for t in list(self._detached):
@@ -179,115 +139,11 @@ class EmulatorServer:
     def now(self) -> float:
         return time.monotonic()
 
-    # ----- runner ------------------------------------------------------------------
-    async def _sleep_until(self, deadline: float) -> bool:
-        """Sleep to ``deadline``; True when woken early by a clock change (see ``clocks_changed``)."""
-        left = deadline - time.monotonic()
-        if left > _SPIN_S:
-            loop = asyncio.get_running_loop()
-            fut = self._clock_moved = loop.create_future()
-            timer = loop.call_later(left - _SPIN_S, _resolve, fut, False)
-            try:
-                if await fut:
-                    return True
-            finally:
-                timer.cancel()
-                self._clock_moved = None
-        left = deadline - time.monotonic()
-        if left > 0:
-            time.sleep(left)
-        return False
-
     def clocks_changed(self) -> None:
         """A GPU's locked clocks changed: the iteration in flight continues at the new clock."""
-        if self._clock_moved is not None:
-            _resolve(self._clock_moved, True)
+        self.iteration_loop.clocks_changed()
 
-    async def _run_iteration(
-        self, plan: BatchPlan, start: float, clock: int, cost: IterCost
-    ) -> tuple[float, int, float, int]:
-        """Run ``plan`` from ``start``; -> (planned end, clock at the end, energy J, changes).
-
-        A GPU changes clock within an iteration: when the locked clock moves while it
-        runs, the work left runs at the new clock from then on (as the simulator does).
-        """
-        scale = self.config.time_scale
-        seg_t, left, energy, changes = start, 1.0, 0.0, 0
-        planned_end = start + cost.time_s / scale
-        for g in self.gpus:
-            g.begin_busy(start, cost)
-        while await self._sleep_until(planned_end):
-            new_clock = self.gpus[0].busy_clock_mhz
-            t_c = time.monotonic()
-            if new_clock == clock or t_c >= planned_end:
-                continue
-            used = min((t_c - seg_t) / (cost.time_s / scale), left)
-            energy += used * cost.energy_j
-            left -= used
-            cost = iteration_cost(self.model, plan, new_clock)
-            seg_t, clock, changes = t_c, new_clock, changes + 1
-            planned_end = t_c + left * cost.time_s / scale
-            for g in self.gpus:
-                g.switch_busy(t_c, cost, planned_end)
-        return planned_end, clock, energy + left * cost.energy_j, changes
-
-    async def _run(self) -> None:
-        """Iterations back to back on the model's timeline.
-
-        Each iteration is planned to start where the previous one was planned to end, so
-        a late wake-up (host busy, process preempted) delays token delivery but does not
-        stretch the emulated GPU's timeline: the next sleep is shorter and catches up.
-        When the host falls more than ``_MAX_LAG_S`` behind, the timeline restarts at
-        "now" instead of bursting.
-        """
-        planned_end: float | None = None
-        scale = self.config.time_scale
-        while True:
-            now = time.monotonic()
-            self._dispatch(self.engine.admit(now))
-            plan = self.engine.next_batch(now)
-            if plan is None:
-                planned_end = None
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            start = now
-            if planned_end is not None and now - planned_end < _MAX_LAG_S:
-                start = planned_end
-            clock = self.gpus[0].busy_clock_mhz
-            cost = iteration_cost(self.model, plan, clock)
-            planned_end, end_clock, energy_j, changes = await self._run_iteration(
-                plan, start, clock, cost
-            )
-            end = time.monotonic()
-            for g in self.gpus:
-                g.end_busy(planned_end)
-            self._seq += 1
-            self.iterations.append(
-                {
-                    "seq": self._seq,
-                    "t_start_s": start + self.wall_offset_s,
-                    "t_end_s": planned_end + self.wall_offset_s,
-                    "late_s": end - planned_end,
-                    "kind": plan.kind,
-                    "batch_size": plan.batch_size,
-                    "new_tokens": plan.new_tokens,
-                    "kv_tokens": plan.kv_tokens,
-                    "clock_mhz": clock,
-                    "end_clock_mhz": end_clock,
-                    "clock_changes": changes,
-                    "effective_clock_mhz": cost.effective_clock_mhz,
-                    "model_time_s": (planned_end - start) * scale,
-                    "power_w": energy_j / ((planned_end - start) * scale),
-                    "energy_j": energy_j,
-                }
-            )
-            if plan.kind == "decode":
-                self._gen_log.append((end, plan.batch_size))
-                while self._gen_log[0][0] < end - 5.0:  # the window gen_throughput reads
-                    self._gen_log.popleft()
-            self._dispatch(self.engine.complete(plan, end))
-
+    # ----- engine events -----------------------------------------------------------
     def _dispatch(self, events: list[EngineEvent]) -> None:
         for ev in events:
             st = self._streams.get(ev.rid)
@@ -295,7 +151,7 @@ class EmulatorServer:
                 st.events.put_nowait(ev)
 
     def _kick(self) -> None:
-        self._wake.set()
+        self.iteration_loop.kick()
 
     # ----- request core ------------------------------------------------------------
     def new_rid(self) -> str:
@@ -358,7 +214,7 @@ class EmulatorServer:
             if role == "prefill" and not fake:
                 assert spec.bootstrap_room is not None
                 room = self.rooms.get(spec.bootstrap_room)
-                self._bootstrap_waiting += 1
+                self.bootstrap_waiting += 1
                 try:
                     await asyncio.wait_for(
                         room.decode_ready.wait(), self.config.bootstrap_timeout_s
@@ -370,7 +226,7 @@ class EmulatorServer:
                         status=500,
                     ) from exc
                 finally:
-                    self._bootstrap_waiting -= 1
+                    self.bootstrap_waiting -= 1
             try:
                 self.engine.submit(
                     spec.rid,
@@ -461,17 +317,21 @@ class EmulatorServer:
 
     # ----- state for metrics and loads ---------------------------------------------
     def gen_throughput(self) -> float:
-        now = time.monotonic()
-        while self._gen_log and self._gen_log[0][0] < now - 5.0:
-            self._gen_log.popleft()
-        if not self._gen_log:
-            return 0.0
-        return sum(n for _, n in self._gen_log) / 5.0
+        return self.iteration_loop.gen_throughput()
+
+    def pd_queues(self, s: EngineStats) -> dict[str, int]:
+        """SGLang's PD queue lengths (0.5.23 gauges and /v1/loads); zero where the role has none."""
+        role = self.config.role
+        return {
+            "prefill_bootstrap_queue_reqs": self.bootstrap_waiting,  # prefill role only
+            "prefill_inflight_queue_reqs": s.transfer_reqs if role == "prefill" else 0,
+            "decode_prealloc_queue_reqs": s.waiting_reqs if role == "decode" else 0,
+            "decode_transfer_queue_reqs": s.transfer_reqs if role == "decode" else 0,
+        }
 
     def refresh_gauges(self) -> None:
         s = self.engine.stats()
         m = self.metrics
-        pd_role = self.config.role != "unified"
         new = m.new_style
         m.set_gauge("num_running_reqs", s.running_reqs)
         m.set_gauge("num_used_tokens", s.kv_used_tokens)
@@ -479,13 +339,8 @@ class EmulatorServer:
         m.set_gauge("gen_throughput", self.gen_throughput())
         m.set_gauge("num_queue_reqs", s.waiting_reqs)
         m.set_gauge("cache_hit_rate", 0.0)
-        bootstrap = self._bootstrap_waiting if new and pd_role else 0
-        m.set_gauge("num_prefill_bootstrap_queue_reqs", bootstrap)
-        inflight = s.transfer_reqs if new and self.config.role == "prefill" else 0
-        m.set_gauge("num_prefill_inflight_queue_reqs", inflight)
-        dec = new and self.config.role == "decode"
-        m.set_gauge("num_decode_prealloc_queue_reqs", s.waiting_reqs if dec else 0)
-        m.set_gauge("num_decode_transfer_queue_reqs", s.transfer_reqs if dec else 0)
+        for queue, n in self.pd_queues(s).items():
+            m.set_gauge(f"num_{queue}", n if new else 0)  # 0.4.7 has no PD queue gauges
         m.set_gauge("kv_used_tokens", s.kv_used_tokens)
         m.set_gauge("decode_sum_seq_lens", s.decode_kv_tokens)
         m.set_gauge("utilization", self.gpus[0].util_gpu_pct(time.monotonic()) / 100.0)

@@ -17,7 +17,7 @@ from voltana.common.errors import GpuError
 from voltana.gpu.emulated import EmulatedDevice
 from voltana.gpu.emulator_admin import EmulatorAdmin
 from voltana.services.emulator.app import EmulatorApp
-from voltana.services.emulator.server import EmulatorConfig
+from voltana.services.emulator.config import EmulatorConfig
 
 Factory = Callable[..., Awaitable[EmulatorApp]]
 JSON = {"Content-Type": "application/json"}

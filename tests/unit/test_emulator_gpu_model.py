@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, decode_bucket
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.predictor.buckets import decode_bucket, default_buckets, round_up_to_bucket
 
 H100_8B = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
 A100_8B = GpuModel(GPUS["a100"], MODELS["llama-3.1-8b"])
@@ -254,6 +255,15 @@ def test_decode_steps_up_at_a_bucket_boundary() -> None:
 )
 def test_decode_bucket(batch: int, bucket: int) -> None:
     assert decode_bucket(batch) == bucket
+
+
+def test_profile_bucket_table_is_the_engine_schedule() -> None:
+    # A profile's decode buckets are where the ground truth's decode time steps.
+    table = default_buckets(600)
+    assert table[-1] >= 600
+    for b in range(1, table[-1] + 1):
+        assert round_up_to_bucket(table, b) == decode_bucket(b)
+    assert default_buckets(8, small=False) == list(range(8, 129, 8))
 
 
 def test_supported_clocks_like_nvml() -> None:

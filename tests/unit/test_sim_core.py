@@ -139,7 +139,7 @@ def test_clock_change_after_the_iteration_started_retimes_its_rest() -> None:
     fast = H100.prefill(1980, 4000)
     assert run.t_end == pytest.approx(t_c + 0.75 * fast.time_s, rel=0.05)  # new noise draw
     assert run.t_end < slow_s
-    assert run.energy_j == pytest.approx(0.25 * slow_j + 0.75 * run.seg_full_j, rel=1e-12)
+    assert run.energy_j == pytest.approx(0.25 * slow_j + 0.75 * run.stretch.full_j, rel=1e-12)
     assert run.clock_mhz == inst.clock_mhz == 1980 and inst.switches == 1
     assert not inst.retime(t_c)  # nothing pending any more
 

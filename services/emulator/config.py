@@ -1,0 +1,39 @@
+"""Configuration of one emulated SGLang worker (the ``voltana emulator`` flags)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from voltana.groundtruth.gpu_model import MODELS
+from voltana.schemas.base import Role
+
+__all__ = ["EmulatorConfig"]
+
+
+class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """One emulated instance (TP group): its role, hardware, engine knobs and HTTP ports."""
+
+    role: Role = "unified"
+    gpu: str = "h100"
+    model: str = "llama-3.1-8b"
+    tp: int = 1
+    host: str = "127.0.0.1"
+    port: int = 30000
+    bootstrap_port: int = 8998
+    gpu_ids: tuple[int, ...] = ()
+    seed: int | None = 0
+    noise: float = 0.0
+    max_running_requests: int = 256
+    chunked_prefill_size: int = 8192
+    kv_capacity_tokens: int | None = None  # default: what fits in memory
+    mem_fraction_static: float = 0.88
+    sglang_version: Literal["0.4.7", "0.5.23"] = "0.4.7"
+    served_model_name: str | None = None
+    bootstrap_timeout_s: float = 300.0
+    eos_mean_tokens: float = 256.0  # mean natural output length when ignore_eos is false
+    time_scale: float = 1.0  # >1 runs faster than the model (for demos); 1 = real time
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or MODELS[self.model].name
