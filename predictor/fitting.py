@@ -130,21 +130,30 @@ def _decode_design(batch: FloatArray, kv: FloatArray) -> FloatArray:
     return np.column_stack([batch, kv, np.ones_like(batch)])
 
 
+def _fit_coefficients(
+    names: tuple[str, ...],
+    x: FloatArray,
+    samples: Sequence[PrefillSample] | Sequence[DecodeSample],
+    cols: list[int],
+) -> dict[str, float]:
+    """Latency and energy fitted on one design, named in the fit type's ``COEFFICIENTS`` order.
+
+    The design's columns are the terms of both models, latency's coefficients
+    first, as ``PrefillClockFit``/``DecodeBucketFit`` list them.
+    """
+    lat = _fit_cols(x, np.array([s.latency_s for s in samples]), cols)
+    en = _fit_cols(x, np.array([s.energy_j for s in samples]), cols)
+    return dict(zip(names, (float(c) for c in (*lat, *en)), strict=True))
+
+
 def _fit_prefill(clock: int, samples: Sequence[PrefillSample]) -> PrefillClockFit:
     t = np.array([s.batched_tokens for s in samples], dtype=np.float64)
     x = _prefill_design(t)
     cols = [0, 1, 2] if len(set(t)) >= 3 else [0, 2]  # a curve needs three lengths
-    lat = _fit_cols(x, np.array([s.latency_s for s in samples]), cols)
-    en = _fit_cols(x, np.array([s.energy_j for s in samples]), cols)
     eff = [s.effective_clock_mhz for s in samples if s.effective_clock_mhz is not None]
     return PrefillClockFit(
         clock_mhz=clock,
-        latency_s_per_token=float(lat[0]),
-        latency_s_per_token2=float(lat[1]),
-        latency_s=float(lat[2]),
-        energy_j_per_token=float(en[0]),
-        energy_j_per_token2=float(en[1]),
-        energy_j=float(en[2]),
+        **_fit_coefficients(PrefillClockFit.COEFFICIENTS, x, samples, cols),
         effective_clock_mhz=float(np.median(eff)) if eff else None,
         samples=len(samples),
     )
@@ -158,16 +167,9 @@ def _fit_decode_bucket(bucket: int, samples: Sequence[DecodeSample]) -> DecodeBu
     # constant: fit the constant only, so a fractional batch in it is not extrapolated
     # along an arbitrary slope.
     cols = [c for c, v in ((0, b), (1, k)) if len(set(v)) >= 2] + [2]
-    lat = _fit_cols(x, np.array([s.latency_s for s in samples]), cols)
-    en = _fit_cols(x, np.array([s.energy_j for s in samples]), cols)
     return DecodeBucketFit(
         bucket=bucket,
-        latency_s_per_req=float(lat[0]),
-        latency_s_per_kv_token=float(lat[1]),
-        latency_s=float(lat[2]),
-        energy_j_per_req=float(en[0]),
-        energy_j_per_kv_token=float(en[1]),
-        energy_j=float(en[2]),
+        **_fit_coefficients(DecodeBucketFit.COEFFICIENTS, x, samples, cols),
         samples=len(samples),
     )
 
@@ -189,18 +191,7 @@ def _fit_decode_clock(
         # An unmeasured bucket borrows the nearest measured one above (pessimistic), else below.
         above = [j for j in fitted if j > i]
         src = fitted[min(above)] if above else fitted[max(fitted)]
-        fits.append(
-            DecodeBucketFit(
-                bucket=bk,
-                latency_s_per_req=src.latency_s_per_req,
-                latency_s_per_kv_token=src.latency_s_per_kv_token,
-                latency_s=src.latency_s,
-                energy_j_per_req=src.energy_j_per_req,
-                energy_j_per_kv_token=src.energy_j_per_kv_token,
-                energy_j=src.energy_j,
-                samples=0,
-            )
-        )
+        fits.append(msgspec.structs.replace(src, bucket=bk, samples=0))
     eff = [s.effective_clock_mhz for s in samples if s.effective_clock_mhz is not None]
     return DecodeClockFit(
         clock_mhz=clock, buckets=fits, effective_clock_mhz=float(np.median(eff)) if eff else None

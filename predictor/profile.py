@@ -32,41 +32,14 @@ _MIN_LATENCY_S = 1e-6
 
 def _prefill_rows(pf: ProfileFile) -> tuple[FloatArray, FloatArray]:
     clocks = np.array([p.clock_mhz for p in pf.prefill], dtype=np.float64)
-    coef = np.array(
-        [
-            [
-                p.latency_s_per_token,
-                p.latency_s_per_token2,
-                p.latency_s,
-                p.energy_j_per_token,
-                p.energy_j_per_token2,
-                p.energy_j,
-            ]
-            for p in pf.prefill
-        ],
-        dtype=np.float64,
-    )
+    coef = np.array([p.coefficients() for p in pf.prefill], dtype=np.float64)
     return clocks, coef
 
 
 def _decode_rows(pf: ProfileFile) -> tuple[FloatArray, FloatArray]:
     clocks = np.array([d.clock_mhz for d in pf.decode], dtype=np.float64)
     coef = np.array(
-        [
-            [
-                [
-                    b.latency_s_per_req,
-                    b.latency_s_per_kv_token,
-                    b.latency_s,
-                    b.energy_j_per_req,
-                    b.energy_j_per_kv_token,
-                    b.energy_j,
-                ]
-                for b in d.buckets
-            ]
-            for d in pf.decode
-        ],
-        dtype=np.float64,
+        [[b.coefficients() for b in d.buckets] for d in pf.decode], dtype=np.float64
     )  # [clock, bucket, 6]
     return clocks, np.transpose(coef, (1, 0, 2))  # [bucket, clock, 6]
 

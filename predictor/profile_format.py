@@ -9,7 +9,7 @@ incompatible change (new optional fields keep the version).
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import ClassVar, Literal
 
 import msgspec
 
@@ -36,6 +36,15 @@ class PrefillClockFit(msgspec.Struct, frozen=True, kw_only=True):
     ``energy_j`` likewise with the ``energy_*`` coefficients.
     """
 
+    COEFFICIENTS: ClassVar[tuple[str, ...]] = (
+        "latency_s_per_token",
+        "latency_s_per_token2",
+        "latency_s",
+        "energy_j_per_token",
+        "energy_j_per_token2",
+        "energy_j",
+    )
+
     clock_mhz: int
     latency_s_per_token: float
     latency_s_per_token2: float = 0.0
@@ -46,6 +55,10 @@ class PrefillClockFit(msgspec.Struct, frozen=True, kw_only=True):
     effective_clock_mhz: float | None = None
     samples: int = 0
 
+    def coefficients(self) -> list[float]:
+        """The :attr:`COEFFICIENTS` in order: the row the predictor interpolates between clocks."""
+        return [getattr(self, name) for name in self.COEFFICIENTS]
+
 
 class DecodeBucketFit(msgspec.Struct, frozen=True, kw_only=True):
     """One decode iteration for B requests holding K KV tokens, batch bucket ``bucket``.
@@ -55,6 +68,15 @@ class DecodeBucketFit(msgspec.Struct, frozen=True, kw_only=True):
     ``prev_bucket < B <= bucket`` use this fit).
     """
 
+    COEFFICIENTS: ClassVar[tuple[str, ...]] = (
+        "latency_s_per_req",
+        "latency_s_per_kv_token",
+        "latency_s",
+        "energy_j_per_req",
+        "energy_j_per_kv_token",
+        "energy_j",
+    )
+
     bucket: int
     latency_s_per_req: float
     latency_s_per_kv_token: float
@@ -63,6 +85,10 @@ class DecodeBucketFit(msgspec.Struct, frozen=True, kw_only=True):
     energy_j_per_kv_token: float
     energy_j: float
     samples: int = 0
+
+    def coefficients(self) -> list[float]:
+        """The :attr:`COEFFICIENTS` in order: the row the predictor interpolates between clocks."""
+        return [getattr(self, name) for name in self.COEFFICIENTS]
 
 
 class DecodeClockFit(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,27 +169,13 @@ def validate_profile_file(pf: ProfileFile) -> None:
         if not cl or any(b <= a for a, b in itertools.pairwise(cl)):
             raise ValueError(f"{label} fits must be non-empty and ascending by clock_mhz")
     for p in pf.prefill:
-        for name in (
-            "latency_s_per_token",
-            "latency_s_per_token2",
-            "latency_s",
-            "energy_j_per_token",
-            "energy_j_per_token2",
-            "energy_j",
-        ):
+        for name in p.COEFFICIENTS:
             _nonneg(f"prefill[{p.clock_mhz}].{name}", getattr(p, name))
     for d in pf.decode:
         if [b.bucket for b in d.buckets] != bk:
             raise ValueError(f"decode[{d.clock_mhz}] buckets do not match decode_buckets")
         for b in d.buckets:
-            for name in (
-                "latency_s_per_req",
-                "latency_s_per_kv_token",
-                "latency_s",
-                "energy_j_per_req",
-                "energy_j_per_kv_token",
-                "energy_j",
-            ):
+            for name in b.COEFFICIENTS:
                 _nonneg(f"decode[{d.clock_mhz}][{b.bucket}].{name}", getattr(b, name))
     for i in pf.idle:
         _nonneg(f"idle[{i.clock_mhz}].power_w", i.power_w)
