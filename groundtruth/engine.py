@@ -170,7 +170,6 @@ class Engine:
         return BatchPlan(
             kind="decode",
             rids=tuple(rids),
-            batch_size=len(rids),
             new_tokens=len(rids),
             kv_tokens=kv,
         )
@@ -203,7 +202,6 @@ class Engine:
             kind="prefill",
             rids=tuple(rids),
             chunks=tuple(chunks),
-            batch_size=len(rids),
             new_tokens=new,
             kv_tokens=sum(c for _, c in chunks),
         )

@@ -84,9 +84,13 @@ class BatchPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     kind: Literal["prefill", "decode"]
     rids: tuple[str, ...]
     chunks: tuple[tuple[int, int], ...] = ()  # prefill: (new_tokens, context_tokens) per rid
-    batch_size: int = 0
     new_tokens: int = 0  # prefill: tokens computed; decode: batch size
     kv_tokens: int = 0  # KV tokens the iteration reads (decode: sum of contexts)
+
+    @property
+    def batch_size(self) -> int:
+        """Requests in the iteration (one per rid, in prefill and decode alike)."""
+        return len(self.rids)
 
 
 EventKind = Literal["kv_allocated", "first_token", "token", "prefill_done", "finished"]

@@ -78,28 +78,6 @@ def metrics_from_args(args: argparse.Namespace) -> MetricsEndpoint | None:
     return MetricsEndpoint(port=args.metrics_port, host=args.metrics_host)
 
 
-async def _serve(
-    build: Callable[..., S],
-    *,
-    name: str,
-    bus: BusOptions | None = None,
-    metrics: MetricsEndpoint | None = None,
-    ready: Callable[[S], None] | None = None,
-    log: Logger | None = None,
-) -> None:
-    """Run one service until SIGTERM/SIGINT or until it ends by itself (see :func:`run_service`)."""
-    log = log or get_logger(name)
-    stop = shutdown_event()  # first: a signal during connect or start-up still counts
-    connection = await Bus.connect(bus) if bus is not None else None
-    try:
-        service = build(connection) if connection is not None else build()
-        await _run(service, stop, name=name, metrics=metrics, ready=ready, log=log)
-    finally:
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
-
-
 async def _run(
     service: S,
     stop: asyncio.Event,
@@ -210,6 +188,19 @@ def run_service(
         BusError: the bus could not be reached (nothing was built).
         Exception: whatever ``build``, ``start`` or a failing service raised, after ``stop``.
     """
+    logger = log or get_logger(name)
+
+    async def serve() -> None:
+        stop = shutdown_event()  # first: a signal during connect or start-up still counts
+        connection = await Bus.connect(bus) if bus is not None else None
+        try:
+            service = build(connection) if connection is not None else build()
+            await _run(service, stop, name=name, metrics=metrics, ready=ready, log=logger)
+        finally:
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(build, name=name, bus=bus, metrics=metrics, ready=ready, log=log))
+        runner.run(serve())
     return 0

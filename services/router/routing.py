@@ -148,23 +148,8 @@ class Routing:
         if rec.slo_met is not None:
             m.slo_met.labels("true" if rec.slo_met else "false").inc()
         self.bus.publish(subjects.REQUEST_DONE, rec)
+        req_log = log.bind(request_id=rreq.request_id, prefill=out.prefill, decode=out.decode)
         if out.status != "ok":
-            log.warning(
-                "request_failed",
-                request_id=rreq.request_id,
-                status=out.status,
-                prefill=out.prefill,
-                decode=out.decode,
-                error=out.error,
-                path=path,
-            )
+            req_log.warning("request_failed", status=out.status, error=out.error, path=path)
         else:
-            log.debug(
-                "request_done",
-                request_id=rreq.request_id,
-                prefill=out.prefill,
-                decode=out.decode,
-                ttft_s=out.ttft_s,
-                e2e_s=e2e,
-                tokens=out.output_tokens,
-            )
+            req_log.debug("request_done", ttft_s=out.ttft_s, e2e_s=e2e, tokens=out.output_tokens)
