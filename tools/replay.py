@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from voltana.bus.cliopts import add_nats_args, bus_options_from_args
+from voltana.services.freqctl.cli import add_profile_args, profile_from_args
 
 
 def register(sub: Any) -> None:
@@ -34,9 +35,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--ttft-slo-s", type=float, default=1.0, help="TTFT SLO (default 1.0)")
     p.add_argument("--itl-slo-s", type=float, default=0.05, help="ITL SLO (default 0.05)")
-    p.add_argument("--profile", default=None, help="profile JSON (default: packaged --gpu/--model)")
-    p.add_argument("--gpu", default="h100", help="packaged profile GPU (default h100)")
-    p.add_argument("--model", default="llama-3.1-8b", help="packaged profile model")
+    add_profile_args(p)
     p.add_argument("--show", type=int, default=10, help="divergences to print (default 10)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_nats_args(p)
@@ -107,7 +106,6 @@ def read_file(path: Path) -> Iterator[tuple[float, str, Any]]:
 
 def _run(args: argparse.Namespace) -> int:
     import msgspec
-    from voltana.predictor.profile import default_profile, load_profile
     from voltana.schemas import ControllerConfig, SloConfig, codec, subjects
     from voltana.services.freqctl.replay import Replayer
 
@@ -137,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {len(events)} events to {args.export} ({skipped} undecodable skipped)")
         return 0
 
-    profile = load_profile(args.profile) if args.profile else default_profile(args.gpu, args.model)
+    profile = profile_from_args(args)
     config = ControllerConfig(
         policy=args.policy, slo=SloConfig(ttft_s=args.ttft_slo_s, itl_s=args.itl_slo_s)
     )

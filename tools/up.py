@@ -9,6 +9,7 @@ from typing import Any
 
 from voltana.bus.client import Bus
 from voltana.common.logs import get_logger
+from voltana.groundtruth.gpu_specs import GPUS
 from voltana.services.runner import run_service
 from voltana.tools.demoload import LoadSpec, StatusView, report_status, run_load
 from voltana.tools.localcluster import LocalCluster, LocalClusterSpec
@@ -26,9 +27,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--prefill", type=int, default=1, help="prefill instances (default 1)")
     p.add_argument("--decode", type=int, default=1, help="decode instances (default 1)")
-    p.add_argument(
-        "--gpu", default="h100", choices=["h100", "a100"], help="emulated GPU (default h100)"
-    )
+    p.add_argument("--gpu", default="h100", choices=list(GPUS), help="emulated GPU (default h100)")
     p.add_argument("--model", default="llama-3.1-8b", help="model shape (default llama-3.1-8b)")
     p.add_argument("--policy", default="voltana", help="clock controller policy (default voltana)")
     p.add_argument("--prefill-policy", default="ecoroute", help="prefill routing policy")

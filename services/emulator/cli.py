@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from voltana.common.logs import get_logger
+from voltana.groundtruth.gpu_specs import GPUS, MODELS
 
 __all__ = ["register"]
 
@@ -30,13 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default="unified",
         choices=["prefill", "decode", "unified", "null"],
     )
-    p.add_argument("--gpu", default="h100", choices=["h100", "a100"])
+    p.add_argument("--gpu", default="h100", choices=list(GPUS))
     p.add_argument(
         "--model",
         "--model-path",
         dest="model",
         default="llama-3.1-8b",
-        choices=["llama-3.1-8b", "llama-3.1-70b"],
+        choices=list(MODELS),
     )
     p.add_argument("--tp", "--tp-size", dest="tp", type=int, default=1)
     p.add_argument("--host", default="127.0.0.1")

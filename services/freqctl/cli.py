@@ -3,6 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from voltana.predictor.profile import Profile
+
+
+def add_profile_args(parser: argparse.ArgumentParser) -> None:
+    """``--profile``, else the packaged profile of ``--gpu``/``--model`` (freqctl and replay)."""
+    parser.add_argument(
+        "--profile", default=None, help="profile JSON (default: packaged --gpu/--model)"
+    )
+    parser.add_argument("--gpu", default="h100", help="packaged profile GPU (default h100)")
+    parser.add_argument("--model", default="llama-3.1-8b", help="packaged profile model")
+
+
+def profile_from_args(args: argparse.Namespace) -> Profile:
+    """The profile named by :func:`add_profile_args`' flags."""
+    from voltana.predictor.profile import default_profile, load_profile
+
+    return load_profile(args.profile) if args.profile else default_profile(args.gpu, args.model)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -10,14 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from voltana.bus.client import Bus
     from voltana.bus.cliopts import bus_options_from_args
     from voltana.common.logs import get_logger
-    from voltana.predictor.profile import default_profile, load_profile
     from voltana.schemas.config import ControllerConfig, SloConfig
     from voltana.services.freqctl.core import parse_instances
     from voltana.services.freqctl.service import FreqctlService
     from voltana.services.runner import metrics_from_args, run_service
 
     specs = parse_instances(args.instances)
-    profile = load_profile(args.profile) if args.profile else default_profile(args.gpu, args.model)
+    profile = profile_from_args(args)
     base = ControllerConfig(
         policy=args.policy,
         slo=SloConfig(ttft_s=args.ttft_slo_s, itl_s=args.itl_slo_s, margin=args.slo_margin),
@@ -60,9 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
         help="instances to drive: NAME or NAME@NODE:GPU[+GPU...], comma-separated",
     )
     p.add_argument("--name", default="freqctl", help="controller name (issued_by of commands)")
-    p.add_argument("--profile", default=None, help="profile JSON (default: packaged --gpu/--model)")
-    p.add_argument("--gpu", default="h100", help="packaged profile GPU (default h100)")
-    p.add_argument("--model", default="llama-3.1-8b", help="packaged profile model")
+    add_profile_args(p)
     p.add_argument(
         "--policy",
         default="voltana",
