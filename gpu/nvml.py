@@ -260,7 +260,7 @@ class NvmlDevice:
             source="nvml",
             name=self._names[k],
             power_instant_w=self._instant_power_w(h, gpu),
-            app_clock_mhz=int(app) if app is not None else None,
+            app_clock_mhz=app,
             locked_clock_mhz=locked,
             mem_clock_mhz=int(mem_clock) if mem_clock is not None else None,
             max_sm_clock_mhz=int(max_clock) if max_clock is not None else None,
