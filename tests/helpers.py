@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -11,15 +12,20 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from voltana.common.ports import free_port
 
 __all__ = [
+    "check_generate",
     "emulated_pd_pair",
     "free_port",
+    "post_json",
     "serve_app",
+    "sglang_request",
     "start_emulator",
     "stop_processes",
+    "voltana_argv",
     "wait_for",
     "wait_http",
 ]
@@ -51,16 +57,26 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) 
     raise RuntimeError(f"{url} not ready in {timeout_s} s")
 
 
+def voltana_argv(*args: str) -> list[str]:
+    """The command line of ``voltana ARGS`` run by this interpreter, logging warnings only."""
+    return [sys.executable, "-m", "voltana", "--log-level", "warning", *args]
+
+
 def start_emulator(
-    role: str, port: int, *, gpu: int = 0, version: str | None = None, boot: int | None = None
+    role: str,
+    port: int,
+    *,
+    gpu: int = 0,
+    version: str | None = None,
+    boot: int | None = None,
+    bootstrap_timeout_s: float = 10,
 ) -> subprocess.Popen[bytes]:
     """An emulated SGLang worker (``voltana emulator``) as a process; its output is discarded.
 
     ``boot``: the prefill side's bootstrap port; ``version``: the SGLang line to emulate.
     """
-    argv = [sys.executable, "-m", "voltana", "--log-level", "warning", "emulator"]
-    argv += ["--role", role, "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--gpu-ids", str(gpu), "--bootstrap-timeout-s", "10"]
+    argv = voltana_argv("emulator", "--role", role, "--host", "127.0.0.1", "--port", str(port))
+    argv += ["--gpu-ids", str(gpu), "--bootstrap-timeout-s", f"{bootstrap_timeout_s:g}"]
     if version is not None:
         argv += ["--sglang-version", version]
     if boot is not None:
@@ -83,13 +99,17 @@ def stop_processes(procs: Iterable[subprocess.Popen[bytes]]) -> None:
 
 
 @contextlib.contextmanager
-def emulated_pd_pair() -> Iterator[dict[str, Any]]:
+def emulated_pd_pair(bootstrap_timeout_s: float = 10) -> Iterator[dict[str, Any]]:
     """A running emulated prefill (GPU 0) and decode (GPU 1) worker, stopped on exit.
 
     Yields ``{"prefill": (url, bootstrap port), "decode": url}``.
     """
     pp, bp, dp = free_port(), free_port(), free_port()
-    procs = [start_emulator("prefill", pp, boot=bp), start_emulator("decode", dp, gpu=1)]
+    timeout = {"bootstrap_timeout_s": bootstrap_timeout_s}
+    procs = [
+        start_emulator("prefill", pp, boot=bp, **timeout),
+        start_emulator("decode", dp, gpu=1, **timeout),
+    ]
     try:
         wait_http(f"http://127.0.0.1:{pp}/health", procs[0])
         wait_http(f"http://127.0.0.1:{dp}/health", procs[1])
@@ -105,3 +125,67 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"http://127.0.0.1:{port}"
+
+
+async def post_json(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST JSON; returns (status, parsed JSON) or (status, [SSE data items]) for streams.
+
+    The SSE items are parsed JSON objects, and the string ``"[DONE]"`` where the stream
+    says so; a body that is not JSON comes back as text.
+    """
+    async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
+        raw = await r.read()
+        ctype = r.content_type
+    if ctype == "text/event-stream":
+        items: list[Any] = []
+        for ev in raw.split(b"\n\n"):
+            ev = ev.strip()
+            if ev.startswith(b"data:"):
+                data = ev[5:].strip().decode()
+                items.append(data if data == "[DONE]" else json.loads(data))
+        return r.status, items
+    try:
+        return r.status, json.loads(raw)
+    except ValueError:
+        return r.status, raw.decode(errors="replace")
+
+
+def sglang_request(
+    bench_serving: Any,
+    prompt: str | list[int],
+    api_url: str,
+    output_len: int,
+    *,
+    prompt_len: int = 0,
+    extra_request_body: dict[str, Any] | None = None,
+) -> Any:
+    """A ``RequestFuncInput`` for SGLang's client functions: model "m", no LoRA, no images."""
+    return bench_serving.RequestFuncInput(
+        prompt=prompt,
+        api_url=api_url,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        model="m",
+        lora_name=None,
+        image_data=None,
+        extra_request_body=extra_request_body or {},
+    )
+
+
+async def check_generate(base_url: str, stream: bool) -> None:
+    """``/generate`` of 6 tokens through a PD router answers as SGLang does, streamed or not."""
+    body = {
+        "text": "tell me about clocks",
+        "stream": stream,
+        "sampling_params": {"max_new_tokens": 6, "ignore_eos": True},
+    }
+    status, got = await post_json(base_url + "/generate", body)
+    assert status == 200, got
+    if stream:
+        assert got[-1] == "[DONE]"
+        assert [c["meta_info"]["completion_tokens"] for c in got[:-1]] == [1, 2, 3, 4, 5, 6]
+        final = got[-2]
+    else:
+        final = got
+    assert final["meta_info"]["finish_reason"] == {"type": "length", "length": 6}
+    assert len(final["text"].split()) == 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from voltana.common.errors import ConfigError
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
+from voltana.services.router.accounting import InstanceLoad
 from voltana.services.router.config import RouterConfig, WorkerSpec, instance_name
 from voltana.services.router.state import Breaker, ClusterState
 
@@ -52,13 +53,7 @@ def test_accounting_round_trip_returns_to_zero() -> None:
     st.prefill_done(P, "r2", 50)
     st.decode_done(D, "r2", 50, 10, [], 4.0)
     for name in (P, D):
-        w = st.workers[name]
-        assert (
-            w.load.in_flight_requests,
-            w.load.in_flight_tokens,
-            w.load.queued_prefill_tokens,
-        ) == (0, 0, 0)
-        assert not w.load.waiting_since
+        assert st.workers[name].load == InstanceLoad(), name  # nothing in flight or waiting
     msg = st.instance_state(D, 4.0, 123)
     assert msg.seq == 1 and msg.ttft is not None and msg.ttft.count == 1
     assert msg.itl is not None and msg.itl.max_s == pytest.approx(0.02)
