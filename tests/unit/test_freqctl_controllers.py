@@ -34,7 +34,7 @@ def cfg(policy: str = "voltana", **over: object) -> ControllerConfig:
 
 
 def decoding(batch: int, kv: int, **over: Any) -> ControlInput:
-    """Decode instance "d" at t=0, running ``batch`` requests that hold ``kv`` tokens of KV."""
+    """Instance "d" at t=0 (decode unless ``over`` says else): ``batch`` requests, ``kv`` KV."""
     inp = ControlInput(
         instance="d", role="decode", t=0.0, batch_size=batch, kv_tokens=kv, running_reqs=batch
     )
@@ -214,15 +214,7 @@ def test_missing_or_bad_data_yields_max_clock(
     policy: str, field: str, value: object, rule: str
 ) -> None:
     prof = PROFILES[0]
-    inp = ControlInput(
-        instance="u",
-        role="unified",
-        t=0.0,
-        batch_size=4,
-        kv_tokens=4000,
-        running_reqs=4,
-        prefill_tokens=100,
-    )
+    inp = decoding(4, 4000, instance="u", role="unified", prefill_tokens=100)
     d = make_controller(cfg(policy), prof).decide(
         msgspec.structs.replace(inp, **{field: value}), 0.1
     )
