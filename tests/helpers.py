@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +25,7 @@ __all__ = [
     "post_json",
     "serve_app",
     "sglang_request",
+    "spawn_voltana",
     "start_emulator",
     "stop_processes",
     "voltana_argv",
@@ -42,12 +45,19 @@ async def wait_for(
         await asyncio.sleep(interval_s)
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    """Wait until ``url`` answers 200; fail at once if ``proc`` (the server) exited."""
+def log_tail(log: Path | None, chars: int = 2000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log is not None else ""
+
+
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0, log: Path | None = None
+) -> None:
+    """Wait until ``url`` answers 200; fail at once if ``proc`` (the server) exited, showing
+    the end of its ``log`` when given."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}\n{log_tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
@@ -84,18 +94,43 @@ def start_emulator(
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def stop_processes(procs: Iterable[subprocess.Popen[bytes]]) -> None:
-    """Terminate every process, then kill those still running after 5 s."""
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = 5.0) -> None:
+    """Terminate (SIGTERM) every process, then kill those still running after ``timeout_s``."""
     procs = list(procs)
     for p in procs:
         if p.poll() is None:
             p.terminate()
     for p in procs:
         try:
-            p.wait(timeout=5)
+            p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+@contextlib.contextmanager
+def spawn_voltana(
+    args: Sequence[str], log_path: Path, *, ready: str | None = None, timeout_s: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``voltana ARGS`` as a process writing JSON logs (stdout and stderr) to ``log_path``.
+
+    With ``ready``: first waits until that text is in the log, failing the test with the
+    log's end if the process exits or ``timeout_s`` passes. On exit, also on failure, the
+    process is stopped with SIGTERM (and killed if still running 10 s later).
+    """
+    env = {**os.environ, "VOLTANA_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        cmd = [sys.executable, "-m", "voltana", *args]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while ready is not None and ready not in log_path.read_text(errors="replace"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{args[0]} did not start:\n{log_tail(log_path, 3000)}")
+                time.sleep(0.05)
+            yield proc
+        finally:
+            stop_processes([proc], timeout_s=10)
 
 
 @contextlib.contextmanager
