@@ -140,10 +140,9 @@ def emulated_pd_pair(bootstrap_timeout_s: float = 10) -> Iterator[dict[str, Any]
     Yields ``{"prefill": (url, bootstrap port), "decode": url}``.
     """
     pp, bp, dp = free_port(), free_port(), free_port()
-    timeout = {"bootstrap_timeout_s": bootstrap_timeout_s}
     procs = [
-        start_emulator("prefill", pp, boot=bp, **timeout),
-        start_emulator("decode", dp, gpu=1, **timeout),
+        start_emulator("prefill", pp, boot=bp, bootstrap_timeout_s=bootstrap_timeout_s),
+        start_emulator("decode", dp, gpu=1, bootstrap_timeout_s=bootstrap_timeout_s),
     ]
     try:
         wait_http(f"http://127.0.0.1:{pp}/health", procs[0])

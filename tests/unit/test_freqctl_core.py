@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -55,13 +57,18 @@ def tel(**kw: object) -> InstanceTelemetry:
     return InstanceTelemetry(**base)
 
 
-def router_queue(tokens: int, oldest_wait_s: float, **kw: object) -> InstanceState:
+def router_queue(tokens: int, oldest_wait_s: float, **over: Any) -> InstanceState:
     """The router's state of prefill instance "p0": ``tokens`` queued, the oldest waiting so long."""
-    base: dict[str, object] = dict(
-        t_ns=100_000_000_000, instance="p0", role="prefill", url="u", seq=1
+    state = InstanceState(
+        t_ns=100_000_000_000,
+        instance="p0",
+        role="prefill",
+        url="u",
+        seq=1,
+        queued_prefill_tokens=tokens,
+        oldest_wait_s=oldest_wait_s,
     )
-    base.update(kw)
-    return InstanceState(queued_prefill_tokens=tokens, oldest_wait_s=oldest_wait_s, **base)
+    return msgspec.structs.replace(state, **over)
 
 
 def build(
