@@ -14,61 +14,20 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
+from pathlib import Path
 
 import aiohttp
+from children import Children, cpu_s
 from rich.console import Console
 from rich.table import Table
+from voltana.common.ports import free_port
 
 OUTPUT_TOKENS = 48
 PROMPT_TOKENS = 512
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(port: int, core: int) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "voltana",
-        "--log-level",
-        "warning",
-        "emulator",
-        "--role",
-        "decode",
-        "--port",
-        str(port),
-        "--max-running-requests",
-        "1024",
-    ]
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(core), *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("emulator did not start")
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _one(session: aiohttp.ClientSession, url: str, i: int) -> int:
@@ -86,16 +45,19 @@ async def _one(session: aiohttp.ClientSession, url: str, i: int) -> int:
     return n
 
 
-async def _run(n: int, core: int) -> dict[str, float]:
-    port = _free_port()
-    proc = _start(port, core)
-    try:
-        base = f"http://127.0.0.1:{port}"
+async def _run(n: int, core: int, logdir: Path) -> dict[str, float]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    pin = ["taskset", "-c", str(core)] if shutil.which("taskset") else []
+    with Children(logdir) as kids:
+        args = ["--log-level", "warning", "emulator", "--role", "decode", "--port", str(port)]
+        proc = kids.voltana(f"emulator-{n}", [*args, "--max-running-requests", "1024"], pin)
+        kids.wait_http(f"emulator-{n}", f"{base}/health", timeout_s=20)
         conn = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=conn) as s:
-            t0, cpu0 = time.monotonic(), _cpu_s(proc.pid)
+            t0, cpu0 = time.monotonic(), cpu_s(proc.pid)
             counts = await asyncio.gather(*(_one(s, f"{base}/generate", i) for i in range(n)))
-            wall, cpu = time.monotonic() - t0, _cpu_s(proc.pid) - cpu0
+            wall, cpu = time.monotonic() - t0, cpu_s(proc.pid) - cpu0
             async with s.get(f"{base}/voltana/iterations") as r:
                 its = (await r.json())["iterations"]
         dec = [it for it in its if it["kind"] == "decode" and it["batch_size"] >= 0.9 * n]
@@ -113,9 +75,6 @@ async def _run(n: int, core: int) -> dict[str, float]:
             # dedicated core it needs to keep pace (derived, independent of other load).
             "core_share": cpu / sum(it["model_time_s"] for it in its) if its else float("nan"),
         }
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def main() -> int:
@@ -124,7 +83,8 @@ def main() -> int:
     if core > 0 and hasattr(os, "sched_setaffinity"):
         # Keep the client off the worker's core: the worker alone owns core `core`.
         os.sched_setaffinity(0, set(range(core)))
-    rows = [asyncio.run(_run(n, core)) for n in ns]
+    with tempfile.TemporaryDirectory(prefix="voltana-bench-pacing-") as logdir:
+        rows = [asyncio.run(_run(n, core, Path(logdir))) for n in ns]
     t = Table(
         title=f"one emulated decode worker on CPU core {core} (H100, Llama-3.1-8B, "
         f"prompt {PROMPT_TOKENS}, {OUTPUT_TOKENS} tokens each, full-batch iterations)"

@@ -22,41 +22,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from children import Children
 from voltana.common.ports import free_port
 
-
-def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "voltana", *args],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "VOLTANA_LOG_FORMAT": "json", "VOLTANA_LOG_LEVEL": "warning"},
-    )
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer within {timeout_s} s") from None
-            time.sleep(0.1)
+LOG_ENV = {"VOLTANA_LOG_FORMAT": "json", "VOLTANA_LOG_LEVEL": "warning"}
 
 
 def pct(xs: list[float]) -> dict[str, float]:
@@ -155,84 +131,54 @@ def main() -> int:
     from voltana.bus.natsserver import NatsServer
 
     node, instance = "bench", "b0"
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        server = NatsServer(store_dir=d / "js")
-        server.start()
-        procs: list[subprocess.Popen[bytes]] = []
-        try:
-            port = free_port()
-            emu = spawn(
-                [
-                    "emulator",
-                    "--role",
-                    "decode",
-                    "--gpu",
-                    "h100",
-                    "--model",
-                    "llama-3.1-8b",
-                    "--tp",
-                    "1",
-                    "--gpu-ids",
-                    "0",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--disaggregation-bootstrap-port",
-                    str(free_port()),
-                ],
-                d / "emulator.log",
-            )
-            procs.append(emu)
-            emu_url = f"http://127.0.0.1:{port}"
-            wait_http(emu_url + "/voltana/gpus", emu)
-            procs.append(
-                spawn(
-                    [
-                        "actuator",
-                        "--node",
-                        node,
-                        "--backend",
-                        "emulated",
-                        "--emulator-url",
-                        emu_url,
-                        "--nats",
-                        server.url,
-                    ],
-                    d / "actuator.log",
-                )
-            )
-            procs.append(
-                spawn(
-                    [
-                        "freqctl",
-                        "--instances",
-                        f"{instance}@{node}:0",
-                        "--nats",
-                        server.url,
-                        "--no-kv",
-                        "--tick-s",
-                        "0.1",
-                    ],
-                    d / "freqctl.log",
-                )
-            )
-            time.sleep(2.0)
-            for p in procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"a child exited early: {p.args!r}")
-            result = asyncio.run(measure(server.url, args.steps, node, instance))
-        finally:
-            for p in reversed(procs):
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            server.close()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        NatsServer(store_dir=Path(tmp) / "js") as server,
+        Children(Path(tmp), env=LOG_ENV) as kids,
+    ):
+        port = free_port()
+        emu_url = f"http://127.0.0.1:{port}"
+        kids.voltana(
+            "emulator",
+            [
+                "emulator",
+                "--role",
+                "decode",
+                "--gpu",
+                "h100",
+                "--model",
+                "llama-3.1-8b",
+                "--tp",
+                "1",
+                "--gpu-ids",
+                "0",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disaggregation-bootstrap-port",
+                str(free_port()),
+            ],
+        )
+        kids.wait_http("emulator", emu_url + "/voltana/gpus", timeout_s=30)
+        actuator = ["actuator", "--node", node, "--backend", "emulated", "--nats", server.url]
+        kids.voltana("actuator", [*actuator, "--emulator-url", emu_url])
+        kids.voltana(
+            "freqctl",
+            [
+                "freqctl",
+                "--instances",
+                f"{instance}@{node}:0",
+                "--nats",
+                server.url,
+                "--no-kv",
+                "--tick-s",
+                "0.1",
+            ],
+        )
+        time.sleep(2.0)
+        kids.check_running()
+        result = asyncio.run(measure(server.url, args.steps, node, instance))
     result["setup"] = (
         "loopback NATS; voltana freqctl (policy voltana, packaged h100 profile) and "
         "voltana actuator (emulated backend, admin HTTP of one emulated H100) as subprocesses; "

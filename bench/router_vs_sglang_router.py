@@ -22,76 +22,18 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
+from children import Children, cpu_s
 from voltana.common.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-
-
-class Procs:
-    """Child processes, stopped by PID (SIGTERM, then SIGKILL) on exit."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        env = {**os.environ, "VOLTANA_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
-        self.procs[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
-        )
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 8
-        for p in self.procs.values():
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def wait_http(
-    url: str,
-    timeout_s: float = 60.0,
-    proc: subprocess.Popen[bytes] | None = None,
-    log: Path | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log else ""
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not come up within {timeout_s} s")
-        time.sleep(0.2)
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -243,19 +185,15 @@ def main() -> int:
     import tempfile
 
     logdir = Path(tempfile.mkdtemp(prefix="voltana-bench-router-"))
-    procs = Procs(logdir)
     prefill: list[tuple[str, int]] = []
     decode: list[str] = []
-    try:
+    with Children(logdir, env={"VOLTANA_LOG_LEVEL": "warning"}, stop_timeout_s=8) as kids:
         for role, n in (("prefill", args.prefill), ("decode", args.decode)):
             for i in range(n):
                 port, boot = free_port(), free_port()
-                procs.spawn(
+                kids.voltana(
                     f"{role}-{i}",
                     [
-                        PY,
-                        "-m",
-                        "voltana",
                         "emulator",
                         "--role",
                         role,
@@ -264,7 +202,7 @@ def main() -> int:
                         "--disaggregation-bootstrap-port",
                         str(boot),
                         "--gpu-ids",
-                        str(len(procs.procs)),
+                        str(len(kids.procs)),
                         "--seed",
                         str(i),
                         *args.emulator_args.split(),
@@ -272,13 +210,10 @@ def main() -> int:
                 )
                 url = f"http://127.0.0.1:{port}"
                 (prefill.append((url, boot)) if role == "prefill" else decode.append(url))
-        for url in [u for u, _ in prefill] + decode:
-            wait_http(url + "/health")
+        for name, url in zip(kids.procs, [u for u, _ in prefill] + decode, strict=True):
+            kids.wait_http(name, url + "/health")  # all started first: they boot in parallel
         vport, sport = free_port(), free_port()
         vargv = [
-            PY,
-            "-m",
-            "voltana",
             "--log-level",
             "warning",
             "router",
@@ -289,7 +224,7 @@ def main() -> int:
             "--no-nats",
         ]
         sargv = [
-            PY,
+            sys.executable,
             "-m",
             "sglang_router.launch_router",
             "--pd-disaggregation",
@@ -308,8 +243,8 @@ def main() -> int:
         for url in decode:
             vargv += ["--decode", url]
             sargv += ["--decode", url]
-        procs.spawn("voltana-router", vargv)
-        procs.spawn("sglang-router", sargv)
+        kids.voltana("voltana-router", vargv)
+        kids.spawn("sglang-router", sargv)
         routers = {
             "voltana": f"http://127.0.0.1:{vport}",
             "sglang-router": f"http://127.0.0.1:{sport}",
@@ -318,7 +253,7 @@ def main() -> int:
             proc_name = "voltana-router" if name == "voltana" else name
             # sglang-router 0.1.5 answers /health with 500 in PD mode; /health_generate works
             path = "/health" if name == "voltana" else "/health_generate"
-            wait_http(url + path, 60, procs.procs[proc_name], logdir / f"{proc_name}.log")
+            kids.wait_http(proc_name, url + path, 60)
         results: list[RunResult] = []
         runs = [
             (stream, clients, k)
@@ -330,7 +265,7 @@ def main() -> int:
             # alternate which router goes first: slow drifts of a shared machine cancel out
             order = ["sglang-router", "voltana"] if k % 2 == 0 else ["voltana", "sglang-router"]
             for name in order:
-                pid = procs.procs["voltana-router" if name == "voltana" else name].pid
+                pid = kids.procs["voltana-router" if name == "voltana" else name].pid
                 c0 = cpu_s(pid)
                 r = run_loop(
                     closed_loop(
@@ -354,8 +289,6 @@ def main() -> int:
                 )
         report(results, args, logdir)
         return 0
-    finally:
-        procs.stop()
 
 
 def median_run(runs: list[RunResult]) -> RunResult:

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from voltana.common.ports import free_port
 
 __all__ = [
+    "check_generate",
     "emulated_pd_pair",
     "free_port",
+    "post_json",
     "serve_app",
+    "sglang_request",
+    "spawn_voltana",
     "start_emulator",
     "stop_processes",
+    "voltana_argv",
     "wait_for",
     "wait_http",
 ]
@@ -36,12 +45,19 @@ async def wait_for(
         await asyncio.sleep(interval_s)
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    """Wait until ``url`` answers 200; fail at once if ``proc`` (the server) exited."""
+def log_tail(log: Path | None, chars: int = 2000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log is not None else ""
+
+
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0, log: Path | None = None
+) -> None:
+    """Wait until ``url`` answers 200; fail at once if ``proc`` (the server) exited, showing
+    the end of its ``log`` when given."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}\n{log_tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
@@ -51,16 +67,26 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) 
     raise RuntimeError(f"{url} not ready in {timeout_s} s")
 
 
+def voltana_argv(*args: str) -> list[str]:
+    """The command line of ``voltana ARGS`` run by this interpreter, logging warnings only."""
+    return [sys.executable, "-m", "voltana", "--log-level", "warning", *args]
+
+
 def start_emulator(
-    role: str, port: int, *, gpu: int = 0, version: str | None = None, boot: int | None = None
+    role: str,
+    port: int,
+    *,
+    gpu: int = 0,
+    version: str | None = None,
+    boot: int | None = None,
+    bootstrap_timeout_s: float = 10,
 ) -> subprocess.Popen[bytes]:
     """An emulated SGLang worker (``voltana emulator``) as a process; its output is discarded.
 
     ``boot``: the prefill side's bootstrap port; ``version``: the SGLang line to emulate.
     """
-    argv = [sys.executable, "-m", "voltana", "--log-level", "warning", "emulator"]
-    argv += ["--role", role, "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--gpu-ids", str(gpu), "--bootstrap-timeout-s", "10"]
+    argv = voltana_argv("emulator", "--role", role, "--host", "127.0.0.1", "--port", str(port))
+    argv += ["--gpu-ids", str(gpu), "--bootstrap-timeout-s", f"{bootstrap_timeout_s:g}"]
     if version is not None:
         argv += ["--sglang-version", version]
     if boot is not None:
@@ -68,28 +94,56 @@ def start_emulator(
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def stop_processes(procs: Iterable[subprocess.Popen[bytes]]) -> None:
-    """Terminate every process, then kill those still running after 5 s."""
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float = 5.0) -> None:
+    """Terminate (SIGTERM) every process, then kill those still running after ``timeout_s``."""
     procs = list(procs)
     for p in procs:
         if p.poll() is None:
             p.terminate()
     for p in procs:
         try:
-            p.wait(timeout=5)
+            p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
 
 
 @contextlib.contextmanager
-def emulated_pd_pair() -> Iterator[dict[str, Any]]:
+def spawn_voltana(
+    args: Sequence[str], log_path: Path, *, ready: str | None = None, timeout_s: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``voltana ARGS`` as a process writing JSON logs (stdout and stderr) to ``log_path``.
+
+    With ``ready``: first waits until that text is in the log, failing the test with the
+    log's end if the process exits or ``timeout_s`` passes. On exit, also on failure, the
+    process is stopped with SIGTERM (and killed if still running 10 s later).
+    """
+    env = {**os.environ, "VOLTANA_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        cmd = [sys.executable, "-m", "voltana", *args]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while ready is not None and ready not in log_path.read_text(errors="replace"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{args[0]} did not start:\n{log_tail(log_path, 3000)}")
+                time.sleep(0.05)
+            yield proc
+        finally:
+            stop_processes([proc], timeout_s=10)
+
+
+@contextlib.contextmanager
+def emulated_pd_pair(bootstrap_timeout_s: float = 10) -> Iterator[dict[str, Any]]:
     """A running emulated prefill (GPU 0) and decode (GPU 1) worker, stopped on exit.
 
     Yields ``{"prefill": (url, bootstrap port), "decode": url}``.
     """
     pp, bp, dp = free_port(), free_port(), free_port()
-    procs = [start_emulator("prefill", pp, boot=bp), start_emulator("decode", dp, gpu=1)]
+    procs = [
+        start_emulator("prefill", pp, boot=bp, bootstrap_timeout_s=bootstrap_timeout_s),
+        start_emulator("decode", dp, gpu=1, bootstrap_timeout_s=bootstrap_timeout_s),
+    ]
     try:
         wait_http(f"http://127.0.0.1:{pp}/health", procs[0])
         wait_http(f"http://127.0.0.1:{dp}/health", procs[1])
@@ -105,3 +159,67 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"http://127.0.0.1:{port}"
+
+
+async def post_json(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST JSON; returns (status, parsed JSON) or (status, [SSE data items]) for streams.
+
+    The SSE items are parsed JSON objects, and the string ``"[DONE]"`` where the stream
+    says so; a body that is not JSON comes back as text.
+    """
+    async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
+        raw = await r.read()
+        ctype = r.content_type
+    if ctype == "text/event-stream":
+        items: list[Any] = []
+        for ev in raw.split(b"\n\n"):
+            ev = ev.strip()
+            if ev.startswith(b"data:"):
+                data = ev[5:].strip().decode()
+                items.append(data if data == "[DONE]" else json.loads(data))
+        return r.status, items
+    try:
+        return r.status, json.loads(raw)
+    except ValueError:
+        return r.status, raw.decode(errors="replace")
+
+
+def sglang_request(
+    bench_serving: Any,
+    prompt: str | list[int],
+    api_url: str,
+    output_len: int,
+    *,
+    prompt_len: int = 0,
+    extra_request_body: dict[str, Any] | None = None,
+) -> Any:
+    """A ``RequestFuncInput`` for SGLang's client functions: model "m", no LoRA, no images."""
+    return bench_serving.RequestFuncInput(
+        prompt=prompt,
+        api_url=api_url,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        model="m",
+        lora_name=None,
+        image_data=None,
+        extra_request_body=extra_request_body or {},
+    )
+
+
+async def check_generate(base_url: str, stream: bool) -> None:
+    """``/generate`` of 6 tokens through a PD router answers as SGLang does, streamed or not."""
+    body = {
+        "text": "tell me about clocks",
+        "stream": stream,
+        "sampling_params": {"max_new_tokens": 6, "ignore_eos": True},
+    }
+    status, got = await post_json(base_url + "/generate", body)
+    assert status == 200, got
+    if stream:
+        assert got[-1] == "[DONE]"
+        assert [c["meta_info"]["completion_tokens"] for c in got[:-1]] == [1, 2, 3, 4, 5, 6]
+        final = got[-2]
+    else:
+        final = got
+    assert final["meta_info"]["finish_reason"] == {"type": "length", "length": 6}
+    assert len(final["text"].split()) == 6

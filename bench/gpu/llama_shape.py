@@ -52,6 +52,10 @@ class LlamaShape:
         return 2.0 * (self.params - self.vocab * self.hidden)
 
 
+# Written out here rather than read from voltana.groundtruth.gpu_specs.MODELS, which
+# cites the same config.json: this module must run on a GPU host with torch alone (no
+# msgspec). tests/unit/test_gpu_in_the_loop.py holds the shape every committed probe run
+# recorded to the emulator's.
 SHAPES: dict[str, LlamaShape] = {
     # meta-llama/Llama-3.1-8B config.json: hidden 4096, 32 layers, 32 heads,
     # 8 KV heads, intermediate 14336, vocab 128256, rope_theta 500000, rms 1e-5.

@@ -52,6 +52,20 @@ def url(app: EmulatorApp, path: str) -> str:
     return f"http://127.0.0.1:{app.config.port}{path}"
 
 
+async def generate_unpaired(
+    http: aiohttp.ClientSession, app: EmulatorApp, text: str, max_new_tokens: int, room: int
+) -> None:
+    """A /generate to one worker alone (a fake bootstrap host needs no partner); must be 200."""
+    body = {
+        "text": text,
+        "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True},
+        "bootstrap_host": "2.2.2.2",
+        "bootstrap_room": room,
+    }
+    async with http.post(url(app, "/generate"), json=body) as r:
+        assert r.status == 200, await r.text()
+
+
 async def sse(resp: aiohttp.ClientResponse) -> list[tuple[float, Any]]:
     """(arrival time, parsed chunk) per SSE event; '[DONE]' kept as a string."""
     out = []
@@ -295,14 +309,7 @@ async def test_metrics_and_loads_per_sglang_line(
     make_emulator: Factory, http: aiohttp.ClientSession, version: str
 ) -> None:
     app = await make_emulator(role="decode", sglang_version=version)
-    body = {
-        "text": "hello",
-        "sampling_params": {"max_new_tokens": 3, "ignore_eos": True},
-        "bootstrap_host": "2.2.2.2",
-        "bootstrap_room": 7,
-    }
-    async with http.post(url(app, "/generate"), json=body) as r:
-        assert r.status == 200
+    await generate_unpaired(http, app, "hello", 3, room=7)
     async with http.get(url(app, "/metrics")) as r:
         text = await r.text()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
@@ -389,14 +396,7 @@ async def test_fake_bootstrap_host_needs_no_partner(
 ) -> None:
     for role in ("prefill", "decode"):
         app = await make_emulator(role=role)
-        body = {
-            "text": "warm up",
-            "sampling_params": {"max_new_tokens": 2, "ignore_eos": True},
-            "bootstrap_host": "2.2.2.2",
-            "bootstrap_room": 1,
-        }
-        async with http.post(url(app, "/generate"), json=body) as r:
-            assert r.status == 200, await r.text()
+        await generate_unpaired(http, app, "warm up", 2, room=1)
 
 
 # ----- errors free what they held ---------------------------------------------------------

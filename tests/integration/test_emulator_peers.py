@@ -8,9 +8,8 @@ must match the GPU model's pacing.
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import importlib.util
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import free_port, wait_http
+from helpers import (
+    check_generate,
+    emulated_pd_pair,
+    free_port,
+    post_json,
+    sglang_request,
+    stop_processes,
+    wait_http,
+)
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 
 if importlib.util.find_spec("sglang_router") is None:
@@ -38,51 +45,10 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    procs: list[subprocess.Popen[bytes]] = []
-    p_port, d_port, boot, r_port = free_port(), free_port(), free_port(), free_port()
-    emu = [
-        sys.executable,
-        "-m",
-        "voltana",
-        "--log-level",
-        "warning",
-        "emulator",
-        "--host",
-        "127.0.0.1",
-    ]
-    try:
-        prefill = subprocess.Popen(
-            [
-                *emu,
-                "--role",
-                "prefill",
-                "--port",
-                str(p_port),
-                "--disaggregation-bootstrap-port",
-                str(boot),
-                "--bootstrap-timeout-s",
-                "20",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        procs.append(prefill)
-        decode = subprocess.Popen(
-            [
-                *emu,
-                "--role",
-                "decode",
-                "--port",
-                str(d_port),
-                "--gpu-ids",
-                "1",
-                "--bootstrap-timeout-s",
-                "20",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        procs.append(decode)
-        wait_http(f"http://127.0.0.1:{p_port}/health", prefill)
-        wait_http(f"http://127.0.0.1:{d_port}/health", decode)
+    """Emulated prefill + decode behind ``sglang_router.launch_router --pd-disaggregation``."""
+    with emulated_pd_pair(bootstrap_timeout_s=20) as workers:
+        (prefill, boot), decode = workers["prefill"], workers["decode"]
+        r_port = free_port()
         router = subprocess.Popen(
             [
                 sys.executable,
@@ -90,10 +56,10 @@ def cluster() -> Iterator[Cluster]:
                 "sglang_router.launch_router",
                 "--pd-disaggregation",
                 "--prefill",
-                f"http://127.0.0.1:{p_port}",
+                prefill,
                 str(boot),
                 "--decode",
-                f"http://127.0.0.1:{d_port}",
+                decode,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -110,54 +76,18 @@ def cluster() -> Iterator[Cluster]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        procs.append(router)
-        # sglang-router 0.1.5 answers /health with 500 in PD mode ("PrefillDecode mode
-        # doesn't use select_first_worker"); /v1/models is proxied once it serves.
-        wait_http(f"http://127.0.0.1:{r_port}/v1/models", router)
-        yield Cluster(
-            f"http://127.0.0.1:{r_port}", f"http://127.0.0.1:{p_port}", f"http://127.0.0.1:{d_port}"
-        )
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-async def _post(url: str, body: dict[str, Any]) -> tuple[int, list[Any]]:
-    async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
-        raw = await r.read()
-    if not body.get("stream"):
-        return r.status, [json.loads(raw)]
-    chunks = []
-    for line in raw.split(b"\n"):
-        if line.startswith(b"data: "):
-            data = line[6:].decode()
-            chunks.append(data if data == "[DONE]" else json.loads(data))
-    return r.status, chunks
+        try:
+            # sglang-router 0.1.5 answers /health with 500 in PD mode ("PrefillDecode mode
+            # doesn't use select_first_worker"); /v1/models is proxied once it serves.
+            wait_http(f"http://127.0.0.1:{r_port}/v1/models", router)
+            yield Cluster(f"http://127.0.0.1:{r_port}", prefill, decode)
+        finally:
+            stop_processes([router])
 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_router_pd_generate(cluster: Cluster, stream: bool) -> None:
-    body = {
-        "text": "tell me about clocks",
-        "sampling_params": {"max_new_tokens": 6, "ignore_eos": True},
-        "stream": stream,
-    }
-    status, chunks = await _post(f"{cluster.router}/generate", body)
-    assert status == 200, chunks
-    if stream:
-        assert chunks[-1] == "[DONE]"
-        assert [c["meta_info"]["completion_tokens"] for c in chunks[:-1]] == [1, 2, 3, 4, 5, 6]
-        final = chunks[-2]
-    else:
-        final = chunks[0]
-    assert final["meta_info"]["finish_reason"] == {"type": "length", "length": 6}
-    assert len(final["text"].split()) == 6
+    await check_generate(cluster.router, stream)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -168,54 +98,38 @@ async def test_router_pd_chat(cluster: Cluster, stream: bool) -> None:
         "max_tokens": 5,
         "stream": stream,
     }
-    status, chunks = await _post(f"{cluster.router}/v1/chat/completions", body)
-    assert status == 200, chunks
+    status, got = await post_json(f"{cluster.router}/v1/chat/completions", body)
+    assert status == 200, got
     if stream:
-        assert chunks[-1] == "[DONE]"
-        text = "".join(c["choices"][0]["delta"]["content"] for c in chunks[:-1])
-        assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+        assert got[-1] == "[DONE]"
+        text = "".join(c["choices"][0]["delta"]["content"] for c in got[:-1])
+        assert got[-2]["choices"][0]["finish_reason"] == "length"
     else:
-        text = chunks[0]["choices"][0]["message"]["content"]
-        assert chunks[0]["usage"]["completion_tokens"] == 5
+        text = got["choices"][0]["message"]["content"]
+        assert got["usage"]["completion_tokens"] == 5
     assert len(text.split()) == 5
 
 
 async def test_router_pd_completions(cluster: Cluster) -> None:
     # sglang-router 0.1.5 rewrites /v1/completions into text + parameters.max_new_tokens.
     body = {"model": "m", "prompt": "complete this", "max_tokens": 4}
-    status, chunks = await _post(f"{cluster.router}/v1/completions", body)
-    assert status == 200, chunks
-    assert chunks[0]["object"] == "text_completion" and chunks[0]["usage"]["completion_tokens"] == 4
-
-
-@pytest.fixture(scope="module")
-def bench_serving() -> Any:
-    try:
-        import sglang.bench_serving as bs
-    except ImportError as exc:
-        pytest.skip(f"sglang 0.4.7 (pip install --no-deps sglang==0.4.7) is not importable: {exc}")
-    bs.args = argparse.Namespace(
-        disable_ignore_eos=False, disable_stream=False, return_logprob=False
-    )
-    return bs
+    status, got = await post_json(f"{cluster.router}/v1/completions", body)
+    assert status == 200, got
+    assert got["object"] == "text_completion" and got["usage"]["completion_tokens"] == 4
 
 
 async def test_sglang_client_measures_emulated_ttft_and_itl(
     cluster: Cluster, bench_serving: Any
 ) -> None:
-    bs = bench_serving
     out_len = 16
-    inp = bs.RequestFuncInput(
-        prompt=PROMPT_IDS,
-        api_url=f"{cluster.router}/generate",
+    inp = sglang_request(
+        bench_serving,
+        PROMPT_IDS,
+        f"{cluster.router}/generate",
+        out_len,
         prompt_len=len(PROMPT_IDS),
-        output_len=out_len,
-        model="m",
-        lora_name=None,
-        image_data=None,
-        extra_request_body={},
     )
-    res = await bs.async_request_sglang_generate(inp)
+    res = await bench_serving.async_request_sglang_generate(inp)
     assert res.success, res.error
     assert res.output_len == out_len and len(res.itl) == out_len - 1
     # TTFT on the client: prefill + KV transfer (+ router and HTTP hops).
@@ -227,35 +141,29 @@ async def test_sglang_client_measures_emulated_ttft_and_itl(
 
 
 async def test_sglang_client_openai_completions(cluster: Cluster, bench_serving: Any) -> None:
-    bs = bench_serving
-    inp = bs.RequestFuncInput(
-        prompt="an emulated prompt " * 50,
-        api_url=f"{cluster.decode}/v1/completions",
-        prompt_len=0,
-        output_len=8,
-        model="m",
-        lora_name=None,
-        image_data=None,
+    inp = sglang_request(
+        bench_serving,
+        "an emulated prompt " * 50,
+        f"{cluster.decode}/v1/completions",
+        8,
         extra_request_body={"bootstrap_host": "2.2.2.2", "bootstrap_room": 3},
     )
-    res = await bs.async_request_openai_completions(inp)
+    res = await bench_serving.async_request_openai_completions(inp)
     assert res.success, res.error
     assert len(res.generated_text.split()) == 8 and len(res.itl) >= 6
     assert res.ttft > 0 and all(x < 0.1 for x in res.itl)
 
 
 async def test_router_pd_concurrent_requests_all_finish_and_free(cluster: Cluster) -> None:
-    import asyncio
-
     async def one(i: int) -> list[Any]:
         body = {
             "input_ids": list(range(200 + 300 * i)),
             "stream": True,
             "sampling_params": {"max_new_tokens": 5 + i, "ignore_eos": True},
         }
-        status, chunks = await _post(f"{cluster.router}/generate", body)
+        status, chunks = await post_json(f"{cluster.router}/generate", body)
         assert status == 200, chunks
-        return chunks
+        return list(chunks)
 
     results = await asyncio.gather(*(one(i) for i in range(12)))
     for i, chunks in enumerate(results):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from actuator_helpers import emulator, gpus_of, spawn_voltana
-from helpers import wait_for
+from actuator_helpers import emulator, gpus_of
+from helpers import spawn_voltana, wait_for
 from voltana.bus.client import Bus, BusOptions
 from voltana.bus.natsserver import NatsServer
 from voltana.predictor.profile import default_profile

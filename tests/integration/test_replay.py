@@ -68,75 +68,40 @@ def _enc(msg: msgspec.Struct) -> bytes:
     return codec.encode(msg)
 
 
-def replay(url: str, *extra: str) -> dict[str, object]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "voltana",
-            "replay",
-            "--nats",
-            url,
-            "--json",
-            "--itl-slo-s",
-            "0.04",
-            *extra,
-        ],
+def run_replay(*args: str) -> subprocess.CompletedProcess[str]:
+    """``voltana replay ARGS`` as a process; a non-zero exit fails the test."""
+    return subprocess.run(
+        [sys.executable, "-m", "voltana", "replay", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    return msgspec.json.decode(out.stdout.strip().splitlines()[-1])
+
+
+def replay(*args: str) -> tuple[dict[str, object], str]:
+    """The JSON report (the last line out) and the stderr of a replay judged at a 40 ms ITL."""
+    out = run_replay(*args, "--json", "--itl-slo-s", "0.04")
+    return msgspec.json.decode(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
 def test_replay_reproduces_recorded_decisions(nats_server: NatsServer, tmp_path: Path) -> None:
     config = ControllerConfig(policy="voltana", slo=SloConfig(itl_s=0.04))
     n = asyncio.run(record_run(nats_server.url, config))
 
-    same = replay(nats_server.url)
+    same, _ = replay("--nats", nats_server.url)
     assert same["events"] == 2 * n
     assert same["compared_with_recorded"] == {"d0": n}
     assert same["agreement"] == 1.0
 
-    other = replay(nats_server.url, "--policy", "static-max")
+    other, _ = replay("--nats", nats_server.url, "--policy", "static-max")
     assert other["agreement"] is not None and other["agreement"] < 1.0
 
     export = tmp_path / "events.jsonl"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "voltana",
-            "replay",
-            "--nats",
-            nats_server.url,
-            "--export",
-            str(export),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    run_replay("--nats", nats_server.url, "--export", str(export))
     assert len(export.read_text().splitlines()) == 2 * n
     with export.open("a") as f:
         f.write('{"at_s": 1, "subject": "voltana.nope", "msg": {}}\n')
-    from_file = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "voltana",
-            "replay",
-            "--file",
-            str(export),
-            "--json",
-            "--itl-slo-s",
-            "0.04",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert msgspec.json.decode(from_file.stdout.strip().splitlines()[-1])["agreement"] == 1.0
-    assert "skipped" in from_file.stderr
+    from_file, stderr = replay("--file", str(export))
+    assert from_file["agreement"] == 1.0
+    assert "skipped" in stderr

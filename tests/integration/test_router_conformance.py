@@ -8,11 +8,9 @@ router runs in the test's event loop and speaks real HTTP.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,7 +18,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import free_port, start_emulator, stop_processes, wait_for, wait_http
+from helpers import (
+    check_generate,
+    free_port,
+    post_json,
+    sglang_request,
+    start_emulator,
+    stop_processes,
+    voltana_argv,
+    wait_for,
+    wait_http,
+)
+from voltana.services.router.accounting import InstanceLoad
 from voltana.services.router.config import RouterConfig, WorkerSpec
 from voltana.services.router.server import Router
 
@@ -83,42 +92,9 @@ async def router(
         await r.stop()
 
 
-async def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    """POST JSON; returns (status, parsed JSON) or (status, [SSE data items]) for streams."""
-    async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
-        raw = await r.read()
-        ctype = r.content_type
-    if ctype == "text/event-stream":
-        items: list[Any] = []
-        for ev in raw.split(b"\n\n"):
-            ev = ev.strip()
-            if ev.startswith(b"data:"):
-                data = ev[5:].strip().decode()
-                items.append(data if data == "[DONE]" else json.loads(data))
-        return r.status, items
-    try:
-        return r.status, json.loads(raw)
-    except ValueError:
-        return r.status, raw.decode(errors="replace")
-
-
 @pytest.mark.parametrize("stream", [False, True])
 async def test_generate_single(router: Router, stream: bool) -> None:
-    body = {
-        "text": "tell me about clocks",
-        "stream": stream,
-        "sampling_params": {"max_new_tokens": 6, "ignore_eos": True},
-    }
-    status, got = await post(router.url + "/generate", body)
-    assert status == 200, got
-    if stream:
-        assert got[-1] == "[DONE]"
-        assert [c["meta_info"]["completion_tokens"] for c in got[:-1]] == [1, 2, 3, 4, 5, 6]
-        final = got[-2]
-    else:
-        final = got
-    assert final["meta_info"]["finish_reason"] == {"type": "length", "length": 6}
-    assert len(final["text"].split()) == 6
+    await check_generate(router.url, stream)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -128,7 +104,7 @@ async def test_generate_batch(router: Router, stream: bool) -> None:
         "stream": stream,
         "sampling_params": {"max_new_tokens": 4, "ignore_eos": True},
     }
-    status, got = await post(router.url + "/generate", body)
+    status, got = await post_json(router.url + "/generate", body)
     assert status == 200, got
     if stream:
         assert got[-1] == "[DONE]"
@@ -139,7 +115,7 @@ async def test_generate_batch(router: Router, stream: bool) -> None:
         assert isinstance(got, list) and len(got) == 3
     assert all(c["meta_info"]["completion_tokens"] == 4 for c in finals)
     # the batch's input_ids form too
-    status, got2 = await post(
+    status, got2 = await post_json(
         router.url + "/generate",
         {"input_ids": [[1, 2, 3], [4, 5]], "sampling_params": {"max_new_tokens": 2}},
     )
@@ -155,7 +131,7 @@ async def test_chat_and_completions(router: Router, stream: bool) -> None:
         "stream": stream,
         "stream_options": {"include_usage": True},
     }
-    status, got = await post(router.url + "/v1/chat/completions", body)
+    status, got = await post_json(router.url + "/v1/chat/completions", body)
     assert status == 200, got
     if stream:
         assert got[-1] == "[DONE]"
@@ -166,7 +142,7 @@ async def test_chat_and_completions(router: Router, stream: bool) -> None:
         assert got["object"] == "chat.completion" and got["usage"]["completion_tokens"] == 5
         text = got["choices"][0]["message"]["content"]
     assert len(text.split()) == 5
-    status, comp = await post(
+    status, comp = await post_json(
         router.url + "/v1/completions",
         {"model": "m", "prompt": "once upon", "max_tokens": 3, "stream": stream},
     )
@@ -184,7 +160,7 @@ async def test_introspection_endpoints(router: Router) -> None:
             assert r.status == 200 and len(info["prefill"]) == 1 and len(info["decode"]) == 1
         async with s.get(router.url + "/health") as r:
             assert r.status == 200
-        await post(
+        await post_json(
             router.url + "/generate", {"text": "x", "sampling_params": {"max_new_tokens": 2}}
         )
         async with s.get(router.url + "/metrics") as r:
@@ -199,15 +175,10 @@ async def test_accounting_returns_to_zero_after_load(router: Router) -> None:
         "stream": True,
         "sampling_params": {"max_new_tokens": 8, "ignore_eos": True},
     }
-    res = await asyncio.gather(*(post(router.url + "/generate", body) for _ in range(24)))
+    res = await asyncio.gather(*(post_json(router.url + "/generate", body) for _ in range(24)))
     assert all(s == 200 and r[-1] == "[DONE]" for s, r in res)
     for w in router.state.workers.values():
-        assert (
-            w.load.in_flight_requests,
-            w.load.in_flight_tokens,
-            w.load.queued_prefill_tokens,
-        ) == (0, 0, 0)
-        assert not w.load.waiting_since
+        assert w.load == InstanceLoad()  # nothing in flight, queued or waiting
     d = next(w for w in router.state.workers.values() if w.spec.role == "decode")
     # one gap per event after the first, as the client saw them (a slow reader may get
     # several tokens in one event, as from SGLang)
@@ -215,43 +186,13 @@ async def test_accounting_returns_to_zero_after_load(router: Router) -> None:
     assert len(d.itl_samples) == sum(len(r) - 2 for _, r in res)
 
 
-@pytest.fixture(scope="module")
-def bench_serving() -> Any:
-    try:
-        import sglang.bench_serving as bs
-    except ImportError as exc:
-        pytest.skip(f"sglang 0.4.7 (pip install --no-deps sglang==0.4.7) is not importable: {exc}")
-    bs.args = argparse.Namespace(
-        disable_ignore_eos=False, disable_stream=False, return_logprob=False
-    )
-    return bs
-
-
 async def test_sglang_client_functions_through_router(router: Router, bench_serving: Any) -> None:
     bs = bench_serving
-    gen = bs.RequestFuncInput(
-        prompt=list(range(2000)),
-        api_url=router.url + "/generate",
-        prompt_len=2000,
-        output_len=12,
-        model="m",
-        lora_name=None,
-        image_data=None,
-        extra_request_body={},
-    )
+    gen = sglang_request(bs, list(range(2000)), router.url + "/generate", 12, prompt_len=2000)
     res = await bs.async_request_sglang_generate(gen)
     assert res.success, res.error
     assert res.output_len == 12 and len(res.itl) == 11 and 0 < res.ttft < 1.0
-    comp = bs.RequestFuncInput(
-        prompt="an emulated prompt " * 50,
-        api_url=router.url + "/v1/completions",
-        prompt_len=0,
-        output_len=8,
-        model="m",
-        lora_name=None,
-        image_data=None,
-        extra_request_body={},
-    )
+    comp = sglang_request(bs, "an emulated prompt " * 50, router.url + "/v1/completions", 8)
     res2 = await bs.async_request_openai_completions(comp)
     assert res2.success, res2.error
     assert len(res2.generated_text.split()) == 8 and res2.ttft > 0
@@ -265,12 +206,7 @@ def test_cli_router_with_energy_aware_policies(workers: dict[str, Workers]) -> N
     """`voltana router` as a process, ecoroute for prefill and the tile packer for decode."""
     w = workers["0.4.7"]
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "voltana",
-        "--log-level",
-        "warning",
+    argv = voltana_argv(
         "router",
         "--port",
         str(port),
@@ -284,7 +220,7 @@ def test_cli_router_with_energy_aware_policies(workers: dict[str, Workers]) -> N
         str(w.prefill[0][1]),
         "--decode",
         w.decode[0],
-    ]
+    )
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)

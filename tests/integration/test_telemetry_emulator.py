@@ -13,53 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
-from helpers import free_port, wait_for
+from helpers import free_port, spawn_voltana, wait_for
 from voltana.bus.client import Bus, BusOptions
 from voltana.schemas import subjects
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 
-READY_LINE = "The server is fired up and ready to roll!"
-
-
-@contextlib.contextmanager
-def process(
-    args: list[str], log: Path, ready: str | None = None, timeout_s: float = 30.0
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``python -m voltana ARGS``; wait for ``ready`` in its output; stop it by PID."""
-    fh = log.open("wb")
-    env = {**os.environ, "VOLTANA_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voltana", *args], stdout=fh, stderr=subprocess.STDOUT, env=env
-    )
-    try:
-        if ready is not None:
-            deadline = time.monotonic() + timeout_s
-            while ready not in log.read_text(errors="replace"):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"{args[0]} did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        fh.close()
+READY = "The server is fired up and ready to roll!"  # SGLang's line, printed by the emulator
 
 
 def emulator_args(port: int, version: str, gpu_ids: str, tp: int, max_running: int) -> list[str]:
@@ -158,9 +127,13 @@ gpu_backend = "emulated"
         lambda m, s: eng_msgs[m.instance].append(m),
     )
     with (
-        process(emulator_args(p_new, "0.5.23", "0,1", 2, 8), tmp_path / "new.log", READY_LINE),
-        process(emulator_args(p_old, "0.4.7", "2", 1, 4), tmp_path / "old.log", READY_LINE) as old,
-        process(["telemetry", "--config", str(cfg)], tmp_path / "tel.log") as tel,
+        spawn_voltana(
+            emulator_args(p_new, "0.5.23", "0,1", 2, 8), tmp_path / "new.log", ready=READY
+        ),
+        spawn_voltana(
+            emulator_args(p_old, "0.4.7", "2", 1, 4), tmp_path / "old.log", ready=READY
+        ) as old,
+        spawn_voltana(["telemetry", "--config", str(cfg)], tmp_path / "tel.log") as tel,
     ):
         async with aiohttp.ClientSession() as http:
             try:
@@ -308,7 +281,7 @@ def test_emulated_device_errors_and_restart(tmp_path: Path) -> None:
     src = EmulatedDevice.serving(url, [4, 5], timeout_s=0.5)
     bad = EmulatedDevice.serving(url, [4, 9], timeout_s=0.5)
     try:
-        with process(args, tmp_path / "a.log", READY_LINE):
+        with spawn_voltana(args, tmp_path / "a.log", ready=READY):
             time.sleep(0.3)
             first = src.sample()
             assert [s.index for s in first] == [4, 5] and first[0].source == "emulated"
@@ -333,7 +306,7 @@ def test_emulated_device_errors_and_restart(tmp_path: Path) -> None:
         with pytest.raises(GpuError, match="unreachable") as info:
             src.sample()
         assert info.value.code == "UNREACHABLE"
-        with process(args, tmp_path / "b.log", READY_LINE):
+        with spawn_voltana(args, tmp_path / "b.log", ready=READY):
             after = [src.sample()[0].energy_j for _ in range(3)]
         assert after[0] >= before and after == sorted(after)  # never goes backwards
     finally:

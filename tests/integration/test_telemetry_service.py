@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import free_port, wait_for
+from helpers import free_port, serve_app, wait_for
 from voltana.bus.client import Bus, BusOptions
 from voltana.schemas import subjects
 from voltana.schemas.telemetry import InstanceTelemetry
@@ -71,22 +71,12 @@ class FakeSglang:
             if self.hang:
                 await self.release.wait()
             self.itl_obs += 10
-            if self.version == "0.5.23":
-                text = metrics_text(
-                    LAB_0523,
-                    self.running,
-                    self.queue,
-                    "inter_token_latency_seconds",
-                    [0, self.itl_obs],
-                )
-            else:
-                text = metrics_text(
-                    LAB_047,
-                    self.running,
-                    self.queue,
-                    "time_per_output_token_seconds",
-                    [0, self.itl_obs],
-                )
+            labels, itl_name = (
+                (LAB_0523, "inter_token_latency_seconds")
+                if self.version == "0.5.23"
+                else (LAB_047, "time_per_output_token_seconds")
+            )
+            text = metrics_text(labels, self.running, self.queue, itl_name, [0, self.itl_obs])
             return web.Response(text=text)
 
         async def v1_loads(_: web.Request) -> web.Response:
@@ -117,14 +107,6 @@ class FakeSglang:
         return app
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 async def servers() -> AsyncIterator[dict[str, Any]]:
     new, old, hung = FakeSglang("0.5.23"), FakeSglang("0.4.7"), FakeSglang("0.5.23")
@@ -133,7 +115,7 @@ async def servers() -> AsyncIterator[dict[str, Any]]:
     urls = {}
     try:
         for name, fake in (("new", new), ("old", old), ("hung", hung)):
-            runner, url = await serve(fake.app())
+            runner, url = await serve_app(fake.app())
             runners.append(runner)
             urls[name] = url
         yield {"fakes": {"new": new, "old": old, "hung": hung}, "urls": urls}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -30,6 +31,20 @@ def cfg(policy: str = "voltana", **over: object) -> ControllerConfig:
     base: dict = dict(policy=policy, slo=SloConfig(ttft_s=0.6, itl_s=0.03, margin=0.1))
     base.update(over)
     return ControllerConfig(**base)
+
+
+def decoding(batch: int, kv: int, **over: Any) -> ControlInput:
+    """Instance "d" at t=0 (decode unless ``over`` says else): ``batch`` requests, ``kv`` KV."""
+    inp = ControlInput(
+        instance="d", role="decode", t=0.0, batch_size=batch, kv_tokens=kv, running_reqs=batch
+    )
+    return msgspec.structs.replace(inp, **over)
+
+
+def prefilling(tokens: int, **over: Any) -> ControlInput:
+    """Prefill instance "p" at t=0 with one request of ``tokens`` in hand (oldest_wait_s 0)."""
+    inp = ControlInput(instance="p", role="prefill", t=0.0, prefill_tokens=tokens, running_reqs=1)
+    return msgspec.structs.replace(inp, **over)
 
 
 def predicted(prof: Profile, inp: ControlInput, clock: int) -> tuple[float, float, float]:
@@ -199,15 +214,7 @@ def test_missing_or_bad_data_yields_max_clock(
     policy: str, field: str, value: object, rule: str
 ) -> None:
     prof = PROFILES[0]
-    inp = ControlInput(
-        instance="u",
-        role="unified",
-        t=0.0,
-        batch_size=4,
-        kv_tokens=4000,
-        running_reqs=4,
-        prefill_tokens=100,
-    )
+    inp = decoding(4, 4000, instance="u", role="unified", prefill_tokens=100)
     d = make_controller(cfg(policy), prof).decide(
         msgspec.structs.replace(inp, **{field: value}), 0.1
     )
@@ -217,20 +224,10 @@ def test_missing_or_bad_data_yields_max_clock(
 def test_idle_parks_after_dwell_and_wakes_at_once() -> None:
     prof = PROFILES[0]
     ctl = make_controller(cfg(min_dwell_s=0.5, hysteresis_mhz=45), prof)
-    busy = ControlInput(
-        instance="d", role="decode", t=0.0, batch_size=256, kv_tokens=256 * 1500, running_reqs=256
-    )
+    busy = decoding(256, 256 * 1500)
     first = ctl.decide(busy, 0.0)
     assert first.rule in ("feasible", "infeasible") and first.clock_mhz > prof.min_clock_mhz
-    idle = ControlInput(
-        instance="d",
-        role="decode",
-        t=0.1,
-        batch_size=0,
-        kv_tokens=0,
-        running_reqs=0,
-        current_clock_mhz=first.clock_mhz,
-    )
+    idle = decoding(0, 0, t=0.1, current_clock_mhz=first.clock_mhz)
     parked = ctl.decide(idle, 0.1)  # parking does not wait for the dwell
     assert (parked.rule, parked.clock_mhz) == ("idle", prof.min_clock_mhz)
     # Work arrives right after parking (inside the dwell): the raise is not delayed.
@@ -242,9 +239,7 @@ def test_hysteresis_and_dwell_hold_only_feasible_clocks() -> None:
     prof = PROFILES[0]
     c = cfg(min_dwell_s=1.0, hysteresis_mhz=200)
     ctl = make_controller(c, prof)
-    heavy = ControlInput(
-        instance="d", role="decode", t=0.0, batch_size=120, kv_tokens=120 * 2000, running_reqs=120
-    )
+    heavy = decoding(120, 120 * 2000)
     a = ctl.decide(msgspec.structs.replace(heavy, queue_reqs=5), 0.0)  # fastest clock
     light = msgspec.structs.replace(
         heavy, t=0.1, batch_size=8, kv_tokens=8 * 200, running_reqs=8, current_clock_mhz=a.clock_mhz
@@ -281,9 +276,7 @@ def test_residual_correction_raises_the_clock_when_the_profile_is_optimistic() -
     prof = PROFILES[0]
     slo = SloConfig(ttft_s=0.6, itl_s=0.02, margin=0.1)
     ctl = VoltanaController(cfg(min_dwell_s=0.0, hysteresis_mhz=0, slo=slo), prof)
-    inp = ControlInput(
-        instance="d", role="decode", t=0.0, batch_size=64, kv_tokens=64 * 1500, running_reqs=64
-    )
+    inp = decoding(64, 64 * 1500)
     base = ctl.decide(inp, 0.0)
     clock = base.clock_mhz
     for i in range(1, 15):  # the real engine runs 25% slower than the profile says
@@ -310,15 +303,7 @@ def test_residual_correction_raises_the_clock_when_the_profile_is_optimistic() -
 def test_slo_slack_feedback_tightens_fast_and_relaxes_slowly() -> None:
     prof = PROFILES[0]
     ctl = VoltanaController(cfg(), prof)
-    inp = ControlInput(
-        instance="p",
-        role="prefill",
-        t=0.0,
-        prefill_tokens=4000,
-        running_reqs=1,
-        oldest_wait_s=0.0,
-        observed_ttft_s=0.9,
-    )
+    inp = prefilling(4000, observed_ttft_s=0.9)
     ctl.decide(inp, 0.0)
     tight = ctl.state_of("p").ttft_scale
     assert tight < 1.0
@@ -334,15 +319,7 @@ def test_slo_slack_feedback_tightens_fast_and_relaxes_slowly() -> None:
 
 def test_power_cap_aware_fastest_clock_is_below_max_for_capped_prefill() -> None:
     prof = PROFILES[0]  # H100: a long prefill runs power-capped well below 1980 MHz
-    inp = ControlInput(
-        instance="p",
-        role="prefill",
-        t=0.0,
-        prefill_tokens=8192,
-        running_reqs=1,
-        queue_reqs=3,
-        oldest_wait_s=0.0,
-    )
+    inp = prefilling(8192, queue_reqs=3)
     d = make_controller(cfg(), prof).decide(inp, 0.0)
     assert d.rule == "queue" and d.clock_mhz < prof.max_clock_mhz
     lat = prof.prefill_latency_table_s(8192)
@@ -357,15 +334,7 @@ def test_decode_is_judged_at_the_batch_a_clock_settles_at() -> None:
     # 32 requests at 1k context, running at 1980 MHz: a slow clock lengthens every
     # iteration, requests finish later, and the batch grows until B / ITL matches the
     # token throughput again.
-    inp = ControlInput(
-        instance="d",
-        role="decode",
-        t=0.0,
-        batch_size=32,
-        kv_tokens=32_000,
-        running_reqs=32,
-        current_clock_mhz=1980,
-    )
+    inp = decoding(32, 32_000, current_clock_mhz=1980)
     eco = make_controller(cfg("ecofreq"), prof).decide(inp, 0.0)
     volt = VoltanaController(cfg(), prof)
     d = volt.decide(inp, 0.0)
@@ -383,9 +352,7 @@ def test_decode_is_judged_at_the_batch_a_clock_settles_at() -> None:
 
 def test_prefill_energy_counts_from_the_parked_idle_baseline() -> None:
     prof = PROFILES[0]
-    inp = ControlInput(
-        instance="p", role="prefill", t=0.0, prefill_tokens=8000, running_reqs=1, oldest_wait_s=0.0
-    )
+    inp = prefilling(8000)
     eco = make_controller(cfg("ecofreq"), prof).decide(inp, 0.0)
     volt = make_controller(cfg(), prof).decide(inp, 0.0)
     base = prof.idle_power_w(prof.min_clock_mhz)
@@ -402,9 +369,7 @@ def test_prefill_energy_counts_from_the_parked_idle_baseline() -> None:
 
 def test_prefill_cost_moves_from_the_parked_baseline_to_whole_energy_under_load() -> None:
     prof = PROFILES[0]
-    busy = ControlInput(
-        instance="p", role="prefill", t=0.0, prefill_tokens=8000, running_reqs=1, oldest_wait_s=0.0
-    )
+    busy = prefilling(8000)
     ctl = VoltanaController(cfg(), prof)
     first = ctl.predict(busy)[2]
     for i in range(60):  # a minute of samples, all with work in hand
@@ -428,10 +393,7 @@ def test_two_level_uses_two_clocks() -> None:
     seen = set()
     for b in (1, 16, 64, 128, 256, 512):
         for ctx in (100, 1000, 3000):
-            inp = ControlInput(
-                instance="d", role="decode", t=0.0, batch_size=b, kv_tokens=b * ctx, running_reqs=b
-            )
-            seen.add(ctl.decide(inp, 0.0).clock_mhz)
+            seen.add(ctl.decide(decoding(b, b * ctx), 0.0).clock_mhz)
     assert seen == {1005, 1410}
 
 
@@ -440,12 +402,7 @@ def test_factory_builds_every_policy(policy: str) -> None:
     prof = PROFILES[0]
     ctl = make_controller(cfg(policy, static_clock_mhz=1003), prof)
     assert ctl.name == policy
-    d = ctl.decide(
-        ControlInput(
-            instance="i", role="decode", t=0.0, batch_size=8, kv_tokens=8000, running_reqs=8
-        ),
-        0.0,
-    )
+    d = ctl.decide(decoding(8, 8000, instance="i"), 0.0)
     assert d.clock_mhz in prof.clocks_mhz and d.reason
     ctl.reset()
 
@@ -482,9 +439,7 @@ def test_clock_range_is_respected(inp: ControlInput, lo: int, hi: int, policy: s
 
 def test_decision_event_round_trips() -> None:
     prof = PROFILES[0]
-    inp = ControlInput(
-        instance="d0", role="decode", t=10.0, batch_size=8, kv_tokens=800, running_reqs=8
-    )
+    inp = decoding(8, 800, instance="d0", t=10.0)
     d = make_controller(cfg(), prof).decide(inp, 10.25)
     ev = to_event(d, inp, policy="voltana", t_ns=1, now=10.25)
     assert isinstance(ev, ClockDecision) and ev.clock_mhz == d.clock_mhz
@@ -495,30 +450,14 @@ def test_decision_event_round_trips() -> None:
 def test_prefill_queue_lookahead_budgets_the_whole_backlog() -> None:
     prof = PROFILES[0]
     ctl = VoltanaController(cfg(), prof, VoltanaTuning(prefill_queue_lookahead=True))
-    small = ControlInput(
-        instance="p",
-        role="prefill",
-        t=0.0,
-        prefill_tokens=3000,
-        running_reqs=1,
-        queue_reqs=2,
-        oldest_wait_s=0.05,
-    )
+    small = prefilling(3000, queue_reqs=2, oldest_wait_s=0.05)
     d = ctl.decide(small, 0.0)
     assert d.rule == "feasible" and d.clock_mhz < 1500
     assert prof.prefill_latency_s(d.clock_mhz, 3000) <= 0.6 * 0.9 - 0.05
     big = msgspec.structs.replace(small, instance="q", prefill_tokens=60_000, queue_reqs=20)
     assert ctl.decide(big, 0.0).rule == "infeasible"
     # Decode queues still go to the safe clock.
-    dec = ControlInput(
-        instance="d",
-        role="decode",
-        t=0.0,
-        batch_size=8,
-        kv_tokens=800,
-        running_reqs=8,
-        queue_reqs=1,
-    )
+    dec = decoding(8, 800, queue_reqs=1)
     assert ctl.decide(dec, 0.0).rule == "queue"
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +16,7 @@ from voltana.schemas.base import Role
 from voltana.schemas.config import ControllerConfig
 from voltana.schemas.router import InstanceState
 from voltana.schemas.telemetry import InstanceTelemetry, LatencyWindow
-from voltana.services.freqctl.controllers import make_controller
+from voltana.services.freqctl.controllers import ControlInput, make_controller
 from voltana.services.freqctl.core import (
     ConfigStore,
     InstanceSpec,
@@ -55,16 +57,47 @@ def tel(**kw: object) -> InstanceTelemetry:
     return InstanceTelemetry(**base)
 
 
+def router_queue(tokens: int, oldest_wait_s: float, **over: Any) -> InstanceState:
+    """The router's state of prefill instance "p0": ``tokens`` queued, the oldest waiting so long."""
+    state = InstanceState(
+        t_ns=100_000_000_000,
+        instance="p0",
+        role="prefill",
+        url="u",
+        seq=1,
+        queued_prefill_tokens=tokens,
+        oldest_wait_s=oldest_wait_s,
+    )
+    return msgspec.structs.replace(state, **over)
+
+
+def build(
+    message: InstanceTelemetry,
+    *,
+    received_s: float,
+    now_s: float,
+    router: InstanceState | None = None,
+    clock: int | None = None,
+) -> ControlInput:
+    """``build_input`` with 1 s staleness; a router state arrives with the telemetry."""
+    return build_input(
+        message,
+        received_s=received_s,
+        router=router,
+        router_received_s=None if router is None else received_s,
+        now_s=now_s,
+        stale_after_s=1.0,
+        current_clock_mhz=clock,
+    )
+
+
 def test_build_input_decode_fields() -> None:
     itl = LatencyWindow(count=10, window_s=1.0, mean_s=0.02, p50_s=0.019)
-    inp = build_input(
+    inp = build(
         tel(num_running_reqs=12, num_queue_reqs=1, kv_used_tokens=9000, itl=itl),
         received_s=100.01,
-        router=None,
-        router_received_s=None,
         now_s=100.02,
-        stale_after_s=1.0,
-        current_clock_mhz=1410,
+        clock=1410,
     )
     assert (inp.queue_reqs, inp.running_reqs, inp.batch_size, inp.kv_tokens) == (
         1,
@@ -79,62 +112,22 @@ def test_build_input_decode_fields() -> None:
 
 
 def test_build_input_uses_fresh_router_state_only() -> None:
-    rs = InstanceState(
-        t_ns=100_000_000_000,
-        instance="p0",
-        role="prefill",
-        url="u",
-        seq=1,
-        queued_prefill_tokens=4096,
-        oldest_wait_s=0.3,
-    )
+    rs = router_queue(4096, 0.3)
     t = tel(instance="p0", role="prefill", num_running_reqs=1)
-    fresh = build_input(
-        t,
-        received_s=100.0,
-        router=rs,
-        router_received_s=100.0,
-        now_s=100.5,
-        stale_after_s=1.0,
-        current_clock_mhz=None,
-    )
+    fresh = build(t, received_s=100.0, now_s=100.5, router=rs)
     assert (fresh.prefill_tokens, fresh.oldest_wait_s) == (4096.0, 0.3)
-    stale = build_input(
-        t,
-        received_s=100.0,
-        router=rs,
-        router_received_s=100.0,
-        now_s=101.5,
-        stale_after_s=1.0,
-        current_clock_mhz=None,
-    )
+    stale = build(t, received_s=100.0, now_s=101.5, router=rs)
     assert stale.prefill_tokens is None
 
 
 def test_build_input_idle_is_known_without_router() -> None:
-    inp = build_input(
-        tel(role="prefill"),
-        received_s=100.0,
-        router=None,
-        router_received_s=None,
-        now_s=100.0,
-        stale_after_s=1.0,
-        current_clock_mhz=None,
-    )
+    inp = build(tel(role="prefill"), received_s=100.0, now_s=100.0)
     assert (inp.prefill_tokens, inp.oldest_wait_s) == (0.0, 0.0)
 
 
 def test_future_timestamp_cannot_hide_staleness() -> None:
     """A sender whose clock runs ahead: arrival time bounds the telemetry time."""
-    inp = build_input(
-        tel(t_ns=500_000_000_000),
-        received_s=100.0,
-        router=None,
-        router_received_s=None,
-        now_s=102.0,
-        stale_after_s=1.0,
-        current_clock_mhz=None,
-    )
+    inp = build(tel(t_ns=500_000_000_000), received_s=100.0, now_s=102.0)
     assert inp.t == 100.0
 
 
@@ -144,15 +137,7 @@ def test_missing_and_stale_input_give_the_safe_clock(policy: str) -> None:
     ctl = make_controller(ControllerConfig(policy=policy), profile)
     d = ctl.decide(missing_input("d0"), 1000.0)
     assert d.clock_mhz == profile.max_clock_mhz
-    idle = build_input(
-        tel(),
-        received_s=100.0,
-        router=None,
-        router_received_s=None,
-        now_s=105.0,
-        stale_after_s=1.0,
-        current_clock_mhz=None,
-    )
+    idle = build(tel(), received_s=100.0, now_s=105.0)
     assert ctl.decide(idle, 105.0).clock_mhz == profile.max_clock_mhz
 
 
@@ -206,24 +191,14 @@ def test_simulated_instance_uses_the_live_mapping() -> None:
         inst.engine.submit(f"r{i}", prompt_tokens=n, max_new_tokens=5, now=float(i))
     assert inst.start_iteration(3.0) is not None
     simulated = inst.control_input(3.5)
-    live = build_input(
+    live = build(
         tel(
             t_ns=3_500_000_000, instance="p0", role="prefill", num_running_reqs=2, num_queue_reqs=1
         ),
         received_s=3.5,
-        router=InstanceState(
-            t_ns=3_500_000_000,
-            instance="p0",
-            role="prefill",
-            url="u",
-            seq=1,
-            queued_prefill_tokens=800 + 900 + 700,
-            oldest_wait_s=3.5,
-        ),
-        router_received_s=3.5,
         now_s=3.5,
-        stale_after_s=1.0,
-        current_clock_mhz=1980,
+        router=router_queue(800 + 900 + 700, 3.5, t_ns=3_500_000_000),
+        clock=1980,
     )
     assert simulated == live
 
@@ -276,24 +251,8 @@ def test_build_input_is_control_input_of_the_message_fields(
         itl=lw(itl),
         healthy=healthy,
     )
-    router = InstanceState(
-        t_ns=t_ns,
-        instance="d0",
-        role=role,
-        url="u",
-        seq=1,
-        queued_prefill_tokens=prefill_tokens,
-        oldest_wait_s=oldest_wait,
-    )
-    live = build_input(
-        message,
-        received_s=t,
-        router=router,
-        router_received_s=t,
-        now_s=t,
-        stale_after_s=1.0,
-        current_clock_mhz=clock,
-    )
+    router = router_queue(prefill_tokens, oldest_wait, t_ns=t_ns, instance="d0", role=role)
+    live = build(message, received_s=t, now_s=t, router=router, clock=clock)
     direct = control_input(
         instance="d0",
         role=role,

@@ -27,6 +27,15 @@ A100 = default_profile("a100", "llama-3.1-8b")
 def tiny_file(**over: object) -> ProfileFile:
     """Two profiled clocks (1000, 2000) of a table 1000..2000 step 250; one bucket pair."""
 
+    def pre(clock: int, s_per_token: float, j_per_token: float) -> PrefillClockFit:
+        return PrefillClockFit(
+            clock_mhz=clock,
+            latency_s_per_token=s_per_token,
+            latency_s=0.01,
+            energy_j_per_token=j_per_token,
+            energy_j=1.0,
+        )
+
     def dec(clock: int, k: float) -> DecodeClockFit:
         return DecodeClockFit(
             clock_mhz=clock,
@@ -52,22 +61,7 @@ def tiny_file(**over: object) -> ProfileFile:
         supported_clocks_mhz=[1000, 1250, 1500, 1750, 2000],
         decode_buckets=[8, 16],
         prefill_max_batched_tokens=1000,
-        prefill=[
-            PrefillClockFit(
-                clock_mhz=1000,
-                latency_s_per_token=2e-5,
-                latency_s=0.01,
-                energy_j_per_token=0.02,
-                energy_j=1.0,
-            ),
-            PrefillClockFit(
-                clock_mhz=2000,
-                latency_s_per_token=1e-5,
-                latency_s=0.01,
-                energy_j_per_token=0.03,
-                energy_j=1.0,
-            ),
-        ],
+        prefill=[pre(1000, 2e-5, 0.02), pre(2000, 1e-5, 0.03)],
         decode=[dec(1000, 2.0), dec(2000, 1.0)],
         idle=[IdlePoint(clock_mhz=1000, power_w=100.0), IdlePoint(clock_mhz=2000, power_w=200.0)],
     )

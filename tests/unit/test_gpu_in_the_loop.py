@@ -67,6 +67,16 @@ def test_results_come_from_a_real_h100_at_default_settings(name: str) -> None:
         assert "error" not in r and r["bracketed"] and r["n_samples"] >= 20, r
 
 
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_the_runs_measured_the_shape_the_model_describes(name: str) -> None:
+    """bench/gpu/llama_shape.py keeps its own copy of Llama-3.1-8B's shape (it runs with
+    torch alone); the shape each run recorded must be the emulator's model."""
+    shape, model = DOCS[name]["model"], MODELS["llama-3.1-8b"]
+    for field in ("hidden", "layers", "heads", "kv_heads", "head_dim"):
+        assert shape[field] == getattr(model, field), field
+    assert shape["params"] == pytest.approx(model.params, rel=1e-3)
+
+
 def test_every_point_is_either_held_or_excluded_for_a_stated_reason() -> None:
     assert len(HELD) >= 60
     reasons = {p.excluded for p in POINTS if p.excluded}

@@ -47,6 +47,19 @@ def pre(name: str, queued: int = 0, *, wait: float = 0.0, healthy: bool = True) 
     )
 
 
+def dispatched(
+    pol: RoutingPolicy, view: ClusterView, rng: np.random.Generator, n: int
+) -> list[str]:
+    """The instances ``pol`` picks for ``n`` requests in a row, each dispatched at t=0."""
+    picks = []
+    for _ in range(n):
+        s = pol.select(view, REQ, 0.0, rng)
+        assert s is not None
+        pol.on_dispatch(s.instance, REQ, 0.0)
+        picks.append(s.instance)
+    return picks
+
+
 @pytest.fixture(scope="module")
 def profile():
     return default_profile("h100", "llama-3.1-8b")
@@ -70,17 +83,10 @@ def test_every_policy_follows_the_protocol_and_skips_unhealthy(name: str, profil
 @pytest.mark.parametrize("name", POLICY_NAMES)
 def test_select_does_not_mutate_and_is_repeatable(name: str, profile) -> None:
     view = ClusterView([dec("a", 3), dec("b", 9), dec("c", 5)])
-    picks = []
-    for _ in range(2):
-        pol = make_policy(name, profile=profile)
-        rng = np.random.default_rng(7)
-        seq = []
-        for _ in range(30):
-            s = pol.select(view, REQ, 0.0, rng)
-            assert s is not None
-            pol.on_dispatch(s.instance, REQ, 0.0)
-            seq.append(s.instance)
-        picks.append(seq)
+    picks = [
+        dispatched(make_policy(name, profile=profile), view, np.random.default_rng(7), 30)
+        for _ in range(2)
+    ]
     assert picks[0] == picks[1]
 
 
@@ -90,13 +96,7 @@ def test_round_robin_cycles_and_moves_only_on_dispatch() -> None:
     rng = np.random.default_rng(0)
     assert pol.select(view, REQ, 0, rng).instance == "a"
     assert pol.select(view, REQ, 0, rng).instance == "a"
-    got = []
-    for _ in range(6):
-        s = pol.select(view, REQ, 0, rng)
-        assert s is not None
-        pol.on_dispatch(s.instance, REQ, 0)
-        got.append(s.instance)
-    assert got == ["a", "b", "c", "a", "b", "c"]
+    assert dispatched(pol, view, rng, 6) == ["a", "b", "c", "a", "b", "c"]
     view2 = ClusterView([dec("a"), dec("b", healthy=False), dec("c")])
     pol.on_dispatch("a", REQ, 0)
     assert pol.select(view2, REQ, 0, rng).instance == "c"

@@ -5,26 +5,43 @@ from __future__ import annotations
 import pytest
 from voltana.common.errors import ConfigError
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
+from voltana.services.router.accounting import InstanceLoad
 from voltana.services.router.config import RouterConfig, WorkerSpec, instance_name
 from voltana.services.router.state import Breaker, ClusterState
 
 
-def cluster(**kw: float) -> ClusterState:
-    cfg = RouterConfig(
+def config() -> RouterConfig:
+    """One prefill and one decode worker, their URLs written loosely (normalised by validate)."""
+    return RouterConfig(
         prefill=[WorkerSpec(url="127.0.0.1:1", role="prefill")],
         decode=[WorkerSpec(url="http://127.0.0.1:2/", role="decode")],
     ).validate()
+
+
+def cluster(**kw: float) -> ClusterState:
+    cfg = config()
     return ClusterState([*cfg.prefill, *cfg.decode], **kw)
+
+
+def gpu_reading(instance: str, gpu: int, power_w: float, sm_clock_mhz: int) -> GpuTelemetry:
+    """A GPU reading of node "n" (energy_j set, but the router merges only power and clock)."""
+    return GpuTelemetry(
+        t_ns=1,
+        node="n",
+        gpu=gpu,
+        seq=1,
+        instance=instance,
+        power_w=power_w,
+        energy_j=1.0,
+        sm_clock_mhz=sm_clock_mhz,
+    )
 
 
 P, D = "127-0-0-1_1", "127-0-0-1_2"
 
 
 def test_config_normalises_and_names_workers() -> None:
-    cfg = RouterConfig(
-        prefill=[WorkerSpec(url="127.0.0.1:1", role="prefill")],
-        decode=[WorkerSpec(url="http://127.0.0.1:2/", role="decode")],
-    ).validate()
+    cfg = config()
     assert cfg.prefill[0].url == "http://127.0.0.1:1" and cfg.decode[0].url == "http://127.0.0.1:2"
     assert instance_name("http://a.b:5") == "a-b_5"
     with pytest.raises(ConfigError, match="decode"):
@@ -52,13 +69,7 @@ def test_accounting_round_trip_returns_to_zero() -> None:
     st.prefill_done(P, "r2", 50)
     st.decode_done(D, "r2", 50, 10, [], 4.0)
     for name in (P, D):
-        w = st.workers[name]
-        assert (
-            w.load.in_flight_requests,
-            w.load.in_flight_tokens,
-            w.load.queued_prefill_tokens,
-        ) == (0, 0, 0)
-        assert not w.load.waiting_since
+        assert st.workers[name].load == InstanceLoad(), name  # nothing in flight or waiting
     msg = st.instance_state(D, 4.0, 123)
     assert msg.seq == 1 and msg.ttft is not None and msg.ttft.count == 1
     assert msg.itl is not None and msg.itl.max_s == pytest.approx(0.02)
@@ -101,45 +112,9 @@ def test_telemetry_merges_by_url_and_goes_stale() -> None:
         ),
         now=10.0,
     )
-    st.on_gpu_telemetry(
-        GpuTelemetry(
-            t_ns=1,
-            node="n",
-            gpu=0,
-            seq=1,
-            instance=D,
-            power_w=300.0,
-            energy_j=5.0,
-            sm_clock_mhz=1005,
-        ),
-        now=10.2,
-    )
-    assert st.on_gpu_telemetry(
-        GpuTelemetry(
-            t_ns=1,
-            node="n",
-            gpu=1,
-            seq=1,
-            instance="decode-0",
-            power_w=100.0,
-            energy_j=1.0,
-            sm_clock_mhz=990,
-        ),
-        now=10.2,
-    )
-    assert not st.on_gpu_telemetry(
-        GpuTelemetry(
-            t_ns=1,
-            node="n",
-            gpu=1,
-            seq=1,
-            instance="other",
-            power_w=1.0,
-            energy_j=1.0,
-            sm_clock_mhz=1,
-        ),
-        now=10.2,
-    )
+    st.on_gpu_telemetry(gpu_reading(D, 0, 300.0, 1005), now=10.2)
+    assert st.on_gpu_telemetry(gpu_reading("decode-0", 1, 100.0, 990), now=10.2)
+    assert not st.on_gpu_telemetry(gpu_reading("other", 1, 1.0, 1), now=10.2)
     v = st.instance_view(st.workers[D], 10.5)
     assert (v.running_batch, v.kv_tokens, v.clock_mhz, v.power_w, v.engine_queue_reqs) == (
         7,

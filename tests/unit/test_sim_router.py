@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from voltana.schemas.config import ControllerConfig, SloConfig
 from voltana.services.freqctl.controllers.factory import make_controller
+from voltana.services.router.accounting import InstanceLoad
 from voltana.services.router.config import WorkerSpec
 from voltana.services.router.policies import RouteRequest, make_policy
 from voltana.services.router.state import ClusterState
@@ -34,6 +37,43 @@ def _accounting(view: object) -> tuple[object, ...]:
     return tuple(getattr(view, f) for f in ACCOUNTING)
 
 
+Step = tuple[float, Callable[[], object], Callable[[], object]]
+
+
+def request_events(
+    sim: SimRouter,
+    live: ClusterState,
+    rid: str,
+    n_in: int,
+    n_out: int,
+    times: tuple[float, float, float],
+) -> list[Step]:
+    """One request p0 -> d0 on both books: (time, sim event, live event) for its dispatch
+    (= arrival), first token and end, at ``times``."""
+    arrival, first, done = times
+    r = _rr(rid, n_in, n_out, arrival)
+    return [
+        (
+            arrival,
+            lambda: sim.dispatched("p0", "d0", r, arrival),
+            lambda: live.dispatched("p0", "d0", rid, n_in, n_out, arrival),
+        ),
+        (
+            first,
+            lambda: sim.first_token("p0", "d0", r, first),
+            lambda: (
+                live.prefill_done("p0", rid, n_in),
+                live.first_token("d0", rid, first - arrival, first),
+            ),
+        ),
+        (
+            done,
+            lambda: sim.decode_done("d0", r, done),
+            lambda: live.decode_done("d0", rid, n_in, n_out, [], done),
+        ),
+    ]
+
+
 def test_sim_router_and_live_state_agree_on_the_same_events() -> None:
     sim = SimRouter(
         {"p0": "prefill", "d0": "decode"},
@@ -42,39 +82,11 @@ def test_sim_router_and_live_state_agree_on_the_same_events() -> None:
         np.random.default_rng(0),
     )
     live = _live()
-    a, b = _rr("a", 700, 50, 1.0), _rr("b", 300, 20, 1.5)
-    steps = [
-        (
-            1.0,
-            lambda: sim.dispatched("p0", "d0", a, 1.0),
-            lambda: live.dispatched("p0", "d0", "a", 700, 50, 1.0),
-        ),
-        (
-            1.5,
-            lambda: sim.dispatched("p0", "d0", b, 1.5),
-            lambda: live.dispatched("p0", "d0", "b", 300, 20, 1.5),
-        ),
-        (
-            2.0,
-            lambda: sim.first_token("p0", "d0", a, 2.0),
-            lambda: (live.prefill_done("p0", "a", 700), live.first_token("d0", "a", 1.0, 2.0)),
-        ),
-        (
-            3.0,
-            lambda: sim.decode_done("d0", a, 3.0),
-            lambda: live.decode_done("d0", "a", 700, 50, [], 3.0),
-        ),
-        (
-            3.5,
-            lambda: sim.first_token("p0", "d0", b, 3.5),
-            lambda: (live.prefill_done("p0", "b", 300), live.first_token("d0", "b", 2.0, 3.5)),
-        ),
-        (
-            4.0,
-            lambda: sim.decode_done("d0", b, 4.0),
-            lambda: live.decode_done("d0", "b", 300, 20, [], 4.0),
-        ),
-    ]
+    steps = sorted(
+        request_events(sim, live, "a", 700, 50, (1.0, 2.0, 3.0))
+        + request_events(sim, live, "b", 300, 20, (1.5, 3.5, 4.0)),
+        key=lambda step: step[0],
+    )
     seen = set()
     for t, on_sim, on_live in steps:
         on_sim()
@@ -108,5 +120,4 @@ def test_every_request_closes_its_books_after_a_run() -> None:
     loads = sim.router.loads
     assert set(loads) == {"p0", "p1", "d0", "d1"}
     for load in loads.values():
-        assert (load.in_flight_requests, load.in_flight_tokens) == (0, 0)
-        assert load.queued_prefill_tokens == 0 and not load.waiting_since
+        assert load == InstanceLoad()  # nothing in flight, queued or waiting

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from sglang_buckets import ITL_BOUNDS
 from voltana.services.telemetry.latency import (
     HistogramSnapshot,
     HistogramWindow,
@@ -64,25 +65,7 @@ def test_counter_reset_takes_the_new_counts() -> None:
 def test_quantiles_track_a_known_distribution() -> None:
     """Draw ITL samples, bucket them like a server would; quantiles land in the right bucket."""
     rng = np.random.default_rng(7)
-    bounds = (
-        0.002,
-        0.004,
-        0.006,
-        0.008,
-        0.010,
-        0.015,
-        0.020,
-        0.025,
-        0.030,
-        0.035,
-        0.040,
-        0.060,
-        0.080,
-        0.100,
-        0.200,
-        0.400,
-        math.inf,
-    )
+    bounds = (*ITL_BOUNDS, math.inf)  # SGLang's inter-token latency layout
     x = rng.gamma(9.0, 0.0025, size=20000)
     idx = np.searchsorted(np.array(bounds[:-1]), x, side="left")
     per = np.bincount(idx, minlength=len(bounds)).astype(float)

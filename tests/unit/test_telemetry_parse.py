@@ -1,50 +1,26 @@
 """Parsing SGLang /metrics text (0.4.7 and 0.5.23 label sets) and the load endpoints.
 
 The metric text is written out by hand in each version's style, following the
-names, label sets and bucket layouts listed in the SGLang interface notes.
+names, label sets and bucket layouts listed in the SGLang interface notes (the
+bucket bounds: ``sglang_buckets``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
+from sglang_buckets import ITL_BOUNDS, TTFT_BOUNDS
 from voltana.services.telemetry.engine_metrics import (
     parse_get_load,
     parse_metrics,
     parse_v1_loads,
 )
 
-TTFT_BOUNDS = [0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400]
-ITL_BOUNDS = [
-    0.002,
-    0.004,
-    0.006,
-    0.008,
-    0.010,
-    0.015,
-    0.020,
-    0.025,
-    0.030,
-    0.035,
-    0.040,
-    0.060,
-    0.080,
-    0.100,
-    0.200,
-    0.400,
-    0.600,
-    0.800,
-    1,
-    2,
-    4,
-    6,
-    8,
-]
-
 
 def histogram(
-    name: str, labels: str, bounds: list[float], per_bucket: dict[float, int], total_s: float
+    name: str, labels: str, bounds: Sequence[float], per_bucket: dict[float, int], total_s: float
 ) -> str:
     lines = [f"# HELP sglang:{name} Histogram.", f"# TYPE sglang:{name} histogram"]
     cum = 0

@@ -1,0 +1,127 @@
+"""The processes a benchmark starts: each logs to a file, all are stopped by PID at the end.
+
+Shared by the benchmarks that run real processes (``emulator_pacing.py``,
+``freqctl_loop.py``, ``router_vs_sglang_router.py``); the scripts import it as
+``children`` (their own folder is first on ``sys.path``)::
+
+    with Children(logdir) as kids:
+        kids.voltana("decode-0", ["emulator", "--role", "decode", "--port", str(port)])
+        kids.wait_http("decode-0", f"http://127.0.0.1:{port}/health")
+        ...  # measure
+
+Every child gets its own session, so a Ctrl-C reaches only the benchmark, which
+then stops the children (SIGTERM in reverse start order, SIGKILL for those still
+running after ``stop_timeout_s``) -- as it does on any other exit.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+__all__ = ["Children", "cpu_s"]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Children:
+    """Named child processes, each writing stdout and stderr to ``<logdir>/<name>.log``.
+
+    Args:
+        logdir: where the logs go (created if missing).
+        env: variables added to this process's environment for every child.
+        stop_timeout_s: how long ``stop`` waits after SIGTERM before SIGKILL.
+    """
+
+    def __init__(
+        self, logdir: Path, env: Mapping[str, str] | None = None, stop_timeout_s: float = 10.0
+    ) -> None:
+        self.logdir = logdir
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.stop_timeout_s = stop_timeout_s
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+        logdir.mkdir(parents=True, exist_ok=True)
+
+    def spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` as the child ``name``."""
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        proc = subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        self.procs[name] = proc
+        return proc
+
+    def voltana(
+        self, name: str, args: Sequence[str], prefix: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Start ``voltana ARGS`` with this interpreter; ``prefix`` runs it through a
+        wrapper such as ``taskset -c 1``."""
+        return self.spawn(name, [*prefix, sys.executable, "-m", "voltana", *args])
+
+    def log_tail(self, name: str, chars: int = 2000) -> str:
+        return (self.logdir / f"{name}.log").read_text(errors="replace")[-chars:]
+
+    def check_running(self) -> None:
+        """Raise, with its log's end, if any child has already exited."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited early with {proc.returncode}\n{self.log_tail(name)}"
+                )
+
+    def wait_http(self, name: str, url: str, timeout_s: float = 60.0) -> None:
+        """Wait until ``url`` answers 200; raise at once if child ``name`` exits meanwhile."""
+        proc = self.procs[name]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                tail = self.log_tail(name)
+                raise RuntimeError(f"{name} exited with {proc.returncode} ({url})\n{tail}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (OSError, http.client.HTTPException):  # not up yet, or not HTTP yet
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} ({name}) did not answer within {timeout_s} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM to every child still running, last started first; SIGKILL after the wait."""
+        procs = list(reversed(self.procs.values()))
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in self._logs:
+            log.close()
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
