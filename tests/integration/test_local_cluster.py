@@ -9,8 +9,9 @@ from typing import Any
 
 import aiohttp
 from helpers import wait_for
+from nats.js.api import DeliverPolicy
 from voltana.bus.client import Bus
-from voltana.schemas import ClockState, GpuTelemetry, RequestRecord, subjects
+from voltana.schemas import ClockState, GpuTelemetry, RequestRecord, codec, subjects
 from voltana.tools.localcluster import LocalCluster, LocalClusterSpec
 
 
@@ -22,7 +23,17 @@ async def exercise(
     states: list[ClockState] = []
     gpus: list[GpuTelemetry] = []
     await bus.subscribe(subjects.REQUEST_DONE, RequestRecord, lambda m, s: records.append(m))
-    await bus.subscribe(subjects.CLOCK_STATE_ALL, ClockState, lambda m, s: states.append(m))
+    # Clock states come from the event stream from its first event on: the controllers may
+    # have parked and locked the GPUs before this test subscribed, and the log keeps that.
+    history = await bus.js.subscribe(
+        subjects.CLOCK_STATE_ALL, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+
+    async def read_history() -> None:
+        async for m in history.messages:
+            states.append(codec.decode(m.data, ClockState))
+
+    reader = asyncio.create_task(read_history())
     await bus.subscribe(subjects.TELEMETRY_GPU_ALL, GpuTelemetry, lambda m, s: gpus.append(m))
     body = {
         "text": "energy " * 300,
@@ -43,8 +54,10 @@ async def exercise(
         outs = await asyncio.gather(*(one(i) for i in range(4)))
     assert all(o["meta_info"]["completion_tokens"] == 24 for o in outs)
     await wait_for(lambda: len(records) >= 4, timeout_s=10)
-    await wait_for(lambda: any(s.status == "applied" for s in states), timeout_s=10)
-    await wait_for(lambda: {g.gpu for g in gpus} == {0, 1}, timeout_s=10)
+    await wait_for(lambda: any(s.status == "applied" for s in states), timeout_s=30)
+    await wait_for(lambda: {g.gpu for g in gpus} == {0, 1}, timeout_s=30)
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
     await bus.close()
     return records, states, gpus
 
