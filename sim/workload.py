@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import numpy as np
 from voltana.common.errors import ConfigError
 
@@ -231,8 +232,7 @@ def window(wl: Workload, start_s: float, duration_s: float | None) -> Workload:
     return Workload(name=wl.name, requests=reqs, source=wl.source)
 
 
-@dataclass(frozen=True, slots=True)
-class LengthDist:
+class LengthDist(msgspec.Struct, frozen=True):
     """A token-length distribution.
 
     ``lognormal``: mean ``mean`` and shape ``sigma`` (log-space std); ``fixed``:
