@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, Protocol, Self, TypeVar, overload, runtime_checkable
 
 import msgspec
 import structlog
@@ -26,6 +26,7 @@ __all__ = [
     "EndsByItself",
     "MetricsEndpoint",
     "Service",
+    "ServiceContext",
     "add_metrics_args",
     "metrics_from_args",
     "run_service",
@@ -43,6 +44,23 @@ class Service(Protocol):
     async def start(self) -> object: ...
 
     async def stop(self) -> None: ...
+
+
+class ServiceContext:
+    """``async with service:`` starts it and always stops it: the runner's lifecycle for tests and scripts."""
+
+    async def start(self) -> object:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 @runtime_checkable

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 import structlog
 from aiohttp import web
 from voltana.services.emulator import pd
@@ -11,13 +9,14 @@ from voltana.services.emulator.admin import add_admin_routes
 from voltana.services.emulator.api import add_sglang_routes
 from voltana.services.emulator.config import EmulatorConfig
 from voltana.services.emulator.server import EmulatorServer
+from voltana.services.runner import ServiceContext
 
 __all__ = ["EmulatorApp"]
 
 log = structlog.get_logger("voltana.emulator")
 
 
-class EmulatorApp:
+class EmulatorApp(ServiceContext):
     """One emulated worker listening on ``config.host:config.port`` (async context manager)."""
 
     def __init__(self, config: EmulatorConfig) -> None:
@@ -64,12 +63,3 @@ class EmulatorApp:
             await r.cleanup()
         self._runners.clear()
         await self.server.stop()
-
-    async def __aenter__(self) -> EmulatorApp:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -48,6 +48,7 @@ from voltana.services.freqctl.core import (
     needs_send,
 )
 from voltana.services.freqctl.kvconfig import KvConfigWatcher
+from voltana.services.runner import ServiceContext
 from voltana.services.status import add_status_service
 
 DECISIONS = PromCounter(
@@ -87,7 +88,7 @@ def _new_work(prev: InstanceState | None, cur: InstanceState) -> bool:
     )
 
 
-class FreqctlService:
+class FreqctlService(ServiceContext):
     """Drives the clocks of a set of instances from their telemetry.
 
     Args:
@@ -172,13 +173,6 @@ class FreqctlService:
         with contextlib.suppress(Exception):
             await self.bus.nc.flush(timeout=1)
         self._log.info("freqctl_stopped", counts=dict(self.counts))
-
-    async def __aenter__(self) -> FreqctlService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- live config (KV) ------------------------------------------------------------------
 

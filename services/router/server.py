@@ -36,13 +36,14 @@ from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.policies import make_policy
 from voltana.services.router.routing import Routing
 from voltana.services.router.state import ClusterState, WorkerState
+from voltana.services.runner import ServiceContext
 
 log = get_logger("router")
 
 GENERATE_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
 
 
-class Router:
+class Router(ServiceContext):
     """One running router. ``await start()`` binds; ``await stop()`` drains and closes."""
 
     def __init__(self, cfg: RouterConfig) -> None:
@@ -184,12 +185,6 @@ class Router:
         await self.bus.stop()
         await self.session.close()
         log.info("router_stopped")
-
-    async def __aenter__(self) -> Router:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     @property
     def url(self) -> str:

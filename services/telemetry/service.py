@@ -33,6 +33,7 @@ from voltana.gpu.device import GpuReader
 from voltana.gpu.emulated import EmulatedDevice
 from voltana.gpu.nvml import NvmlDevice
 from voltana.schemas import subjects
+from voltana.services.runner import ServiceContext
 from voltana.services.telemetry.config import InstanceConfig, NodeConfig
 from voltana.services.telemetry.engine import EngineScraper, EngineState
 from voltana.services.telemetry.gpu_messages import GpuMessageBuilder
@@ -113,7 +114,7 @@ class _Status:
             log.info("telemetry_source_recovered", source=key, **kw)
 
 
-class TelemetryService:
+class TelemetryService(ServiceContext):
     """Runs every sampling loop of one node until stopped.
 
     Args:
@@ -313,10 +314,3 @@ class TelemetryService:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         log.info("telemetry_stopped", node=self.cfg.node, published=self.published)
-
-    async def __aenter__(self) -> TelemetryService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
