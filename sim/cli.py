@@ -4,7 +4,7 @@ Example::
 
     voltana sim --trace ../shared/data/traces/azure_llm_2023_conv.csv --cluster 2p2d \\
         --gpu h100 --model llama-3.1-8b --policies static-max,ecofreq,voltana-ref,voltana \\
-        --slo-ttft 0.5 --slo-itl 0.025 --rate-scale 2 --window 0,600 --out out/sim
+        --slo-ttft-s 0.5 --slo-itl-s 0.025 --rate-scale 2 --window 0,600 --out out/sim
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def register(subparsers: Any) -> None:
     cl.add_argument("--gpu", default="h100", help="h100 | a100")
     cl.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.1-70b")
     cl.add_argument("--tp", type=int, default=1, help="GPUs per instance")
-    cl.add_argument("--slo-ttft", type=float, default=1.0, help="TTFT SLO (s)")
-    cl.add_argument("--slo-itl", type=float, default=0.05, help="ITL SLO (s)")
+    cl.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO (s)")
+    cl.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (s)")
     cl.add_argument("--slo-margin", type=float, default=0.1, help="controllers' SLO margin")
     run = p.add_argument_group("run")
     run.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated")
@@ -162,12 +162,12 @@ def main(args: argparse.Namespace) -> int:
     wl = scale_rate(wl, args.rate_scale)
     if args.window is not None:
         wl = window(wl, args.window[0], args.window[1])
-    if args.slo_ttft <= 0 or args.slo_itl <= 0:
+    if args.slo_ttft_s <= 0 or args.slo_itl_s <= 0:
         raise ConfigError("SLOs must be positive")
     cluster = ClusterSpec.parse(args.cluster, gpu=args.gpu, model=args.model, tp=args.tp)
     cfg = SimConfig(
         cluster=cluster,
-        slo=SloConfig(ttft_s=args.slo_ttft, itl_s=args.slo_itl, margin=args.slo_margin),
+        slo=SloConfig(ttft_s=args.slo_ttft_s, itl_s=args.slo_itl_s, margin=args.slo_margin),
         seed=args.seed,
         noise=args.noise,
         control=args.control,
@@ -235,7 +235,7 @@ def main(args: argparse.Namespace) -> int:
         )
     title = (
         f"{wl.name} | {cluster.label} {cluster.gpu} {cluster.model} | "
-        f"SLO TTFT {args.slo_ttft * 1e3:.0f} ms, ITL {args.slo_itl * 1e3:.0f} ms"
+        f"SLO TTFT {args.slo_ttft_s * 1e3:.0f} ms, ITL {args.slo_itl_s * 1e3:.0f} ms"
     )
     console.print(evaluation_table(ev, title))
     if out is not None:

@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-scale", type=float, default=1.0)
     ap.add_argument("--policy", default="voltana")
     ap.add_argument("--cluster", default="1p1d")
-    ap.add_argument("--slo-ttft", type=float, default=0.5)
-    ap.add_argument("--slo-itl", type=float, default=0.025)
+    ap.add_argument("--slo-ttft-s", type=float, default=0.5)
+    ap.add_argument("--slo-itl-s", type=float, default=0.025)
     ap.add_argument("--noise", type=float, default=0.0)
     ap.add_argument("--control", choices=["iteration", "telemetry"], default="telemetry")
     ap.add_argument("--telemetry-period", type=float, default=0.25)
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         window_s=(start, dur),
         rate_scale=a.rate_scale,
         policy=a.policy,
-        slo_ttft_s=a.slo_ttft,
-        slo_itl_s=a.slo_itl,
+        slo_ttft_s=a.slo_ttft_s,
+        slo_itl_s=a.slo_itl_s,
         cluster=a.cluster,
         seed=a.seed,
         noise=a.noise,

@@ -33,8 +33,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--policy", default="voltana", help="controller policy to replay (default voltana)"
     )
-    p.add_argument("--ttft-slo-s", type=float, default=1.0, help="TTFT SLO (default 1.0)")
-    p.add_argument("--itl-slo-s", type=float, default=0.05, help="ITL SLO (default 0.05)")
+    p.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO (default 1.0)")
+    p.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (default 0.05)")
     add_profile_args(p)
     p.add_argument("--show", type=int, default=10, help="divergences to print (default 10)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
 
     profile = profile_from_args(args)
     config = ControllerConfig(
-        policy=args.policy, slo=SloConfig(ttft_s=args.ttft_slo_s, itl_s=args.itl_slo_s)
+        policy=args.policy, slo=SloConfig(ttft_s=args.slo_ttft_s, itl_s=args.slo_itl_s)
     )
     replayer = Replayer(profile, lambda _instance: config)
     report = replayer.run((at_s, msg) for at_s, _subject, msg in events)

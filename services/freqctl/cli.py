@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     profile = profile_from_args(args)
     base = ControllerConfig(
         policy=args.policy,
-        slo=SloConfig(ttft_s=args.ttft_slo_s, itl_s=args.itl_slo_s, margin=args.slo_margin),
+        slo=SloConfig(ttft_s=args.slo_ttft_s, itl_s=args.slo_itl_s, margin=args.slo_margin),
         static_clock_mhz=args.static_clock_mhz,
         lease_s=args.lease_s,
         stale_after_s=args.stale_after_s,
@@ -87,8 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
         help="policy where the KV bucket sets none (default voltana)",
     )
     p.add_argument("--static-clock-mhz", type=int, default=None, help="clock of --policy static")
-    p.add_argument("--ttft-slo-s", type=float, default=1.0, help="TTFT SLO in seconds")
-    p.add_argument("--itl-slo-s", type=float, default=0.05, help="ITL SLO in seconds")
+    p.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO in seconds")
+    p.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO in seconds")
     p.add_argument("--slo-margin", type=float, default=0.1, help="fraction of the SLO kept back")
     p.add_argument("--lease-s", type=float, default=2.0, help="lease of each clock command")
     p.add_argument(

@@ -124,7 +124,7 @@ async def test_load_step_raises_clock_and_idle_instance_is_parked(
                     "d0,d1",
                     "--nats",
                     nats_server.url,
-                    "--itl-slo-s",
+                    "--slo-itl-s",
                     "0.02",
                     "--tick-s",
                     "0.1",

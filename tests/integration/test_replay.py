@@ -81,7 +81,7 @@ def run_replay(*args: str) -> subprocess.CompletedProcess[str]:
 
 def replay(*args: str) -> tuple[dict[str, object], str]:
     """The JSON report (the last line out) and the stderr of a replay judged at a 40 ms ITL."""
-    out = run_replay(*args, "--json", "--itl-slo-s", "0.04")
+    out = run_replay(*args, "--json", "--slo-itl-s", "0.04")
     return msgspec.json.decode(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
