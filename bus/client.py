@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -24,12 +25,15 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 from prometheus_client import Counter as PromCounter
+from voltana.bus.jsstate import Ensured, StreamLimits, open_config_bucket
+from voltana.bus.jsstate import ensure_event_stream as _ensure_event_stream
+from voltana.bus.outbox import Outbox, OutboxSettings
 from voltana.common.errors import BusError
 from voltana.common.logs import get_logger
 from voltana.schemas import codec, subjects
+from voltana.schemas.delivery import KEEP, RETRY_HEADER, delivery_of
 
 T = TypeVar("T")
 
@@ -70,17 +74,11 @@ class BusOptions(msgspec.Struct, kw_only=True):
     max_reconnect_attempts: int = -1
     reconnect_initial_s: float = 0.1
     reconnect_max_s: float = 2.0
+    outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
+    outbox_close_timeout_s: float = 5.0
 
 
-class StreamLimits(msgspec.Struct, kw_only=True):
-    """Limits of the event log stream (limits retention, discard old)."""
-
-    max_age_s: float = 24 * 3600.0
-    max_bytes: int = 1 << 30
-    max_msgs: int = -1
-    replicas: int = 1
-    storage: str = "file"
-    duplicate_window_s: float = 120.0
+__all__ = ["Bus", "BusOptions", "StreamLimits", "backoff_s"]
 
 
 def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -115,6 +113,14 @@ class Bus:
         self._closing = False
         self._on_disconnect: list[Callable[[], Awaitable[None] | None]] = []
         self._on_reconnect: list[Callable[[], Awaitable[None] | None]] = []
+        self.publisher_id = f"{opts.name}-{secrets.token_hex(4)}"
+        self.outbox = Outbox(
+            self._send_kept,
+            self.publisher_id,
+            bus_name=opts.name,
+            settings=opts.outbox,
+            stream_exists=self._event_log_exists,
+        )
 
     # -- connection -------------------------------------------------------
 
@@ -227,6 +233,8 @@ class Bus:
         if self.nc.is_closed:
             return
         self._closing = True
+        # wait for the stream's acks only while they can come
+        await self.outbox.close(self.opts.outbox_close_timeout_s if self.nc.is_connected else 0.0)
         try:
             await asyncio.wait_for(self.nc.drain(), timeout=2.0)
         except Exception:
@@ -243,10 +251,32 @@ class Bus:
     async def publish(
         self, subject: str, msg: msgspec.Struct, *, headers: dict[str, str] | None = None
     ) -> None:
-        """Publish one message (msgpack). Buffered while disconnected (nats-py's pending buffer)."""
-        await self.nc.publish(subject, codec.encode(msg), headers=headers)
+        """Publish one message (msgpack); never waits for the network.
+
+        A KEEP event (``schemas.delivery``) goes through the outbox: JetStream with
+        an ack and a message id, re-sent until the stream has it. Anything else is
+        one plain NATS message, buffered while disconnected (nats-py's pending buffer).
+        """
+        data = codec.encode(msg)
         self.published += 1
         PUBLISHED.labels(type(msg).__name__).inc()
+        if headers is None and delivery_of(subject) == KEEP and self.outbox.accepts():
+            self.outbox.put(subject, data)
+            return
+        await self.nc.publish(subject, data, headers=headers)
+
+    async def _send_kept(
+        self, subject: str, data: bytes, headers: dict[str, str], timeout_s: float
+    ) -> bool:
+        ack = await self.js.publish(subject, data, timeout=timeout_s, headers=headers)
+        return bool(ack.duplicate)
+
+    async def _event_log_exists(self) -> bool:
+        try:
+            await self.js.stream_info(subjects.STREAM_NAME)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
 
     async def subscribe(
         self,
@@ -266,6 +296,8 @@ class Bus:
         kind = getattr(typ, "__name__", str(typ))
 
         async def cb(m: Msg) -> None:
+            if m.headers and RETRY_HEADER in m.headers:
+                return  # a re-sent KEEP event: the first copy was delivered already
             try:
                 value = dec.decode(m.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -296,8 +328,13 @@ class Bus:
     async def subscribe_raw(
         self, subject: str, handler: Callable[[Msg], Awaitable[None]]
     ) -> Subscription:
-        """Subscribe without decoding (tools such as ``voltana tail``)."""
-        sub = await self.nc.subscribe(subject, cb=handler)
+        """Subscribe without decoding (tools such as ``voltana tail``); skips re-sent copies."""
+
+        async def cb(m: Msg) -> None:
+            if not (m.headers and RETRY_HEADER in m.headers):
+                await handler(m)
+
+        sub = await self.nc.subscribe(subject, cb=cb)
         await self._flush_interest()
         return sub
 
@@ -313,28 +350,14 @@ class Bus:
         return self._js
 
     async def ensure_event_stream(
-        self, limits: StreamLimits | None = None, *, name: str = subjects.STREAM_NAME
-    ) -> None:
-        """Create (or update) the stream that keeps every ``voltana.>`` event."""
-        limits = limits or StreamLimits()
-        cfg = StreamConfig(
-            name=name,
-            subjects=[subjects.ALL],
-            retention=RetentionPolicy.LIMITS,
-            discard=DiscardPolicy.OLD,
-            max_age=limits.max_age_s,
-            max_bytes=limits.max_bytes,
-            max_msgs=limits.max_msgs,
-            num_replicas=limits.replicas,
-            storage=StorageType.FILE if limits.storage == "file" else StorageType.MEMORY,
-            duplicate_window=limits.duplicate_window_s,
-        )
-        try:
-            await self.js.add_stream(cfg)
-        except nats.js.errors.BadRequestError:
-            await self.js.update_stream(cfg)
-        except nats.js.errors.ServiceUnavailableError as exc:
-            raise BusError("JetStream is not enabled on the NATS server") from exc
+        self, limits: StreamLimits | None = None, *, apply: bool = False
+    ) -> Ensured:
+        """Create the stream that keeps every ``voltana.>`` event; never downgrades one.
+
+        An existing stream keeps its settings; what differs is in ``Ensured.mismatches``
+        (``apply=True`` changes limits and raises replicas, see ``bus.jsstate``).
+        """
+        return await _ensure_event_stream(self.js, limits, apply=apply)
 
     async def publish_persistent(
         self, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None
@@ -350,13 +373,9 @@ class Bus:
 
     # -- KV ---------------------------------------------------------------
 
-    async def kv(self, bucket: str = subjects.KV_BUCKET, *, ttl_s: float | None = None) -> KeyValue:
-        """Open the KV bucket, creating it on first use."""
-        try:
-            return await self.js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            cfg = KeyValueConfig(bucket=bucket, history=5, ttl=ttl_s)
-            return await self.js.create_key_value(cfg)
+    async def kv(self, bucket: str = subjects.KV_BUCKET) -> KeyValue:
+        """Open the KV bucket, creating it on first use with the event log's replica count."""
+        return await open_config_bucket(self.js, bucket)
 
     async def kv_put_json(
         self, key: str, value: msgspec.Struct, *, bucket: str = subjects.KV_BUCKET

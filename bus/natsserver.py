@@ -62,6 +62,9 @@ class NatsServer:
         jetstream: enable JetStream.
         user, password, token: optional client authentication.
         http_port: optional monitoring port (-1 = free port, None = off).
+        server_name: this server's name (required by JetStream in a cluster).
+        cluster_name, cluster_port: join a cluster: listen for routes on ``cluster_port``.
+        routes: route URLs of the other nodes (``nats://127.0.0.1:6222``).
         extra_args: more nats-server flags.
     """
 
@@ -76,6 +79,10 @@ class NatsServer:
         password: str | None = None,
         token: str | None = None,
         http_port: int | None = None,
+        server_name: str | None = None,
+        cluster_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: list[str] | None = None,
         extra_args: list[str] | None = None,
         startup_timeout_s: float = 10.0,
     ) -> None:
@@ -89,6 +96,10 @@ class NatsServer:
         self.password = password
         self.token = token
         self.http_port = http_port
+        self.server_name = server_name
+        self.cluster_name = cluster_name
+        self.cluster_port = cluster_port
+        self.routes = list(routes or [])
         self.extra_args = list(extra_args or [])
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen[str] | None = None
@@ -117,6 +128,13 @@ class NatsServer:
             args += ["--auth", self.token]
         if self.http_port is not None:
             args += ["-m", str(self.http_port)]
+        if self.server_name:
+            args += ["-n", self.server_name]
+        if self.cluster_port is not None:
+            args += ["--cluster", f"nats://{self.host}:{self.cluster_port}"]
+            args += ["--cluster_name", self.cluster_name or "voltana"]
+        if self.routes:
+            args += ["--routes", ",".join(self.routes)]
         return args + self.extra_args
 
     def start(self) -> NatsServer:

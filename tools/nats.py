@@ -8,12 +8,15 @@ import sys
 from typing import Any, TextIO
 
 import msgspec
-from voltana.bus.client import Bus, StreamLimits
+from voltana.bus.client import Bus
 from voltana.bus.cliopts import add_nats_args, bus_options_from_args
+from voltana.bus.jsstate import BucketSettings, StreamLimits
 from voltana.bus.natsserver import NatsServer
 from voltana.common.logs import get_logger
 from voltana.schemas import codec, subjects
 from voltana.services.runner import run_service
+from voltana.tools import natsinit
+from voltana.tools.natsinit import add_stream_args, ensure_state, limits_from_args
 
 log = get_logger("nats")
 
@@ -38,13 +41,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--user", default=None, help="require this user")
     p.add_argument("--password", default=None, help="password for --user")
-    p.add_argument(
-        "--stream-max-age-s", type=float, default=24 * 3600, help="event log retention (s)"
-    )
-    p.add_argument(
-        "--stream-max-bytes", type=int, default=1 << 30, help="event log size cap (bytes)"
-    )
+    add_cluster_args(p)
+    add_stream_args(p)
     p.set_defaults(func=_run_nats)
+    natsinit.register(p.add_subparsers(title="subcommands", dest="nats_command"))
 
     t = sub.add_parser(
         "tail",
@@ -63,6 +63,26 @@ def register(sub: Any) -> None:
     t.set_defaults(func=_run_tail)
 
 
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """Flags that make ``voltana nats`` one node of a cluster (tests and demos on one host)."""
+    g = p.add_argument_group("cluster (one node of a NATS cluster on loopback)")
+    g.add_argument("--name", default=None, help="this server's name (default: nats-server's)")
+    g.add_argument(
+        "--cluster-port",
+        type=int,
+        default=None,
+        help="listen for cluster routes on this port (default: no cluster)",
+    )
+    g.add_argument("--cluster-name", default="voltana", help="cluster name (default voltana)")
+    g.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="route to another node, e.g. nats://127.0.0.1:6223; repeatable",
+    )
+
+
 async def prepare_nats(
     url: str,
     *,
@@ -71,11 +91,17 @@ async def prepare_nats(
     user: str | None = None,
     password: str | None = None,
 ) -> None:
-    """Create the event stream and the config bucket (before any service needs them)."""
+    """Create the event stream and the config bucket (before any service needs them).
+
+    What exists is never downgraded; a difference is logged as a warning.
+    """
+    limits = limits or StreamLimits()
+    bucket = BucketSettings(replicas=limits.replicas)
     bus = await Bus.connect(servers=[url], name=name, user=user, password=password)
     try:
-        await bus.ensure_event_stream(limits)
-        await bus.kv()
+        for r in await ensure_state(bus, limits, bucket):
+            if r.mismatches:
+                log.warning("nats_state_differs", summary=r.summary())
     finally:
         await bus.close()
 
@@ -83,16 +109,21 @@ async def prepare_nats(
 class EmbeddedNats:
     """``voltana nats`` as a service: a prepared nats-server until a signal or until it exits."""
 
-    def __init__(self, server: NatsServer, limits: StreamLimits) -> None:
+    def __init__(self, server: NatsServer, limits: StreamLimits | None) -> None:
         self.server = server
         self.limits = limits
 
     async def start(self) -> None:
         s = self.server
         await asyncio.to_thread(s.start)
-        await prepare_nats(
-            s.url, name="voltana-nats", limits=self.limits, user=s.user, password=s.password
-        )
+        if self.limits is not None:
+            await prepare_nats(
+                s.url, name="voltana-nats", limits=self.limits, user=s.user, password=s.password
+            )
+        else:  # one node of a cluster cannot place replicas alone
+            log.info(
+                "nats_cluster_node", hint="create the stream once all nodes run: voltana nats init"
+            )
         log.info("nats_ready", url=s.url, store_dir=str(s.store_dir), pid=s.pid)
         print(s.url, flush=True)
 
@@ -117,15 +148,24 @@ def _run_nats(args: argparse.Namespace) -> int:
             f"--host {args.host} is not a loopback address; voltana nats serves locally only"
         )
     Path(args.store_dir).mkdir(parents=True, exist_ok=True)
+    limits, _ = limits_from_args(args)
+    clustered = args.cluster_port is not None
+    if args.route and not clustered:
+        raise ConfigError("--route needs --cluster-port (this node's own route port)")
     server = NatsServer(
         host=args.host,
         port=args.port,
         store_dir=args.store_dir,
         user=args.user,
         password=args.password,
+        server_name=args.name,
+        cluster_name=args.cluster_name if clustered else None,
+        cluster_port=args.cluster_port,
+        routes=args.route,
     )
-    limits = StreamLimits(max_age_s=args.stream_max_age_s, max_bytes=args.stream_max_bytes)
-    return run_service(lambda: EmbeddedNats(server, limits), name="nats", log=log)
+    return run_service(
+        lambda: EmbeddedNats(server, None if clustered else limits), name="nats", log=log
+    )
 
 
 class Tail:

@@ -19,6 +19,7 @@ from voltana.common.errors import BusError
 from voltana.common.logs import get_logger
 from voltana.common.tasks import cancel_and_wait
 from voltana.schemas import subjects
+from voltana.schemas.delivery import KEEP, delivery_of
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.router.metrics import RouterMetrics
 
@@ -68,14 +69,16 @@ class RouterBus:
         await cancel_and_wait(self._tasks)
         if self.bus is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.bus.close(), 3.0)
+                await asyncio.wait_for(self.bus.close(), 6.0)  # the outbox gets 5 s to flush
         self.metrics.nats_connected.set(0)
 
     def publish(self, subject: str, msg: msgspec.Struct) -> None:
-        """Queue one message; dropped (and counted) when the bus is down or the queue full."""
+        """Queue one message; dropped (and counted) when the queue is full, or the bus is down
+        and the message is sampled (``schemas.delivery``)."""
         if self.url is None:
             return
-        if not self.connected:
+        if not self.connected and (self.bus is None or delivery_of(subject) != KEEP):
+            # sampled state is dropped while NATS is down; KEEP events wait in the bus's outbox
             self._drop(type(msg).__name__)
             return
         try:
@@ -127,7 +130,7 @@ class RouterBus:
         while True:
             subject, msg = await self.queue.get()
             bus = self.bus
-            if bus is None or not bus.is_connected:
+            if bus is None or (not bus.is_connected and delivery_of(subject) != KEEP):
                 self._drop(type(msg).__name__)
                 continue
             try:
