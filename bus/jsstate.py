@@ -167,7 +167,13 @@ _NOT_READY = (
 )
 
 
-async def _stream_info(js: JetStreamContext, name: str) -> StreamInfo | None:
+async def stream_info_or_none(js: JetStreamContext, name: str) -> StreamInfo | None:
+    """The stream's info, None when it does not exist.
+
+    Raises:
+        JetStreamNotReady: JetStream could not answer (no leader yet); worth retrying.
+        BusError: JetStream is not enabled.
+    """
     try:
         return await js.stream_info(name)
     except nats.js.errors.NotFoundError:
@@ -181,7 +187,7 @@ async def _ensure(
 ) -> Ensured:
     name = str(want.name)
     want_r = want.num_replicas or 1
-    info = await _stream_info(js, name)
+    info = await stream_info_or_none(js, name)
     if info is None:
         try:
             await js.add_stream(want)
@@ -242,7 +248,7 @@ async def ensure_config_bucket(
 ) -> Ensured:
     """Create the configuration KV bucket, or report how it differs (never lowering replicas)."""
     s = settings or BucketSettings()
-    info = await _stream_info(js, f"KV_{bucket}")
+    info = await stream_info_or_none(js, f"KV_{bucket}")
     if info is None:
         cfg = KeyValueConfig(
             bucket=bucket, history=s.history, replicas=s.replicas, max_value_size=s.max_value_size
@@ -271,7 +277,7 @@ async def open_config_bucket(js: JetStreamContext, bucket: str = subjects.KV_BUC
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
-    stream = await _stream_info(js, subjects.STREAM_NAME)
+    stream = await stream_info_or_none(js, subjects.STREAM_NAME)
     replicas = (stream.config.num_replicas or 1) if stream is not None else 1
     await ensure_config_bucket(js, BucketSettings(replicas=replicas), bucket=bucket)
     return await js.key_value(bucket)

@@ -107,6 +107,7 @@ class Outbox:
         self._retry: list[int] = []
         self._retry_at = 0.0
         self._failures = 0
+        self._warned_s = float("-inf")
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
@@ -254,7 +255,7 @@ class Outbox:
             ACKED.labels(self._label).inc()
             self._retry_at = min(self._retry_at, self._clock())  # the stream is back
             if self._failures:
-                log.info("outbox_acked_again", publisher=self.publisher, after=self._failures)
+                log.debug("outbox_acked_again", publisher=self.publisher, after=self._failures)
             self._failures = 0
         finally:
             self._in_flight -= 1
@@ -267,7 +268,9 @@ class Outbox:
         if entry.seq not in self._pending:
             return
         heapq.heappush(self._retry, entry.seq)
-        if self._failures == 0:
+        now = self._clock()
+        if self._failures == 0 and now - self._warned_s >= 5.0:  # one line per outage
+            self._warned_s = now
             log.warning(
                 "outbox_no_ack", publisher=self.publisher, error=str(exc) or type(exc).__name__
             )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,12 @@ def register(sub: Any) -> None:
     p.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO (default 1.0)")
     p.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (default 0.05)")
     add_profile_args(p)
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        default=15.0,
+        help="how long to wait for the stream while it elects a leader (default 15)",
+    )
     p.add_argument("--show", type=int, default=10, help="divergences to print (default 10)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_nats_args(p)
@@ -43,40 +51,72 @@ def register(sub: Any) -> None:
 
 
 async def read_stream(args: argparse.Namespace) -> AsyncIterator[tuple[float, str, bytes]]:
-    """Every stored event (arrival time s, subject, payload) in stream order, until caught up."""
+    """Every stored event (arrival time s, subject, payload) in stream order, up to the last
+    one stored when the replay started.
+
+    Rides out a leader election: the stream lookup and a stalled read are retried for
+    ``--wait-s`` before giving up with a clear error.
+    """
     import datetime as dt
 
-    from nats.js.api import DeliverPolicy
+    from nats.js.api import ConsumerConfig, DeliverPolicy
     from voltana.bus.client import Bus
+    from voltana.bus.jsstate import JetStreamNotReady, stream_info_or_none
     from voltana.common.errors import BusError
     from voltana.schemas import subjects
 
     bus = await Bus.connect(bus_options_from_args(args, name="voltana-replay"))
+    sub = None
     try:
-        try:
-            info = await bus.js.stream_info(subjects.STREAM_NAME)
-        except Exception as exc:
-            raise BusError(f"no {subjects.STREAM_NAME} event stream on the server ({exc})") from exc
-        if info.state.messages == 0:
-            return
-        kwargs: dict[str, Any] = {"deliver_policy": DeliverPolicy.ALL}
-        if args.since_s is not None:
-            start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=args.since_s)
-            kwargs = {
-                "deliver_policy": DeliverPolicy.BY_START_TIME,
-                "opt_start_time": start.isoformat(),
-            }
-        sub = await bus.js.subscribe(subjects.ALL, ordered_consumer=True, **kwargs)
+        deadline = time.monotonic() + args.wait_s
         while True:
             try:
-                m = await sub.next_msg(timeout=2.0)
+                info = await stream_info_or_none(bus.js, subjects.STREAM_NAME)
+                break
+            except JetStreamNotReady:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        if info is None:
+            raise BusError(
+                f"no {subjects.STREAM_NAME} event stream on the server "
+                "(voltana nats init creates it)"
+            )
+        last = info.state.last_seq
+        if info.state.messages == 0:
+            return
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        if args.since_s is not None:
+            start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=args.since_s)
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start
+            )
+        sub = await bus.js.subscribe(subjects.ALL, ordered_consumer=True, config=config)
+        stalled_since = time.monotonic()
+        while True:
+            try:
+                m = await sub.next_msg(timeout=1.0)
             except TimeoutError:
-                return
+                if time.monotonic() - stalled_since > args.wait_s:
+                    raise BusError(
+                        f"the {subjects.STREAM_NAME} stream sent nothing for {args.wait_s:g} s "
+                        "before its last event"
+                    ) from None
+                if args.since_s is not None and sub.pending_msgs == 0:
+                    # nothing newer than the start time may exist at all
+                    with contextlib.suppress(Exception):
+                        if (await sub.consumer_info()).num_pending == 0:
+                            return
+                continue
+            stalled_since = time.monotonic()
             md = m.metadata
             yield md.timestamp.timestamp(), m.subject, m.data
-            if md.num_pending == 0:
+            if md.sequence.stream >= last:
                 return
     finally:
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         await bus.close()
 
 

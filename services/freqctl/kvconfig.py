@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import structlog
 from prometheus_client import Counter as PromCounter
 from voltana.bus.client import Bus
+from voltana.common.errors import BusError
 from voltana.common.tasks import cancel_and_wait
 from voltana.schemas import codec
 from voltana.schemas.config import ControllerConfig
@@ -29,6 +31,14 @@ CONFIG_ERRORS = PromCounter(
     "voltana_freqctl_config_errors", "KV config values that could not be used", ["key"]
 )
 KEYS = "controller.>"
+
+_KV_UNAVAILABLE = (
+    TimeoutError,
+    nats.errors.Error,
+    nats.js.errors.Error,
+    BusError,
+)
+"""What a bucket without a leader (or a lost connection) raises: retried, never fatal."""
 
 
 class KvConfigWatcher:
@@ -58,17 +68,55 @@ class KvConfigWatcher:
         self._log = log
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._retry: asyncio.Task[None] | None = None
+        self.retry_initial_s = 0.25
+        self.retry_max_s = 5.0
 
     async def start(self) -> None:
+        """Watch the bucket and read it; when it cannot answer yet, keep trying in the background.
+
+        Until the bucket answers (a cluster electing its leader, a bucket that does not
+        exist yet) the configs from the command line stay in force.
+        """
+        self.bus.on_reconnect(self._on_reconnect)
+        try:
+            await self._open()
+        except _KV_UNAVAILABLE as exc:
+            self._log.warning("kv_config_unavailable", error=str(exc) or type(exc).__name__)
+            self._retry = asyncio.create_task(self._retry_until(self._open), name="freqctl-kv-open")
+
+    async def _open(self) -> None:
         """Watch first, then read every key: a change in between is seen twice, never missed."""
         kv = await self.bus.kv()
         self._watcher = await kv.watch(KEYS)
         self._task = asyncio.create_task(self._watch(), name="freqctl-kv")
         await self.reload()
-        self.bus.on_reconnect(self.reload)
+
+    def _on_reconnect(self) -> None:
+        """After a reconnect, re-read every key, retrying until the bucket answers."""
+        if self._watcher is None:
+            return  # still opening: that retry reads everything
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.create_task(
+                self._retry_until(self.reload), name="freqctl-kv-reload"
+            )
+
+    async def _retry_until(self, step: Callable[[], Awaitable[None]]) -> None:
+        delay = self.retry_initial_s
+        while True:
+            try:
+                await step()
+            except _KV_UNAVAILABLE as exc:
+                self.counts["kv_retries"] += 1
+                self._log.info("kv_config_retry", in_s=delay, error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(self.retry_max_s, delay * 2)
+                continue
+            self._log.info("kv_config_loaded", keys=len(self.store.values))
+            return
 
     async def stop(self) -> None:
-        await cancel_and_wait([self._task])
+        await cancel_and_wait([self._task, self._retry])
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()
