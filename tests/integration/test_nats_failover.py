@@ -101,8 +101,16 @@ class Load:
 async def test_stream_leader_killed_under_load(tmp_path: Path) -> None:
     with nats_cluster(tmp_path / "nats") as servers, emulated_pd_pair() as pd:
         init = subprocess.run(
-            [sys.executable, "-m", "voltana", "nats", "init", "--replicas", "3"]
-            + nats_args(servers),
+            [
+                sys.executable,
+                "-m",
+                "voltana",
+                "nats",
+                "init",
+                "--replicas",
+                "3",
+                *nats_args(servers),
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -130,7 +138,9 @@ async def test_stream_leader_killed_under_load(tmp_path: Path) -> None:
             survivors = [s for s in servers if s is not victim]
             watch = await Bus.connect(servers=urls(survivors), name="watch")
             states: list[ClockState] = []
-            await watch.subscribe(subjects.CLOCK_STATE_ALL, ClockState, lambda m, s: states.append(m))
+            await watch.subscribe(
+                subjects.CLOCK_STATE_ALL, ClockState, lambda m, s: states.append(m)
+            )
             await move_leader(watch.nc, watch.js, subjects.STREAM_NAME, str(victim.server_name))
             load = Load(router_url)
             load_task = asyncio.create_task(load.run())
