@@ -218,7 +218,7 @@ async def _ensure(
             out.mismatches.append(f"update refused: {exc}")
             return out
         out.updated = [d.split(" ", 1)[0] for d in diffs] + (["replicas"] if raise_r else [])
-        out.replicas = cfg.num_replicas
+        out.replicas = max(want_r, have_r)
     return out
 
 

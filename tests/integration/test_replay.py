@@ -105,3 +105,23 @@ def test_replay_reproduces_recorded_decisions(nats_server: NatsServer, tmp_path:
     from_file, stderr = replay("--file", str(export))
     assert from_file["agreement"] == 1.0
     assert "skipped" in stderr
+
+
+def test_replay_since_s_reads_only_recent_events(nats_server: NatsServer) -> None:
+    config = ControllerConfig(policy="voltana", slo=SloConfig(itl_s=0.04))
+    n = asyncio.run(record_run(nats_server.url, config))
+    recent, stderr = replay("--nats", nats_server.url, "--since-s", "600")
+    assert recent["events"] == 2 * n and "Traceback" not in stderr
+    none_yet, _ = replay("--nats", nats_server.url, "--since-s", "0.000001")
+    assert none_yet["events"] == 0
+
+
+def test_replay_without_a_stream_says_so(nats_server: NatsServer) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "voltana", "replay", "--nats", nats_server.url, "--wait-s", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "no VOLTANA event stream" in out.stderr and "Traceback" not in out.stderr
