@@ -39,6 +39,7 @@ def acl_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     text = CONF.read_text()
     assert "store_dir: /var/lib/voltana-nats" in text
     conf.write_text(text.replace("/var/lib/voltana-nats", str(tmp_path / "js")))
+    (tmp_path / "authorization.conf").write_text((CONF.parent / "authorization.conf").read_text())
     server = NatsServer(jetstream=False, extra_args=["-c", str(conf)])
     server.start()
     try:
