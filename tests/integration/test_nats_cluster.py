@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from actuator_helpers import ROOT
 from nats_cluster import nats_args, nats_cluster, urls
 from voltana.bus.client import Bus
 from voltana.bus.natsserver import NatsServer
+from voltana.common.ports import free_port
 from voltana.schemas import subjects
 
 
@@ -79,3 +82,44 @@ async def test_stream_refuses_oversized_events(nats_server: NatsServer) -> None:
         assert info.config.max_bytes == 150 * 86400 * 400 * 1.25
     finally:
         await bus.close()
+
+
+async def test_shipped_three_node_config_forms_a_replicated_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/nats/cluster/nats-{1,2,3}.conf on loopback: routes, users, replicated state."""
+    deploy = ROOT / "deploy" / "nats"
+    for var in ("ACTUATOR", "TELEMETRY", "FREQCTL", "ROUTER", "ADMIN", "ROUTE"):
+        monkeypatch.setenv(f"VOLTANA_NATS_{var}_PASSWORD", f"pw-{var.lower()}")
+    route_ports = [free_port() for _ in range(3)]
+    servers = []
+    try:
+        for i, port in enumerate(route_ports):
+            home = tmp_path / f"nats-{i + 1}"
+            home.mkdir()
+            others = [f'"nats://route:pw-route@127.0.0.1:{p}"' for p in route_ports if p != port]
+            text = (deploy / "cluster" / f"nats-{i + 1}.conf").read_text()
+            text = text.replace("0.0.0.0:6222", f"127.0.0.1:{port}")
+            text = text.replace("/var/lib/voltana-nats", str(home / "js"))
+            text = text.replace("$VOLTANA_NATS_ROUTE_A", others[0])
+            text = text.replace("$VOLTANA_NATS_ROUTE_B", others[1])
+            (home / "nats-server.conf").write_text(text)
+            (home / "authorization.conf").write_text((deploy / "authorization.conf").read_text())
+            server = NatsServer(jetstream=False, extra_args=["-c", str(home / "nats-server.conf")])
+            servers.append(server)
+            server.start()
+        admin = ["--nats-user", "admin", "--nats-password", "pw-admin"]
+        init = nats_init("--replicas", "3", *admin, *nats_args(servers))
+        assert init.returncode == 0, init.stdout + init.stderr
+        assert "VOLTANA: created with 3 replica(s)" in init.stdout
+        bus = await Bus.connect(servers=urls(servers), user="admin", password="pw-admin")
+        try:
+            info = await bus.js.stream_info(subjects.STREAM_NAME)
+            assert info.cluster is not None
+            names = {info.cluster.leader} | {p.name for p in info.cluster.replicas or []}
+            assert names == {"nats-1", "nats-2", "nats-3"}
+        finally:
+            await bus.close()
+    finally:
+        for server in servers:
+            server.close()
