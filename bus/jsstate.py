@@ -160,6 +160,14 @@ def _unavailable(name: str, exc: Exception) -> BusError:
     return JetStreamNotReady(f"JetStream did not answer about {name} yet ({exc})")
 
 
+def _refused(name: str, replicas: int, exc: nats.js.errors.APIError) -> BusError:
+    text = f"cannot create {name} with {replicas} replica(s): {exc.description or exc}"
+    if "no suitable peers" in str(exc.description or "").lower():
+        # a cluster still forming knows fewer peers than the replicas asked for
+        return JetStreamNotReady(text + " (are all nodes up and routed to each other?)")
+    return BusError(text)
+
+
 _NOT_READY = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
@@ -194,7 +202,7 @@ async def _ensure(
         except _NOT_READY as exc:
             raise _unavailable(name, exc) from exc
         except nats.js.errors.APIError as exc:
-            raise BusError(f"cannot create {name} with {want_r} replica(s): {exc}") from exc
+            raise _refused(name, want_r, exc) from exc
         return Ensured(name, created=True, replicas=want_r)
     have = info.config
     have_r = have.num_replicas or 1
@@ -258,8 +266,7 @@ async def ensure_config_bucket(
         except _NOT_READY as exc:
             raise _unavailable(bucket, exc) from exc
         except nats.js.errors.APIError as exc:
-            msg = f"cannot create bucket {bucket} with {s.replicas} replica(s): {exc}"
-            raise BusError(msg) from exc
+            raise _refused(f"bucket {bucket}", s.replicas, exc) from exc
         return Ensured(bucket, created=True, replicas=s.replicas)
     want = bucket_stream_config(bucket, s)
     out = await _ensure(js, want, ("max_msgs_per_subject", "max_msg_size"), apply=apply)

@@ -153,15 +153,16 @@ class Outbox:
                 publisher=self.publisher,
             )
         self._stream_present = present
-        if not present and self._pending:
-            # already sent once (live); with no stream there is nothing to keep them in
-            for _ in range(len(self._pending)):
-                self._drop("no_stream")
-            self._pending.clear()
-            self._fresh.clear()
+        if not present:
+            # those waiting for a re-send went out once (live already); with no stream there
+            # is nothing to keep them in. Fresh ones still go out once; their failure drops them.
+            for seq in self._retry:
+                if self._pending.pop(seq, None) is not None:
+                    self._drop("no_stream")
             self._retry.clear()
-            self._empty.set()
-            DEPTH.labels(self._label).set(0)
+            DEPTH.labels(self._label).set(len(self._pending))
+            if not self._pending:
+                self._empty.set()
 
     def put(self, subject: str, data: bytes) -> int:
         """Queue one message; returns its sequence number (used even when it is dropped)."""
@@ -266,6 +267,10 @@ class Outbox:
 
     def _failed(self, entry: _Entry, exc: BaseException) -> None:
         if entry.seq not in self._pending:
+            return
+        if not self._stream_present:
+            del self._pending[entry.seq]
+            self._drop("no_stream")
             return
         heapq.heappush(self._retry, entry.seq)
         now = self._clock()

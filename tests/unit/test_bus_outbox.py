@@ -142,3 +142,23 @@ async def test_close_gives_up_on_unacked_messages_after_its_timeout() -> None:
     box.put("voltana.request.done", b"x")
     await box.close(timeout_s=0.05)
     assert box.dropped == 1 and box.depth == 0
+
+
+async def test_a_message_queued_as_the_stream_is_found_missing_still_goes_out_once() -> None:
+    stream = Stream()
+    stream.down = True
+    checked = asyncio.Event()
+
+    async def exists() -> bool:
+        await checked.wait()
+        return False
+
+    box = Outbox(stream.send, "p", settings=FAST, stream_exists=exists)
+    assert box.accepts()
+    box.put("voltana.clock.set.n1.0", b"x")
+    checked.set()  # the answer lands before the sender has run
+    await asyncio.sleep(0)
+    assert await box.flush(1.0)
+    assert stream.sent[0] == (1, False)  # the live copy went out
+    assert box.dropped == 1
+    await box.close()
