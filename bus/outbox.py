@@ -204,14 +204,14 @@ class Outbox:
 
     async def _run(self) -> None:
         while True:
-            wait_s = None
-            if self._retry:
-                wait_s = max(0.0, self._retry_at - self._clock())
-            if not self._fresh and wait_s != 0.0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
             self._wake.clear()
             self._dispatch()
+            # wake on a put or a finished send; or when the next re-send is due (if there is room)
+            timeout = None
+            if self._retry and self._in_flight < self.settings.max_in_flight:
+                timeout = max(0.001, self._retry_at - self._clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _dispatch(self) -> None:
         """Start sends: fresh messages first (the live copy must not wait), then due retries."""
@@ -249,6 +249,9 @@ class Outbox:
             self._pending.pop(entry.seq, None)
             self._drop("refused")
             log.warning("outbox_message_refused", subject=entry.subject, error=str(exc))
+        except Exception as exc:  # anything else (a socket error): worth another try
+            log.debug("outbox_send_failed", error=repr(exc))
+            self._failed(entry, exc)
         else:
             self._pending.pop(entry.seq, None)
             self.acked += 1

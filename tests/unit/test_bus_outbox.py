@@ -162,3 +162,23 @@ async def test_a_message_queued_as_the_stream_is_found_missing_still_goes_out_on
     assert stream.sent[0] == (1, False)  # the live copy went out
     assert box.dropped == 1
     await box.close()
+
+
+async def test_in_flight_bound_holds_and_never_spins() -> None:
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def slow(subject: str, data: bytes, headers: dict[str, str], timeout: float) -> bool:
+        sent.append(headers[MSG_ID_HEADER])
+        await release.wait()
+        return False
+
+    box = Outbox(slow, "p", settings=OutboxSettings(max_in_flight=2))
+    for _ in range(10):
+        box.put("voltana.request.done", b"x")
+    await asyncio.sleep(0.05)  # runs only if the sender waits instead of spinning
+    assert sent == ["p:1", "p:2"] and box.depth == 10
+    release.set()
+    assert await box.flush(2.0)
+    assert len(sent) == 10 and box.acked == 10
+    await box.close()
