@@ -18,6 +18,7 @@ Configuration is not an event: it lives in the replicated KV bucket.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 from voltana.schemas import subjects
@@ -44,6 +45,7 @@ RETRY_HEADER = "Voltana-Retry"
 """Set on a re-sent KEEP message: live subscribers already had the first copy and skip it."""
 
 
+@lru_cache(maxsize=4096)
 def delivery_of(subject: str) -> Delivery:
     """The delivery class of a concrete voltana subject (SAMPLED for one voltana does not know)."""
     try:
