@@ -28,7 +28,9 @@ def test_rule_weights() -> None:
     assert RULE.prefill_work(2, 10) == pytest.approx(2 + (11 + 12) / a)
     k = RULE.kv_tokens
     assert RULE.decode_weight(k) == 2.0
-    assert RULE.decode_work(100, 3) == pytest.approx(sum(RULE.decode_weight(100 + j) for j in range(3)))
+    assert RULE.decode_work(100, 3) == pytest.approx(
+        sum(RULE.decode_weight(100 + j) for j in range(3))
+    )
     with pytest.raises(ValueError, match="idle must be one of"):
         AttributionRule(idle="bill-it")  # type: ignore[arg-type]
 
