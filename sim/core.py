@@ -40,6 +40,7 @@ from voltana.groundtruth.engine import AdmissionError, BatchPlan, EngineConfig
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.schemas.base import Role
 from voltana.services.freqctl.controllers.base import ClockController
+from voltana.services.router.attribution import AttributionRule
 from voltana.services.router.policies.base import RouteRequest, RoutingPolicy
 from voltana.sim.config import SimConfig
 from voltana.sim.energy import SimEnergy
@@ -134,7 +135,7 @@ class Simulator:
         self.itl = ItlRecorder()
         self.now = 0.0
         self._open = 0
-        self.energy = SimEnergy()  # energy per request (docs/energy.md)
+        self.energy = SimEnergy(AttributionRule(idle=config.energy_idle))  # docs/energy.md
 
     # ----- event plumbing -------------------------------------------------------------
     def _push(self, t: float, kind: int, payload: Any) -> None:

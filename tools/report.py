@@ -172,7 +172,7 @@ async def read_records(args: argparse.Namespace) -> list[Any]:
     import datetime as dt
 
     import msgspec
-    from nats.js.api import DeliverPolicy
+    from nats.js.api import ConsumerConfig, DeliverPolicy
     from voltana.bus.client import Bus
     from voltana.common.errors import BusError
     from voltana.schemas import codec, subjects
@@ -187,12 +187,10 @@ async def read_records(args: argparse.Namespace) -> list[Any]:
             await bus.js.stream_info(subjects.STREAM_NAME)
         except Exception as exc:
             raise BusError(f"no {subjects.STREAM_NAME} event stream on the server ({exc})") from exc
-        sub = await bus.js.subscribe(
-            subjects.REQUEST_DONE,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=start.isoformat(),
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start.isoformat()
         )
+        sub = await bus.js.subscribe(subjects.REQUEST_DONE, ordered_consumer=True, config=config)
         while True:
             try:
                 m = await sub.next_msg(timeout=2.0)

@@ -5,7 +5,8 @@ A finished request's record waits (up to ``wait_s``) for the energy-counter
 samples that cover its end, then goes onto the bus with its energy; without
 them in time (no energy telemetry for an instance it used) it goes without
 (``energy_j`` None), and what was booked to it is counted as dropped. A client
-that asked for energy in its answer (``usage``) waits the same way.
+that asked for energy in its answer (``usage``) waits the same way. A request on
+an instance that never sent energy telemetry gets None at once.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class EnergyLink:
         e = self.core.finish(rid, time.monotonic())
         if e is not None:
             self._deliver(rid, e)
+        elif not self.core.measurable(rid):
+            self._give_up(rid)  # no energy telemetry for an instance it used: none will come
 
     async def wait(self, rid: str) -> RequestEnergy | None:
         """End ``rid``'s spans now and wait (up to ``wait_s``) for its final energy."""

@@ -116,6 +116,11 @@ class LiveAttribution:
         self.finished.add(rid)
         return self._take(rid) if self._final(rid) else None
 
+    def measurable(self, rid: str) -> bool:
+        """True when every instance ``rid`` used has sent at least one energy reading."""
+        known = {m.instance for m in self.meters.values()}
+        return all(inst in known for inst, _ in self.by_request.get(rid, []))
+
     def forget(self, rid: str) -> None:
         """Stop waiting for ``rid`` (its record left without energy); later intervals skip it."""
         for inst, span in self.by_request.pop(rid, []):

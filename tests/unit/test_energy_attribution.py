@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
+import msgspec
 import numpy as np
 import pytest
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.schemas.config import SloConfig
+from voltana.schemas.router import RequestRecord
+from voltana.schemas.telemetry import GpuTelemetry
 from voltana.services.router.attribution import AttributionRule, DecodeSteps, EnergyBook
+from voltana.services.router.energy import EnergyLink
 from voltana.services.router.energy_classes import EnergyItem, class_summary, request_class
 from voltana.services.router.energy_live import LiveAttribution
+from voltana.services.router.metrics import RouterMetrics
 from voltana.sim.config import ClusterSpec, SimConfig
 from voltana.sim.policies import POLICIES
 from voltana.sim.runner import profile_for, run_policy
@@ -148,18 +155,8 @@ def test_sim_conservation(idle: str) -> None:
     """Attributed + unattributed = the run's GPU energy, and the per-request sums agree."""
     profile = profile_for(CFG, quick=True)
     wl = synthetic(rate_rps=3.0, duration_s=30, seed=2)
-    from voltana.sim import core
-
-    orig = core.SimEnergy
-
-    def make() -> object:
-        return orig(rule=AttributionRule(idle=idle))  # type: ignore[arg-type]
-
-    core.SimEnergy = make  # type: ignore[assignment,misc]
-    try:
-        run = run_policy(wl, POLICIES["voltana"], CFG, profile)
-    finally:
-        core.SimEnergy = orig  # type: ignore[misc]
+    cfg = msgspec.structs.replace(CFG, energy_idle=idle)
+    run = run_policy(wl, POLICIES["voltana"], cfg, profile)
     b = run.energy_book
     assert b is not None
     per_request = sum(e.total_j for e in b.requests.values())
@@ -182,3 +179,44 @@ def test_class_summary() -> None:
     assert rows["all"]["requests"] == 2 and rows["all"]["energy_j"] == 38.0
     assert rows["short-in/short-out"]["j_per_output_token"] == pytest.approx(0.3)
     assert rows["long-in/long-out"]["j_per_request"] == 35.0
+
+
+def _record(rid: str) -> RequestRecord:
+    return RequestRecord(
+        t_ns=1, request_id=rid, prefill="p", decode="d", status="ok", arrival_t_ns=1,
+        input_tokens=100, output_tokens=10,
+    )  # fmt: skip
+
+
+async def test_energy_link_publishes_when_final_or_gives_up() -> None:
+    """The router's link: a record waits for the counter sample covering its end; without
+    energy telemetry it goes at once without energy; past its wait it goes without."""
+    sent: list[RequestRecord] = []
+    link = EnergyLink(AttributionRule(), RouterMetrics(), sent.append, wait_s=0.05)
+    # no telemetry ever seen for p/d: published at once, energy unknown
+    link.dispatched("a", "p", "d", 100)
+    link.record(_record("a"), "/generate")
+    assert [r.energy_j for r in sent] == [None]
+    # with both instances reporting: published once samples cover its end
+    gpu = {"t_ns": 0, "seq": 1, "power_w": 100.0, "sm_clock_mhz": 1980}
+    now_ns = time.time_ns()
+    for g, inst in ((0, "p"), (1, "d")):
+        link.on_gpu(GpuTelemetry(node="n", gpu=g, energy_j=0.0, energy_t_ns=now_ns, **gpu), inst)  # type: ignore[arg-type]
+    link.dispatched("b", "p", "d", 100)
+    link.prefill_done("b", "p")
+    link.decode_done("b", "d", 10)
+    link.record(_record("b"), "/generate")
+    assert len(sent) == 1
+    later = time.time_ns() + 10_000_000
+    for g, inst in ((0, "p"), (1, "d")):
+        link.on_gpu(GpuTelemetry(node="n", gpu=g, energy_j=5.0, energy_t_ns=later, **gpu), inst)  # type: ignore[arg-type]
+    # its span is a sliver of the 10 ms interval: the rest of the 10 J is idle
+    assert len(sent) == 2 and sent[1].energy_j is not None and 0 < sent[1].energy_j < 10.0
+    book = link.core.book
+    assert book.attributed_j == pytest.approx(sent[1].energy_j, abs=1e-5)
+    assert book.attributed_j + book.unattributed_j == pytest.approx(10.0)
+    # a client waiting for its energy gets None after wait_s when no sample comes
+    link.dispatched("c", "p", "d", 100)
+    assert await link.wait("c") is None
+    link.record(_record("c"), "/generate")
+    assert sent[-1].request_id == "c" and sent[-1].energy_j is None
