@@ -187,9 +187,7 @@ async def read_records(args: argparse.Namespace) -> list[Any]:
             await bus.js.stream_info(subjects.STREAM_NAME)
         except Exception as exc:
             raise BusError(f"no {subjects.STREAM_NAME} event stream on the server ({exc})") from exc
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start.isoformat()
-        )
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
         sub = await bus.js.subscribe(subjects.REQUEST_DONE, ordered_consumer=True, config=config)
         while True:
             try:

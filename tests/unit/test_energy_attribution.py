@@ -183,9 +183,15 @@ def test_class_summary() -> None:
 
 def _record(rid: str) -> RequestRecord:
     return RequestRecord(
-        t_ns=1, request_id=rid, prefill="p", decode="d", status="ok", arrival_t_ns=1,
-        input_tokens=100, output_tokens=10,
-    )  # fmt: skip
+        t_ns=1,
+        request_id=rid,
+        prefill="p",
+        decode="d",
+        status="ok",
+        arrival_t_ns=1,
+        input_tokens=100,
+        output_tokens=10,
+    )
 
 
 async def test_energy_link_publishes_when_final_or_gives_up() -> None:
