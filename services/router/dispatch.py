@@ -298,9 +298,8 @@ class Pd:
             obj = proto.decode(data)
         except proto.ProtocolError:
             return data
-        with contextlib.suppress(asyncio.TimeoutError, Exception):
-            await asyncio.wait({p_task}, timeout=self.routing.energy.wait_s)
         energy = self.routing.energy
+        await asyncio.wait({p_task}, timeout=energy.wait_s)  # its prefill span ends with it
         energy.prefill_done(rreq.request_id, pname)
         energy.decode_done(rreq.request_id, dname, out.output_tokens)
         fields = energy_fields(await energy.wait(rreq.request_id))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import msgspec
 from voltana.schemas.router import RequestRecord
@@ -32,15 +32,12 @@ MAX_MODELS = 32
 """Distinct model names kept as metric labels (bounded cardinality)."""
 
 
-def tenant_of(headers: dict[str, str] | object) -> str | None:
+def tenant_of(headers: Mapping[str, str]) -> str | None:
     """``X-Tenant`` if given, else a short hash of the bearer API key, else None."""
-    get = getattr(headers, "get", None)
-    if get is None:
-        return None
-    tenant = get("X-Tenant")
+    tenant = headers.get("X-Tenant")
     if tenant:
         return str(tenant)[:64]
-    auth = str(get("Authorization", "") or "")
+    auth = str(headers.get("Authorization", "") or "")
     if auth.startswith("Bearer ") and auth[7:].strip():
         return "key-" + hashlib.sha256(auth[7:].strip().encode()).hexdigest()[:12]
     return None
