@@ -25,7 +25,7 @@ from voltana.common.logs import get_logger
 from voltana.services.router import protocol as proto
 from voltana.services.router.energy import ENERGY_HEADER, energy_fields, tenant_of
 from voltana.services.router.policies.base import RouteRequest
-from voltana.services.router.relay import relay_stream
+from voltana.services.router.relay import relay_stream, stream_tokens
 from voltana.services.router.routing import Routing
 from voltana.services.router.stats import Outcome
 from voltana.services.router.upstream import (
@@ -207,8 +207,14 @@ class Pd:
                 if _wants_energy(request):
                     data = await self._with_energy(data, p_task, rreq, pname, dname, out)
                 return web.Response(status=200, body=data, content_type=d_resp.content_type)
+            energy_chunk = None
+            if _wants_energy(request) and path != "/generate":
+
+                async def energy_chunk(scan: proto.SseScanner) -> bytes:
+                    return await self._energy_event(scan, rreq, pname, dname)
+
             return await relay_stream(
-                request, d_resp, p_task, rreq, dname, arrival, out, st, self.metrics
+                request, d_resp, p_task, rreq, dname, arrival, out, st, self.metrics, energy_chunk
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             err = upstream_error(exc)
@@ -312,6 +318,27 @@ class Pd:
         elif target is None:
             obj[key] = dict(fields)
         return proto.encode(obj)
+
+    async def _energy_event(
+        self, scan: proto.SseScanner, rreq: RouteRequest, pname: str, dname: str
+    ) -> bytes:
+        """The SSE event with a streamed request's energy in ``usage`` (an OpenAI chunk with
+        no choices, as for ``stream_options.include_usage``), sent before ``[DONE]``."""
+        energy = self.routing.energy
+        energy.prefill_done(rreq.request_id, pname)
+        energy.decode_done(rreq.request_id, dname, stream_tokens(scan))
+        fields = energy_fields(await energy.wait(rreq.request_id))
+        event: dict[str, Any] = {"object": "chat.completion.chunk", "choices": []}
+        try:
+            last = proto.decode(scan.last_data) if scan.last_data else None
+        except proto.ProtocolError:
+            last = None
+        if isinstance(last, dict):
+            event.update({k: last[k] for k in ("id", "object", "created", "model") if k in last})
+            if isinstance(last.get("usage"), dict):
+                event["usage"] = {**last["usage"], **fields}
+        event.setdefault("usage", fields)
+        return b"data: " + proto.encode(event) + b"\n\n"
 
     async def _merge_logprobs(self, p_task: asyncio.Task[bytes], data: bytes) -> bytes:
         try:

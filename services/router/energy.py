@@ -79,6 +79,7 @@ class EnergyLink:
         self._final: dict[str, tuple[RequestEnergy | None, float]] = {}  # rid -> (energy, t)
         self._waiters: dict[str, asyncio.Future[RequestEnergy | None]] = {}
         self._models: set[str] = set()
+        self._wall_minus_mono = time.time() - time.monotonic()
 
     # -- request side (monotonic seconds) ----------------------------------------------
 
@@ -135,7 +136,10 @@ class EnergyLink:
         """One GPU sample of one of our instances (``instance``: the router's name for it)."""
         t_read_ns = msg.energy_t_ns if msg.energy_t_ns is not None else msg.t_ns
         now = time.monotonic()
-        t = now - max(time.time() - t_read_ns / 1e9, 0.0)
+        offset = time.time() - now
+        if abs(offset - self._wall_minus_mono) > 0.5:  # the wall clock was stepped
+            self._wall_minus_mono = offset
+        t = t_read_ns / 1e9 - self._wall_minus_mono  # one offset: readings keep their order
         for rid, e in self.core.sample(f"{msg.node}/{msg.gpu}", instance, t, msg.energy_j):
             self._deliver(rid, e)
         self._expire(now)

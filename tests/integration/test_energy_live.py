@@ -9,6 +9,7 @@ the run, within 1%. A client asking for its energy gets the record's figure in
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,15 @@ async def test_live_energy_adds_up(nats_server: NatsServer, tmp_path: Path) -> N
                     ) as resp:
                         assert resp.status == 200
                         answer = await resp.json()
-                    await wait_for(lambda: len(records) == 13, 15)
+                    # streamed: an extra chunk with usage before [DONE]
+                    body["stream"] = True
+                    hdr["X-Tenant"] = "team-s"
+                    async with http.post(
+                        r.url + "/v1/chat/completions", json=body, headers=hdr
+                    ) as resp:
+                        assert resp.status == 200
+                        events = (await resp.read()).decode().split("\n\n")
+                    await wait_for(lambda: len(records) == 14, 15)
                     await asyncio.sleep(0.6)  # more samples after the last request
                 # telemetry stopped: the router and this test saw the same samples
                 await asyncio.sleep(0.5)
@@ -138,11 +147,17 @@ async def test_live_energy_adds_up(nats_server: NatsServer, tmp_path: Path) -> N
             rec = next(x for x in records if x.tenant == "team-a")
             assert rec.model == "m" and usage["energy_j"] == rec.energy_j > 0
             assert usage["energy_prefill_j"] > 0 and usage["energy_decode_j"] > 0
+            datas = [e.removeprefix("data: ") for e in events if e.startswith("data: ")]
+            assert datas[-1] == "[DONE]"
+            last = json.loads(datas[-2])
+            srec = next(x for x in records if x.tenant == "team-s")
+            assert last["choices"] == [] and last["usage"]["energy_j"] == srec.energy_j > 0
+            assert srec.stream and srec.output_tokens == 12
             # per-request energy reached Prometheus
             n = gauge(r, "voltana_router_request_energy_joules_count") or sum(
                 gauge_labels(r, "voltana_router_request_energy_joules_count")
             )
-            assert n == 13
+            assert n == 14
         finally:
             await r.stop()
             await bus.close()
