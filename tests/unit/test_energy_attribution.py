@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import msgspec
@@ -222,6 +223,7 @@ async def test_energy_link_publishes_when_final_or_gives_up() -> None:
     assert book.attributed_j == pytest.approx(sent[1].energy_j, abs=1e-5)
     assert book.attributed_j + book.unattributed_j == pytest.approx(10.0)
     # a client waiting for its energy gets None after wait_s when no sample comes
+    await asyncio.sleep(0.02)  # past the last reading
     link.dispatched("c", "p", "d", 100)
     assert await link.wait("c") is None
     link.record(_record("c"), "/generate")
