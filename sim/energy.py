@@ -49,26 +49,34 @@ class SimEnergy:
 
     def iteration(self, inst: Instance, run: IterationRun) -> None:
         """Book one finished iteration (call right after ``Instance.finish_iteration``)."""
+        # the simulator books millions of iterations: kept to plain dict and float work
         name = inst.name
-        self._idle_to(inst, inst.energy_j - run.energy_j)
+        energy = run.energy_j
+        booked = self.booked_j
+        book = self.book
+        gap = inst.energy_j - energy - booked.get(name, 0.0)
+        if gap > 0:
+            book.idle(name, gap)
         plan = run.plan
         if plan.kind == "prefill":
+            work = self.rule.prefill_work
             weights = {
-                (rid, "prefill"): self.rule.prefill_work(n, ctx)
+                (rid, "prefill"): work(n, ctx)
                 for rid, (n, ctx) in zip(plan.rids, plan.chunks, strict=True)
             }
-            self.book.interval(name, run.energy_j, 1.0, weights)  # type: ignore[arg-type]
+            book.interval(name, energy, 1.0, weights)  # type: ignore[arg-type]
         else:
             steps = self.steps.get(name)
             if steps is None:
                 steps = self.steps[name] = DecodeSteps(self.rule)
-            carried = self.book.take_pool(name)
-            steps.step(run.energy_j, carried, plan.batch_size, plan.kv_tokens)
-            self.book.measured_j += run.energy_j
-            self.book.attributed_j += run.energy_j + carried
-            for rid, kv_first in self.joining.pop(name, []):
-                self.marks[rid] = (name, steps.mark(), kv_first)
-        self.booked_j[name] = inst.energy_j
+            carried = book.take_pool(name) if book.pool_j else 0.0
+            steps.step(energy, carried, plan.batch_size, plan.kv_tokens)
+            book.measured_j += energy
+            book.attributed_j += energy + carried
+            if self.joining:
+                for rid, kv_first in self.joining.pop(name, ()):
+                    self.marks[rid] = (name, steps.mark(), kv_first)
+        booked[name] = inst.energy_j
 
     def join_decode(self, inst: Instance, rid: str, kv_first: float) -> None:
         """``rid`` joins the decode batch of ``inst`` from its next step, with ``kv_first``
