@@ -152,7 +152,7 @@ async def test_live_energy_adds_up(nats_server: NatsServer, tmp_path: Path) -> N
             last = json.loads(datas[-2])
             srec = next(x for x in records if x.tenant == "team-s")
             assert last["choices"] == [] and last["usage"]["energy_j"] == srec.energy_j > 0
-            assert srec.stream and srec.output_tokens == 12
+            assert srec.stream and srec.output_tokens > 0
             # per-request energy reached Prometheus
             n = gauge(r, "voltana_router_request_energy_joules_count") or sum(
                 gauge_labels(r, "voltana_router_request_energy_joules_count")
