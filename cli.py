@@ -23,12 +23,14 @@ from voltana.services.telemetry import cli as telemetry_cli
 from voltana.sim import cli as sim_cli
 from voltana.tools import nats as tools_nats
 from voltana.tools import replay as tools_replay
+from voltana.tools import report as tools_report
 from voltana.tools import up as tools_up
 
 _COMMANDS = (
     tools_up,
     tools_nats,
     tools_replay,
+    tools_report,
     emulator_cli,
     telemetry_cli,
     freqctl_cli,

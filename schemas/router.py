@@ -59,6 +59,14 @@ class RequestRecord(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     TTFT within the TTFT SLO and mean ITL within the ITL SLO.
     ``itl_within_slo_frac`` is the fraction of this request's inter-token gaps
     within the ITL SLO (the per-token view).
+
+    ``energy_j`` is the GPU energy attributed to this request (docs/energy.md):
+    ``energy_prefill_j`` + ``energy_decode_j`` (its share of its instances' busy
+    energy) + ``energy_idle_j`` (its share of idle energy, when the router spreads
+    idle energy over requests). None when no GPU energy could be attributed in
+    time (no energy telemetry for an instance it used). ``model`` is the
+    client's ``model`` field; ``tenant`` its ``X-Tenant`` header, else a short
+    hash of its API key (never the key itself).
     """
 
     request_id: str
@@ -81,3 +89,9 @@ class RequestRecord(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     slo_met: bool | None = None
     error: str | None = None
     stream: bool = False
+    energy_j: float | None = None
+    energy_prefill_j: float | None = None
+    energy_decode_j: float | None = None
+    energy_idle_j: float | None = None
+    model: str | None = None
+    tenant: str | None = None

@@ -100,6 +100,13 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="telemetry control: decide on telemetry samples only (not on prefill dispatch)",
     )
+    run.add_argument(
+        "--energy-idle",
+        choices=("overhead", "spread"),
+        default="overhead",
+        help="energy per request: idle GPU energy kept as unattributed overhead or spread "
+        "over the next requests of the same GPU (docs/energy.md; default: overhead)",
+    )
     run.add_argument("--no-oracle", action="store_true", help="skip the oracle reference")
     run.add_argument(
         "--quick-profile",
@@ -174,6 +181,7 @@ def main(args: argparse.Namespace) -> int:
         control_lag_s=args.control_lag,
         telemetry_period_s=args.telemetry_period,
         wake_on_dispatch=not args.no_wake_on_dispatch,
+        energy_idle=args.energy_idle,
     )
     specs = parse_policies(args.policies)
     console.print(f"[bold]workload[/] {wl.summary()}  [bold]cluster[/] {cluster}")

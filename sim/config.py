@@ -64,6 +64,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     kv_capacity_override_tokens: int | None = None  # instead of the memory-derived capacity
     series_min_dt_s: float = 0.05
     drain_limit_s: float = 600.0  # stop this long after the last arrival, whatever is left
+    energy_idle: Literal["overhead", "spread"] = "overhead"  # idle energy (docs/energy.md)
 
     def kv_capacity_tokens(self) -> int:
         if self.kv_capacity_override_tokens is not None:

@@ -40,8 +40,10 @@ from voltana.groundtruth.engine import AdmissionError, BatchPlan, EngineConfig
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.schemas.base import Role
 from voltana.services.freqctl.controllers.base import ClockController
+from voltana.services.router.attribution import AttributionRule
 from voltana.services.router.policies.base import RouteRequest, RoutingPolicy
 from voltana.sim.config import SimConfig
+from voltana.sim.energy import SimEnergy
 from voltana.sim.instance import Instance
 from voltana.sim.metrics import ItlRecorder, RequestOutcome, RunMetrics
 from voltana.sim.router import SimRouter
@@ -133,6 +135,7 @@ class Simulator:
         self.itl = ItlRecorder()
         self.now = 0.0
         self._open = 0
+        self.energy = SimEnergy(AttributionRule(idle=config.energy_idle))  # docs/energy.md
 
     # ----- event plumbing -------------------------------------------------------------
     def _push(self, t: float, kind: int, payload: Any) -> None:
@@ -245,6 +248,7 @@ class Simulator:
         self.router.first_token(p.name, d.name, self._route[rid], t)
         out.first_token_s = t
         self._last_tok[rid] = t
+        self.energy.join_decode(d, rid, out.input_tokens + 1)
         for ev in d.engine.kv_arrived(rid, t):
             if ev.kind == "finished":
                 self._finish(d, rid, t)
@@ -256,10 +260,12 @@ class Simulator:
         out.finish_s = t
         self._open -= 1
         self._last_tok.pop(rid, None)
+        self.energy.finish_decode(rid)
         self.router.decode_done(d.name, self._route[rid], t)
 
     def _iteration_done(self, inst: Instance, t: float) -> None:
         run = inst.finish_iteration()
+        self.energy.iteration(inst, run)
         plan = run.plan
         events = inst.engine.complete(plan, t, tokens=False)
         if plan.kind == "prefill":
@@ -364,6 +370,7 @@ class Simulator:
             t_end = max(t_end, self.now)
         for inst in self.instances.values():
             inst.close(t_end)
+        self.energy.close(self.instances)
         return RunMetrics(
             policy=self.name,
             slo_ttft_s=self.cfg.slo.ttft_s,
@@ -378,4 +385,5 @@ class Simulator:
             iterations=sum(i.iterations for i in self.instances.values()),
             wall_s=time.perf_counter() - wall0,
             unfinished=sum(1 for o in self.outcomes.values() if o.finish_s is None),
+            energy_book=self.energy.book,
         )

@@ -16,8 +16,11 @@ Definitions used everywhere in the project:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from voltana.services.router.attribution import EnergyBook
+from voltana.services.router.energy_classes import EnergyItem, class_summary
 
 __all__ = ["ItlRecorder", "RequestOutcome", "RunMetrics", "TimeSeries", "weighted_quantile"]
 
@@ -114,12 +117,13 @@ class RunMetrics:
     iterations: int = 0
     wall_s: float = 0.0
     unfinished: int = 0
+    energy_book: EnergyBook | None = None
 
     @property
     def energy_j(self) -> float:
         return float(sum(self.energy_j_by_instance.values()))
 
-    def summary(self) -> dict[str, float | int | str | None]:
+    def summary(self) -> dict[str, Any]:
         """The report row; latencies in ms, attainments as fractions 0..1."""
         done = [r for r in self.requests if r.finish_s is not None]
         n = len(self.requests)
@@ -163,4 +167,23 @@ class RunMetrics:
             "clock_switches": int(sum(self.clock_switches_by_instance.values())),
             "iterations": self.iterations,
             "wall_s": round(self.wall_s, 3),
+            **self.energy_summary(),
+        }
+
+    def energy_summary(self) -> dict[str, Any]:
+        """Attributed and unattributed energy, and energy per request class (docs/energy.md)."""
+        b = self.energy_book
+        if b is None:
+            return {}
+        items = []
+        for r in self.requests:
+            e = b.requests.get(r.request_id)
+            if e is not None and r.finish_s is not None:
+                items.append(
+                    EnergyItem(r.input_tokens, r.output_tokens, e.prefill_j, e.decode_j, e.idle_j)
+                )
+        return {
+            "attributed_energy_j": round(b.attributed_j, 3),
+            "unattributed_energy_j": round(b.unattributed_j, 3),
+            "energy_by_class": class_summary(items),
         }

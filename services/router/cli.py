@@ -97,6 +97,21 @@ def register(subparsers: Any) -> None:
     g.add_argument("--health-failure-threshold", type=int, default=None)
     g.add_argument("--breaker-failures", type=int, default=None)
     g.add_argument("--breaker-open-s", type=float, default=None)
+    e = p.add_argument_group("energy per request (docs/energy.md)")
+    e.add_argument(
+        "--energy-idle",
+        choices=("overhead", "spread"),
+        default=None,
+        help="idle GPU energy: kept as unattributed overhead, or spread over the next "
+        "requests of the same GPU (default: overhead)",
+    )
+    e.add_argument(
+        "--energy-wait-s",
+        type=float,
+        default=None,
+        help="how long a finished request's record (and an answer asking for its energy) "
+        "waits for the GPU energy covering its end (default: 3.0)",
+    )
     from voltana.bus.cliopts import add_nats_args
 
     add_nats_args(p)
@@ -158,6 +173,8 @@ def build_config(args: argparse.Namespace) -> Any:
         "health_failure_threshold",
         "breaker_failures",
         "breaker_open_s",
+        "energy_idle",
+        "energy_wait_s",
     ):
         simple[flag] = flag
     for flag, key in simple.items():

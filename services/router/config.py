@@ -93,6 +93,11 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     profile_gpu: str = "h100"
     profile_model: str = "llama-3.1-8b"
     state_publish_hz: float = 20.0
+    # energy per request (docs/energy.md)
+    energy_idle: str = "overhead"  # idle GPU energy: "overhead" (unattributed) or "spread"
+    energy_wait_s: float = 3.0  # a record waits this long for the energy covering its end
+    energy_attention_tokens: float = 30_000.0
+    energy_kv_tokens: float = 4_096.0
     telemetry_stale_s: float = 2.0
     latency_window_s: float = 10.0
     upstream_connections: int = 0  # 0 = unlimited pool
@@ -130,6 +135,13 @@ class RouterConfig(msgspec.Struct, kw_only=True):
         for name in ("max_queued_requests", "prefill_retries", "health_check_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
+        if self.energy_idle not in ("overhead", "spread"):
+            raise ConfigError(
+                f"energy_idle must be one of overhead, spread; got {self.energy_idle!r}"
+            )
+        for name in ("energy_wait_s", "energy_attention_tokens", "energy_kv_tokens"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0")
         if not 0 <= self.slo_margin < 1:
             raise ConfigError("slo_margin must be in [0, 1)")
         return self

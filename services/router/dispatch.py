@@ -23,8 +23,9 @@ import aiohttp
 from aiohttp import web
 from voltana.common.logs import get_logger
 from voltana.services.router import protocol as proto
+from voltana.services.router.energy import ENERGY_HEADER, energy_fields, tenant_of
 from voltana.services.router.policies.base import RouteRequest
-from voltana.services.router.relay import relay_stream
+from voltana.services.router.relay import relay_stream, stream_tokens
 from voltana.services.router.routing import Routing
 from voltana.services.router.stats import Outcome
 from voltana.services.router.upstream import (
@@ -38,6 +39,11 @@ from voltana.services.router.upstream import (
 log = get_logger("router.dispatch")
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def _wants_energy(request: web.Request) -> bool:
+    """The client asked for its energy (``X-Voltana-Energy: 1`` or ``true``)."""
+    return request.headers.get(ENERGY_HEADER, "").strip().lower() in ("1", "true", "yes")
 
 
 class Pd:
@@ -82,7 +88,9 @@ class Pd:
             arrival_t=arrival,
         )
         excluded: set[str] = set()
-        out = Outcome()
+        out = Outcome(tenant=tenant_of(request.headers))
+        model = body.get("model") if isinstance(body, dict) else None
+        out.model = model[:64] if isinstance(model, str) else None
         attempt = 0
         last_failure: PrefillFailed | None = None
         try:
@@ -196,9 +204,17 @@ class Pd:
                     out.output_tokens = proto.completion_tokens(proto.decode(data)) or 0
                 except proto.ProtocolError:
                     out.output_tokens = 0  # not JSON: passed through as the worker sent it
+                if _wants_energy(request):
+                    data = await self._with_energy(data, p_task, rreq, pname, dname, out)
                 return web.Response(status=200, body=data, content_type=d_resp.content_type)
+            energy_chunk = None
+            if _wants_energy(request) and path != "/generate":
+
+                async def energy_chunk(scan: proto.SseScanner) -> bytes:
+                    return await self._energy_event(scan, rreq, pname, dname)
+
             return await relay_stream(
-                request, d_resp, p_task, rreq, dname, arrival, out, st, self.metrics
+                request, d_resp, p_task, rreq, dname, arrival, out, st, self.metrics, energy_chunk
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             err = upstream_error(exc)
@@ -223,6 +239,7 @@ class Pd:
             else:
                 with contextlib.suppress(BaseException):
                     await d_ctx.__aexit__(None, None, None)
+            self.routing.energy.decode_done(rreq.request_id, dname, out.output_tokens)
             st.decode_done(
                 dname,
                 rreq.request_id,
@@ -267,9 +284,61 @@ class Pd:
                 upstream_error(exc), status=504 if isinstance(exc, TimeoutError) else 502
             ) from exc
         finally:
+            self.routing.energy.prefill_done(rreq.request_id, pname)
             self.state.prefill_done(pname, rreq.request_id, rreq.input_tokens)
             if ok is not None:
                 self.routing.breaker_result(pname, ok)
+
+    async def _with_energy(
+        self,
+        data: bytes,
+        p_task: asyncio.Task[bytes],
+        rreq: RouteRequest,
+        pname: str,
+        dname: str,
+        out: Outcome,
+    ) -> bytes:
+        """The answer with this request's attributed energy in ``usage`` (OpenAI) or
+        ``meta_info`` (``/generate``); waits for the GPU energy covering its end."""
+        try:
+            obj = proto.decode(data)
+        except proto.ProtocolError:
+            return data
+        energy = self.routing.energy
+        await asyncio.wait({p_task}, timeout=energy.wait_s)  # its prefill span ends with it
+        energy.prefill_done(rreq.request_id, pname)
+        energy.decode_done(rreq.request_id, dname, out.output_tokens)
+        fields = energy_fields(await energy.wait(rreq.request_id))
+        if not isinstance(obj, dict):
+            return data  # a batch answer: the energy is in the request's record only
+        key = "meta_info" if "meta_info" in obj else "usage"
+        target = obj.get(key)
+        if isinstance(target, dict):
+            target.update(fields)
+        elif target is None:
+            obj[key] = dict(fields)
+        return proto.encode(obj)
+
+    async def _energy_event(
+        self, scan: proto.SseScanner, rreq: RouteRequest, pname: str, dname: str
+    ) -> bytes:
+        """The SSE event with a streamed request's energy in ``usage`` (an OpenAI chunk with
+        no choices, as for ``stream_options.include_usage``), sent before ``[DONE]``."""
+        energy = self.routing.energy
+        energy.prefill_done(rreq.request_id, pname)
+        energy.decode_done(rreq.request_id, dname, stream_tokens(scan))
+        fields = energy_fields(await energy.wait(rreq.request_id))
+        event: dict[str, Any] = {"object": "chat.completion.chunk", "choices": []}
+        try:
+            last = proto.decode(scan.last_data) if scan.last_data else None
+        except proto.ProtocolError:
+            last = None
+        if isinstance(last, dict):
+            event.update({k: last[k] for k in ("id", "object", "created", "model") if k in last})
+            if isinstance(last.get("usage"), dict):
+                event["usage"] = {**last["usage"], **fields}
+        event.setdefault("usage", fields)
+        return b"data: " + proto.encode(event) + b"\n\n"
 
     async def _merge_logprobs(self, p_task: asyncio.Task[bytes], data: bytes) -> bytes:
         try:

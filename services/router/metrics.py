@@ -25,6 +25,8 @@ ITL_BUCKETS = (
     0.8,
     2,
 )
+ENERGY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+J_PER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 25)
 E2E_BUCKETS = (0.05, 0.1, 0.2, 0.4, 0.8, 1, 2, 4, 8, 16, 32, 64, 128, 300, 600)
 
 
@@ -86,3 +88,33 @@ class RouterMetrics:
             p + "e2e_seconds", "End-to-end request latency", buckets=E2E_BUCKETS, registry=r
         )
         self.slo_met = Counter(p + "slo", "Finished requests by SLO outcome", ["met"], registry=r)
+        self.request_energy = Histogram(
+            p + "request_energy_joules",
+            "GPU energy attributed to each finished request (docs/energy.md)",
+            ["model", "path"],
+            buckets=ENERGY_BUCKETS,
+            registry=r,
+        )
+        self.energy_per_token = Histogram(
+            p + "request_energy_per_output_token_joules",
+            "Attributed GPU energy of each finished request per output token",
+            ["model", "path"],
+            buckets=J_PER_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.energy_measured = Gauge(
+            p + "energy_measured_joules", "GPU energy booked since start, all instances", registry=r
+        )
+        self.energy_attributed = Gauge(
+            p + "energy_attributed_joules", "Booked GPU energy attributed to requests", registry=r
+        )
+        self.energy_unattributed = Gauge(
+            p + "energy_unattributed_joules",
+            "Booked GPU energy kept as idle/overhead (not attributed)",
+            registry=r,
+        )
+        self.energy_dropped = Gauge(
+            p + "energy_dropped_joules",
+            "Attributed energy of requests whose record left before it was final",
+            registry=r,
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -44,8 +45,12 @@ async def relay_stream(
     out: Outcome,
     state: ClusterState,
     metrics: RouterMetrics,
+    energy_chunk: Callable[[proto.SseScanner], Awaitable[bytes]] | None = None,
 ) -> web.StreamResponse:
     """Relay ``d_resp`` to the client; fills ``out`` (TTFT, gaps, tokens, status, error).
+
+    ``energy_chunk``: the client asked for its energy; the SSE event it returns is
+    written just before ``[DONE]`` of a stream that ended well.
 
     Raises:
         PrefillFailed: the first chunk is an error and the prefill side failed (no byte sent).
@@ -73,7 +78,21 @@ async def relay_stream(
     gaps = out.gaps_s
     # events that arrive in one read reach the client together: gap 0, as it sees them
     gaps.extend([0.0] * max(scan.feed(first) - 1, 0))
-    await resp.write(first)
+    held: list[bytes] = []  # [DONE] and what follows, held for the energy event
+
+    def hold_done(chunk: bytes) -> bytes:
+        if energy_chunk is not None and not held:
+            cut = chunk.find(b"data: [DONE]")
+            if cut >= 0:
+                held.append(chunk[cut:])
+                return chunk[:cut]
+        elif held:
+            held.append(chunk)
+            return b""
+        return chunk
+
+    if head := hold_done(first):
+        await resp.write(head)
 
     def _on_prefill_done(t: asyncio.Task[bytes]) -> None:
         if not t.cancelled() and t.exception() is not None:
@@ -90,7 +109,8 @@ async def relay_stream(
                 if n > 1:
                     gaps.extend([0.0] * (n - 1))
                 last = now
-            await resp.write(chunk)
+            if chunk := hold_done(chunk):
+                await resp.write(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
         perr = prefill_error(p_task)
         if perr is not None:
@@ -123,6 +143,10 @@ async def relay_stream(
         out.status, out.error = "error", "decode sent an error chunk"
     out.output_tokens = stream_tokens(scan)
     with contextlib.suppress(Exception):
+        if held and energy_chunk is not None and out.status == "ok":
+            await resp.write(await energy_chunk(scan))
+        for part in held:
+            await resp.write(part)
         await resp.write_eof()
     return resp
 

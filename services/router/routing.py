@@ -20,7 +20,9 @@ from voltana.schemas.base import now_ns
 from voltana.schemas.config import SloConfig
 from voltana.schemas.router import RouteDecision
 from voltana.services.router import protocol as proto
+from voltana.services.router.attribution import AttributionRule
 from voltana.services.router.busio import RouterBus
+from voltana.services.router.energy import EnergyLink
 from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.policies import ClusterView, RouteRequest, RoutingPolicy
 from voltana.services.router.state import ClusterState, WorkerState
@@ -51,6 +53,7 @@ class Routing:
         metrics / bus: where decisions and finished requests are counted and published.
         slo: the targets a finished request is judged against.
         changed: wakes the server's state publisher.
+        energy: energy per request (records wait in it for their energy); default rule if None.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class Routing:
         bus: RouterBus,
         slo: SloConfig,
         changed: asyncio.Event,
+        energy: EnergyLink | None = None,
     ) -> None:
         self.state = state
         self.prefill_policy = prefill_policy
@@ -72,6 +76,9 @@ class Routing:
         self.bus = bus
         self.slo = slo
         self.changed = changed
+        self.energy = energy or EnergyLink(
+            AttributionRule(), metrics, lambda rec: bus.publish(subjects.REQUEST_DONE, rec)
+        )
 
     def choose(self, rreq: RouteRequest, excluded: set[str]) -> Pair | None:
         """Ask both policies; None when either side has no healthy candidate."""
@@ -92,6 +99,7 @@ class Routing:
         self.state.dispatched(
             pw.name, dw.name, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, now
         )
+        self.energy.dispatched(rreq.request_id, pw.name, dw.name, rreq.input_tokens)
         self.prefill_policy.on_dispatch(pw.name, rreq, now)
         self.decode_policy.on_dispatch(dw.name, rreq, now)
         self.metrics.decisions.labels("prefill", pw.name).inc()
@@ -147,7 +155,7 @@ class Routing:
         rec = request_record(rreq, info, out, e2e, arrival_ns, self.slo, now_ns())
         if rec.slo_met is not None:
             m.slo_met.labels("true" if rec.slo_met else "false").inc()
-        self.bus.publish(subjects.REQUEST_DONE, rec)
+        self.energy.record(rec, path)  # published once its energy is final
         req_log = log.bind(request_id=rreq.request_id, prefill=out.prefill, decode=out.decode)
         if out.status != "ok":
             req_log.warning("request_failed", status=out.status, error=out.error, path=path)

@@ -29,9 +29,11 @@ from voltana.schemas.base import now_ns
 from voltana.schemas.config import SloConfig
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.router import protocol as proto
+from voltana.services.router.attribution import AttributionRule
 from voltana.services.router.busio import RouterBus
 from voltana.services.router.config import RouterConfig
 from voltana.services.router.dispatch import Pd
+from voltana.services.router.energy import EnergyLink
 from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.policies import make_policy
 from voltana.services.router.routing import Routing
@@ -76,6 +78,17 @@ class Router(ServiceContext):
             bus_opts = BusOptions(servers=[cfg.nats], name="voltana-router")
         self.bus = RouterBus(bus_opts, self.metrics, self._on_instance, self._on_gpu)
         self._changed = asyncio.Event()
+        rule = AttributionRule(
+            attention_tokens=cfg.energy_attention_tokens,
+            kv_tokens=cfg.energy_kv_tokens,
+            idle="spread" if cfg.energy_idle == "spread" else "overhead",
+        )
+        self.energy = EnergyLink(
+            rule,
+            self.metrics,
+            lambda rec: self.bus.publish(subjects.REQUEST_DONE, rec),
+            wait_s=cfg.energy_wait_s,
+        )
         self.routing = Routing(
             state=self.state,
             prefill_policy=self.prefill_policy,
@@ -85,6 +98,7 @@ class Router(ServiceContext):
             bus=self.bus,
             slo=self.slo,
             changed=self._changed,
+            energy=self.energy,
         )
         self._sem = asyncio.Semaphore(cfg.max_concurrent_requests)
         self._waiting = 0
@@ -198,6 +212,9 @@ class Router(ServiceContext):
 
     def _on_gpu(self, msg: GpuTelemetry) -> None:
         self.state.on_gpu_telemetry(msg, time.monotonic())
+        name = self.state.worker_name(msg.instance)
+        if name is not None:
+            self.energy.on_gpu(msg, name)
 
     # -- background loops ------------------------------------------------------
 
@@ -224,6 +241,7 @@ class Router(ServiceContext):
                 if self.bus.connected:
                     msg = self.state.instance_state(w.name, now, t_ns)
                     self.bus.publish(subjects.router_state(msg.role, msg.instance), msg)
+            self.energy.tick()
             m.in_flight.set(self._active)
             m.queued.set(self._waiting)
             await asyncio.sleep(0.01)

@@ -219,6 +219,11 @@ class ClusterState:
             return self.workers[self.aliases[instance]]
         return None
 
+    def worker_name(self, instance: str | None) -> str | None:
+        """The router's name of the worker telemetry calls ``instance`` (None: not ours)."""
+        w = self._match(instance, None)
+        return None if w is None else w.name
+
     def on_instance_telemetry(self, msg: InstanceTelemetry, now: float) -> bool:
         w = self._match(msg.instance, msg.url)
         if w is None:

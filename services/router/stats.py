@@ -24,6 +24,8 @@ class Outcome:
     output_tokens: int = 0
     error: str | None = None
     bytes_sent: bool = False
+    model: str | None = None
+    tenant: str | None = None
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -88,4 +90,6 @@ def request_record(
         slo_met=slo_met,
         error=out.error,
         stream=info.stream,
+        model=out.model,
+        tenant=out.tenant,
     )

@@ -89,6 +89,7 @@ def test_cli_registers_every_command() -> None:
         "nats",
         "tail",
         "replay",
+        "report",
         "emulator",
         "telemetry",
         "freqctl",
