@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 from voltana.common.errors import ConfigError
-from voltana.groundtruth.engine import AdmissionError, BatchPlan, EngineConfig
+from voltana.groundtruth.engine import AdmissionError, BatchPlan, EngineConfig, PrefixIdentity
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.schemas.base import Role
 from voltana.services.freqctl.controllers.base import ClockController
@@ -47,7 +47,7 @@ from voltana.sim.metrics import ItlRecorder, RequestOutcome, RunMetrics
 from voltana.sim.router import SimRouter
 from voltana.sim.workload import Workload
 
-__all__ = ["ClockChooser", "Simulator"]
+__all__ = ["ClockChooser", "Simulator", "prefix_tokens"]
 
 _ARRIVE, _ITER, _XFER, _TICK, _CLOCK = 0, 1, 2, 3, 4
 
@@ -105,6 +105,7 @@ class Simulator:
                     max_running_requests=config.max_running_requests,
                     chunked_prefill_size=config.chunked_prefill_size,
                     kv_capacity_tokens=kv_cap,
+                    radix_cache=True,  # SGLang's default; only prompts with a prefix use it
                 )
                 inst = Instance(
                     f"{role[0]}{k}",
@@ -198,12 +199,14 @@ class Simulator:
             self._open -= 1  # rejected: stays unfinished, counted as a miss
             return
         p, d = self.instances[pair[0]], self.instances[pair[1]]
+        prefix = PrefixIdentity(rr.prefix_keys, rr.prefix_block_tokens) if rr.prefix_keys else None
         try:
             p.engine.submit(
                 rr.request_id,
                 prompt_tokens=rr.input_tokens,
                 max_new_tokens=rr.max_new_tokens,
                 now=t,
+                prefix=prefix,
             )
             d.engine.submit(
                 rr.request_id,
@@ -311,6 +314,8 @@ class Simulator:
                 input_tokens=r.input_tokens,
                 max_new_tokens=r.output_tokens,
                 arrival_t=r.arrival_s,
+                prefix_keys=() if r.prefix is None else r.prefix.keys,
+                prefix_block_tokens=0 if r.prefix is None else r.prefix.block_tokens,
             )
             self._route[r.request_id] = rr
             self.outcomes[r.request_id] = RequestOutcome(
@@ -378,4 +383,17 @@ class Simulator:
             iterations=sum(i.iterations for i in self.instances.values()),
             wall_s=time.perf_counter() - wall0,
             unfinished=sum(1 for o in self.outcomes.values() if o.finish_s is None),
+            prefix_by_instance=prefix_tokens(self.instances.values(), workload),
         )
+
+
+def prefix_tokens(instances: Iterable[Instance], workload: Workload) -> dict[str, tuple[int, int]]:
+    """(prompt tokens served from the cache, prompt tokens admitted) per prefill instance;
+    empty when no request of the workload has a prefix identity (nothing to report)."""
+    if not any(r.prefix is not None for r in workload.requests):
+        return {}
+    return {
+        i.name: (i.engine.cache.hit_tokens, i.engine.cache.query_tokens)
+        for i in instances
+        if i.engine.cache is not None
+    }

@@ -114,6 +114,9 @@ class RunMetrics:
     iterations: int = 0
     wall_s: float = 0.0
     unfinished: int = 0
+    # prefill instance -> (prompt tokens served from the prefix cache, prompt tokens);
+    # empty when the workload carries no prefix identity
+    prefix_by_instance: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def energy_j(self) -> float:
@@ -141,7 +144,7 @@ class RunMetrics:
             v = weighted_quantile(gaps, counts, q)
             return None if v is None else round(v * 1e3, 3)
 
-        return {
+        row: dict[str, float | int | str | None] = {
             "policy": self.policy,
             "requests": n,
             "finished": len(done),
@@ -163,4 +166,15 @@ class RunMetrics:
             "clock_switches": int(sum(self.clock_switches_by_instance.values())),
             "iterations": self.iterations,
             "wall_s": round(self.wall_s, 3),
+        }
+        if self.prefix_by_instance:
+            hit = sum(h for h, _ in self.prefix_by_instance.values())
+            total = sum(q for _, q in self.prefix_by_instance.values())
+            row["prefix_hit_rate"] = round(hit / total, 6) if total else None
+        return row
+
+    def prefix_hit_rate_by_instance(self) -> dict[str, float | None]:
+        """Tokens served from the cache over prompt tokens, per prefill instance."""
+        return {
+            n: (round(h / q, 6) if q else None) for n, (h, q) in self.prefix_by_instance.items()
         }

@@ -131,6 +131,8 @@ def evaluate(
     rows: dict[str, dict[str, Any]] = {}
     for spec in wanted:
         row = runs[spec.name].summary()
+        if runs[spec.name].prefix_by_instance:
+            row["prefix_hit_rate_by_instance"] = runs[spec.name].prefix_hit_rate_by_instance()
         row["saving_vs_static_max"] = (
             round(1.0 - runs[spec.name].energy_j / ref, 6) if ref else None
         )

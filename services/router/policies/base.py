@@ -98,6 +98,10 @@ class RouteRequest:
     input_tokens: int
     max_new_tokens: int
     arrival_t: float
+    # what the prompt is made of: chained keys of its blocks of ``prefix_block_tokens``
+    # (equal keys, equal prefixes); empty when unknown. Cache-aware policies match on it.
+    prefix_keys: tuple[int, ...] = ()
+    prefix_block_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
