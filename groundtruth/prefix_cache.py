@@ -118,6 +118,15 @@ class PrefixCache:
     def __contains__(self, key: int) -> bool:
         return key in self._nodes
 
+    def clear(self) -> bool:
+        """Drop every cached prefix (SGLang's ``/flush_cache``); False while any is in use."""
+        if self.locked_tokens:
+            return False
+        self._nodes.clear()
+        self._leaves.clear()
+        self.total_tokens = 0
+        return True
+
     # ----- lookups ---------------------------------------------------------------------
     def match(self, prefix: PrefixIdentity) -> CacheMatch:
         """The longest cached prefix of ``prefix`` (no state change)."""

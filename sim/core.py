@@ -123,6 +123,7 @@ class Simulator:
             prefill_policy,
             decode_policy,
             np.random.default_rng(seeds[-1]),
+            kv_capacity_tokens=kv_cap,
         )
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0

@@ -29,6 +29,7 @@ from voltana.groundtruth.engine import (
     EngineStats,
 )
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.prefix_cache import PrefixIdentity, chain_token_keys
 from voltana.services.emulator import pd
 from voltana.services.emulator.config import EmulatorConfig
 from voltana.services.emulator.gpu_device import EmulatedGpu
@@ -57,6 +58,7 @@ class RequestSpec:
     bootstrap_host: str | None = None
     bootstrap_port: int | None = None
     bootstrap_room: int | None = None
+    prefix: PrefixIdentity | None = None  # the prompt's block keys (see ``prefix_of``)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class EmulatorServer:
                 max_running_requests=config.max_running_requests,
                 chunked_prefill_size=config.chunked_prefill_size,
                 kv_capacity_tokens=cap,
+                radix_cache=not config.disable_radix_cache,
             )
         )
         ids = config.gpu_ids or tuple(range(config.tp))
@@ -154,6 +157,13 @@ class EmulatorServer:
         self.iteration_loop.kick()
 
     # ----- request core ------------------------------------------------------------
+    def prefix_of(self, token_ids: list[int]) -> PrefixIdentity | None:
+        """The prompt's identity for the prefix cache (None: the cache is off)."""
+        if self.engine.cache is None:
+            return None
+        bt = self.config.page_size
+        return PrefixIdentity(chain_token_keys(token_ids, bt), bt)
+
     def new_rid(self) -> str:
         return uuid.uuid4().hex
 
@@ -234,6 +244,7 @@ class EmulatorServer:
                     max_new_tokens=spec.max_new_tokens,
                     output_tokens=self._output_tokens(spec),
                     now=time.monotonic(),
+                    prefix=spec.prefix,
                 )
             except AdmissionError as exc:
                 raise RequestError(str(exc)) from exc
@@ -338,7 +349,8 @@ class EmulatorServer:
         m.set_gauge("token_usage", round(s.token_usage, 4))
         m.set_gauge("gen_throughput", self.gen_throughput())
         m.set_gauge("num_queue_reqs", s.waiting_reqs)
-        m.set_gauge("cache_hit_rate", 0.0)
+        m.set_gauge("cache_hit_rate", round(s.cache_hit_rate, 6))
+        m.set_cached_tokens(s.cache_hit_tokens)
         for queue, n in self.pd_queues(s).items():
             m.set_gauge(f"num_{queue}", n if new else 0)  # 0.4.7 has no PD queue gauges
         m.set_gauge("kv_used_tokens", s.kv_used_tokens)

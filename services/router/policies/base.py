@@ -51,6 +51,7 @@ class InstanceView:
     power_w: float | None = None
     engine_queue_reqs: int | None = None
     telemetry_age_s: float | None = None
+    kv_capacity_tokens: int | None = None  # the engine's KV pool (telemetry), None: unknown
 
     @property
     def batch_size(self) -> int:
