@@ -11,54 +11,22 @@ This module is that tree with pages of ``block_tokens`` tokens (SGLang with
 ``--page-size`` > 1 matches whole pages the same way). A prompt's identity is
 its chain of block keys (:class:`PrefixIdentity`): key ``i`` stands for tokens
 ``0 .. (i+1)*block_tokens`` - equal keys mean equal prefixes - so the tree is
-stored flat, one node per key with its parent's key. :func:`chain_keys` builds
-such a chain from token ids or from per-block ids (the Mooncake trace's
-``hash_ids``). Recency is a logical clock (one tick per use), so results never
+stored flat, one node per key with its parent's key. ``chain_token_keys`` and
+``chain_keys`` (``common/prefix_keys.py``) build such a chain from token ids or
+from per-block ids (the Mooncake trace's ``hash_ids``). Recency is a logical clock (one tick per use), so results never
 depend on wall time.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgspec
+from voltana.common.prefix_keys import chain_keys, chain_token_keys
 
 __all__ = ["CacheMatch", "PrefixCache", "PrefixIdentity", "chain_keys", "chain_token_keys"]
-
-_MASK = (1 << 63) - 1
-
-
-def _mix(prev: int, item: int) -> int:
-    """A deterministic 63-bit hash of (prev, item) (splitmix64 finaliser; no per-run salt)."""
-    z = (prev * 0x9E3779B97F4A7C15 + item + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) & _MASK
-
-
-def chain_keys(block_ids: Iterable[int], seed: int = 0) -> tuple[int, ...]:
-    """Chain per-block ids into prefix keys: key ``i`` depends on ids ``0..i``."""
-    out: list[int] = []
-    prev = seed & _MASK
-    for b in block_ids:
-        prev = _mix(prev, int(b) & _MASK)
-        out.append(prev)
-    return tuple(out)
-
-
-def chain_token_keys(token_ids: Sequence[int], block_tokens: int) -> tuple[int, ...]:
-    """Prefix keys of the full blocks of a token sequence (a partial tail block is not cached)."""
-    if block_tokens < 1:
-        raise ValueError(f"block_tokens must be >= 1, got {block_tokens}")
-    keys: list[int] = []
-    prev = 0
-    for start in range(0, len(token_ids) - block_tokens + 1, block_tokens):
-        for t in token_ids[start : start + block_tokens]:
-            prev = _mix(prev, int(t) & _MASK)
-        keys.append(prev)
-    return tuple(keys)
 
 
 class PrefixIdentity(msgspec.Struct, frozen=True, gc=False):

@@ -142,6 +142,8 @@ def evaluate(
     orow = None
     if orc is not None:
         orow = orc.summary()
+        if orc.prefix_by_instance:
+            orow["prefix_hit_rate_by_instance"] = orc.prefix_hit_rate_by_instance()
         orow["saving_vs_static_max"] = round(1.0 - orc.energy_j / ref, 6) if ref else None
     if keep_runs is not None:
         keep_runs.extend(runs[s.name] for s in wanted)

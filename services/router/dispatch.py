@@ -24,6 +24,7 @@ from aiohttp import web
 from voltana.common.logs import get_logger
 from voltana.services.router import protocol as proto
 from voltana.services.router.policies.base import RouteRequest
+from voltana.services.router.prefix import prompt_prefix
 from voltana.services.router.relay import relay_stream
 from voltana.services.router.routing import Routing
 from voltana.services.router.stats import Outcome
@@ -75,11 +76,14 @@ class Pd:
         arrival = time.monotonic()
         arrival_ns = time.time_ns()
         rid = uuid.uuid4().hex
+        keys, block = prompt_prefix(body) if routing.uses_prefix else ((), 0)
         rreq = RouteRequest(
             request_id=rid,
             input_tokens=info.input_tokens,
             max_new_tokens=info.max_new_tokens,
             arrival_t=arrival,
+            prefix_keys=keys,
+            prefix_block_tokens=block,
         )
         excluded: set[str] = set()
         out = Outcome()

@@ -1,5 +1,6 @@
 """The emulated worker's prefix cache over real HTTP: faster TTFT on a shared prefix, SGLang's
-cache metrics, eviction under memory pressure, PD prefill, /flush_cache."""
+cache metrics, eviction under memory pressure, PD prefill, /flush_cache; the router's
+cache_aware policy placing a conversation's next turn on the worker holding its prefix."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import aiohttp
 import numpy as np
 from emulator_helpers import Factory, generate_unpaired, url
 from prometheus_client.parser import text_string_to_metric_families
+from voltana.services.router.config import RouterConfig, WorkerSpec
+from voltana.services.router.server import Router
 
 
 async def _metrics(http: aiohttp.ClientSession, app: Any) -> dict[str, float]:
@@ -116,3 +119,45 @@ async def test_pd_prefill_holds_the_cache_and_flush_clears_it(
     await generate_unpaired(http, off, text, 1, room=4)
     await generate_unpaired(http, off, text, 1, room=5)
     assert (await _metrics(http, off))["sglang:cached_tokens_total"] == 0
+
+
+async def test_router_cache_aware_sends_the_next_turn_where_its_prefix_is(
+    make_emulator: Factory, http: aiohttp.ClientSession
+) -> None:
+    p0 = await make_emulator(role="prefill")
+    p1 = await make_emulator(role="prefill")
+    d0 = await make_emulator(role="decode")
+    cfg = RouterConfig(
+        port=0,
+        prefill=[
+            WorkerSpec(url=url(p, ""), role="prefill", bootstrap_port=p.config.bootstrap_port)
+            for p in (p0, p1)
+        ],
+        decode=[WorkerSpec(url=url(d0, ""), role="decode")],
+        prefill_policy="cache_aware",
+        decode_policy="round_robin",
+        health_check_interval_s=0.5,
+    )
+    router = Router(cfg)
+    await router.start()
+    try:
+        sys_msg = {"role": "system", "content": "Answer in one line. " * 300}
+
+        async def chat(messages: list[dict[str, str]]) -> None:
+            body = {"model": "m", "messages": messages, "max_tokens": 2}
+            async with http.post(router.url + "/v1/chat/completions", json=body) as r:
+                assert r.status == 200, await r.text()
+
+        turn1 = [sys_msg, {"role": "user", "content": "First question about clocks. " * 20}]
+        await chat(turn1)
+        served = [(await _metrics(http, p))["sglang:num_requests_total"] for p in (p0, p1)]
+        holder, other = (p0, p1) if served == [1, 0] else (p1, p0)
+        await chat([{"role": "user", "content": "An unrelated conversation. " * 200}])
+        turn2 = [*turn1, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "Go"}]
+        await chat(turn2)
+        mh, mo = await _metrics(http, holder), await _metrics(http, other)
+        # the new conversation went to the other (smaller tree), turn 2 back to the holder
+        assert mh["sglang:num_requests_total"] == 2 and mo["sglang:num_requests_total"] == 1
+        assert mh["sglang:cached_tokens_total"] > 1000 and mo["sglang:cached_tokens_total"] == 0
+    finally:
+        await router.stop()
