@@ -205,7 +205,8 @@ class EcoRoutePolicy(PolicyBase):
         wait = np.array([v.oldest_wait_s for v in views], dtype=np.float64)
         rows = np.arange(n)
         queued = q > 0
-        after = q + self._uncached_tokens(views, req)
+        new, hit = self._uncached_tokens(views, req)
+        after = q + new
         if queued.any():
             # rows 0..n-1: the queue alone; rows n..2n-1: the queue and the request
             lat, en = self.profile.prefill_tables(np.concatenate([q, after]))
@@ -219,6 +220,11 @@ class EcoRoutePolicy(PolicyBase):
             lat1, en1 = self.profile.prefill_tables(after)
             en1 = en1 - self.idle_w * lat1
             i0, e0, first = np.zeros(n, dtype=np.intp), np.zeros(n), None
+        context = getattr(self.profile, "prefill_context_tables", None)
+        if context is not None and hit.any():
+            # the new tokens of a hit also attend to the cached ones (the profile's T x C term)
+            xl, xe = context(new, hit)
+            lat1, en1 = lat1 + xl, en1 + xe - self.idle_w * xl
         budget = np.full(n, full - max(now - req.arrival_t, 0.0))
         # the queue ahead still needs the clock it needed before: only clocks >= f0
         i1, ok1 = cheapest_rows(lat1, en1, budget, first=first)
@@ -238,16 +244,18 @@ class EcoRoutePolicy(PolicyBase):
             for j, v in enumerate(views)
         ]
 
-    def _uncached_tokens(self, views: list[InstanceView], req: RouteRequest) -> FloatArray:
-        """Tokens the request would prefill on each candidate (its predicted hit removed)."""
+    def _uncached_tokens(
+        self, views: list[InstanceView], req: RouteRequest
+    ) -> tuple[FloatArray, FloatArray]:
+        """(tokens to prefill, predicted cached tokens) of the request on each candidate."""
         n_in = max(req.input_tokens, 1)
         if not req.prefix_keys:
-            return np.full(len(views), float(n_in))
+            return np.full(len(views), float(n_in)), np.zeros(len(views))
         names = [v.instance for v in views]
         self._prefill.update(names)
         blocks = np.array(self.tree.match_each(req.prefix_keys, names), dtype=np.float64)
         hit = np.minimum(blocks * req.prefix_block_tokens, n_in - 1)
-        return n_in - hit
+        return n_in - hit, hit
 
     def on_dispatch(self, instance: str, request: RouteRequest, now: float) -> None:
         if request.prefix_keys and instance in self._prefill:
