@@ -47,7 +47,7 @@ class MultiTurnSpec(msgspec.Struct, frozen=True, kw_only=True):
     system_prompts: int = 1
     think_time_s: float = 10.0  # mean gap between turns of a session (assumption)
     max_context_tokens: int = 32768  # a session ends before its prompt would exceed this
-    block_tokens: int = 16  # prefix-identity granularity (SGLang page size)
+    block_tokens: int = 64  # prefix-identity granularity (a page of the cache)
 
     def __post_init__(self) -> None:
         if self.sessions_per_s <= 0 or self.duration_s <= 0:

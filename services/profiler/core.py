@@ -175,10 +175,11 @@ def run_profiling(
     # after everything else, so the points above are measured exactly as without them
     context: list[PrefillSample] = []
     measure = getattr(prober, "measure_prefill_context", None)
-    for clock in sorted(plan.clocks_mhz, reverse=True):
-        for t, c in plan.prefill_context_points if measure is not None else ():
-            context.append(measure(clock, t, c))
-            tick(f"{clock} MHz prefill {t} over {c} cached")
+    if measure is not None:
+        for clock in sorted(plan.clocks_mhz, reverse=True):
+            for t, c in plan.prefill_context_points:
+                context.append(measure(clock, t, c))
+                tick(f"{clock} MHz prefill {t} over {c} cached")
     return Measurements(
         hardware=prober.hardware(),
         source=prober.source,

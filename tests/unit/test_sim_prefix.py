@@ -63,7 +63,7 @@ def test_multiturn_sessions_grow_and_share_their_earlier_prompts() -> None:
         for a, b in itertools.pairwise(rs):
             assert b.arrival_s > a.arrival_s and b.input_tokens > a.input_tokens + a.output_tokens
             assert b.prefix.keys[: len(a.prefix.keys)] == a.prefix.keys  # the whole prompt
-    sys_blocks = 512 // 16
+    sys_blocks = 512 // SPEC.block_tokens
     firsts = [rs[0] for rs in by_session.values()]
     shared = {r.prefix.keys[sys_blocks - 1] for r in firsts}
     assert len(shared) <= 2  # two system prompts
