@@ -147,3 +147,16 @@ def test_ecoroute_decode_skips_a_server_whose_kv_pool_is_full() -> None:
     assert pol.select(ClusterView([full, empty]), r, 0.0, RNG).instance == "d1"  # type: ignore[union-attr]
     roomy = replace(full, in_flight_tokens=50_000, kv_tokens=50_000)
     assert pol.select(ClusterView([roomy, empty]), r, 0.0, RNG).instance == "d0"  # type: ignore[union-attr]
+
+
+def test_ecoroute_spreads_new_conversations_over_equal_candidates() -> None:
+    pol = EcoRoutePolicy(default_profile("h100", "llama-3.1-8b"), SloConfig(ttft_s=0.5, itl_s=0.05))
+    view = ClusterView([worker("p0"), worker("p1"), worker("p2")])
+    picks = []
+    for i in range(6):  # six unrelated conversations, every instance idle each time
+        r = req(str(i), [1000 + i] * 20)
+        s = pol.select(view, r, 0.0, RNG)
+        assert s is not None
+        pol.on_dispatch(s.instance, r, 0.0)
+        picks.append(s.instance)
+    assert picks == ["p0", "p1", "p2", "p0", "p1", "p2"]  # the smallest tree among equals

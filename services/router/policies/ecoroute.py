@@ -292,7 +292,12 @@ class EcoRoutePolicy(PolicyBase):
         ok = [w for w in whatifs if w.feasible]
         if ok:
             # round energy to 1 mJ so float noise does not beat the load tie-break
-            pick = min(ok, key=lambda w: (round(w.added_energy_j, 3), w.load, w.instance))
+            # among equals, the smallest prefix tree: new conversations spread out (as
+            # cache_aware's does) instead of piling up on the first instance by name
+            size = self.tree.size
+            pick = min(
+                ok, key=lambda w: (round(w.added_energy_j, 3), w.load, size(w.instance), w.instance)
+            )
             return Selection(
                 pick.instance,
                 f"what-if +{pick.added_energy_j:.3f}J clock {pick.clock_before_mhz}"
