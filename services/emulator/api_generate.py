@@ -67,7 +67,7 @@ def _meta(spec: RequestSpec, u: TokenUpdate, t0: float) -> dict[str, Any]:
         "finish_reason": u.finish_reason,
         "prompt_tokens": spec.prompt_tokens,
         "completion_tokens": u.completion_tokens,
-        "cached_tokens": 0,
+        "cached_tokens": u.cached_tokens,
     }
     if u.finish_reason is not None:
         meta["e2e_latency"] = time.monotonic() - t0

@@ -68,6 +68,7 @@ class TokenUpdate:
     completion_tokens: int
     t_s: float
     finish_reason: dict[str, Any] | None = None
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (SGLang's meta_info)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class _Stream:
     arrival_s: float
     events: asyncio.Queue[EngineEvent] = field(default_factory=asyncio.Queue)
     last_token_s: float | None = None
+    cached_tokens: int = 0
 
 
 class EmulatorServer:
@@ -287,6 +289,8 @@ class EmulatorServer:
                 self._dispatch(self.engine.kv_arrived(spec.rid, time.monotonic()))
                 self._kick()
             elif ev.kind == "prefill_done":  # prefill role: KV stays held while it is sent
+                req = self.engine.requests.get(spec.rid)
+                st.cached_tokens = req.cached_tokens if req is not None else 0
                 if not fake:
                     await asyncio.sleep(self.model.kv_transfer_s(spec.prompt_tokens))
                 done = self.engine.transfer_done(spec.rid, time.monotonic())
@@ -297,13 +301,13 @@ class EmulatorServer:
                 self.metrics.on_finish(spec.prompt_tokens, now - st.arrival_s, None)
                 if room is not None and spec.bootstrap_room is not None:
                     self.rooms.settle(spec.bootstrap_room, room)
-                yield TokenUpdate(1, now, {"type": "length", "length": 0})
+                yield TokenUpdate(1, now, {"type": "length", "length": 0}, st.cached_tokens)
                 del done
                 return
             elif ev.kind in ("first_token", "token"):
                 self._observe_token(st, ev)
                 if ev.kind == "first_token" or st.events.empty():
-                    yield TokenUpdate(ev.generated_tokens, ev.t_s)
+                    yield TokenUpdate(ev.generated_tokens, ev.t_s, None, st.cached_tokens)
             elif ev.kind == "finished":
                 if ev.finish_reason == "stop":
                     from voltana.services.emulator.textgen import EOS_TOKEN_ID
@@ -315,11 +319,13 @@ class EmulatorServer:
                 e2e = ev.t_s - st.arrival_s
                 ttft = (st.last_token_s or ev.t_s) - st.arrival_s
                 self.metrics.on_finish(spec.prompt_tokens, e2e, (e2e - ttft) / n if n else None)
-                yield TokenUpdate(ev.generated_tokens, ev.t_s, reason)
+                yield TokenUpdate(ev.generated_tokens, ev.t_s, reason, st.cached_tokens)
                 return
 
     def _observe_token(self, st: _Stream, ev: EngineEvent) -> None:
         if st.last_token_s is None:
+            req = self.engine.requests.get(st.spec.rid)
+            st.cached_tokens = req.cached_tokens if req is not None else 0
             self.metrics.on_first_token(ev.t_s - st.arrival_s)
             self.metrics.on_tokens(1, None)
         else:

@@ -178,7 +178,9 @@ def run_profiling(
     if measure is not None:
         for clock in sorted(plan.clocks_mhz, reverse=True):
             for t, c in plan.prefill_context_points:
-                context.append(measure(clock, t, c))
+                sample = measure(clock, t, c)  # None: the worker has no prefix cache
+                if sample is not None:
+                    context.append(sample)
                 tick(f"{clock} MHz prefill {t} over {c} cached")
     return Measurements(
         hardware=prober.hardware(),
