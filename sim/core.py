@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,12 +42,12 @@ from voltana.schemas.base import Role
 from voltana.services.freqctl.controllers.base import ClockController
 from voltana.services.router.policies.base import RouteRequest, RoutingPolicy
 from voltana.sim.config import SimConfig
-from voltana.sim.instance import Instance
+from voltana.sim.instance import Instance, prefix_tokens
 from voltana.sim.metrics import ItlRecorder, RequestOutcome, RunMetrics
 from voltana.sim.router import SimRouter
 from voltana.sim.workload import Workload
 
-__all__ = ["ClockChooser", "Simulator", "prefix_tokens"]
+__all__ = ["ClockChooser", "Simulator"]
 
 _ARRIVE, _ITER, _XFER, _TICK, _CLOCK = 0, 1, 2, 3, 4
 
@@ -386,15 +386,3 @@ class Simulator:
             unfinished=sum(1 for o in self.outcomes.values() if o.finish_s is None),
             prefix_by_instance=prefix_tokens(self.instances.values(), workload),
         )
-
-
-def prefix_tokens(instances: Iterable[Instance], workload: Workload) -> dict[str, tuple[int, int]]:
-    """(prompt tokens served from the cache, prompt tokens admitted) per prefill instance;
-    empty when no request of the workload has a prefix identity (nothing to report)."""
-    if not any(r.prefix is not None for r in workload.requests):
-        return {}
-    return {
-        i.name: (i.engine.cache.hit_tokens, i.engine.cache.query_tokens)
-        for i in instances
-        if i.engine.cache is not None
-    }

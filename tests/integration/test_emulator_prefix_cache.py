@@ -62,6 +62,10 @@ async def test_shared_prefix_lowers_ttft_and_raises_the_cache_metrics(
     assert m1["sglang:cached_tokens_total"] == hit
     assert m1["sglang:cache_hit_rate"] == round(hit / 16000, 6)
     assert warm < cold / 3, (warm, cold)
+    body = {"input_ids": [*shared, 1, 2, 3], "sampling_params": sp}
+    async with http.post(url(app, "/generate"), json=body) as r:
+        assert (await r.json())["meta_info"]["cached_tokens"] == hit  # as SGLang reports it
+    hit *= 2
     # text goes through the same deterministic tokenisation: a chat's next turn matches
     sys_msg = {"role": "system", "content": "You are terse. " * 400}
     turn1 = [sys_msg, {"role": "user", "content": "Summarise the energy report. " * 50}]
