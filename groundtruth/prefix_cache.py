@@ -13,8 +13,8 @@ its chain of block keys (:class:`PrefixIdentity`): key ``i`` stands for tokens
 ``0 .. (i+1)*block_tokens`` - equal keys mean equal prefixes - so the tree is
 stored flat, one node per key with its parent's key. ``chain_token_keys`` and
 ``chain_keys`` (``common/prefix_keys.py``) build such a chain from token ids or
-from per-block ids (the Mooncake trace's ``hash_ids``). Recency is a logical clock (one tick per use), so results never
-depend on wall time.
+from per-block ids (the Mooncake trace's ``hash_ids``). Recency is a logical
+clock (one tick per use), so results never depend on wall time.
 """
 
 from __future__ import annotations
