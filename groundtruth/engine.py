@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from voltana.groundtruth.engine_cache import admit_with_cache, cache_gauges, cache_prompt
 from voltana.groundtruth.engine_types import (
     AdmissionError,
     BatchPlan,
@@ -40,6 +41,7 @@ from voltana.groundtruth.engine_types import (
     Phase,
 )
 from voltana.groundtruth.gpu_model import GpuModel, IterCost
+from voltana.groundtruth.prefix_cache import PrefixCache, PrefixIdentity
 
 __all__ = [
     "AdmissionError",
@@ -50,6 +52,7 @@ __all__ = [
     "EngineRequest",
     "EngineStats",
     "Phase",
+    "PrefixIdentity",
     "iteration_cost",
 ]
 
@@ -62,6 +65,11 @@ class Engine:
     requests: dict[str, EngineRequest] = field(default_factory=dict)
     _waiting: deque[str] = field(default_factory=deque)
     _reserved: int = 0
+    cache: PrefixCache | None = None  # SGLang's radix cache (prefill and unified roles)
+
+    def __post_init__(self) -> None:
+        if self.config.radix_cache and self.config.role != "decode":
+            self.cache = PrefixCache()
 
     # ----- intake ------------------------------------------------------------------
     def submit(
@@ -72,6 +80,7 @@ class Engine:
         max_new_tokens: int,
         now: float,
         output_tokens: int | None = None,
+        prefix: PrefixIdentity | None = None,
     ) -> EngineRequest:
         """Queue a request. Raises ``AdmissionError`` if it can never run here."""
         if rid in self.requests:
@@ -95,6 +104,7 @@ class Engine:
             max_new_tokens=max_new_tokens,
             output_tokens=out,
             arrival_s=now,
+            prefix=prefix if prefix is not None and prefix.keys else None,
         )
         self.requests[rid] = req
         self._waiting.append(rid)
@@ -140,7 +150,10 @@ class Engine:
     def _admit_head(self, slots_used: int, phase: Phase) -> EngineRequest | None:
         """Admit the head of the waiting queue into ``phase`` (KV reserved); None: it must wait."""
         req = self.requests[self._waiting[0]]
-        if not self._can_admit(req, slots_used):
+        if self.cache is not None:
+            if not admit_with_cache(self.cache, req, self.config, slots_used, self._reserved):
+                return None
+        elif not self._can_admit(req, slots_used):
             return None
         self._waiting.popleft()
         self._reserve(req)
@@ -191,9 +204,10 @@ class Engine:
             if admitted is None:
                 break
             slots += 1
-            n = min(admitted.prompt_tokens, budget)
+            done = admitted.prefilled_tokens  # > 0: served from the prefix cache
+            n = min(admitted.prompt_tokens - done, budget)
             rids.append(admitted.rid)
-            chunks.append((n, 0))
+            chunks.append((n, done))
             budget -= n
         if not rids:
             return None
@@ -224,6 +238,8 @@ class Engine:
                     continue
                 req.generated_tokens = 1
                 req.first_token_s = now
+                if self.cache is not None and req.prefix is not None:
+                    self._reserved -= cache_prompt(self.cache, req)
                 if self.config.role == "prefill":
                     req.phase = Phase.TRANSFER
                     events.append(EngineEvent(rid, "prefill_done", now, 1))
@@ -287,6 +303,9 @@ class Engine:
         if req.holds_reservation:
             self._reserved -= req.reserved_tokens
             req.holds_reservation = False
+        if req.cache_keys and self.cache is not None:
+            self.cache.unlock(req.cache_keys)  # its prefix stays cached, now evictable
+            req.cache_keys = ()
         req.phase = Phase.FINISHED
 
     # ----- introspection -----------------------------------------------------------
@@ -315,6 +334,7 @@ class Engine:
             kv_capacity_tokens=self.config.kv_capacity_tokens,
             decode_kv_tokens=decode_kv,
             waiting_prompt_tokens=waiting_tokens,
+            **({} if self.cache is None else cache_gauges(self.cache)),
         )
 
     @property

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Literal
 
 import msgspec
+from voltana.groundtruth.prefix_cache import PrefixIdentity
 from voltana.schemas.base import Role
 
 __all__ = [
@@ -44,6 +45,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_running_requests: int = 256
     chunked_prefill_size: int = 8192
     kv_capacity_tokens: int = 400_000
+    # SGLang's radix cache (on unless --disable-radix-cache); a decode server never
+    # matches prefixes (in PD mode the prefill instances hold the cache)
+    radix_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.max_running_requests < 1 or self.chunked_prefill_size < 1:
@@ -67,10 +71,17 @@ class EngineRequest:
     first_token_s: float | None = None
     finish_s: float | None = None
     holds_reservation: bool = False
+    prefix: PrefixIdentity | None = None  # block keys of the prompt, for the prefix cache
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
+    cache_moved_tokens: int = 0  # own prompt tokens handed to the cache once computed
+    cache_keys: tuple[int, ...] = ()  # cache nodes this request holds locked
 
     @property
     def reserved_tokens(self) -> int:
-        return self.prompt_tokens + self.max_new_tokens
+        """KV it holds of its own (the cache accounts for the cached and handed-over part)."""
+        return (
+            self.prompt_tokens + self.max_new_tokens - self.cached_tokens - self.cache_moved_tokens
+        )
 
     @property
     def kv_tokens(self) -> int:
@@ -117,6 +128,16 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     kv_capacity_tokens: int
     decode_kv_tokens: int  # sum of contexts of the decode batch
     waiting_prompt_tokens: int = 0
+    cache_tokens: int = 0  # held by the prefix cache (locked or evictable)
+    cache_hit_tokens: int = 0  # admitted prompt tokens served from the cache (cumulative)
+    cache_query_tokens: int = 0  # admitted prompt tokens (cumulative)
+    cache_evicted_tokens: int = 0  # tokens evicted from the cache (cumulative)
+
+    @property
+    def cache_hit_rate(self) -> float:
+        """SGLang's ``cache_hit_rate``: cached over admitted prompt tokens (0 before any)."""
+        q = self.cache_query_tokens
+        return self.cache_hit_tokens / q if q else 0.0
 
     @property
     def token_usage(self) -> float:

@@ -159,6 +159,27 @@ def _fit_prefill(clock: int, samples: Sequence[PrefillSample]) -> PrefillClockFi
     )
 
 
+def _fit_context(fit: PrefillClockFit, samples: Sequence[PrefillSample]) -> PrefillClockFit:
+    """Add the cached-context term: least squares of what the fresh-prompt fit leaves over,
+    on T x C (new tokens times cached tokens), never negative."""
+    if not samples:
+        return fit
+    t = np.array([s.batched_tokens for s in samples], dtype=np.float64)
+    x = t * np.array([s.context_tokens for s in samples], dtype=np.float64)
+    if not (x > 0).any():
+        return fit
+    base = _prefill_design(t)
+    c = fit.coefficients()
+    out = {}
+    for name, y, coef in (
+        ("latency_s_per_ctx_token", [s.latency_s for s in samples], c[:3]),
+        ("energy_j_per_ctx_token", [s.energy_j for s in samples], c[3:]),
+    ):
+        rest = np.asarray(y, dtype=np.float64) - base @ np.asarray(coef)
+        out[name] = max(float(x @ rest / (x @ x)), 0.0)
+    return msgspec.structs.replace(fit, **out)
+
+
 def _fit_decode_bucket(bucket: int, samples: Sequence[DecodeSample]) -> DecodeBucketFit:
     b = np.array([s.batch_size for s in samples], dtype=np.float64)
     k = np.array([s.kv_tokens for s in samples], dtype=np.float64)
@@ -308,7 +329,13 @@ def fit_profile(
         power_limit_w=hw.power_limit_w,
         decode_buckets=list(buckets),
         prefill_max_batched_tokens=int(max_tokens),
-        prefill=[_fit_prefill(c, pre[c]) for c in sorted(pre) if len(pre[c]) >= 2],
+        prefill=[
+            _fit_context(
+                _fit_prefill(c, pre[c]), [s for s in m.prefill_context if s.clock_mhz == c]
+            )
+            for c in sorted(pre)
+            if len(pre[c]) >= 2
+        ],
         decode=[_fit_decode_clock(c, dec[c], buckets) for c in sorted(dec)],
         idle=[
             IdlePoint(clock_mhz=c, power_w=float(np.median(v)))

@@ -23,13 +23,15 @@ __all__ = [
 
 
 class PrefillSample(msgspec.Struct, frozen=True, kw_only=True):
-    """One prefill of ``batched_tokens`` new tokens at a locked clock."""
+    """One prefill of ``batched_tokens`` new tokens at a locked clock, over
+    ``context_tokens`` already cached (a prefix-cache hit; 0: a fresh prompt)."""
 
     clock_mhz: int
     batched_tokens: int
     latency_s: float
     energy_j: float
     effective_clock_mhz: float | None = None
+    context_tokens: int = 0
 
 
 class DecodeSample(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,6 +70,7 @@ class Measurements(msgspec.Struct, frozen=True, kw_only=True):
     prefill: list[PrefillSample]
     decode: list[DecodeSample]
     idle: list[IdleSample]
+    prefill_context: list[PrefillSample] = msgspec.field(default_factory=list)  # cached context
 
 
 @runtime_checkable

@@ -90,6 +90,10 @@ class Profile:
         self._p_tab = np.ascontiguousarray(self._p_tab.T).T
         self._d_tab = np.ascontiguousarray(self._d_tab.transpose(0, 2, 1)).transpose(0, 2, 1)
         self._i_tab = np.interp(x, self._i_clocks, self._i_power)
+        ctx = np.array(
+            [[p.latency_s_per_ctx_token, p.energy_j_per_ctx_token] for p in pf.prefill], float
+        )
+        self._ctx_tab = _interp_cols(x, self._p_clocks, ctx).T  # [2, clock]
         eff = [(p.clock_mhz, p.effective_clock_mhz) for p in pf.prefill if p.effective_clock_mhz]
         self._p_eff = (
             (np.array([c for c, _ in eff], float), np.array([e for _, e in eff], float))
@@ -247,6 +251,14 @@ class Profile:
         lat = np.maximum(c[..., 0] * bb + c[..., 1] * kk + c[..., 2], _MIN_LATENCY_S)
         energy = np.maximum(c[..., 3] * bb + c[..., 4] * kk + c[..., 5], self._i_tab * lat)
         return lat, energy
+
+    def prefill_context_tables(
+        self, new_tokens: npt.ArrayLike, context_tokens: npt.ArrayLike
+    ) -> tuple[FloatArray, FloatArray]:
+        """(latency [N, clock], energy [N, clock]) that cached context adds to N prefills:
+        each new token attends to the cached tokens too (zeros without such measurements)."""
+        tc = np.asarray(new_tokens, dtype=np.float64) * np.asarray(context_tokens, np.float64)
+        return tc[:, None] * self._ctx_tab[0], tc[:, None] * self._ctx_tab[1]
 
     def prefill_tables(self, batched_tokens: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
         """(latency [N, clock], energy [N, clock]) of N prefills in one step.

@@ -54,6 +54,10 @@ class PrefillClockFit(msgspec.Struct, frozen=True, kw_only=True):
     energy_j: float
     effective_clock_mhz: float | None = None
     samples: int = 0
+    # a prefix-cache hit: each new token also attends to the C cached tokens, adding
+    # ``*_per_ctx_token * T * C`` (0 when the profile has no such measurements)
+    latency_s_per_ctx_token: float = 0.0
+    energy_j_per_ctx_token: float = 0.0
 
     def coefficients(self) -> list[float]:
         """The :attr:`COEFFICIENTS` in order: the row the predictor interpolates between clocks."""
@@ -169,7 +173,7 @@ def validate_profile_file(pf: ProfileFile) -> None:
         if not cl or any(b <= a for a, b in itertools.pairwise(cl)):
             raise ValueError(f"{label} fits must be non-empty and ascending by clock_mhz")
     for p in pf.prefill:
-        for name in p.COEFFICIENTS:
+        for name in (*p.COEFFICIENTS, "latency_s_per_ctx_token", "energy_j_per_ctx_token"):
             _nonneg(f"prefill[{p.clock_mhz}].{name}", getattr(p, name))
     for d in pf.decode:
         if [b.bucket for b in d.buckets] != bk:

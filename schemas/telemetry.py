@@ -90,6 +90,8 @@ class InstanceTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-
     prompt_tokens_total: float = 0.0
     generation_tokens_total: float = 0.0
     requests_total: float = 0.0
+    cache_hit_rate: float = 0.0  # sglang:cache_hit_rate (prefix cache, cumulative ratio)
+    cached_tokens_total: float = 0.0  # sglang:cached_tokens_total (prompt tokens from cache)
     num_bootstrap_queue_reqs: int = 0
     num_prealloc_queue_reqs: int = 0
     num_transfer_queue_reqs: int = 0

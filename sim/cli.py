@@ -47,15 +47,26 @@ def register(subparsers: Any) -> None:
     src.add_argument("--trace", help="Azure CSV, BurstGPT CSV or Mooncake JSONL (auto-detected)")
     src.add_argument(
         "--synthetic",
-        choices=["poisson", "gamma"],
+        choices=["poisson", "gamma", "multiturn"],
         default=None,
-        help="synthetic arrivals instead of a trace",
+        help="synthetic arrivals instead of a trace (multiturn: conversations whose turns "
+        "resend the growing context, for the prefix cache; --rate is then sessions/s)",
     )
     src.add_argument("--rate", type=float, default=5.0, help="synthetic: requests/s")
     src.add_argument("--duration", type=float, default=300.0, help="synthetic: seconds")
     src.add_argument("--cv", type=float, default=2.0, help="gamma: coefficient of variation")
     src.add_argument("--input-mean", type=float, default=1155.0, help="synthetic prompt mean")
     src.add_argument("--output-mean", type=float, default=211.0, help="synthetic output mean")
+    mt = p.add_argument_group("multiturn workload (--synthetic multiturn)")
+    mt.add_argument("--turns-mean", type=float, default=2.0, help="mean turns per session")
+    mt.add_argument(
+        "--system-prompt-tokens", type=int, default=0, help="system prompt shared by sessions"
+    )
+    mt.add_argument("--system-prompts", type=int, default=1, help="distinct system prompts")
+    mt.add_argument(
+        "--document-mean", type=float, default=0.0, help="first-turn document tokens (0: none)"
+    )
+    mt.add_argument("--think-time-s", type=float, default=10.0, help="mean gap between turns")
     src.add_argument(
         "--rate-scale",
         type=float,
@@ -154,6 +165,22 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("give either --trace or --synthetic, not both")
     if args.trace:
         wl = load_trace(args.trace)
+    elif args.synthetic == "multiturn":
+        from voltana.sim.multiturn import MultiTurnSpec, multiturn
+
+        doc = LengthDist("lognormal", args.document_mean, 0.8, 16, 16384)
+        wl = multiturn(
+            MultiTurnSpec(
+                sessions_per_s=args.rate,
+                duration_s=args.duration,
+                turns_mean=args.turns_mean,
+                system_prompt_tokens=args.system_prompt_tokens,
+                system_prompts=args.system_prompts,
+                document_tokens=doc if args.document_mean > 0 else None,
+                think_time_s=args.think_time_s,
+            ),
+            seed=args.seed,
+        )
     elif args.synthetic:
         wl = synthetic(
             rate_rps=args.rate,

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 from voltana.common.errors import ConfigError
-from voltana.groundtruth.engine import AdmissionError, BatchPlan, EngineConfig
+from voltana.groundtruth.engine import AdmissionError, BatchPlan, EngineConfig, PrefixIdentity
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.schemas.base import Role
 from voltana.services.freqctl.controllers.base import ClockController
@@ -44,7 +44,7 @@ from voltana.services.router.attribution import AttributionRule
 from voltana.services.router.policies.base import RouteRequest, RoutingPolicy
 from voltana.sim.config import SimConfig
 from voltana.sim.energy import SimEnergy
-from voltana.sim.instance import Instance
+from voltana.sim.instance import Instance, prefix_tokens
 from voltana.sim.metrics import ItlRecorder, RequestOutcome, RunMetrics
 from voltana.sim.router import SimRouter
 from voltana.sim.workload import Workload
@@ -107,6 +107,7 @@ class Simulator:
                     max_running_requests=config.max_running_requests,
                     chunked_prefill_size=config.chunked_prefill_size,
                     kv_capacity_tokens=kv_cap,
+                    radix_cache=True,  # SGLang's default; only prompts with a prefix use it
                 )
                 inst = Instance(
                     f"{role[0]}{k}",
@@ -124,6 +125,7 @@ class Simulator:
             prefill_policy,
             decode_policy,
             np.random.default_rng(seeds[-1]),
+            kv_capacity_tokens=kv_cap,
         )
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
@@ -201,12 +203,14 @@ class Simulator:
             self._open -= 1  # rejected: stays unfinished, counted as a miss
             return
         p, d = self.instances[pair[0]], self.instances[pair[1]]
+        prefix = PrefixIdentity(rr.prefix_keys, rr.prefix_block_tokens) if rr.prefix_keys else None
         try:
             p.engine.submit(
                 rr.request_id,
                 prompt_tokens=rr.input_tokens,
                 max_new_tokens=rr.max_new_tokens,
                 now=t,
+                prefix=prefix,
             )
             d.engine.submit(
                 rr.request_id,
@@ -317,6 +321,8 @@ class Simulator:
                 input_tokens=r.input_tokens,
                 max_new_tokens=r.output_tokens,
                 arrival_t=r.arrival_s,
+                prefix_keys=() if r.prefix is None else r.prefix.keys,
+                prefix_block_tokens=0 if r.prefix is None else r.prefix.block_tokens,
             )
             self._route[r.request_id] = rr
             self.outcomes[r.request_id] = RequestOutcome(
@@ -386,4 +392,5 @@ class Simulator:
             wall_s=time.perf_counter() - wall0,
             unfinished=sum(1 for o in self.outcomes.values() if o.finish_s is None),
             energy_book=self.energy.book,
+            prefix_by_instance=prefix_tokens(self.instances.values(), workload),
         )

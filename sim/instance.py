@@ -11,7 +11,7 @@ observations telemetry would report.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from voltana.groundtruth.engine import BatchPlan, Engine, EngineConfig, Phase, iteration_cost
@@ -20,8 +20,9 @@ from voltana.groundtruth.timing import Stretch, retime
 from voltana.services.freqctl.controllers.base import ControlInput
 from voltana.services.freqctl.core import control_input
 from voltana.sim.metrics import TimeSeries
+from voltana.sim.workload import Workload
 
-__all__ = ["Instance", "IterationRun"]
+__all__ = ["Instance", "IterationRun", "prefix_tokens"]
 
 
 @dataclass(slots=True)
@@ -303,3 +304,15 @@ class Instance:
             observed_itl_s=itl,
             current_clock_mhz=self.clock_mhz,
         )
+
+
+def prefix_tokens(instances: Iterable[Instance], workload: Workload) -> dict[str, tuple[int, int]]:
+    """(prompt tokens served from the cache, prompt tokens admitted) per prefill instance;
+    empty when no request of the workload has a prefix identity (nothing to report)."""
+    if not any(r.prefix is not None for r in workload.requests):
+        return {}
+    return {
+        i.name: (i.engine.cache.hit_tokens, i.engine.cache.query_tokens)
+        for i in instances
+        if i.engine.cache is not None
+    }

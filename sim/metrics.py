@@ -118,6 +118,9 @@ class RunMetrics:
     wall_s: float = 0.0
     unfinished: int = 0
     energy_book: EnergyBook | None = None
+    # prefill instance -> (prompt tokens served from the prefix cache, prompt tokens);
+    # empty when the workload carries no prefix identity
+    prefix_by_instance: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def energy_j(self) -> float:
@@ -145,7 +148,7 @@ class RunMetrics:
             v = weighted_quantile(gaps, counts, q)
             return None if v is None else round(v * 1e3, 3)
 
-        return {
+        row: dict[str, Any] = {
             "policy": self.policy,
             "requests": n,
             "finished": len(done),
@@ -169,6 +172,11 @@ class RunMetrics:
             "wall_s": round(self.wall_s, 3),
             **self.energy_summary(),
         }
+        if self.prefix_by_instance:
+            hit = sum(h for h, _ in self.prefix_by_instance.values())
+            total = sum(q for _, q in self.prefix_by_instance.values())
+            row["prefix_hit_rate"] = round(hit / total, 6) if total else None
+        return row
 
     def energy_summary(self) -> dict[str, Any]:
         """Attributed and unattributed energy, and energy per request class (docs/energy.md)."""
@@ -186,4 +194,10 @@ class RunMetrics:
             "attributed_energy_j": round(b.attributed_j, 3),
             "unattributed_energy_j": round(b.unattributed_j, 3),
             "energy_by_class": class_summary(items),
+        }
+
+    def prefix_hit_rate_by_instance(self) -> dict[str, float | None]:
+        """Tokens served from the cache over prompt tokens, per prefill instance."""
+        return {
+            n: (round(h / q, 6) if q else None) for n, (h, q) in self.prefix_by_instance.items()
         }

@@ -10,6 +10,7 @@ freqctl, ``make_policy`` from the router); the simulator only picks them.
 | ecofreq      | ecofreq          | random          | round-robin    |
 | voltana-ref  | ecofreq          | random          | ecoroute-tile  |
 | voltana      | voltana          | ecoroute        | ecoroute       |
+| cache-aware  | static-max       | cache-aware     | cache-aware    |
 
 Diagnostics that change one lever at a time: ``voltana-rr`` (voltana clocks,
 random/round-robin routing), ``voltana-tile`` (voltana clocks, ecoroute-tile
@@ -56,6 +57,8 @@ POLICIES: dict[str, PolicySpec] = {
     "voltana-rr": PolicySpec("voltana-rr", "voltana", "random", "round-robin"),
     "ecofreq-ecoroute": PolicySpec("ecofreq-ecoroute", "ecofreq", "ecoroute", "ecoroute"),
     "voltana-tile": PolicySpec("voltana-tile", "voltana", "random", "ecoroute-tile"),
+    # sglang-router's default routing (cache_aware on both sides) at the top clock
+    "cache-aware": PolicySpec("cache-aware", "static", "cache-aware", "cache-aware", "max"),
 }
 
 

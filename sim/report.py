@@ -63,11 +63,14 @@ def evaluation_table(ev: Evaluation, title: str = "") -> Any:
 
     t = Table(title=title or None, show_lines=False)
     t.add_column("policy", style="bold")
-    for _, head, _ in COLUMNS:
+    cols = list(COLUMNS)
+    if any("prefix_hit_rate" in row for _, row in _rows(ev)):  # a workload with prefixes
+        cols.insert(3, ("prefix_hit_rate", "prefix hit", "pct1"))
+    for _, head, _ in cols:
         t.add_column(head, justify="right")
     for name, row in _rows(ev):
         style = "dim" if name.startswith("oracle") else None
-        t.add_row(name, *[_fmt(row.get(k), f) for k, _, f in COLUMNS], style=style)
+        t.add_row(name, *[_fmt(row.get(k), f) for k, _, f in cols], style=style)
     return t
 
 

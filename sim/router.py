@@ -36,7 +36,9 @@ class SimRouter:
         prefill_policy: RoutingPolicy,
         decode_policy: RoutingPolicy,
         rng: np.random.Generator,
+        kv_capacity_tokens: int | None = None,
     ) -> None:
+        self.kv_capacity_tokens = kv_capacity_tokens  # every engine's (telemetry reports it)
         self.policies = {"prefill": prefill_policy, "decode": decode_policy}
         self.rng = rng
         self.loads = {name: InstanceLoad() for name in instances}
@@ -59,7 +61,7 @@ class SimRouter:
         for name, r, load in self._members[role]:
             s = tele.get(name)
             if s is None:
-                views.append(load.view(name, r, t))
+                views.append(load.view(name, r, t, kv_capacity_tokens=self.kv_capacity_tokens))
             else:
                 views.append(
                     load.view(
@@ -71,6 +73,7 @@ class SimRouter:
                         clock_mhz=s[2],
                         power_w=s[3],
                         telemetry_age_s=0.0,
+                        kv_capacity_tokens=self.kv_capacity_tokens,
                     )
                 )
         return ClusterView(views)

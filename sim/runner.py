@@ -130,16 +130,20 @@ def evaluate(
     ref = runs["static-max"].energy_j
     rows: dict[str, dict[str, Any]] = {}
     for spec in wanted:
-        row = runs[spec.name].summary()
+        row: dict[str, Any] = runs[spec.name].summary()
+        if runs[spec.name].prefix_by_instance:
+            row["prefix_hit_rate_by_instance"] = runs[spec.name].prefix_hit_rate_by_instance()
         row["saving_vs_static_max"] = (
             round(1.0 - runs[spec.name].energy_j / ref, 6) if ref else None
         )
         if orc is not None and orc.energy_j > 0:
             row["energy_vs_oracle"] = round(runs[spec.name].energy_j / orc.energy_j, 4)
         rows[spec.name] = row
-    orow = None
+    orow: dict[str, Any] | None = None
     if orc is not None:
-        orow = orc.summary()
+        orow = dict(orc.summary())
+        if orc.prefix_by_instance:
+            orow["prefix_hit_rate_by_instance"] = orc.prefix_hit_rate_by_instance()
         orow["saving_vs_static_max"] = round(1.0 - orc.energy_j / ref, 6) if ref else None
     if keep_runs is not None:
         keep_runs.extend(runs[s.name] for s in wanted)

@@ -7,7 +7,9 @@ Supported files:
 - Azure LLM inference trace CSV (``TIMESTAMP,ContextTokens,GeneratedTokens``),
 - BurstGPT CSV (``Timestamp,Model,Request tokens,Response tokens,...``, seconds;
   rows with zero response tokens are failed requests and are dropped),
-- Mooncake JSONL (``timestamp`` in ms, ``input_length``, ``output_length``).
+- Mooncake JSONL (``timestamp`` in ms, ``input_length``, ``output_length`` and,
+  when present, ``hash_ids``: one id per 512-token block of the prompt, equal ids
+  for equal prefixes; they become the requests' prefix identity for the cache).
 
 To drive a bigger cluster, scale the arrival times (:func:`scale_rate`) rather
 than inventing requests.
@@ -16,6 +18,7 @@ than inventing requests.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -27,6 +30,7 @@ from typing import Literal
 import msgspec
 import numpy as np
 from voltana.common.errors import ConfigError
+from voltana.groundtruth.prefix_cache import PrefixIdentity, chain_keys
 
 __all__ = [
     "LengthDist",
@@ -41,12 +45,13 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class SimRequest:
-    """One request of a workload: arrival time (s) and token counts."""
+    """One request of a workload: arrival time (s), token counts, what its prompt is made of."""
 
     request_id: str
     arrival_s: float
     input_tokens: int
     output_tokens: int
+    prefix: PrefixIdentity | None = None  # None: shares nothing with any other request
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +161,11 @@ def _burstgpt_row(rec: dict[str, str]) -> Row | None:
     return (float(rec["timestamp"]), int(float(rec["request tokens"])), out)
 
 
-def _rows_mooncake(path: Path) -> list[Row]:
+MOONCAKE_BLOCK_TOKENS = 512
+"""Tokens per ``hash_ids`` entry of the Mooncake trace (its README: blocks of 512 tokens)."""
+
+
+def _rows_mooncake(path: Path, prefixes: list[PrefixIdentity | None]) -> list[Row]:
     rows: list[Row] = []
     with path.open("r", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -172,6 +181,11 @@ def _rows_mooncake(path: Path) -> list[Row]:
                         int(rec["output_length"]),
                     )
                 )
+                ids = rec.get("hash_ids")
+                if ids is not None and not isinstance(ids, list):
+                    raise TypeError(f"hash_ids must be a list of integers, got {ids!r}")
+                keys = chain_keys(int(b) for b in ids) if ids else ()
+                prefixes.append(PrefixIdentity(keys, MOONCAKE_BLOCK_TOKENS) if keys else None)
             except (KeyError, ValueError, TypeError) as exc:
                 raise ConfigError(f"trace {path}:{lineno}: bad Mooncake line: {exc}") from exc
     return rows
@@ -187,14 +201,25 @@ def load_trace(path: str | Path, *, name: str | None = None) -> Workload:
     if not p.is_file():
         raise ConfigError(f"trace {p} not found")
     fmt = _detect_format(p)
+    prefixes: list[PrefixIdentity | None] = []
     if fmt == "azure":
         rows = _csv_rows(p, "Azure", _azure_row)
     elif fmt == "burstgpt":
         rows = _csv_rows(p, "BurstGPT", _burstgpt_row)
     else:
-        rows = _rows_mooncake(p)
+        rows = _rows_mooncake(p, prefixes)
     if not rows:
         raise ConfigError(f"trace {p} has no requests")
+    if any(prefixes):
+        order = sorted(range(len(rows)), key=lambda i: rows[i][0])
+        t0 = rows[order[0]][0]
+        reqs = tuple(
+            SimRequest(
+                f"r{k}", rows[i][0] - t0, max(1, rows[i][1]), max(1, rows[i][2]), prefixes[i]
+            )
+            for k, i in enumerate(order)
+        )
+        return Workload(name=name or p.stem, requests=reqs, source=f"{fmt}:{p.name}")
     rows.sort(key=lambda r: r[0])
     t0 = rows[0][0]
     reqs = tuple(
@@ -210,10 +235,7 @@ def scale_rate(wl: Workload, factor: float) -> Workload:
         raise ConfigError(f"rate scale must be a positive number, got {factor}")
     if factor == 1.0:
         return wl
-    reqs = tuple(
-        SimRequest(r.request_id, r.arrival_s / factor, r.input_tokens, r.output_tokens)
-        for r in wl.requests
-    )
+    reqs = tuple(dataclasses.replace(r, arrival_s=r.arrival_s / factor) for r in wl.requests)
     return Workload(name=f"{wl.name}x{factor:g}", requests=reqs, source=wl.source)
 
 
@@ -223,7 +245,7 @@ def window(wl: Workload, start_s: float, duration_s: float | None) -> Workload:
         raise ConfigError(f"bad window start={start_s} duration={duration_s}")
     end = math.inf if duration_s is None else start_s + duration_s
     reqs = tuple(
-        SimRequest(r.request_id, r.arrival_s - start_s, r.input_tokens, r.output_tokens)
+        dataclasses.replace(r, arrival_s=r.arrival_s - start_s)
         for r in wl.requests
         if start_s <= r.arrival_s < end
     )

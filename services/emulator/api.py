@@ -112,6 +112,13 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def handle_flush_cache(request: web.Request) -> web.Response:
+    """SGLang's answers: flushed only when no request holds cached blocks."""
+    cache = server_of(request).engine.cache
+    if cache is not None and not cache.clear():
+        return web.Response(
+            status=400,
+            text="Cache not flushed. Please check if there are pending requests.\n",
+        )
     return web.Response(text="Cache flushed.\n")
 
 

@@ -79,7 +79,12 @@ def pick(value: Any, i: int) -> Any:
 
 
 def request_spec(
-    srv: EmulatorServer, body: dict[str, Any], i: int, prompt_tokens: int, max_new: int
+    srv: EmulatorServer,
+    body: dict[str, Any],
+    i: int,
+    prompt_tokens: int,
+    max_new: int,
+    token_ids: list[int] | None = None,
 ) -> RequestSpec:
     """Request ``i`` of a body (batch forms give lists) as the server's ``RequestSpec``."""
     rid = pick(body.get("rid"), i) or srv.new_rid()
@@ -101,6 +106,7 @@ def request_spec(
         bootstrap_host=pick(body.get("bootstrap_host"), i),
         bootstrap_port=int(port) if port is not None else None,
         bootstrap_room=room,
+        prefix=srv.prefix_of(token_ids) if token_ids else None,
     )
 
 

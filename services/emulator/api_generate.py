@@ -19,7 +19,7 @@ from voltana.services.emulator.api_common import (
     sse,
 )
 from voltana.services.emulator.server import RequestError, RequestSpec, TokenUpdate
-from voltana.services.emulator.textgen import count_prompt_tokens, filler_text
+from voltana.services.emulator.textgen import count_prompt_tokens, filler_text, prompt_token_ids
 
 __all__ = ["handle_generate"]
 
@@ -67,7 +67,7 @@ def _meta(spec: RequestSpec, u: TokenUpdate, t0: float) -> dict[str, Any]:
         "finish_reason": u.finish_reason,
         "prompt_tokens": spec.prompt_tokens,
         "completion_tokens": u.completion_tokens,
-        "cached_tokens": 0,
+        "cached_tokens": u.cached_tokens,
     }
     if u.finish_reason is not None:
         meta["e2e_latency"] = time.monotonic() - t0
@@ -95,7 +95,8 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
             if not isinstance(sp, dict):
                 raise RequestError("sampling_params must be an object")
             max_new = int_field(sp.get("max_new_tokens"), "max_new_tokens", 128)
-            specs.append(request_spec(srv, body, i, count_prompt_tokens(p), max_new))
+            ids = prompt_token_ids(p)
+            specs.append(request_spec(srv, body, i, count_prompt_tokens(p), max_new, ids))
     except RequestError as exc:
         return error_response(srv, exc, openai=False)
     t0 = time.monotonic()

@@ -17,7 +17,13 @@ from voltana.services.emulator.api_common import (
     sse,
 )
 from voltana.services.emulator.server import RequestError, TokenUpdate
-from voltana.services.emulator.textgen import chat_prompt_tokens, count_prompt_tokens, filler_text
+from voltana.services.emulator.textgen import (
+    chat_prompt_tokens,
+    chat_token_ids,
+    count_prompt_tokens,
+    filler_text,
+    prompt_token_ids,
+)
 
 __all__ = ["handle_chat", "handle_completions"]
 
@@ -31,6 +37,7 @@ async def _openai(request: web.Request, chat: bool) -> web.StreamResponse:
             if not isinstance(msgs, list) or not msgs:
                 raise RequestError("messages must be a non-empty list")
             prompt_tokens = chat_prompt_tokens(msgs)
+            ids = chat_token_ids(msgs)
             limit = body.get("max_completion_tokens", body.get("max_tokens"))
         else:
             prompt = body.get("prompt")
@@ -46,9 +53,10 @@ async def _openai(request: web.Request, chat: bool) -> web.StreamResponse:
             if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
                 prompt = prompt[0]  # one choice per request here
             prompt_tokens = count_prompt_tokens(prompt)
+            ids = prompt_token_ids(prompt)
             limit = body.get("max_tokens")
         max_new = int_field(limit, "max_tokens", 128 if chat else 16)
-        spec = request_spec(srv, body, 0, prompt_tokens, max_new)
+        spec = request_spec(srv, body, 0, prompt_tokens, max_new, ids)
     except RequestError as exc:
         return error_response(srv, exc, openai=True)
     obj = "chat.completion" if chat else "text_completion"

@@ -79,6 +79,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="mean output length when a request does not set ignore_eos",
     )
     p.add_argument("--enable-metrics", action="store_true", help="accepted; metrics are always on")
+    p.add_argument(
+        "--disable-radix-cache",
+        action="store_true",
+        help="no prefix cache: every request prefills its whole prompt (SGLang's flag)",
+    )
+    p.add_argument(
+        "--page-size",
+        type=int,
+        default=16,
+        help="prefix-cache granularity in tokens: prompts match in whole pages (default: 16)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -110,7 +121,11 @@ def _run(args: argparse.Namespace) -> int:
             served_model_name=args.served_model_name,
             bootstrap_timeout_s=args.bootstrap_timeout_s,
             eos_mean_tokens=args.eos_mean_tokens,
+            disable_radix_cache=args.disable_radix_cache,
+            page_size=args.page_size,
         )
+        if config.page_size < 1:
+            raise ConfigError(f"--page-size must be >= 1, got {config.page_size}")
         if config.tp < 1 or config.max_running_requests < 1 or config.chunked_prefill_size < 1:
             raise ConfigError(
                 "--tp, --max-running-requests and --chunked-prefill-size must be >= 1"

@@ -153,6 +153,14 @@ class SglangMetrics:
         if self._tpot is not None and tpot_s is not None:
             self._tpot.observe(tpot_s)
 
+    def set_cached_tokens(self, total: int) -> None:
+        """Bring ``cached_tokens_total`` up to the engine's count of prompt tokens served
+        from the prefix cache (SGLang counts them as requests are scheduled)."""
+        c = self.cached_tokens.labels(**self._tok_labels)
+        gap = total - c._value.get()
+        if gap > 0:
+            c.inc(gap)
+
     def on_abort(self) -> None:
         self._aborted.inc()
 

@@ -29,6 +29,7 @@ from voltana.groundtruth.engine import (
     EngineStats,
 )
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.prefix_cache import PrefixIdentity, chain_token_keys
 from voltana.services.emulator import pd
 from voltana.services.emulator.config import EmulatorConfig
 from voltana.services.emulator.gpu_device import EmulatedGpu
@@ -57,6 +58,7 @@ class RequestSpec:
     bootstrap_host: str | None = None
     bootstrap_port: int | None = None
     bootstrap_room: int | None = None
+    prefix: PrefixIdentity | None = None  # the prompt's block keys (see ``prefix_of``)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class TokenUpdate:
     completion_tokens: int
     t_s: float
     finish_reason: dict[str, Any] | None = None
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (SGLang's meta_info)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class _Stream:
     arrival_s: float
     events: asyncio.Queue[EngineEvent] = field(default_factory=asyncio.Queue)
     last_token_s: float | None = None
+    cached_tokens: int = 0
 
 
 class EmulatorServer:
@@ -95,6 +99,7 @@ class EmulatorServer:
                 max_running_requests=config.max_running_requests,
                 chunked_prefill_size=config.chunked_prefill_size,
                 kv_capacity_tokens=cap,
+                radix_cache=not config.disable_radix_cache,
             )
         )
         ids = config.gpu_ids or tuple(range(config.tp))
@@ -154,6 +159,13 @@ class EmulatorServer:
         self.iteration_loop.kick()
 
     # ----- request core ------------------------------------------------------------
+    def prefix_of(self, token_ids: list[int]) -> PrefixIdentity | None:
+        """The prompt's identity for the prefix cache (None: the cache is off)."""
+        if self.engine.cache is None:
+            return None
+        bt = self.config.page_size
+        return PrefixIdentity(chain_token_keys(token_ids, bt), bt)
+
     def new_rid(self) -> str:
         return uuid.uuid4().hex
 
@@ -234,6 +246,7 @@ class EmulatorServer:
                     max_new_tokens=spec.max_new_tokens,
                     output_tokens=self._output_tokens(spec),
                     now=time.monotonic(),
+                    prefix=spec.prefix,
                 )
             except AdmissionError as exc:
                 raise RequestError(str(exc)) from exc
@@ -276,6 +289,8 @@ class EmulatorServer:
                 self._dispatch(self.engine.kv_arrived(spec.rid, time.monotonic()))
                 self._kick()
             elif ev.kind == "prefill_done":  # prefill role: KV stays held while it is sent
+                req = self.engine.requests.get(spec.rid)
+                st.cached_tokens = req.cached_tokens if req is not None else 0
                 if not fake:
                     await asyncio.sleep(self.model.kv_transfer_s(spec.prompt_tokens))
                 done = self.engine.transfer_done(spec.rid, time.monotonic())
@@ -286,13 +301,13 @@ class EmulatorServer:
                 self.metrics.on_finish(spec.prompt_tokens, now - st.arrival_s, None)
                 if room is not None and spec.bootstrap_room is not None:
                     self.rooms.settle(spec.bootstrap_room, room)
-                yield TokenUpdate(1, now, {"type": "length", "length": 0})
+                yield TokenUpdate(1, now, {"type": "length", "length": 0}, st.cached_tokens)
                 del done
                 return
             elif ev.kind in ("first_token", "token"):
                 self._observe_token(st, ev)
                 if ev.kind == "first_token" or st.events.empty():
-                    yield TokenUpdate(ev.generated_tokens, ev.t_s)
+                    yield TokenUpdate(ev.generated_tokens, ev.t_s, None, st.cached_tokens)
             elif ev.kind == "finished":
                 if ev.finish_reason == "stop":
                     from voltana.services.emulator.textgen import EOS_TOKEN_ID
@@ -304,11 +319,13 @@ class EmulatorServer:
                 e2e = ev.t_s - st.arrival_s
                 ttft = (st.last_token_s or ev.t_s) - st.arrival_s
                 self.metrics.on_finish(spec.prompt_tokens, e2e, (e2e - ttft) / n if n else None)
-                yield TokenUpdate(ev.generated_tokens, ev.t_s, reason)
+                yield TokenUpdate(ev.generated_tokens, ev.t_s, reason, st.cached_tokens)
                 return
 
     def _observe_token(self, st: _Stream, ev: EngineEvent) -> None:
         if st.last_token_s is None:
+            req = self.engine.requests.get(st.spec.rid)
+            st.cached_tokens = req.cached_tokens if req is not None else 0
             self.metrics.on_first_token(ev.t_s - st.arrival_s)
             self.metrics.on_tokens(1, None)
         else:
@@ -338,7 +355,8 @@ class EmulatorServer:
         m.set_gauge("token_usage", round(s.token_usage, 4))
         m.set_gauge("gen_throughput", self.gen_throughput())
         m.set_gauge("num_queue_reqs", s.waiting_reqs)
-        m.set_gauge("cache_hit_rate", 0.0)
+        m.set_gauge("cache_hit_rate", round(s.cache_hit_rate, 6))
+        m.set_cached_tokens(s.cache_hit_tokens)
         for queue, n in self.pd_queues(s).items():
             m.set_gauge(f"num_{queue}", n if new else 0)  # 0.4.7 has no PD queue gauges
         m.set_gauge("kv_used_tokens", s.kv_used_tokens)

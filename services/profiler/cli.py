@@ -46,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         sp.add_argument("--batch-sizes", help="explicit decode batch sizes, e.g. 1,8,9,16")
         sp.add_argument("--context-tokens", help="decode context lengths per request")
         sp.add_argument("--prefill-tokens", help="prefill lengths, e.g. 256,1024,4096")
+        sp.add_argument(
+            "--prefill-context",
+            help="prefills over a cached prefix as NEW:CACHED pairs, e.g. 256:4096,1024:16384, "
+            "or 'none' (default: five points up to 2048 new over 16384 cached)",
+        )
 
     s = sub.add_parser("simulate", help="profile the simulated hardware (ground-truth model)")
     s.add_argument("--gpu", default="h100", help="GPU kind of the model (h100, a100)")
@@ -132,7 +137,25 @@ def _override(args: argparse.Namespace, plan: Any, supported: list[int]) -> Any:
     bad = sorted(set(changes.get("clocks_mhz", [])) - set(supported))
     if bad:
         raise ConfigError(f"--clocks: {bad} not supported by the GPU")
+    ctx = getattr(args, "prefill_context", None)
+    if ctx:
+        plan = msgspec.structs.replace(plan, prefill_context_points=_pairs(ctx))
     return msgspec.structs.replace(plan, **changes) if changes else plan
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    """``NEW:CACHED,...`` (or ``none``) as (new tokens, cached tokens) pairs."""
+    from voltana.common.errors import ConfigError
+
+    if text.strip().lower() == "none":
+        return []
+    try:
+        out = [tuple(int(x) for x in p.split(":")) for p in text.split(",") if p.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--prefill-context: bad NEW:CACHED list {text!r}") from exc
+    if not out or any(len(p) != 2 or p[0] < 1 or p[1] < 1 for p in out):
+        raise ConfigError(f"--prefill-context: bad NEW:CACHED list {text!r}")
+    return [(p[0], p[1]) for p in out]
 
 
 def _run_plan(args: argparse.Namespace, prober: Any, plan: Any, notes: str) -> int:

@@ -54,6 +54,8 @@ class ProbePlan(msgspec.Struct, frozen=True, kw_only=True):
     buckets: list[int]
     max_kv_tokens: int | None = None
     repeats: int = 1
+    # (new tokens, cached context tokens) prefills: the cost of a prefix-cache hit
+    prefill_context_points: list[tuple[int, int]] = msgspec.field(default_factory=list)
 
     def decode_points(self) -> list[tuple[int, int]]:
         """(batch size, context tokens per request) pairs that fit the KV capacity.
@@ -76,7 +78,7 @@ class ProbePlan(msgspec.Struct, frozen=True, kw_only=True):
     def size(self) -> int:
         n_clk = len(self.clocks_mhz)
         per_clock = len(self.prefill_tokens) + len(self.decode_points())
-        return n_clk * (per_clock * self.repeats + 1)
+        return n_clk * (per_clock * self.repeats + 1 + len(self.prefill_context_points))
 
 
 def _pick_clocks(supported: Sequence[int], stride: int) -> list[int]:
@@ -132,7 +134,16 @@ def default_plan(
         buckets=buckets,
         max_kv_tokens=max_kv_tokens,
         repeats=repeats,
+        prefill_context_points=[
+            (t, c)
+            for t, c in CONTEXT_POINTS
+            if t <= max_prefill_tokens and (max_kv_tokens is None or t + c <= max_kv_tokens)
+        ],
     )
+
+
+CONTEXT_POINTS = ((256, 4096), (1024, 4096), (256, 16384), (1024, 16384), (2048, 16384))
+"""(new tokens, cached tokens) of the prefix-cache-hit prefills every plan measures."""
 
 
 def run_profiling(
@@ -161,12 +172,23 @@ def run_profiling(
                 tick(f"{clock} MHz decode B={b} ctx={c}")
         idle.append(prober.measure_idle(clock))
         tick(f"{clock} MHz idle")
+    # after everything else, so the points above are measured exactly as without them
+    context: list[PrefillSample] = []
+    measure = getattr(prober, "measure_prefill_context", None)
+    if measure is not None:
+        for clock in sorted(plan.clocks_mhz, reverse=True):
+            for t, c in plan.prefill_context_points:
+                sample = measure(clock, t, c)  # None: the worker has no prefix cache
+                if sample is not None:
+                    context.append(sample)
+                tick(f"{clock} MHz prefill {t} over {c} cached")
     return Measurements(
         hardware=prober.hardware(),
         source=prober.source,
         prefill=prefill,
         decode=decode,
         idle=idle,
+        prefill_context=context,
     )
 
 
@@ -255,6 +277,21 @@ class SimulatedProber:
             latency_s=math.fsum(c.time_s for c in costs) / n,
             energy_j=math.fsum(c.energy_j for c in costs) / n * self.gm.tp,
             effective_clock_mhz=float(np.median([c.effective_clock_mhz for c in costs])),
+        )
+
+    def measure_prefill_context(
+        self, clock_mhz: int, batched_tokens: int, context_tokens: int
+    ) -> PrefillSample:
+        """A prefill of ``batched_tokens`` new tokens over ``context_tokens`` cached ones."""
+        n = self.prefill_iterations
+        costs = [self.gm.prefill(clock_mhz, batched_tokens, context_tokens) for _ in range(n)]
+        return PrefillSample(
+            clock_mhz=clock_mhz,
+            batched_tokens=batched_tokens,
+            latency_s=math.fsum(c.time_s for c in costs) / n,
+            energy_j=math.fsum(c.energy_j for c in costs) / n * self.gm.tp,
+            effective_clock_mhz=float(np.median([c.effective_clock_mhz for c in costs])),
+            context_tokens=context_tokens,
         )
 
     def measure_decode(self, clock_mhz: int, batch_size: int, context_tokens: int) -> DecodeSample:

@@ -14,6 +14,10 @@ device's cumulative counters:
 - prefill: ``repeats`` sequential one-token requests of ``T`` prompt tokens;
   latency is the median client-side time, energy the counter delta per request
   (the short gaps between requests add a little idle energy).
+- prefill over a cached prefix (``measure_prefill_context``): per repeat, the
+  prefix of ``C`` tokens is sent first (untimed), then the same prefix with ``T``
+  new tokens, timed and metered alone; a worker whose answer does not report the
+  prefix as cached (``meta_info.cached_tokens``; radix cache off) gives no sample.
 - idle: the counter delta over ``idle_window_s`` with nothing running.
 """
 
@@ -169,6 +173,13 @@ class LiveProber:
         self._lock(self.prefill, clock_mhz)
         return asyncio.run(self._prefill(clock_mhz, batched_tokens))
 
+    def measure_prefill_context(
+        self, clock_mhz: int, batched_tokens: int, context_tokens: int
+    ) -> PrefillSample | None:
+        """``batched_tokens`` new tokens over ``context_tokens`` cached ones (None: not cached)."""
+        self._lock(self.prefill, clock_mhz)
+        return asyncio.run(self._prefill_context(clock_mhz, batched_tokens, context_tokens))
+
     def measure_decode(self, clock_mhz: int, batch_size: int, context_tokens: int) -> DecodeSample:
         self._lock(self.decode, clock_mhz)
         return asyncio.run(self._decode(clock_mhz, batch_size, context_tokens))
@@ -220,6 +231,54 @@ class LiveProber:
         return aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             connector=aiohttp.TCPConnector(limit=0),
+        )
+
+    async def _generate(self, s: aiohttp.ClientSession, body: dict[str, Any], what: str) -> Any:
+        url = self.prefill.url.rstrip("/") + "/generate"
+        async with s.post(url, json=body) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                raise UpstreamError(
+                    f"{what}: HTTP {resp.status}: {text[:200]}", url=url, status=resp.status
+                )
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
+
+    async def _prefill_context(
+        self, clock_mhz: int, tokens: int, context: int
+    ) -> PrefillSample | None:
+        meter = self._energy[self.prefill.url]
+        what = f"prefill {tokens} tokens over {context} cached"
+        lat: list[float] = []
+        energy = 0.0
+        async with self._session() as s:
+            for _ in range(self.prefill_repeats):
+                warm = self._body(context, 1, stream=False)
+                await self._generate(s, warm, what + " (warming the prefix)")
+                body = self._body(tokens, 1, stream=False)
+                body["input_ids"] = warm["input_ids"] + body["input_ids"]
+                e0, _, _ = await asyncio.to_thread(meter.read)
+                t0 = time.monotonic()
+                out = await self._generate(s, body, what)
+                lat.append(time.monotonic() - t0)
+                e1, _, _ = await asyncio.to_thread(meter.read)
+                energy += e1 - e0
+                meta = (out[0] if isinstance(out, list) and out else out) or {}
+                cached = (
+                    meta.get("meta_info", {}).get("cached_tokens")
+                    if isinstance(meta, dict)
+                    else None
+                )
+                if isinstance(cached, int) and cached < 0.9 * context:
+                    return None  # the prefix was not served from a cache: no such point
+        return PrefillSample(
+            clock_mhz=clock_mhz,
+            batched_tokens=tokens,
+            latency_s=statistics.median(lat),
+            energy_j=energy / self.prefill_repeats,
+            context_tokens=context,
         )
 
     async def _prefill(self, clock_mhz: int, tokens: int) -> PrefillSample:

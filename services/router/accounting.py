@@ -80,6 +80,7 @@ class InstanceLoad:
         power_w: float | None = None,
         engine_queue_reqs: int | None = None,
         telemetry_age_s: float | None = None,
+        kv_capacity_tokens: int | None = None,
     ) -> InstanceView:
         """What a policy sees: these counters plus the caller's telemetry (None = unknown).
 
@@ -101,4 +102,5 @@ class InstanceLoad:
             power_w=power_w,
             engine_queue_reqs=engine_queue_reqs,
             telemetry_age_s=telemetry_age_s,
+            kv_capacity_tokens=kv_capacity_tokens,
         )

@@ -57,6 +57,35 @@ def register(subparsers: Any) -> None:
     p.add_argument("--policy", choices=_POLICIES, default=None, help="policy for both sides")
     p.add_argument("--prefill-policy", choices=_POLICIES, default=None)
     p.add_argument("--decode-policy", choices=_POLICIES, default=None)
+    ca = p.add_argument_group("cache_aware policy (sglang-router's flags and defaults)")
+    ca.add_argument(
+        "--cache-threshold",
+        type=float,
+        default=None,
+        help="prefix match share (0-1) above which a request follows its prefix (default 0.3)",
+    )
+    ca.add_argument(
+        "--balance-abs-threshold",
+        type=int,
+        default=None,
+        help="load balancing when max - min in-flight > this AND max > min x "
+        "--balance-rel-threshold (default 64)",
+    )
+    ca.add_argument(
+        "--balance-rel-threshold", type=float, default=None, help="see above (default 1.5)"
+    )
+    ca.add_argument(
+        "--eviction-interval-secs",
+        type=float,
+        default=None,
+        help="seconds between prunings of the approximate tree (default 120)",
+    )
+    ca.add_argument(
+        "--max-tree-size",
+        type=int,
+        default=None,
+        help="tokens the approximate tree keeps per worker (default 2**26)",
+    )
     p.add_argument("--profile", default=None, help="profile JSON for ecoroute (default: packaged)")
     p.add_argument(
         "--gpu",
@@ -175,6 +204,11 @@ def build_config(args: argparse.Namespace) -> Any:
         "breaker_open_s",
         "energy_idle",
         "energy_wait_s",
+        "cache_threshold",
+        "balance_abs_threshold",
+        "balance_rel_threshold",
+        "eviction_interval_secs",
+        "max_tree_size",
     ):
         simple[flag] = flag
     for flag, key in simple.items():

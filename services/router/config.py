@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import msgspec
 from voltana.bus.client import BusOptions
 from voltana.common.errors import ConfigError
+from voltana.services.router.policies.cache_aware import CacheAwareConfig
 
 __all__ = ["RouterConfig", "WorkerSpec", "instance_name"]
 
@@ -62,6 +63,12 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     decode: list[WorkerSpec] = msgspec.field(default_factory=list)
     prefill_policy: str = "random"
     decode_policy: str = "random"
+    # cache_aware's knobs, as sglang-router names them (its defaults)
+    cache_threshold: float = 0.3
+    balance_abs_threshold: int = 64
+    balance_rel_threshold: float = 1.5
+    eviction_interval_secs: float = 120.0
+    max_tree_size: int = 2**26
     nats: str | None = None
     bus_options: BusOptions | None = None  # full NATS options (wins over ``nats``)
     node: str = "router"
@@ -144,4 +151,23 @@ class RouterConfig(msgspec.Struct, kw_only=True):
                 raise ConfigError(f"{name} must be > 0")
         if not 0 <= self.slo_margin < 1:
             raise ConfigError("slo_margin must be in [0, 1)")
+        cache_aware_config(self)
         return self
+
+
+def cache_aware_config(cfg: RouterConfig) -> CacheAwareConfig:
+    """The cache_aware policy's thresholds from the router's configuration.
+
+    Raises:
+        ConfigError: a threshold out of range (the message names it).
+    """
+    try:
+        return CacheAwareConfig(
+            cache_threshold=cfg.cache_threshold,
+            balance_abs_threshold=cfg.balance_abs_threshold,
+            balance_rel_threshold=cfg.balance_rel_threshold,
+            eviction_interval_secs=cfg.eviction_interval_secs,
+            max_tree_size=cfg.max_tree_size,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"cache-aware routing: {exc}") from exc

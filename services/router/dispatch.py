@@ -25,6 +25,7 @@ from voltana.common.logs import get_logger
 from voltana.services.router import protocol as proto
 from voltana.services.router.energy import ENERGY_HEADER, energy_fields, tenant_of
 from voltana.services.router.policies.base import RouteRequest
+from voltana.services.router.prefix import prompt_prefix
 from voltana.services.router.relay import relay_stream, stream_tokens
 from voltana.services.router.routing import Routing
 from voltana.services.router.stats import Outcome
@@ -81,11 +82,14 @@ class Pd:
         arrival = time.monotonic()
         arrival_ns = time.time_ns()
         rid = uuid.uuid4().hex
+        keys, block = prompt_prefix(body) if routing.uses_prefix else ((), 0)
         rreq = RouteRequest(
             request_id=rid,
             input_tokens=info.input_tokens,
             max_new_tokens=info.max_new_tokens,
             arrival_t=arrival,
+            prefix_keys=keys,
+            prefix_block_tokens=block,
         )
         excluded: set[str] = set()
         out = Outcome(tenant=tenant_of(request.headers))

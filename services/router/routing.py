@@ -71,6 +71,10 @@ class Routing:
         self.state = state
         self.prefill_policy = prefill_policy
         self.decode_policy = decode_policy
+        # cache-aware policies match prompts: only then is a request's text keyed
+        self.uses_prefix = any(
+            p.name in ("cache-aware", "ecoroute") for p in (prefill_policy, decode_policy)
+        )
         self.rng = rng
         self.metrics = metrics
         self.bus = bus

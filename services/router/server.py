@@ -31,7 +31,7 @@ from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.router import protocol as proto
 from voltana.services.router.attribution import AttributionRule
 from voltana.services.router.busio import RouterBus
-from voltana.services.router.config import RouterConfig
+from voltana.services.router.config import RouterConfig, cache_aware_config
 from voltana.services.router.dispatch import Pd
 from voltana.services.router.energy import EnergyLink
 from voltana.services.router.metrics import RouterMetrics
@@ -69,8 +69,13 @@ class Router(ServiceContext):
                 if cfg.profile
                 else default_profile(cfg.profile_gpu, cfg.profile_model)
             )
-        self.prefill_policy = make_policy(cfg.prefill_policy, profile=profile, slo=self.slo)
-        self.decode_policy = make_policy(cfg.decode_policy, profile=profile, slo=self.slo)
+        ca = cache_aware_config(cfg)
+        self.prefill_policy = make_policy(
+            cfg.prefill_policy, profile=profile, slo=self.slo, cache_aware=ca
+        )
+        self.decode_policy = make_policy(
+            cfg.decode_policy, profile=profile, slo=self.slo, cache_aware=ca
+        )
         self.rng = np.random.default_rng(cfg.seed)
         self.pyrng = random.Random(cfg.seed)
         bus_opts = cfg.bus_options

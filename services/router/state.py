@@ -271,6 +271,7 @@ class ClusterState:
             power_w=sum(g.power_w for g in gpus) if gpus else None,
             engine_queue_reqs=engine.num_queue_reqs if engine else None,
             telemetry_age_s=self.telemetry_age_s(w, now),
+            kv_capacity_tokens=engine.kv_capacity_tokens if engine else None,
         )
 
     def view(self, role: str, now: float) -> ClusterView:

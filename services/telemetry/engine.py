@@ -194,6 +194,8 @@ class EngineState:
             prompt_tokens_total=m.counters.get("prompt_tokens", 0.0),
             generation_tokens_total=m.counters.get("generation_tokens", 0.0),
             requests_total=m.counters.get("num_requests", 0.0),
+            cache_hit_rate=m.gauge("cache_hit_rate"),
+            cached_tokens_total=m.counters.get("cached_tokens", 0.0),
             num_bootstrap_queue_reqs=int(
                 _first(ld.bootstrap_queue_reqs, m.gauges.get("num_prefill_bootstrap_queue_reqs"))
             ),

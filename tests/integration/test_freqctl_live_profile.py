@@ -46,6 +46,9 @@ def test_live_samples_match_the_emulated_hardware(workers: tuple[str, str]) -> N
         p = prober.measure_prefill(1200, 2048)
         assert gpus_of(pre)[0]["locked_clock_mhz"] == 1200
         assert p.latency_s == pytest.approx(truth.prefill(1200, 2048).time_s, rel=0.25)
+        hit = prober.measure_prefill_context(1200, 512, 4096)  # the worker's prefix cache
+        assert hit is not None and hit.context_tokens == 4096
+        assert hit.latency_s == pytest.approx(truth.prefill(1200, 512, 4096).time_s, rel=0.25)
         idle = prober.measure_idle(345)
         assert idle.power_w == pytest.approx(truth.idle_power_w(345), rel=0.1)
     finally:
@@ -89,6 +92,8 @@ def test_profile_live_cli_fits_and_reports_accuracy(
             "4096",
             "--decode-tokens",
             "24",
+            "--prefill-context",
+            "512:8192",
             "--heldout",
             "0.2",
             "--out",
@@ -107,4 +112,7 @@ def test_profile_live_cli_fits_and_reports_accuracy(
     assert prof.decode_latency_s(990, 8, 8 * 600) == pytest.approx(
         truth.decode(990, 8, 8 * 600).time_s, rel=0.15
     )
+    # the cached-context term was measured through the worker's prefix cache (one point
+    # per clock: noise may zero it at one clock, never at both)
+    assert any(p.latency_s_per_ctx_token > 0 for p in prof.file.prefill)
     assert gpus_of(dec)[1]["locked_clock_mhz"] is None

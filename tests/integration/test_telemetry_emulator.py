@@ -183,6 +183,13 @@ gpu_backend = "emulated"
                 ),
                 5.0,
             )
+            # the prefix cache: every request after the first prefill (at least the 4 that
+            # queued) found the same 256 ids cached, all but the last token (SGLang always
+            # computes it); the telemetry carries the engine's counter and hit rate
+            last = eng_msgs["new"][-1]
+            hits = last.cached_tokens_total / 255
+            assert hits == int(hits) and 4 <= hits <= 11
+            assert last.cache_hit_rate == pytest.approx(hits * 255 / (12 * 256), abs=1e-6)
             await asyncio.sleep(0.5)
             t_quiet, gpus_now = await admin_gpus(http, url_new)
 

@@ -202,7 +202,7 @@ def test_ecoroute_counts_the_time_already_waited(profile) -> None:
 
 def test_factory_rejects_unknown_names() -> None:
     with pytest.raises(ConfigError, match="unknown routing policy"):
-        make_policy("cache_aware")
+        make_policy("consistent_hashing")
 
 
 def test_cluster_view_forms() -> None:

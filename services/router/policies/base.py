@@ -51,6 +51,7 @@ class InstanceView:
     power_w: float | None = None
     engine_queue_reqs: int | None = None
     telemetry_age_s: float | None = None
+    kv_capacity_tokens: int | None = None  # the engine's KV pool (telemetry), None: unknown
 
     @property
     def batch_size(self) -> int:
@@ -98,6 +99,10 @@ class RouteRequest:
     input_tokens: int
     max_new_tokens: int
     arrival_t: float
+    # what the prompt is made of: chained keys of its blocks of ``prefix_block_tokens``
+    # (equal keys, equal prefixes); empty when unknown. Cache-aware policies match on it.
+    prefix_keys: tuple[int, ...] = ()
+    prefix_block_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

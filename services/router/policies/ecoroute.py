@@ -20,6 +20,12 @@ lower clock costs more energy, not less).
   Added energy = active energy of (queue + request) at its clock minus that of
   the queue alone at the clock it needed before.
 
+Prefix cache: the policy keeps sglang-router's approximate tree of what it sent to
+each prefill instance (``cache_aware.ApproxPrefixTree``), and prices a candidate's
+predicted hit: the request adds only its uncached tokens there (at least one), so
+a hit is cheaper and faster on the instance that holds the prefix, and the what-if
+trades it against that instance's queue and clock like any other cost.
+
 When no candidate can meet its budget, the policy falls back to the one with
 the lowest predicted latency at the top clock (fail safe toward the SLO).
 """
@@ -39,6 +45,7 @@ from voltana.services.router.policies.base import (
     Selection,
     healthy,
 )
+from voltana.services.router.policies.cache_aware import ApproxPrefixTree, CacheAwareConfig
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -77,6 +84,7 @@ class WhatIf:
     latency_at_max_s: float
     added_energy_j: float
     load: int
+    kv_fits: bool = True  # decode: the request's KV reservation fits the pool (if known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +144,10 @@ class EcoRoutePolicy(PolicyBase):
         self._clock_arr = np.array(self.clocks, dtype=np.int64)
         self.idle_tab_w = np.asarray(profile.idle_power_table_w(), dtype=np.float64)
         self.idle_w = float(self.idle_tab_w.min())
+        self.tree = ApproxPrefixTree()  # what went to each prefill instance
+        self._prefill: set[str] = set()
+        self._tree_limits = CacheAwareConfig()  # its pruning: sglang-router's interval and size
+        self._last_prune: float | None = None
 
     # -- decode -------------------------------------------------------------
 
@@ -159,16 +171,24 @@ class EcoRoutePolicy(PolicyBase):
         # the others need the same number of iterations either way: each one now costs more
         added = (e1 - e0) * max(req.max_new_tokens, 1)
         t_max = lat[:n, -1]
+        # a decode server reserves prompt + output tokens before it takes the KV: where they
+        # do not fit next to what is in flight there, the request would wait for memory
+        need = max(req.input_tokens, 0) + max(req.max_new_tokens, 0)
+        fits = [
+            v.kv_capacity_tokens is None or v.in_flight_tokens + need <= v.kv_capacity_tokens
+            for v in views
+        ]
         return [
             WhatIf(
                 v.instance,
-                bool(ok[j]),
+                bool(ok[j]) and fits[j],
                 int(f0[j]),
                 self.clocks[i1[j]],
                 float(l1[j]),
                 float(t_max[j]),
                 float(added[j]),
                 v.batch_size,
+                fits[j],
             )
             for j, v in enumerate(views)
         ]
@@ -185,7 +205,8 @@ class EcoRoutePolicy(PolicyBase):
         wait = np.array([v.oldest_wait_s for v in views], dtype=np.float64)
         rows = np.arange(n)
         queued = q > 0
-        after = q + max(req.input_tokens, 1)
+        new, hit = self._uncached_tokens(views, req)
+        after = q + new
         if queued.any():
             # rows 0..n-1: the queue alone; rows n..2n-1: the queue and the request
             lat, en = self.profile.prefill_tables(np.concatenate([q, after]))
@@ -199,6 +220,11 @@ class EcoRoutePolicy(PolicyBase):
             lat1, en1 = self.profile.prefill_tables(after)
             en1 = en1 - self.idle_w * lat1
             i0, e0, first = np.zeros(n, dtype=np.intp), np.zeros(n), None
+        context = getattr(self.profile, "prefill_context_tables", None)
+        if context is not None and hit.any():
+            # the new tokens of a hit also attend to the cached ones (the profile's T x C term)
+            xl, xe = context(new, hit)
+            lat1, en1 = lat1 + xl, en1 + xe - self.idle_w * xl
         budget = np.full(n, full - max(now - req.arrival_t, 0.0))
         # the queue ahead still needs the clock it needed before: only clocks >= f0
         i1, ok1 = cheapest_rows(lat1, en1, budget, first=first)
@@ -217,6 +243,29 @@ class EcoRoutePolicy(PolicyBase):
             )
             for j, v in enumerate(views)
         ]
+
+    def _uncached_tokens(
+        self, views: list[InstanceView], req: RouteRequest
+    ) -> tuple[FloatArray, FloatArray]:
+        """(tokens to prefill, predicted cached tokens) of the request on each candidate."""
+        n_in = max(req.input_tokens, 1)
+        if not req.prefix_keys:
+            return np.full(len(views), float(n_in)), np.zeros(len(views))
+        names = [v.instance for v in views]
+        self._prefill.update(names)
+        blocks = np.array(self.tree.match_each(req.prefix_keys, names), dtype=np.float64)
+        hit = np.minimum(blocks * req.prefix_block_tokens, n_in - 1)
+        return n_in - hit, hit
+
+    def on_dispatch(self, instance: str, request: RouteRequest, now: float) -> None:
+        if request.prefix_keys and instance in self._prefill:
+            self.tree.insert(request.prefix_keys, request.prefix_block_tokens, instance)
+            lim = self._tree_limits
+            if self._last_prune is None:
+                self._last_prune = now
+            elif now - self._last_prune >= lim.eviction_interval_secs:
+                self._last_prune = now
+                self.tree.evict_to(lim.max_tree_size)
 
     # -- policy -------------------------------------------------------------
 
@@ -243,13 +292,18 @@ class EcoRoutePolicy(PolicyBase):
         ok = [w for w in whatifs if w.feasible]
         if ok:
             # round energy to 1 mJ so float noise does not beat the load tie-break
-            pick = min(ok, key=lambda w: (round(w.added_energy_j, 3), w.load, w.instance))
+            # among equals, the smallest prefix tree: new conversations spread out (as
+            # cache_aware's does) instead of piling up on the first instance by name
+            size = self.tree.size
+            pick = min(
+                ok, key=lambda w: (round(w.added_energy_j, 3), w.load, size(w.instance), w.instance)
+            )
             return Selection(
                 pick.instance,
                 f"what-if +{pick.added_energy_j:.3f}J clock {pick.clock_before_mhz}"
                 f"->{pick.clock_after_mhz}MHz lat {pick.latency_after_s * 1e3:.1f}ms",
             )
-        pick = min(whatifs, key=lambda w: (w.latency_at_max_s, w.load, w.instance))
+        pick = min(whatifs, key=lambda w: (not w.kv_fits, w.latency_at_max_s, w.load, w.instance))
         return Selection(
             pick.instance,
             f"no candidate meets SLO; fastest at max {pick.latency_at_max_s * 1e3:.1f}ms",

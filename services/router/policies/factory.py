@@ -7,6 +7,7 @@ from typing import Any
 from voltana.common.errors import ConfigError
 from voltana.schemas.config import SloConfig
 from voltana.services.router.policies.base import RoutingPolicy
+from voltana.services.router.policies.cache_aware import CacheAwareConfig, CacheAwarePolicy
 from voltana.services.router.policies.ecoroute import EcoRoutePolicy
 from voltana.services.router.policies.ecoroute_tile import EcoRouteTilePolicy
 from voltana.services.router.policies.least_load import LeastLoadPolicy, PowerOfTwoPolicy
@@ -20,16 +21,24 @@ POLICY_NAMES: tuple[str, ...] = (
     "power-of-two",
     "ecoroute-tile",
     "ecoroute",
+    "cache-aware",
 )
 
 _ALIASES = {
     "round_robin": "round-robin",
     "power_of_two": "power-of-two",
     "least_load": "least-load",
+    "cache_aware": "cache-aware",
 }
 
 
-def make_policy(name: str, *, profile: Any = None, slo: SloConfig | None = None) -> RoutingPolicy:
+def make_policy(
+    name: str,
+    *,
+    profile: Any = None,
+    slo: SloConfig | None = None,
+    cache_aware: CacheAwareConfig | None = None,
+) -> RoutingPolicy:
     """A fresh policy object.
 
     Args:
@@ -37,6 +46,7 @@ def make_policy(name: str, *, profile: Any = None, slo: SloConfig | None = None)
         profile: a freqctl ``Profile``; ``ecoroute`` needs one (None -> the packaged
             default profile).
         slo: the SLO ``ecoroute`` plans for (None -> ``SloConfig()`` defaults).
+        cache_aware: ``cache-aware``'s thresholds (None -> sglang-router's defaults).
 
     Raises:
         ConfigError: unknown name, or no profile could be loaded for ``ecoroute``.
@@ -50,6 +60,8 @@ def make_policy(name: str, *, profile: Any = None, slo: SloConfig | None = None)
         return LeastLoadPolicy()
     if key == "power-of-two":
         return PowerOfTwoPolicy()
+    if key == "cache-aware":
+        return CacheAwarePolicy(cache_aware)
     if key == "ecoroute-tile":
         return EcoRouteTilePolicy()
     if key == "ecoroute":
