@@ -75,7 +75,15 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     max_queued_requests: int = 4096
     queue_timeout_s: float = 60.0
     max_request_bytes: int = 32 * 1024 * 1024
-    api_key: str | None = None
+    api_key: str | None = None  # from --api-key-file, VOLTANA_ROUTER_API_KEY or the TOML file
+    # bounds on what one client controls (docs/router.md, "Bounds")
+    max_body_buffer_bytes: int = 256 * 1024 * 1024  # request bodies held at once: 503 beyond
+    body_read_timeout_s: float = 30.0  # a body not read by then: 408
+    idle_timeout_s: float = (
+        15.0  # a connection silent (or still sending headers) that long is closed
+    )
+    max_batch_items: int = 1024  # items of a batch, chat ``n`` included: 400 beyond
+    max_json_depth: int = 64  # nesting of the request body: 400 beyond
     # retries and worker protection
     prefill_retries: int = 2
     retry_backoff_s: float = 0.02
@@ -124,12 +132,23 @@ class RouterConfig(msgspec.Struct, kw_only=True):
                     WorkerSpec(url=url, role=role, bootstrap_port=w.bootstrap_port, name=name)
                 )
         self.prefill, self.decode = fixed["prefill"], fixed["decode"]
-        for name in ("max_concurrent_requests", "max_request_bytes", "state_publish_hz"):
+        for name in (
+            "max_concurrent_requests",
+            "max_request_bytes",
+            "state_publish_hz",
+            "max_body_buffer_bytes",
+            "body_read_timeout_s",
+            "idle_timeout_s",
+            "max_batch_items",
+            "max_json_depth",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         for name in ("max_queued_requests", "prefill_retries", "health_check_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
+        if self.max_body_buffer_bytes < self.max_request_bytes:
+            raise ConfigError("max_body_buffer_bytes must be >= max_request_bytes")
         if not 0 <= self.slo_margin < 1:
             raise ConfigError("slo_margin must be in [0, 1)")
         return self
