@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from voltana.schemas.base import Count, Event, GpuIndex, Name, OptName, Text
+from voltana.schemas.base import Event, GpuIndex, Name, OptName, Text
 
 
 class SetClock(Event, frozen=True, kw_only=True, tag="set"):  # type: ignore[call-arg]

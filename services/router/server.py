@@ -252,7 +252,7 @@ class Router(ServiceContext):
         m.telemetry_age.labels(w.name).set(-1 if age is None else age)
         if self.bus.connected:
             msg = self.state.instance_state(w.name, now, t_ns)
-            self.bus.publish(subjects.router_state(msg.role, w.name), msg)
+            self.bus.publish(subjects.router_state(msg.role, msg.instance), msg)
 
     async def _check(self, w: WorkerState) -> None:
         url = w.spec.url + self.cfg.health_check_path

@@ -77,7 +77,7 @@ _commands = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(raw=st.lists(st.one_of(_commands, st.binary(max_size=64)), max_size=8))
 def test_any_payload_gets_a_verdict_or_a_clean_decode_error(raw: list[object]) -> None:
     """Whatever arrives on the subject: decoded strictly or dropped; a verdict, never a crash."""
