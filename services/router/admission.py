@@ -19,7 +19,7 @@ from voltana.services.router import protocol as proto
 from voltana.services.router.config import RouterConfig
 from voltana.services.router.metrics import RouterMetrics
 
-__all__ = ["Admission", "Refused", "auth_middleware", "error_response"]
+__all__ = ["Admission", "Refused", "Reservation", "auth_middleware", "error_response"]
 
 OPEN_PATHS = frozenset({"/health", "/health_generate"})
 """Paths served without the API key: load balancers and orchestrators probe them."""
@@ -100,8 +100,11 @@ class Admission:
             self.waiting -= 1
 
     @contextlib.asynccontextmanager
-    async def admit(self, request: web.Request) -> AsyncIterator[bytes]:
-        """Hold a slot and a body reservation for the request's lifetime; yields its body.
+    async def admit(self, request: web.Request) -> AsyncIterator[Reservation]:
+        """Hold a slot and a body reservation for the request's lifetime.
+
+        Yields the :class:`Reservation`, whose ``read()`` gives the body: the caller
+        holds the only reference to it, so it can drop it once decoded.
 
         Raises:
             Refused: too large (413), queue full (429), no slot in time or no room in
@@ -119,28 +122,53 @@ class Admission:
                 raise self._refuse(503, "router is holding too many request bodies", "body_budget")
             self.body_bytes += reserved
             self.active += 1
+            grant = Reservation(self, request, reserved)
             try:
-                raw = await self._read(request)
-                self.body_bytes -= reserved - len(raw)
-                reserved = len(raw)
-                yield raw
+                yield grant
             finally:
                 self.active -= 1
-                self.body_bytes -= reserved
+                self.body_bytes -= grant.bytes
         finally:
             self._sem.release()
 
-    async def _read(self, request: web.Request) -> bytes:
+    async def read_body(self, request: web.Request) -> bytes:
+        """The body, read within ``body_read_timeout_s`` and at most ``max_request_bytes``.
+
+        Read from the stream, not with ``request.read()``, which would keep a copy
+        on the request for as long as it is served.
+        """
+        limit = self.cfg.max_request_bytes
+        chunks: list[bytes] = []
+        size = 0
         try:
             async with asyncio.timeout(self.cfg.body_read_timeout_s):
-                return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise self._refuse(
-                413, f"request body over {self.cfg.max_request_bytes} bytes", "too_large"
-            ) from None
+                async for chunk in request.content.iter_any():
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._refuse(413, f"request body over {limit} bytes", "too_large")
+                    chunks.append(chunk)
         except TimeoutError:
             raise self._refuse(
                 408,
                 f"request body not received within {self.cfg.body_read_timeout_s} s",
                 "slow_body",
             ) from None
+        return b"".join(chunks)
+
+
+class Reservation:
+    """One admitted request's share of the body budget; ``read()`` trims it to the real size."""
+
+    __slots__ = ("_admission", "_request", "bytes")
+
+    def __init__(self, admission: Admission, request: web.Request, reserved: int) -> None:
+        self._admission = admission
+        self._request = request
+        self.bytes = reserved
+
+    async def read(self) -> bytes:
+        """The request's body (the caller keeps the only reference to it)."""
+        raw = await self._admission.read_body(self._request)
+        self._admission.body_bytes -= self.bytes - len(raw)
+        self.bytes = len(raw)
+        return raw

@@ -99,7 +99,7 @@ def register(subparsers: Any) -> None:
         "--max-body-buffer-bytes",
         type=int,
         default=None,
-        help="request body bytes held at once, over all requests; beyond: 503 (default 256 MiB)",
+        help="request body bytes held at once, over all requests; beyond: 503 (default 128 MiB)",
     )
     g.add_argument(
         "--body-read-timeout-s",

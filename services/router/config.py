@@ -77,7 +77,7 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     max_request_bytes: int = 32 * 1024 * 1024
     api_key: str | None = None  # from --api-key-file, VOLTANA_ROUTER_API_KEY or the TOML file
     # bounds on what one client controls (docs/router.md, "Bounds")
-    max_body_buffer_bytes: int = 256 * 1024 * 1024  # request bodies held at once: 503 beyond
+    max_body_buffer_bytes: int = 128 * 1024 * 1024  # request bodies held at once: 503 beyond
     body_read_timeout_s: float = 30.0  # a body not read by then: 408
     idle_timeout_s: float = (
         15.0  # a connection silent (or still sending headers) that long is closed

@@ -279,7 +279,8 @@ class Router(ServiceContext):
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         try:
-            async with self.admission.admit(request) as raw:
+            async with self.admission.admit(request) as grant:
+                raw = await grant.read()
                 try:
                     body, info = parse_request(
                         path,
