@@ -205,11 +205,15 @@ class FreqctlService(ServiceContext):
         await self._decide(inst, publish_decision=True)
 
     def _on_gpu(self, g: GpuTelemetry, subject: str) -> None:
-        self._locked[(g.node, g.gpu)] = g.locked_clock_mhz
         inst = self.instances.get(g.instance or "")
         if inst is not None and inst.spec.node is None and g.gpu not in inst.gpus:
             inst.node = g.node
             inst.gpus = tuple(sorted((*inst.gpus, g.gpu)))
+        if self._drives(g.node, g.gpu):  # the table holds our GPUs only: bounded
+            self._locked[(g.node, g.gpu)] = g.locked_clock_mhz
+
+    def _drives(self, node: str, gpu: int) -> bool:
+        return any(i.node == node and gpu in i.gpus for i in self.instances.values())
 
     async def _on_router(self, st: InstanceState, subject: str) -> None:
         inst = self.instances.get(st.instance)
@@ -224,6 +228,8 @@ class FreqctlService(ServiceContext):
             await self._decide(inst, publish_decision=False)
 
     def _on_clock_state(self, st: ClockState, subject: str) -> None:
+        if not self._drives(st.node, st.gpu):
+            return
         self._locked[(st.node, st.gpu)] = st.locked_clock_mhz
         if st.status in ("rejected", "error"):
             self.counts[f"clock_{st.status}"] += 1
