@@ -25,7 +25,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 from voltana.bus.client import Bus
 from voltana.common.errors import GpuError
-from voltana.common.guard import LogThrottle
+from voltana.common.guard import LogThrottle, supervise
 from voltana.common.logs import get_logger
 from voltana.common.tasks import cancel_and_wait
 from voltana.gpu.device import ClockSetter, LockReader
@@ -118,7 +118,9 @@ class Actuator:
         self._sub = await self.bus.subscribe(
             subjects.clock_set_node(self.node), ClockCommand, self._on_command
         )
-        self._timer = asyncio.create_task(self._tick_loop(), name="actuator-leases")
+        # lease expiry: a timer that died would hold locks forever; it ends the process instead
+        timer = asyncio.create_task(self._tick_loop(), name="actuator-leases")
+        self._timer = supervise(timer, self._log)
         self._service = await add_status_service(
             self.bus,
             name="voltana-actuator",

@@ -83,7 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+
     from voltana.common.errors import ConfigError
+    from voltana.gpu.emulator_admin import ADMIN_TOKEN_ENV
     from voltana.schemas.base import Role
     from voltana.services.emulator.app import EmulatorApp
     from voltana.services.emulator.config import EmulatorConfig
@@ -110,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
             served_model_name=args.served_model_name,
             bootstrap_timeout_s=args.bootstrap_timeout_s,
             eos_mean_tokens=args.eos_mean_tokens,
+            admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
         )
         if config.tp < 1 or config.max_running_requests < 1 or config.chunked_prefill_size < 1:
             raise ConfigError(

@@ -20,6 +20,7 @@ import nats.js.errors
 import structlog
 from prometheus_client import Counter as PromCounter
 from voltana.bus.client import Bus
+from voltana.common.guard import supervise
 from voltana.common.tasks import cancel_and_wait
 from voltana.schemas import codec
 from voltana.schemas.config import ControllerConfig
@@ -63,7 +64,7 @@ class KvConfigWatcher:
         """Watch first, then read every key: a change in between is seen twice, never missed."""
         kv = await self.bus.kv()
         self._watcher = await kv.watch(KEYS)
-        self._task = asyncio.create_task(self._watch(), name="freqctl-kv")
+        self._task = supervise(asyncio.create_task(self._watch(), name="freqctl-kv"), self._log)
         await self.reload()
         self.bus.on_reconnect(self.reload)
 

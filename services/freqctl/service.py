@@ -24,6 +24,7 @@ import msgspec
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
 from voltana.bus.client import Bus
+from voltana.common.guard import supervise
 from voltana.common.logs import get_logger
 from voltana.common.tasks import cancel_and_wait
 from voltana.predictor.profile import Profile
@@ -149,7 +150,8 @@ class FreqctlService(ServiceContext):
             (subjects.CLOCK_STATE_ALL, ClockState, self._on_clock_state),
         ):
             self._subs.append(await self.bus.subscribe(subject, typ, handler))
-        self._tasks.append(asyncio.create_task(self._tick_loop(), name="freqctl-tick"))
+        tick = asyncio.create_task(self._tick_loop(), name="freqctl-tick")
+        self._tasks.append(supervise(tick, self._log))  # renewals and fail-safe: must not stop
         self._service = await add_status_service(
             self.bus,
             name="voltana-freqctl",
