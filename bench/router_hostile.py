@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
@@ -191,8 +192,8 @@ def main() -> int:
     args = ap.parse_args()
     pp, bp, d1, d2, rp = (free_port() for _ in range(5))
     with Children(args.logdir) as kids:
-        kids.voltana("prefill", ["emulator", "--role", "prefill", "--port", str(pp),
-                                 "--disaggregation-bootstrap-port", str(bp), "--gpu-ids", "0"])  # fmt: skip  # reason: argv pairs
+        boot = ["--disaggregation-bootstrap-port", str(bp), "--gpu-ids", "0"]
+        kids.voltana("prefill", ["emulator", "--role", "prefill", "--port", str(pp), *boot])
         kids.voltana("d1", ["emulator", "--role", "decode", "--port", str(d1), "--gpu-ids", "1"])
         kids.voltana("d2", ["emulator", "--role", "decode", "--port", str(d2), "--gpu-ids", "2"])
         for name, port in (("prefill", pp), ("d1", d1), ("d2", d2)):
@@ -206,8 +207,11 @@ def main() -> int:
         kids.wait_http("router", url + "/health")
         report = asyncio.run(phases(url, router.pid, args))
         kids.check_running()
-    report["machine"] = {"cpus": __import__("os").cpu_count(), "python": sys.version.split()[0],
-                         "platform": platform.platform()}  # fmt: skip  # reason: one small dict
+    report["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -111,7 +111,7 @@ async def test_freqctl_and_actuator_killed_and_locks_made_outside(
                 await wait_for(lambda: locked(emu) == SAFE_MHZ, 20)
                 act.send_signal(signal.SIGKILL)
                 act.wait(10)
-            await asyncio.sleep(LEASE_S + 0.5)
+            await asyncio.sleep(LEASE_S)
             assert locked(emu) == SAFE_MHZ  # nobody could reset it: why start-up resets
             n = len(states)
             with actuator(nats_server.url, emu, tmp_path / "act3.log"):
@@ -169,9 +169,9 @@ async def run_load(url: str, stop: asyncio.Event, workers: int = 6) -> list[str]
     return out
 
 
-@pytest.fixture
-def pd(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """One prefill and two decode emulator processes."""
+@pytest.fixture(scope="module")
+def pd() -> Iterator[dict[str, Any]]:
+    """One prefill and two decode emulator processes (the module's last test kills one)."""
     pp, bp, d1, d2 = free_port(), free_port(), free_port(), free_port()
     procs = {
         "prefill": start_emulator("prefill", pp, boot=bp, gpu=1),
@@ -202,12 +202,12 @@ async def test_nats_stopped_and_restarted_under_load(
             await wait_for(lambda: locked(emu) == SAFE_MHZ and r.bus.connected, 20)
             stop = asyncio.Event()
             load = asyncio.create_task(run_load(r.url, stop))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
             nats_server.stop()
             t_down = time.monotonic()
             await wait_for(lambda: locked(emu) is None, 5)  # bus lost: reset at once
             assert time.monotonic() - t_down < 2.0
-            await asyncio.sleep(1.5)  # serving without the bus
+            await asyncio.sleep(1.0)  # serving without the bus
             nats_server.start()
             await wait_for(lambda: r.bus.connected and locked(emu) == SAFE_MHZ, 20)
             stop.set()

@@ -60,26 +60,33 @@ CANARY = {  # a subject each role may publish on: its arrival ends the wait
 async def reaches(sender: Bus, listener: Bus, subject: str, payload: Any) -> bool:
     """Whether a message ``sender`` publishes on ``subject`` is delivered to ``listener``.
 
-    The sender then publishes on a subject it may use; NATS keeps one connection's
-    order, so once that canary arrived, the message arrived before it or never will.
+    Canaries on a subject the sender may use bracket the test: the first one to
+    arrive proves the listener's subscriptions are live on the server (they were
+    made in order on one connection); NATS keeps one connection's order, so once
+    the last canary arrived, the message arrived before it or never will.
     """
-    got: list[str] = []
+    got: list[tuple[str, bytes]] = []
     canary = CANARY[next(k for k, v in BUSES.items() if v is sender)]
 
     async def on(m: Any) -> None:
-        got.append(m.subject)
+        got.append((m.subject, m.data))
+
+    async def canary_arrives(tag: bytes, resend: bool) -> None:
+        deadline = time.monotonic() + 15
+        await sender.nc.publish(canary, tag)
+        while (canary, tag) not in got:
+            assert time.monotonic() < deadline, "the canary never arrived"
+            await asyncio.sleep(0.05)
+            if resend:
+                await sender.nc.publish(canary, tag)
 
     subs = [await listener.subscribe_raw(subject, on), await listener.subscribe_raw(canary, on)]
+    await canary_arrives(b"first", resend=True)
     await sender.publish(subject, payload)
-    await sender.nc.publish(canary, b"")
-    await sender.nc.flush(timeout=2)
-    deadline = time.monotonic() + 10
-    while canary not in got and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await canary_arrives(b"last", resend=False)
     for sub in subs:
         await sub.unsubscribe()
-    assert canary in got, "the canary never arrived"
-    return subject in got
+    return any(s == subject for s, _ in got)
 
 
 BUSES: dict[str, Bus] = {}

@@ -75,6 +75,7 @@ def test_parse_request_gives_info_or_protocol_error(path: str, raw: bytes) -> No
 
 @pytest.fixture(scope="module")
 def router_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``voltana router`` as a process in front of real emulated workers."""
     log = tmp_path_factory.mktemp("router") / "router.log"
     port = free_port()
     with emulated_pd_pair() as w:

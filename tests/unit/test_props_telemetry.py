@@ -50,7 +50,7 @@ _docs = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(doc=_docs)
 def test_load_parsers_give_a_snapshot_or_value_error(doc: object) -> None:
     for parse in (parse_v1_loads, parse_get_load):
@@ -84,7 +84,7 @@ _lines = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(lines=st.lists(_lines, max_size=10))
 def test_metrics_parser_gives_a_snapshot_or_value_error(lines: list[str]) -> None:
     try:
