@@ -63,8 +63,13 @@ _died: list[TaskDied] = []
 
 
 def died() -> TaskDied | None:
-    """The first loop task that died in this process, if any (the runner re-raises it)."""
-    return _died[0] if _died else None
+    """The first loop task that died since the last call, if any (the runner re-raises it).
+
+    Each death is reported once: the call forgets it.
+    """
+    first = _died[0] if _died else None
+    _died.clear()
+    return first
 
 
 def supervise(task: asyncio.Task[Any], log: Any) -> asyncio.Task[Any]:
