@@ -53,7 +53,10 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     ``prefill_retries`` re-pair a failed prefill before any byte reached the client;
     a worker whose health check fails ``health_failure_threshold`` times in a row is
     unhealthy; ``breaker_failures`` request failures in a row open its circuit for
-    ``breaker_open_s`` (then one trial request decides).
+    ``breaker_open_s`` (then one trial request decides). Bounds on what one client
+    sizes (docs/router.md, "Bounds"): ``max_body_buffer_bytes`` (503),
+    ``body_read_timeout_s`` (408), ``idle_timeout_s``, ``max_batch_items`` and
+    ``max_json_depth`` (400).
     """
 
     host: str = "127.0.0.1"
