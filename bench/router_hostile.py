@@ -115,7 +115,8 @@ class RssSampler:
     """Samples the router's RSS every 50 ms while a phase runs."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._task = pid, 0.0, None
+        self.pid, self.peak = pid, 0.0
+        self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:

@@ -21,7 +21,7 @@ from voltana.services.emulator.gpu_device import EmulatedGpu
 __all__ = ["add_admin_routes"]
 
 _lock_request = msgspec.json.Decoder(LockRequest)
-ADMIN_TOKEN_KEY = web.AppKey("admin_token", str | None)
+ADMIN_TOKEN_KEY = web.AppKey("admin_token", str)  # "" when clock changes are open
 
 
 def _json(payload: msgspec.Struct, status: int = 200) -> web.Response:
@@ -61,7 +61,7 @@ async def list_gpus(request: web.Request) -> web.Response:
 def _denied(request: web.Request) -> web.Response | None:
     """Clock changes need the admin token when one is set (the GPUs' privilege)."""
     token = request.app[ADMIN_TOKEN_KEY]
-    if token is None:
+    if not token:
         return None
     got = request.headers.get("Authorization", "")
     if got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode()):
@@ -110,7 +110,7 @@ async def iterations(request: web.Request) -> web.Response:
 
 def add_admin_routes(app: web.Application, token: str | None = None) -> None:
     """Add the admin routes; with ``token``, locking and resetting clocks need it."""
-    app[ADMIN_TOKEN_KEY] = token
+    app[ADMIN_TOKEN_KEY] = token or ""
     r = app.router
     r.add_get("/voltana/gpus", list_gpus)
     r.add_post("/voltana/gpus/{index}/locked_clocks", set_locked)

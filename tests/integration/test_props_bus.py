@@ -125,7 +125,9 @@ async def test_garbage_flood_is_bounded_and_the_router_goes_on(nats_server: Nats
             forged = msgspec.msgpack.encode(telemetry("a.b c", decode_url))
             await pub.nc.publish("voltana.telemetry.engine.decode.x", forged)
             await pub.nc.flush()
-            await wait_for(lambda: router.bus.bus.decode_error_total() >= 2001, 10)
+            sub_bus = router.bus.bus
+            assert sub_bus is not None
+            await wait_for(lambda: sub_bus.decode_error_total() >= 2001, 10)
         dropped = [e for e in logs if e["event"] == "bus_payload_dropped"]
         assert 1 <= len(dropped) <= 4, len(dropped)
         series_after = len(next(iter(DECODE_ERRORS.collect())).samples)

@@ -92,7 +92,8 @@ async def test_actuator_survives_any_payload(nats: NatsServer, emu: str) -> None
 
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(check)
-        assert not actuator._timer.done() and all(not w.done() for w in actuator._workers)
+        assert actuator._timer is not None and not actuator._timer.done()
+        assert all(not w.done() for w in actuator._workers)
     finally:
         await actuator.stop()
         await pub.close()

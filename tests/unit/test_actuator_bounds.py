@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +17,7 @@ WALL = 1_800_000_000 * 10**9  # the actuator's wall clock in these tests (Unix n
 S = 10**9
 
 
-def table(**kw: float) -> LeaseTable:
+def table(**kw: Any) -> LeaseTable:
     return LeaseTable(ActuatorConfig(node=NODE, **kw), {0: CLOCKS})
 
 
@@ -64,7 +66,7 @@ def test_issuer_table_is_bounded_and_pruned() -> None:
     assert t.issuers(0) == 1
 
 
-_commands = st.builds(
+_commands: st.SearchStrategy[dict[str, Any]] = st.builds(
     dict,
     type=st.sampled_from(["set", "reset", "other"]),
     t_ns=st.one_of(st.integers(-(2**63), 2**63 - 1), st.just(WALL)),
