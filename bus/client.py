@@ -31,6 +31,7 @@ from voltana.bus.jsstate import Ensured, StreamLimits, open_config_bucket
 from voltana.bus.jsstate import ensure_event_stream as _ensure_event_stream
 from voltana.bus.outbox import Outbox, OutboxSettings
 from voltana.common.errors import BusError
+from voltana.common.guard import LogThrottle
 from voltana.common.logs import get_logger
 from voltana.schemas import codec, subjects
 from voltana.schemas.delivery import KEEP, RETRY_HEADER, delivery_of
@@ -41,8 +42,8 @@ log = get_logger("bus")
 
 DECODE_ERRORS = PromCounter(
     "voltana_bus_decode_errors",
-    "Bus payloads dropped because they failed strict decoding",
-    ["subject", "kind"],
+    "Bus payloads dropped because they failed strict decoding, per subscription",
+    ["subject", "kind"],  # subject: the subscription's pattern, never the sender's subject
 )
 PUBLISHED = PromCounter("voltana_bus_published", "Messages published on the bus", ["kind"])
 RECEIVED = PromCounter("voltana_bus_received", "Messages received and decoded", ["kind"])
@@ -110,6 +111,7 @@ class Bus:
         self.published = 0
         self.received = 0
         self._js: JetStreamContext | None = None
+        self._log_throttle = LogThrottle()
         self._closing = False
         self._on_disconnect: list[Callable[[], Awaitable[None] | None]] = []
         self._on_reconnect: list[Callable[[], Awaitable[None] | None]] = []
@@ -288,9 +290,10 @@ class Bus:
     ) -> Subscription:
         """Subscribe with strict decoding into ``typ`` (a Struct or a tagged union).
 
-        Payloads that fail to decode are counted in ``decode_errors[(subject, kind)]``,
-        logged with the error path, and dropped; the subscription keeps going. An
-        exception raised by ``handler`` is logged and does not end the subscription.
+        Payloads that fail to decode are counted in ``decode_errors[(subject, kind)]``
+        (``subject`` as subscribed, wildcards and all), logged with the error path
+        (rate-limited), and dropped; the subscription keeps going. An exception
+        raised by ``handler`` is logged (rate-limited) and does not end it.
         """
         dec = codec.decoder(typ)
         kind = getattr(typ, "__name__", str(typ))
@@ -298,13 +301,23 @@ class Bus:
         async def cb(m: Msg) -> None:
             if m.headers and RETRY_HEADER in m.headers:
                 return  # a re-sent KEEP event: the first copy was delivered already
+            # counted per subscription pattern (bounded), logged once per pattern and kind
+            # per interval: a flood of garbage on many subjects makes a few lines, no series
             try:
                 value = dec.decode(m.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 err_kind = "validation" if isinstance(exc, msgspec.ValidationError) else "decode"
-                self.decode_errors[(m.subject, err_kind)] += 1
-                DECODE_ERRORS.labels(m.subject, err_kind).inc()
-                log.warning("bus_payload_dropped", subject=m.subject, kind=err_kind, error=str(exc))
+                self.decode_errors[(subject, err_kind)] += 1
+                DECODE_ERRORS.labels(subject, err_kind).inc()
+                suppressed = self._log_throttle.allow((subject, err_kind))
+                if suppressed is not None:
+                    log.warning(
+                        "bus_payload_dropped",
+                        subject=m.subject[:200],
+                        kind=err_kind,
+                        error=str(exc)[:500],
+                        suppressed=suppressed,
+                    )
                 return
             self.received += 1
             RECEIVED.labels(kind).inc()
@@ -312,8 +325,12 @@ class Bus:
                 result = handler(value, m.subject)
                 if asyncio.iscoroutine(result):
                     await result
-            except Exception:
-                log.exception("bus_handler_failed", subject=m.subject)
+            except Exception as exc:
+                suppressed = self._log_throttle.allow((subject, type(exc).__name__))
+                if suppressed is not None:
+                    log.exception(
+                        "bus_handler_failed", subject=m.subject[:200], suppressed=suppressed
+                    )
 
         sub = await self.nc.subscribe(subject, queue=queue, cb=cb)
         await self._flush_interest()

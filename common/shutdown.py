@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 
+_current: list[asyncio.Event] = []
+
 
 def shutdown_event() -> asyncio.Event:
     """An event set on SIGTERM or SIGINT (call inside the running loop)."""
@@ -12,4 +14,13 @@ def shutdown_event() -> asyncio.Event:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    _current[:] = [stop]
     return stop
+
+
+def request_shutdown() -> bool:
+    """Set the running service's shutdown event, as a signal would; False when there is none."""
+    if not _current:
+        return False
+    _current[0].set()
+    return True

@@ -117,10 +117,11 @@ class ClockSetter(Protocol):
         ...
 
     def reset_locked_clocks(self, gpu: int) -> bool:
-        """Return the GPU to its default clocks.
+        """Return the GPU to its default clocks: always a driver call, whatever the cache says.
 
         Returns:
-            True if a reset was issued, False if the device knows nothing is locked.
+            True if the device had a lock applied (or did not know), False if its
+            cache already said default clocks (the reset was issued anyway).
         """
         ...
 
@@ -130,6 +131,19 @@ class ClockSetter(Protocol):
 
     def close(self) -> None:
         """Release the driver/HTTP resources (does not reset clocks: callers do that)."""
+        ...
+
+
+@runtime_checkable
+class LockReader(Protocol):
+    """Reads the lock the hardware holds now, past any cache (what the actuator verifies).
+
+    Something other than the actuator (an operator's ``nvidia-smi -lgc``, a crashed
+    tool) may have locked a clock; only the hardware knows.
+    """
+
+    def read_locked_clock_mhz(self, gpu: int) -> int | None:
+        """The locked SM clock the GPU reports now (None: default clocks or unknown)."""
         ...
 
 
@@ -163,10 +177,10 @@ def check_gpu(gpu: int, known: Sequence[int]) -> None:
 class AppliedClocks:
     """The lock each GPU was last given, so a setter can skip a value already applied.
 
-    A GPU is unknown until its first set or reset (or until ``known`` says what
-    the device found), so the first reset is always issued: a crashed
-    predecessor may have left a lock behind. One lock serialises the driver
-    calls of all GPUs of a device.
+    A lock the cache already holds is skipped (a lease renewal costs no driver
+    call); a reset is always issued, since a lock made by anything else (or left
+    by a crashed predecessor) is invisible to the cache and resets are the
+    fail-safe. One lock serialises the driver calls of all GPUs of a device.
     """
 
     def __init__(self, known: dict[int, int | None] | None = None) -> None:
@@ -187,12 +201,11 @@ class AppliedClocks:
             return True
 
     def reset(self, gpu: int, apply: Callable[[], object]) -> bool:
-        """Call ``apply`` unless the GPU is known to be at default clocks."""
+        """Call ``apply``; True unless the GPU was already known to be at default clocks."""
         with self._mu:
-            if gpu in self._locked and self._locked[gpu] is None:
-                return False
-            # Forget the lock first: if the reset fails, the next attempt is issued again.
+            was_default = gpu in self._locked and self._locked[gpu] is None
+            # Forget the lock first: if the reset fails, the next lock is issued again.
             self._locked.pop(gpu, None)
             apply()
             self._locked[gpu] = None
-            return True
+            return not was_default

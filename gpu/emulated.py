@@ -183,6 +183,14 @@ class EmulatedDevice:
         check_gpu(gpu, self._indices)
         return self._applied.get(gpu)
 
+    def read_locked_clock_mhz(self, gpu: int) -> int | None:
+        """The lock the emulated GPU holds now, read from its admin API."""
+        check_gpu(gpu, self._indices)
+        for g in self._admin_of[gpu].gpus():
+            if g.index == gpu:
+                return g.locked_clock_mhz
+        return None
+
     def close(self) -> None:
         self._closed = True
         for admin in self._admins:

@@ -9,6 +9,7 @@ are synchronous and async services call them from worker threads.
 from __future__ import annotations
 
 import http.client
+import os
 import threading
 import time
 import urllib.parse
@@ -17,7 +18,17 @@ from typing import NamedTuple, TypeVar
 import msgspec
 from voltana.common.errors import GpuError
 
-__all__ = ["AdminError", "EmulatedGpuState", "EmulatedGpus", "EmulatorAdmin", "LockRequest"]
+ADMIN_TOKEN_ENV = "VOLTANA_EMULATOR_ADMIN_TOKEN"
+"""Where both the emulator and its clients read the admin token (never from argv)."""
+
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "AdminError",
+    "EmulatedGpuState",
+    "EmulatedGpus",
+    "EmulatorAdmin",
+    "LockRequest",
+]
 
 
 class EmulatedGpuState(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,7 +103,7 @@ class EmulatorAdmin:
             GPU's endpoint), or ``HTTP_<status>``.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 2.0, token: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise GpuError(f"emulated GPUs: bad admin url {url!r}")
@@ -102,6 +113,8 @@ class EmulatorAdmin:
         self._port = parsed.port or (443 if self._https else 80)
         self._prefix = parsed.path.rstrip("/") + "/voltana/gpus"
         self._timeout_s = timeout_s
+        # the emulated GPUs' privilege, as CAP_SYS_ADMIN is NVML's (docs/emulator.md)
+        self._token = token if token is not None else os.environ.get(ADMIN_TOKEN_ENV)
         self._conn: http.client.HTTPConnection | None = None
         self._mu = threading.Lock()
 
@@ -139,6 +152,8 @@ class EmulatorAdmin:
 
     def _exchange(self, method: str, path: str, body: bytes | None) -> _Reply:
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
         last: Exception | None = None
         with self._mu:
             for _ in range(2):  # one retry: a kept-alive connection may have been closed

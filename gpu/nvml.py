@@ -337,6 +337,11 @@ class NvmlDevice:
         check_gpu(gpu, self._indices)
         return self._applied.get(gpu)
 
+    def read_locked_clock_mhz(self, gpu: int) -> int | None:
+        """The lock the driver reports now (P0 range top under the board maximum), uncached."""
+        handle = self._handle(gpu)
+        return self._pstate_locked_clock_mhz(handle, gpu, self._max_clock[self._slot[gpu]])
+
     def close(self) -> None:
         if self._open:
             self._open = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from voltana.schemas.base import Event
+from voltana.schemas.base import Event, GpuIndex, Name, OptName, Text
 
 
 class SetClock(Event, frozen=True, kw_only=True, tag="set"):  # type: ignore[call-arg]
@@ -14,25 +14,25 @@ class SetClock(Event, frozen=True, kw_only=True, tag="set"):  # type: ignore[cal
     the lease in time. ``seq`` lets the actuator ignore reordered duplicates.
     """
 
-    node: str
-    gpu: int
+    node: Name
+    gpu: GpuIndex
     sm_clock_mhz: int
     lease_s: float = 2.0
     seq: int = 0
-    issued_by: str = ""
-    instance: str | None = None
-    reason: str = ""
+    issued_by: OptName = ""
+    instance: Name | None = None
+    reason: Text = ""
 
 
 class ResetClock(Event, frozen=True, kw_only=True, tag="reset"):  # type: ignore[call-arg]
     """Return one GPU to its default clocks (nothing locked)."""
 
-    node: str
-    gpu: int
+    node: Name
+    gpu: GpuIndex
     seq: int = 0
-    issued_by: str = ""
-    instance: str | None = None
-    reason: str = ""
+    issued_by: OptName = ""
+    instance: Name | None = None
+    reason: Text = ""
 
 
 ClockCommand = SetClock | ResetClock
@@ -48,8 +48,8 @@ class ClockState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     ``reason`` explains a rejection or error.
     """
 
-    node: str
-    gpu: int
+    node: Name
+    gpu: GpuIndex
     seq: int
     status: ClockStatus
     locked_clock_mhz: int | None
@@ -57,18 +57,18 @@ class ClockState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     command_seq: int | None = None
     lease_expires_t_ns: int | None = None
     backend: Literal["nvml", "emulated", "dry-run"] = "nvml"
-    reason: str = ""
+    reason: Text = ""
     apply_latency_s: float | None = None
 
 
 class ClockDecision(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     """One controller decision with its reason, kept for replay and debugging."""
 
-    instance: str
-    role: str
-    policy: str
+    instance: Name
+    role: Text
+    policy: Text
     clock_mhz: int
-    reason: str
+    reason: Text
     predicted_latency_s: float | None = None
     budget_s: float | None = None
     predicted_power_w: float | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from voltana.schemas.base import Event
+from voltana.schemas.base import Count, Event, Name, OptName, Text
 from voltana.schemas.telemetry import LatencyWindow, Role
 
 
@@ -14,13 +14,13 @@ class InstanceState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     ``telemetry_age_s`` is None when no telemetry was ever received for it.
     """
 
-    instance: str
+    instance: Name
     role: Role
-    url: str
+    url: Text
     seq: int
-    in_flight_requests: int = 0
-    in_flight_tokens: int = 0
-    queued_prefill_tokens: int = 0
+    in_flight_requests: Count = 0
+    in_flight_tokens: Count = 0
+    queued_prefill_tokens: Count = 0
     oldest_wait_s: float = 0.0
     healthy: bool = True
     circuit_open: bool = False
@@ -36,17 +36,17 @@ class InstanceState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
 class RouteDecision(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     """Where one request went and why."""
 
-    request_id: str
-    prefill: str
-    decode: str
-    prefill_policy: str
-    decode_policy: str
+    request_id: Text
+    prefill: OptName
+    decode: OptName
+    prefill_policy: Text
+    decode_policy: Text
     bootstrap_room: int
     input_tokens: int = 0
     max_new_tokens: int | None = None
-    prefill_reason: str = ""
-    decode_reason: str = ""
-    path: str = "/generate"
+    prefill_reason: Text = ""
+    decode_reason: Text = ""
+    path: Text = "/generate"
 
 
 RequestStatus = Literal["ok", "error", "cancelled", "rejected"]
@@ -69,9 +69,9 @@ class RequestRecord(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     hash of its API key (never the key itself).
     """
 
-    request_id: str
-    prefill: str
-    decode: str
+    request_id: Text
+    prefill: OptName
+    decode: OptName
     status: RequestStatus
     arrival_t_ns: int
     input_tokens: int = 0
@@ -87,7 +87,7 @@ class RequestRecord(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     ttft_met: bool | None = None
     itl_met: bool | None = None
     slo_met: bool | None = None
-    error: str | None = None
+    error: Text | None = None
     stream: bool = False
     energy_j: float | None = None
     energy_prefill_j: float | None = None

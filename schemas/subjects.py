@@ -44,7 +44,7 @@ STREAM_NAME = "VOLTANA"
 KV_BUCKET = "voltana-config"
 """The KV bucket with live configuration (keys below)."""
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class SubjectError(ValueError):
@@ -53,7 +53,7 @@ class SubjectError(ValueError):
 
 def _tok(value: object, what: str) -> str:
     text = str(value)
-    if not _TOKEN.match(text):
+    if not _TOKEN.fullmatch(text):  # fullmatch: "a\n" and "²" are not tokens
         raise SubjectError(
             f"invalid {what} {text!r}: use letters, digits, '-' and '_' only (no '.', '*', '>' or spaces)"
         )

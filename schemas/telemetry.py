@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
-from voltana.schemas.base import Event, Role
+from voltana.schemas.base import Count, Event, GpuIndex, Name, Role, Text
 
 __all__ = ["GpuSourceKind", "GpuTelemetry", "InstanceTelemetry", "LatencyWindow", "Role"]
 
@@ -42,10 +42,10 @@ class GpuTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     usage reading, a 1 s average on recent GPUs and drivers).
     """
 
-    node: str
-    gpu: int
+    node: Name
+    gpu: GpuIndex
     seq: int
-    instance: str | None = None
+    instance: Name | None = None
     role: Role | None = None
     power_w: float
     energy_j: float
@@ -73,18 +73,20 @@ class InstanceTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-
     the engine fields then hold their last known values or zero.
     """
 
-    instance: str
+    instance: Name
     role: Role
-    node: str
-    url: str
+    node: Name
+    url: Text
     seq: int
-    gpus: list[int] = msgspec.field(default_factory=list)
+    gpus: Annotated[list[GpuIndex], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
     healthy: bool = True
-    error: str | None = None
-    num_running_reqs: int = 0
-    num_queue_reqs: int = 0
-    kv_used_tokens: int = 0
-    kv_capacity_tokens: int | None = None
+    error: Text | None = None
+    num_running_reqs: Count = 0
+    num_queue_reqs: Count = 0
+    kv_used_tokens: Count = 0
+    kv_capacity_tokens: Count | None = None
     token_usage: float = 0.0
     gen_throughput_tps: float = 0.0
     prompt_tokens_total: float = 0.0
@@ -92,11 +94,11 @@ class InstanceTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-
     requests_total: float = 0.0
     cache_hit_rate: float = 0.0  # sglang:cache_hit_rate (prefix cache, cumulative ratio)
     cached_tokens_total: float = 0.0  # sglang:cached_tokens_total (prompt tokens from cache)
-    num_bootstrap_queue_reqs: int = 0
-    num_prealloc_queue_reqs: int = 0
-    num_transfer_queue_reqs: int = 0
-    num_inflight_queue_reqs: int = 0
+    num_bootstrap_queue_reqs: Count = 0
+    num_prealloc_queue_reqs: Count = 0
+    num_transfer_queue_reqs: Count = 0
+    num_inflight_queue_reqs: Count = 0
     ttft: LatencyWindow | None = None
     itl: LatencyWindow | None = None
     scrape_latency_s: float | None = None
-    engine_version: str | None = None
+    engine_version: Text | None = None

@@ -18,6 +18,7 @@ from typing import Any, Protocol, Self, TypeVar, overload, runtime_checkable
 import msgspec
 import structlog
 from voltana.bus.client import Bus, BusOptions
+from voltana.common.guard import died
 from voltana.common.logs import get_logger
 from voltana.common.shutdown import shutdown_event
 from voltana.common.tasks import cancel_and_wait
@@ -214,6 +215,9 @@ def run_service(
         try:
             service = build(connection) if connection is not None else build()
             await _run(service, stop, name=name, metrics=metrics, ready=ready, log=logger)
+            dead = died()
+            if dead is not None:  # a loop task died: stopped cleanly, but the exit says so
+                raise dead
         finally:
             if connection is not None:
                 with contextlib.suppress(Exception):

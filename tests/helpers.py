@@ -223,3 +223,13 @@ async def check_generate(base_url: str, stream: bool) -> None:
         final = got
     assert final["meta_info"]["finish_reason"] == {"type": "length", "length": 6}
     assert len(final["text"].split()) == 6
+
+
+def acl_opts(url: str, user: str) -> Any:
+    """Bus options for a user of the shipped NATS config run by the ``acl_server`` fixture.
+
+    Every role's password there is ``pw-<role>`` (user ``actuator-x`` -> role actuator).
+    """
+    from voltana.bus.client import BusOptions
+
+    return BusOptions(servers=[url], user=user, password=f"pw-{user.split('-')[0]}")

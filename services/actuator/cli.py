@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
         node=args.node,
         min_change_interval_s=args.min_change_interval_s,
         max_lease_s=args.max_lease_s,
+        max_command_age_s=args.max_command_age_s,
+        max_clock_skew_s=args.max_clock_skew_s,
+        verify_interval_s=args.verify_interval_s,
     )
     backend = open_device(
         args.backend,
@@ -108,6 +111,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     )
     p.add_argument(
         "--max-lease-s", type=float, default=30.0, help="longest lease a command may ask for"
+    )
+    p.add_argument(
+        "--max-command-age-s",
+        type=float,
+        default=5.0,
+        help="reject a lock stamped longer ago than this by this host's clock (default 5)",
+    )
+    p.add_argument(
+        "--max-clock-skew-s",
+        type=float,
+        default=1.0,
+        help="reject a lock stamped further in the future than this (default 1)",
+    )
+    p.add_argument(
+        "--verify-interval-s",
+        type=float,
+        default=5.0,
+        help="re-read a renewed lock from the hardware this often; re-apply if lost (default 5)",
     )
     add_metrics_args(p)
     add_nats_args(p)

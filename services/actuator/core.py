@@ -9,11 +9,19 @@ Rules, in the order they are checked for a command:
 1. the payload's node must be this node (the subject already is; a payload that
    disagrees is rejected and reported, never applied);
 2. the payload's GPU must match the subject's GPU and be one of this node's GPUs;
-3. a command older than the last one seen from the same issuer for the same GPU
-   (by ``(t_ns, seq)``) is a reordered duplicate and is rejected as stale;
-4. a lock must name a clock in the GPU's supported list and a positive finite lease
+3. a lock whose ``t_ns`` is more than ``max_command_age_s`` behind the actuator's
+   wall clock, or more than ``max_clock_skew_s`` ahead of it, is rejected: an old
+   command replayed under any issuer name is refused, and a command from the
+   future cannot lock the real controller out (its stamp would outrank every
+   later command). A reset is never refused for its age or order: it is the safe
+   direction, and it records no stamp;
+4. a lock older than the last one seen from the same issuer for the same GPU
+   (by ``(t_ns, seq)``) is a reordered duplicate and is rejected as stale. The
+   stamps kept per GPU are bounded: those older than the age bound are pruned
+   (nothing older can be accepted anyway), and at most ``max_issuers`` are kept;
+5. a lock must name a clock in the GPU's supported list and a positive finite lease
    (clamped to ``max_lease_s``);
-5. changes of the locked clock are rate-limited: a change sooner than
+6. changes of the locked clock are rate-limited: a change sooner than
    ``min_change_interval_s`` after the previous one is deferred (the latest
    request wins) and applied when the interval has passed. Resets are never
    deferred: they are the safe direction.
@@ -41,12 +49,19 @@ class ActuatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``min_change_interval_s`` caps clock changes per GPU (NVML applies a lock in
     about 3 ms; faster flapping buys nothing and wears on the driver).
     ``max_lease_s`` bounds how long one command can hold a clock without renewal.
+    ``max_command_age_s`` / ``max_clock_skew_s`` bound a lock's ``t_ns`` against the
+    actuator's wall clock; ``max_issuers`` bounds the stamps kept per GPU;
+    ``verify_interval_s`` is how often a renewed lock is checked on the hardware.
     """
 
     node: str
     min_change_interval_s: float = 0.05
     min_lease_s: float = 0.05
     max_lease_s: float = 30.0
+    max_command_age_s: float = 5.0
+    max_clock_skew_s: float = 1.0
+    max_issuers: int = 64
+    verify_interval_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +137,19 @@ class LeaseTable:
     # -- inputs ---------------------------------------------------------------
 
     def on_command(
-        self, cmd: SetClock | ResetClock, now_s: float, *, subject_gpu: int | None = None
+        self,
+        cmd: SetClock | ResetClock,
+        now_s: float,
+        *,
+        subject_gpu: int | None = None,
+        wall_ns: int | None = None,
     ) -> Verdict:
-        """Validate one command and update the GPU's target and lease."""
+        """Validate one command and update the GPU's target and lease.
+
+        ``wall_ns`` is the actuator's wall clock (Unix ns), against which a lock's
+        ``t_ns`` is aged; the service always passes it (None only where there is
+        no wall clock to compare with, as in a replay).
+        """
         requested = cmd.sm_clock_mhz if isinstance(cmd, SetClock) else None
         seq = cmd.seq
 
@@ -150,14 +175,25 @@ class LeaseTable:
         slot = self._slots.get(gpu)
         if slot is None:
             return reject(gpu, f"GPU {gpu} is not controlled by this actuator (GPUs: {self.gpus})")
+        if isinstance(cmd, ResetClock):  # the safe direction: never refused for age or order
+            return self._reset(gpu, slot, now_s, "reset", seq, cmd.reason or "reset requested")
+        if wall_ns is not None:
+            age_s = (wall_ns - cmd.t_ns) / 1e9
+            if age_s > self.config.max_command_age_s:
+                return reject(
+                    gpu, f"command is {age_s:.1f} s old (limit {self.config.max_command_age_s} s)"
+                )
+            if -age_s > self.config.max_clock_skew_s:
+                return reject(
+                    gpu,
+                    f"command is stamped {-age_s:.1f} s in the future "
+                    f"(clock skew limit {self.config.max_clock_skew_s} s)",
+                )
+            self._prune(slot, wall_ns)
         stamp = (cmd.t_ns, seq)
         last = slot.last_seen.get(cmd.issued_by)
         if last is not None and stamp <= last:
             return reject(gpu, f"stale command (t_ns, seq) {stamp} <= last seen {last}")
-
-        if isinstance(cmd, ResetClock):
-            slot.last_seen[cmd.issued_by] = stamp
-            return self._reset(gpu, slot, now_s, "reset", seq, cmd.reason or "reset requested")
 
         mhz = cmd.sm_clock_mhz
         if mhz not in slot.supported:
@@ -169,7 +205,10 @@ class LeaseTable:
                 gpu, f"lease {lease_s} s is below the minimum {self.config.min_lease_s} s"
             )
         lease_s = min(lease_s, self.config.max_lease_s)
-        slot.last_seen[cmd.issued_by] = stamp
+        slot.last_seen.pop(cmd.issued_by, None)
+        slot.last_seen[cmd.issued_by] = stamp  # (re)inserted last: the dict is oldest-first
+        while len(slot.last_seen) > self.config.max_issuers:
+            del slot.last_seen[next(iter(slot.last_seen))]
         slot.lease_expires_s = now_s + lease_s
 
         if mhz == slot.target_mhz:
@@ -217,6 +256,17 @@ class LeaseTable:
     def on_apply_failed(self, gpu: int, now_s: float, reason: str) -> Verdict:
         """The backend failed to apply the target: fall back to default clocks."""
         return self._reset(gpu, self._slots[gpu], now_s, "released", None, reason)
+
+    def issuers(self, gpu: int) -> int:
+        """How many issuers' stamps the GPU's slot keeps (bounded by ``max_issuers``)."""
+        return len(self._slots[gpu].last_seen)
+
+    def _prune(self, slot: _Slot, wall_ns: int) -> None:
+        """Drop stamps too old to matter: no command that old can be accepted any more."""
+        oldest_ok = wall_ns - int(self.config.max_command_age_s * 1e9)
+        stale = [k for k, (t_ns, _) in slot.last_seen.items() if t_ns < oldest_ok]
+        for k in stale:
+            del slot.last_seen[k]
 
     # -- transitions --------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,9 +25,10 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 from voltana.bus.client import Bus
 from voltana.common.errors import GpuError
+from voltana.common.guard import LogThrottle, supervise
 from voltana.common.logs import get_logger
 from voltana.common.tasks import cancel_and_wait
-from voltana.gpu.device import ClockSetter
+from voltana.gpu.device import ClockSetter, LockReader
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockCommand, ClockState, ClockStatus, ResetClock, SetClock
 from voltana.services.actuator.core import ActuatorConfig, LeaseTable, Verdict
@@ -90,6 +92,8 @@ class Actuator:
         self._sub: Any = None
         self._service: Any = None
         self._stopped = False
+        self._verified_at: dict[int, float] = {}
+        self._throttle = LogThrottle()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -114,7 +118,9 @@ class Actuator:
         self._sub = await self.bus.subscribe(
             subjects.clock_set_node(self.node), ClockCommand, self._on_command
         )
-        self._timer = asyncio.create_task(self._tick_loop(), name="actuator-leases")
+        # lease expiry: a timer that died would hold locks forever; it ends the process instead
+        timer = asyncio.create_task(self._tick_loop(), name="actuator-leases")
+        self._timer = supervise(timer, self._log)
         self._service = await add_status_service(
             self.bus,
             name="voltana-actuator",
@@ -163,8 +169,11 @@ class Actuator:
         if self._stopped:
             return
         token = subject.rsplit(".", 1)[-1]
-        subject_gpu = int(token) if token.isdigit() else -1
-        verdict = self.table.on_command(cmd, self._now(), subject_gpu=subject_gpu)
+        # isascii: str.isdigit() also accepts "²", which int() then refuses
+        subject_gpu = int(token) if token.isascii() and token.isdigit() else -1
+        verdict = self.table.on_command(
+            cmd, self._now(), subject_gpu=subject_gpu, wall_ns=time.time_ns()
+        )
         self._enqueue([verdict])
         self._wake.set()
 
@@ -215,6 +224,8 @@ class Actuator:
                 q.task_done()
 
     async def _execute(self, v: Verdict) -> None:
+        if v.kind == "renew" and await self._reapply_if_lost(v):
+            return
         if v.kind in ("rejected", "renew", "deferred"):
             await self._publish(v, _STATUS_OF[v.kind], None)
             return
@@ -236,11 +247,55 @@ class Actuator:
             return
         latency = time.perf_counter() - t0
         APPLY_SECONDS.labels(self.node, self.backend.name).observe(latency)
+        if v.target_mhz is None:
+            held = await self._hardware_lock(v.gpu)
+            if held is not None:  # the reset did not take: once more, then say so
+                await asyncio.to_thread(self.backend.reset_locked_clocks, v.gpu)
+                held = await self._hardware_lock(v.gpu)
+            if held is not None:
+                self._log.error("reset_not_effective", gpu=v.gpu, locked_mhz=held)
+                await self._publish(
+                    v, "error", latency, reason=f"GPU still locked at {held} MHz after reset"
+                )
+                return
         if v.kind == "apply":
             status: ClockStatus = "applied" if changed else "unchanged"
         else:
             status = _STATUS_OF[v.kind]
         await self._publish(v, status, latency if changed else None)
+
+    async def _hardware_lock(self, gpu: int) -> int | None:
+        """The lock the hardware reports now (None: default clocks, or no way to read it)."""
+        if not isinstance(self.backend, LockReader):
+            return None
+        self._verified_at[gpu] = self._now()
+        try:
+            return await asyncio.to_thread(self.backend.read_locked_clock_mhz, gpu)
+        except GpuError as exc:
+            self._log.warning("hardware_read_failed", gpu=gpu, error=str(exc))
+            return None
+
+    async def _reapply_if_lost(self, v: Verdict) -> bool:
+        """On a renewal, every ``verify_interval_s``: re-apply the lease's lock if the
+        hardware holds another (or none). True when it re-applied (and published)."""
+        due = self._verified_at.get(v.gpu, -math.inf) + self.config.verify_interval_s
+        if v.target_mhz is None or self._now() < due or not isinstance(self.backend, LockReader):
+            return False
+        held = await self._hardware_lock(v.gpu)
+        if held == v.target_mhz:
+            return False
+        self._log.warning("hardware_lock_differs", gpu=v.gpu, held_mhz=held, lease_mhz=v.target_mhz)
+        try:
+            await asyncio.to_thread(self.backend.reset_locked_clocks, v.gpu)  # clears the cache
+            await asyncio.to_thread(self.backend.set_locked_sm_clock_mhz, v.gpu, v.target_mhz)
+        except GpuError as exc:
+            await self._publish(v, "error", None, reason=f"{exc.code}: {exc}")
+            if self.table is not None:
+                self._enqueue([self.table.on_apply_failed(v.gpu, self._now(), str(exc))])
+            return True
+        reason = f"hardware held {held} MHz, not the lease's {v.target_mhz}: re-applied"
+        await self._publish(v, "applied", None, reason=reason)
+        return True
 
     async def _publish(
         self, v: Verdict, status: ClockStatus, latency_s: float | None, *, reason: str = ""
@@ -272,8 +327,19 @@ class Actuator:
         COMMANDS.labels(self.node, status).inc()
         if known:
             LOCKED_MHZ.labels(self.node, str(v.gpu)).set(locked or 0)
-        log = self._log.warning if status in ("rejected", "error") else self._log.debug
-        log("clock_state", gpu=v.gpu, status=status, locked_mhz=locked, reason=state.reason)
+        if status in ("rejected", "error"):  # forged floods: one line per GPU and kind a while
+            suppressed = self._throttle.allow((status, v.gpu if known else "unknown"))
+            if suppressed is not None:
+                self._log.warning(
+                    "clock_state",
+                    gpu=v.gpu,
+                    status=status,
+                    locked_mhz=locked,
+                    reason=state.reason,
+                    suppressed=suppressed,
+                )
+        else:
+            self._log.debug("clock_state", gpu=v.gpu, status=status, locked_mhz=locked)
         try:
             await self.bus.publish(subjects.clock_state(self.node, v.gpu), state)
         except Exception as exc:  # the bus may be gone: the state is logged above

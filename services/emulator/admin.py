@@ -8,6 +8,7 @@ GET /voltana/iterations?after=SEQ. The GPU routes encode the Structs of
 
 from __future__ import annotations
 
+import hmac
 import time
 
 import msgspec
@@ -20,6 +21,7 @@ from voltana.services.emulator.gpu_device import EmulatedGpu
 __all__ = ["add_admin_routes"]
 
 _lock_request = msgspec.json.Decoder(LockRequest)
+ADMIN_TOKEN_KEY = web.AppKey("admin_token", str)  # "" when clock changes are open
 
 
 def _json(payload: msgspec.Struct, status: int = 200) -> web.Response:
@@ -56,7 +58,20 @@ async def list_gpus(request: web.Request) -> web.Response:
     return _json(EmulatedGpus(states))
 
 
+def _denied(request: web.Request) -> web.Response | None:
+    """Clock changes need the admin token when one is set (the GPUs' privilege)."""
+    token = request.app[ADMIN_TOKEN_KEY]
+    if not token:
+        return None
+    got = request.headers.get("Authorization", "")
+    if got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode()):
+        return None
+    return _err("clock changes need Authorization: Bearer <admin token>", 401)
+
+
 async def set_locked(request: web.Request) -> web.Response:
+    if (denied := _denied(request)) is not None:
+        return denied
     g = _gpu(request)
     if isinstance(g, web.Response):
         return g
@@ -73,6 +88,8 @@ async def set_locked(request: web.Request) -> web.Response:
 
 
 async def reset_locked(request: web.Request) -> web.Response:
+    if (denied := _denied(request)) is not None:
+        return denied
     g = _gpu(request)
     if isinstance(g, web.Response):
         return g
@@ -91,7 +108,9 @@ async def iterations(request: web.Request) -> web.Response:
     return web.json_response({"iterations": items})
 
 
-def add_admin_routes(app: web.Application) -> None:
+def add_admin_routes(app: web.Application, token: str | None = None) -> None:
+    """Add the admin routes; with ``token``, locking and resetting clocks need it."""
+    app[ADMIN_TOKEN_KEY] = token or ""
     r = app.router
     r.add_get("/voltana/gpus", list_gpus)
     r.add_post("/voltana/gpus/{index}/locked_clocks", set_locked)

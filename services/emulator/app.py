@@ -27,7 +27,7 @@ class EmulatorApp(ServiceContext):
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 2**20)
         add_sglang_routes(app, self.server)
-        add_admin_routes(app)
+        add_admin_routes(app, self.config.admin_token)
         return app
 
     async def start(self) -> None:

@@ -94,7 +94,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+
     from voltana.common.errors import ConfigError
+    from voltana.gpu.emulator_admin import ADMIN_TOKEN_ENV
     from voltana.schemas.base import Role
     from voltana.services.emulator.app import EmulatorApp
     from voltana.services.emulator.config import EmulatorConfig
@@ -123,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
             eos_mean_tokens=args.eos_mean_tokens,
             disable_radix_cache=args.disable_radix_cache,
             page_size=args.page_size,
+            admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
         )
         if config.page_size < 1:
             raise ConfigError(f"--page-size must be >= 1, got {config.page_size}")

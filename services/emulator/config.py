@@ -32,6 +32,7 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     served_model_name: str | None = None
     bootstrap_timeout_s: float = 300.0
     eos_mean_tokens: float = 256.0  # mean natural output length when ignore_eos is false
+    admin_token: str | None = None  # clock changes need it (VOLTANA_EMULATOR_ADMIN_TOKEN)
     time_scale: float = 1.0  # >1 runs faster than the model (for demos); 1 = real time
     disable_radix_cache: bool = False  # SGLang's flag: no prefix cache
     page_size: int = 16  # prefix-cache granularity in tokens (SGLang's --page-size)

@@ -124,7 +124,25 @@ def build_input(
         observed_ttft_s=_observed(tel.ttft),
         observed_itl_s=_observed(tel.itl),
         current_clock_mhz=current_clock_mhz,
-        healthy=tel.healthy,
+        healthy=tel.healthy and plausible(tel),
+    )
+
+
+MAX_PLAUSIBLE_RUNNING = 1 << 20
+"""More requests in one engine's batch than any GPU holds: the telemetry is not believed."""
+
+
+def plausible(tel: InstanceTelemetry) -> bool:
+    """Telemetry a real engine could report; otherwise the controller takes its safe clock.
+
+    Hostile or corrupt values (2^62 KV tokens) would otherwise reach the predictor,
+    which clamps them into its fitted range and may pick a slow clock.
+    """
+    cap = tel.kv_capacity_tokens
+    if cap is not None and tel.kv_used_tokens > cap:
+        return False
+    return tel.num_running_reqs <= MAX_PLAUSIBLE_RUNNING and (
+        cap is not None or tel.kv_used_tokens <= MAX_PLAUSIBLE_RUNNING * 1024
     )
 
 

@@ -22,6 +22,7 @@ import structlog
 from prometheus_client import Counter as PromCounter
 from voltana.bus.client import Bus
 from voltana.common.errors import BusError
+from voltana.common.guard import supervise
 from voltana.common.tasks import cancel_and_wait
 from voltana.schemas import codec
 from voltana.schemas.config import ControllerConfig
@@ -89,7 +90,7 @@ class KvConfigWatcher:
         """Watch first, then read every key: a change in between is seen twice, never missed."""
         kv = await self.bus.kv()
         self._watcher = await kv.watch(KEYS)
-        self._task = asyncio.create_task(self._watch(), name="freqctl-kv")
+        self._task = supervise(asyncio.create_task(self._watch(), name="freqctl-kv"), self._log)
         await self.reload()
 
     def _on_reconnect(self) -> None:

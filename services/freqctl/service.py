@@ -24,6 +24,7 @@ import msgspec
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
 from voltana.bus.client import Bus
+from voltana.common.guard import supervise
 from voltana.common.logs import get_logger
 from voltana.common.tasks import cancel_and_wait
 from voltana.predictor.profile import Profile
@@ -149,7 +150,8 @@ class FreqctlService(ServiceContext):
             (subjects.CLOCK_STATE_ALL, ClockState, self._on_clock_state),
         ):
             self._subs.append(await self.bus.subscribe(subject, typ, handler))
-        self._tasks.append(asyncio.create_task(self._tick_loop(), name="freqctl-tick"))
+        tick = asyncio.create_task(self._tick_loop(), name="freqctl-tick")
+        self._tasks.append(supervise(tick, self._log))  # renewals and fail-safe: must not stop
         self._service = await add_status_service(
             self.bus,
             name="voltana-freqctl",
@@ -205,11 +207,15 @@ class FreqctlService(ServiceContext):
         await self._decide(inst, publish_decision=True)
 
     def _on_gpu(self, g: GpuTelemetry, subject: str) -> None:
-        self._locked[(g.node, g.gpu)] = g.locked_clock_mhz
         inst = self.instances.get(g.instance or "")
         if inst is not None and inst.spec.node is None and g.gpu not in inst.gpus:
             inst.node = g.node
             inst.gpus = tuple(sorted((*inst.gpus, g.gpu)))
+        if self._drives(g.node, g.gpu):  # the table holds our GPUs only: bounded
+            self._locked[(g.node, g.gpu)] = g.locked_clock_mhz
+
+    def _drives(self, node: str, gpu: int) -> bool:
+        return any(i.node == node and gpu in i.gpus for i in self.instances.values())
 
     async def _on_router(self, st: InstanceState, subject: str) -> None:
         inst = self.instances.get(st.instance)
@@ -224,6 +230,8 @@ class FreqctlService(ServiceContext):
             await self._decide(inst, publish_decision=False)
 
     def _on_clock_state(self, st: ClockState, subject: str) -> None:
+        if not self._drives(st.node, st.gpu):
+            return
         self._locked[(st.node, st.gpu)] = st.locked_clock_mhz
         if st.status in ("rejected", "error"):
             self.counts[f"clock_{st.status}"] += 1

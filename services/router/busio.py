@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from voltana.bus.client import Bus, BusOptions
 from voltana.common.errors import BusError
+from voltana.common.guard import supervise
 from voltana.common.logs import get_logger
 from voltana.common.tasks import cancel_and_wait
 from voltana.schemas import subjects
@@ -61,8 +62,8 @@ class RouterBus:
             log.info("bus_disabled", reason="no --nats URL; serving on own accounting")
             return
         self._tasks = [
-            asyncio.create_task(self._connect_loop(), name="router-bus-connect"),
-            asyncio.create_task(self._drain(), name="router-bus-drain"),
+            supervise(asyncio.create_task(self._connect_loop(), name="router-bus-connect"), log),
+            supervise(asyncio.create_task(self._drain(), name="router-bus-drain"), log),
         ]
 
     async def stop(self) -> None:

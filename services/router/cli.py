@@ -1,7 +1,8 @@
 """``voltana router``: the PD router, with flags shaped like sglang-router's where they overlap.
 
 Precedence: flags > ``--config`` TOML file (keys of ``RouterConfig``) > defaults.
-The API key may also come from ``VOLTANA_ROUTER_API_KEY``.
+The API key comes from ``--api-key-file`` or ``VOLTANA_ROUTER_API_KEY``, never
+from argv (every user of the machine can read a process's argv).
 """
 
 from __future__ import annotations
@@ -115,7 +116,43 @@ def register(subparsers: Any) -> None:
     g.add_argument("--queue-timeout-s", type=float, default=None)
     g.add_argument("--max-request-bytes", type=int, default=None)
     g.add_argument(
-        "--api-key", default=None, help="require Bearer key (env VOLTANA_ROUTER_API_KEY)"
+        "--api-key-file",
+        default=None,
+        help="file holding the Bearer key every path but /health needs "
+        "(or env VOLTANA_ROUTER_API_KEY; default: no key)",
+    )
+    g.add_argument(
+        "--api-key", default=None, help=argparse.SUPPRESS
+    )  # refused with a message: a key in argv is visible in ps
+    g.add_argument(
+        "--max-body-buffer-bytes",
+        type=int,
+        default=None,
+        help="request body bytes held at once, over all requests; beyond: 503 (default 128 MiB)",
+    )
+    g.add_argument(
+        "--body-read-timeout-s",
+        type=float,
+        default=None,
+        help="a request body must arrive within this; else 408 (default 30)",
+    )
+    g.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=None,
+        help="close a client connection idle or sending headers this long (default 15)",
+    )
+    g.add_argument(
+        "--max-batch-items",
+        type=int,
+        default=None,
+        help="items in one batch request, chat n included; beyond: 400 (default 1024)",
+    )
+    g.add_argument(
+        "--max-json-depth",
+        type=int,
+        default=None,
+        help="nesting depth of a request body; beyond: 400 (default 64)",
     )
     g.add_argument("--request-timeout-s", type=float, default=None)
     g.add_argument("--connect-timeout-s", type=float, default=None)
@@ -192,7 +229,11 @@ def build_config(args: argparse.Namespace) -> Any:
         "max_queued_requests",
         "queue_timeout_s",
         "max_request_bytes",
-        "api_key",
+        "max_body_buffer_bytes",
+        "body_read_timeout_s",
+        "idle_timeout_s",
+        "max_batch_items",
+        "max_json_depth",
         "request_timeout_s",
         "connect_timeout_s",
         "read_timeout_s",
@@ -215,7 +256,14 @@ def build_config(args: argparse.Namespace) -> Any:
         value = getattr(args, flag, None)
         if value is not None:
             setattr(cfg, key, value)
-    if cfg.api_key is None and os.environ.get("VOLTANA_ROUTER_API_KEY"):
+    if args.api_key is not None:
+        raise ConfigError(
+            "--api-key is not accepted: a key on the command line is visible in ps; "
+            "use --api-key-file FILE or VOLTANA_ROUTER_API_KEY"
+        )
+    if args.api_key_file:
+        cfg.api_key = read_key_file(args.api_key_file)
+    elif os.environ.get("VOLTANA_ROUTER_API_KEY"):
         cfg.api_key = os.environ["VOLTANA_ROUTER_API_KEY"]
     if args.no_nats:
         cfg.nats, cfg.bus_options = None, None
@@ -224,6 +272,24 @@ def build_config(args: argparse.Namespace) -> Any:
             args.nats = [cfg.nats]
         cfg.bus_options = bus_options_from_args(args, name="voltana-router")
     return cfg.validate()
+
+
+def read_key_file(path: str) -> str:
+    """The API key in ``path`` (surrounding whitespace dropped).
+
+    Raises:
+        ConfigError: the file cannot be read or holds no key.
+    """
+    from voltana.common.errors import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read --api-key-file {path}: {exc}") from exc
+    if not key:
+        raise ConfigError(f"--api-key-file {path} is empty")
+    return key
 
 
 def run(args: argparse.Namespace) -> int:

@@ -54,7 +54,10 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     ``prefill_retries`` re-pair a failed prefill before any byte reached the client;
     a worker whose health check fails ``health_failure_threshold`` times in a row is
     unhealthy; ``breaker_failures`` request failures in a row open its circuit for
-    ``breaker_open_s`` (then one trial request decides).
+    ``breaker_open_s`` (then one trial request decides). Bounds on what one client
+    sizes (docs/router.md, "Bounds"): ``max_body_buffer_bytes`` (503),
+    ``body_read_timeout_s`` (408), ``idle_timeout_s``, ``max_batch_items`` and
+    ``max_json_depth`` (400).
     """
 
     host: str = "127.0.0.1"
@@ -82,7 +85,15 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     max_queued_requests: int = 4096
     queue_timeout_s: float = 60.0
     max_request_bytes: int = 32 * 1024 * 1024
-    api_key: str | None = None
+    api_key: str | None = None  # from --api-key-file, VOLTANA_ROUTER_API_KEY or the TOML file
+    # bounds on what one client controls (docs/router.md, "Bounds")
+    max_body_buffer_bytes: int = 128 * 1024 * 1024  # request bodies held at once: 503 beyond
+    body_read_timeout_s: float = 30.0  # a body not read by then: 408
+    idle_timeout_s: float = (
+        15.0  # a connection silent (or still sending headers) that long is closed
+    )
+    max_batch_items: int = 1024  # items of a batch, chat ``n`` included: 400 beyond
+    max_json_depth: int = 64  # nesting of the request body: 400 beyond
     # retries and worker protection
     prefill_retries: int = 2
     retry_backoff_s: float = 0.02
@@ -136,7 +147,16 @@ class RouterConfig(msgspec.Struct, kw_only=True):
                     WorkerSpec(url=url, role=role, bootstrap_port=w.bootstrap_port, name=name)
                 )
         self.prefill, self.decode = fixed["prefill"], fixed["decode"]
-        for name in ("max_concurrent_requests", "max_request_bytes", "state_publish_hz"):
+        for name in (
+            "max_concurrent_requests",
+            "max_request_bytes",
+            "state_publish_hz",
+            "max_body_buffer_bytes",
+            "body_read_timeout_s",
+            "idle_timeout_s",
+            "max_batch_items",
+            "max_json_depth",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         for name in ("max_queued_requests", "prefill_retries", "health_check_interval_s"):
@@ -149,6 +169,8 @@ class RouterConfig(msgspec.Struct, kw_only=True):
         for name in ("energy_wait_s", "energy_attention_tokens", "energy_kv_tokens"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
+        if self.max_body_buffer_bytes < self.max_request_bytes:
+            raise ConfigError("max_body_buffer_bytes must be >= max_request_bytes")
         if not 0 <= self.slo_margin < 1:
             raise ConfigError("slo_margin must be in [0, 1)")
         cache_aware_config(self)

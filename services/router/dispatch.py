@@ -26,7 +26,7 @@ from voltana.services.router import protocol as proto
 from voltana.services.router.energy import ENERGY_HEADER, energy_fields, tenant_of
 from voltana.services.router.policies.base import RouteRequest
 from voltana.services.router.prefix import prompt_prefix
-from voltana.services.router.relay import relay_stream, stream_tokens
+from voltana.services.router.relay import ClientGone, relay_stream, stream_tokens
 from voltana.services.router.routing import Routing
 from voltana.services.router.stats import Outcome
 from voltana.services.router.upstream import (
@@ -138,9 +138,11 @@ class Pd:
                         await asyncio.sleep(self.retry_backoff_s)
                         continue
                     return self._prefill_error(exc, out)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ClientGone) as exc:
             out.status, out.error = "cancelled", "client disconnected"
             self.metrics.cancelled.inc()
+            if isinstance(exc, ClientGone):  # aiohttp's own path for a client gone away
+                raise asyncio.CancelledError from None
             raise
         except Exception as exc:  # a bug must cost one request, not the router
             out.status, out.error = "error", f"router error: {type(exc).__name__}: {exc}"
@@ -220,6 +222,9 @@ class Pd:
             return await relay_stream(
                 request, d_resp, p_task, rreq, dname, arrival, out, st, self.metrics, energy_chunk
             )
+        except (ClientGone, asyncio.CancelledError):
+            out.status = "cancelled"  # the client's doing: the breaker hears nothing
+            raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             err = upstream_error(exc)
             decode_ok = False
@@ -252,7 +257,7 @@ class Pd:
                 out.gaps_s,
                 time.monotonic(),
             )
-            if decode_ok is None and out.bytes_sent:
+            if decode_ok is None and out.bytes_sent and out.status != "cancelled":
                 decode_ok = not out.error or not out.error.startswith("decode")
             if decode_ok is not None:
                 self.routing.breaker_result(dname, decode_ok)

@@ -92,22 +92,25 @@ def _batch_size(path: str, body: dict[str, Any]) -> int | None:
             return len(prompt)
         return None
     n = body.get("n")
-    if isinstance(n, int) and n > 1:
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
         return n
     return None
 
 
-def inspect_request(path: str, body: Any) -> RequestInfo:
+def inspect_request(path: str, body: Any, *, max_batch: int | None = None) -> RequestInfo:
     """Read stream flag, batch form, prompt size and output budget from a request body.
 
     Raises:
-        ProtocolError: the body is not a JSON object, or a batch is empty.
+        ProtocolError: the body is not a JSON object, a batch is empty or has more
+            than ``max_batch`` items (chat ``n`` included).
     """
     if not isinstance(body, dict):
         raise ProtocolError("request body must be a JSON object")
     batch = _batch_size(path, body)
     if batch is not None and batch < 1:
         raise ProtocolError("empty batch")
+    if batch is not None and max_batch is not None and batch > max_batch:
+        raise ProtocolError(f"batch of {batch} items is over the limit of {max_batch}")
     sp = body.get("sampling_params")
     max_new: Any = None
     if isinstance(sp, dict):
@@ -174,6 +177,8 @@ def decode(data: bytes | str) -> Any:
         return _json_decode(data)
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"invalid JSON: {exc}") from exc
+    except RecursionError:  # msgspec's own guard against deep nesting
+        raise ProtocolError("invalid JSON: nested too deeply") from None
 
 
 def error_body(message: str, *, code: int, kind: str = "router_error") -> bytes:

@@ -28,11 +28,28 @@ from voltana.services.router.upstream import (
     watch,
 )
 
-__all__ = ["SSE_HEADERS", "relay_stream", "stream_tokens"]
+__all__ = ["SSE_HEADERS", "ClientGone", "relay_stream", "stream_tokens", "to_client"]
 
 log = get_logger("router.dispatch")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ClientGone(Exception):
+    """The client closed its connection: not the worker's fault (never an upstream error).
+
+    aiohttp raises ``ClientConnectionResetError`` for a write to a closed client;
+    it is also an ``aiohttp.ClientError``, so it must be told apart from upstream
+    failures where the write happens, not where errors are caught.
+    """
+
+
+async def to_client(resp: web.StreamResponse, data: bytes) -> None:
+    """Write to the client; its going away raises :class:`ClientGone`."""
+    try:
+        await resp.write(data)
+    except (ConnectionResetError, aiohttp.ClientConnectionError) as exc:
+        raise ClientGone(str(exc) or type(exc).__name__) from exc
 
 
 async def relay_stream(
@@ -70,7 +87,10 @@ async def relay_stream(
             await raise_if_prefill_failed(p_task)
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     resp.content_type = d_resp.content_type or "text/event-stream"
-    await resp.prepare(request)
+    try:
+        await resp.prepare(request)
+    except (ConnectionResetError, aiohttp.ClientConnectionError) as exc:
+        raise ClientGone(str(exc)) from exc
     out.bytes_sent = True
     out.ttft_s = t_first - arrival
     state.first_token(dname, rreq.request_id, out.ttft_s, t_first)
@@ -92,7 +112,7 @@ async def relay_stream(
         return chunk
 
     if head := hold_done(first):
-        await resp.write(head)
+        await to_client(resp, head)
 
     def _on_prefill_done(t: asyncio.Task[bytes]) -> None:
         if not t.cancelled() and t.exception() is not None:
@@ -110,7 +130,7 @@ async def relay_stream(
                     gaps.extend([0.0] * (n - 1))
                 last = now
             if chunk := hold_done(chunk):
-                await resp.write(chunk)
+                await to_client(resp, chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
         perr = prefill_error(p_task)
         if perr is not None:
@@ -128,8 +148,6 @@ async def relay_stream(
         out.status = "error"
         with contextlib.suppress(Exception):
             await resp.write(proto.error_event(out.error))
-    except ConnectionResetError:
-        raise asyncio.CancelledError from None
     if not scan.saw_done and out.status == "ok":
         perr = prefill_error(p_task)
         out.status = "error"

@@ -161,7 +161,9 @@ class Routing:
             m.slo_met.labels("true" if rec.slo_met else "false").inc()
         self.energy.record(rec, path)  # published once its energy is final
         req_log = log.bind(request_id=rreq.request_id, prefill=out.prefill, decode=out.decode)
-        if out.status != "ok":
+        if out.status == "cancelled":  # the client's choice: counted, not a failure to log
+            req_log.debug("request_cancelled", error=out.error, path=path)
+        elif out.status != "ok":
             req_log.warning("request_failed", status=out.status, error=out.error, path=path)
         else:
             req_log.debug("request_done", ttft_s=out.ttft_s, e2e_s=e2e, tokens=out.output_tokens)

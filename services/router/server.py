@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import random
 import time
 from typing import Any
@@ -23,6 +22,8 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from voltana.bus.client import BusOptions
+from voltana.common.errors import ConfigError
+from voltana.common.guard import LogThrottle, supervise
 from voltana.common.logs import get_logger
 from voltana.schemas import subjects
 from voltana.schemas.base import now_ns
@@ -30,6 +31,7 @@ from voltana.schemas.config import SloConfig
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.router import protocol as proto
 from voltana.services.router.attribution import AttributionRule
+from voltana.services.router.admission import Admission, Refused, auth_middleware, error_response
 from voltana.services.router.busio import RouterBus
 from voltana.services.router.config import RouterConfig, cache_aware_config
 from voltana.services.router.dispatch import Pd
@@ -38,6 +40,7 @@ from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.policies import make_policy
 from voltana.services.router.routing import Routing
 from voltana.services.router.state import ClusterState, WorkerState
+from voltana.services.router.validate import parse_request
 from voltana.services.runner import ServiceContext
 
 log = get_logger("router")
@@ -105,9 +108,8 @@ class Router(ServiceContext):
             changed=self._changed,
             energy=self.energy,
         )
-        self._sem = asyncio.Semaphore(cfg.max_concurrent_requests)
-        self._waiting = 0
-        self._active = 0
+        self.admission = Admission(self.cfg, self.metrics)
+        self._log_throttle = LogThrottle()
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -118,7 +120,10 @@ class Router(ServiceContext):
     # -- lifecycle -----------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg.max_request_bytes)
+        app = web.Application(
+            client_max_size=self.cfg.max_request_bytes,
+            middlewares=[auth_middleware(self.cfg.api_key, self.metrics)],
+        )
         for path in GENERATE_PATHS:
             app.router.add_post(path, self._generate)
         app.router.add_get("/health", self._health)
@@ -157,21 +162,29 @@ class Router(ServiceContext):
             prefill_retries=self.cfg.prefill_retries,
             retry_backoff_s=self.cfg.retry_backoff_s,
         )
-        await self.bus.start()
         self._runner = web.AppRunner(
             self.app(),
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=self.cfg.shutdown_timeout_s,
+            keepalive_timeout=self.cfg.idle_timeout_s,  # also bounds a slow header read
+            lingering_time=1.0,  # unread rest of a refused body: drained at most 1 s, then closed
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, backlog=4096)
-        await site.start()
+        try:
+            await site.start()  # before the bus: a taken port ends start-up with nothing running
+        except OSError as exc:
+            raise ConfigError(
+                f"router cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror or exc}"
+            ) from exc
         if self.cfg.port == 0:
             self.port = int(self._runner.addresses[0][1])
-        self._tasks = [asyncio.create_task(self._state_loop(), name="router-state")]
+        await self.bus.start()
+        self._tasks = [supervise(asyncio.create_task(self._state_loop(), name="router-state"), log)]
         if self.cfg.health_check_interval_s > 0:
-            self._tasks.append(asyncio.create_task(self._health_loop(), name="router-health"))
+            task = asyncio.create_task(self._health_loop(), name="router-health")
+            self._tasks.append(supervise(task, log))
         log.info(
             "router_started",
             host=self.cfg.host,
@@ -199,7 +212,7 @@ class Router(ServiceContext):
                 log.warning(
                     "router_slow_shutdown",
                     waited_s=round(time.monotonic() - t0, 2),
-                    in_flight=self._active,
+                    in_flight=self.admission.active,
                 )
         await self.bus.stop()
         await self.session.close()
@@ -221,6 +234,12 @@ class Router(ServiceContext):
         if name is not None:
             self.energy.on_gpu(msg, name)
 
+    def _bad_input(self, where: str, exc: Exception) -> None:
+        """One log line per place and error kind per interval; the loop goes on."""
+        suppressed = self._log_throttle.allow((where, type(exc).__name__))
+        if suppressed is not None:
+            log.warning("router_bad_input", where=where, error=repr(exc), suppressed=suppressed)
+
     # -- background loops ------------------------------------------------------
 
     async def _state_loop(self) -> None:
@@ -238,18 +257,25 @@ class Router(ServiceContext):
             next_due = now + period
             t_ns = now_ns()
             for w in self.state.workers.values():
-                m.worker_in_flight.labels(w.name, w.spec.role).set(w.load.in_flight_requests)
-                m.worker_healthy.labels(w.name).set(1 if w.healthy else 0)
-                m.circuit_open.labels(w.name).set(1 if w.breaker.is_open(now) else 0)
-                age = self.state.telemetry_age_s(w, now)
-                m.telemetry_age.labels(w.name).set(-1 if age is None else age)
-                if self.bus.connected:
-                    msg = self.state.instance_state(w.name, now, t_ns)
-                    self.bus.publish(subjects.router_state(msg.role, msg.instance), msg)
+                try:
+                    self._publish_worker(w, now, t_ns)
+                except Exception as exc:  # one worker's bad data must not stop the others
+                    self._bad_input(f"state:{w.name}", exc)
             self.energy.tick()
-            m.in_flight.set(self._active)
-            m.queued.set(self._waiting)
+            m.in_flight.set(self.admission.active)
+            m.queued.set(self.admission.waiting)
             await asyncio.sleep(0.01)
+
+    def _publish_worker(self, w: WorkerState, now: float, t_ns: int) -> None:
+        m = self.metrics
+        m.worker_in_flight.labels(w.name, w.spec.role).set(w.load.in_flight_requests)
+        m.worker_healthy.labels(w.name).set(1 if w.healthy else 0)
+        m.circuit_open.labels(w.name).set(1 if w.breaker.is_open(now) else 0)
+        age = self.state.telemetry_age_s(w, now)
+        m.telemetry_age.labels(w.name).set(-1 if age is None else age)
+        if self.bus.connected:
+            msg = self.state.instance_state(w.name, now, t_ns)
+            self.bus.publish(subjects.router_state(msg.role, msg.instance), msg)
 
     async def _check(self, w: WorkerState) -> None:
         url = w.spec.url + self.cfg.health_check_path
@@ -271,68 +297,27 @@ class Router(ServiceContext):
 
     # -- handlers --------------------------------------------------------------
 
-    def _auth(self, request: web.Request) -> web.Response | None:
-        key = self.cfg.api_key
-        if key is None:
-            return None
-        got = request.headers.get("Authorization", "")
-        if got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip(), key):
-            return None
-        self.metrics.rejected.labels("auth").inc()
-        return web.Response(
-            status=401,
-            body=proto.error_body("invalid or missing API key", code=401),
-            content_type="application/json",
-        )
-
-    @staticmethod
-    def _err(status: int, message: str) -> web.Response:
-        return web.Response(
-            status=status,
-            body=proto.error_body(message, code=status),
-            content_type="application/json",
-        )
+    _err = staticmethod(error_response)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
-        denied = self._auth(request)
-        if denied is not None:
-            return denied
-        if (request.content_length or 0) > self.cfg.max_request_bytes:
-            self.metrics.rejected.labels("too_large").inc()
-            return self._err(413, f"request body over {self.cfg.max_request_bytes} bytes")
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            self.metrics.rejected.labels("too_large").inc()
-            return self._err(413, f"request body over {self.cfg.max_request_bytes} bytes")
         path = request.path
         try:
-            body = proto.decode(raw)
-            info = proto.inspect_request(path, body)
-        except proto.ProtocolError as exc:
-            self.metrics.rejected.labels("bad_request").inc()
-            return self._err(400, str(exc))
-        if self._sem.locked():
-            if self._waiting >= self.cfg.max_queued_requests:
-                self.metrics.rejected.labels("queue_full").inc()
-                return self._err(429, "router queue is full; retry later")
-            self._waiting += 1
-            try:
-                async with asyncio.timeout(self.cfg.queue_timeout_s):
-                    await self._sem.acquire()
-            except TimeoutError:
-                self.metrics.rejected.labels("queue_timeout").inc()
-                return self._err(503, "timed out waiting for a free slot")
-            finally:
-                self._waiting -= 1
-        else:
-            await self._sem.acquire()
-        self._active += 1
-        try:
-            return await self.pd.serve(request, path, body, info)
-        finally:
-            self._active -= 1
-            self._sem.release()
+            async with self.admission.admit(request) as grant:
+                raw = await grant.read()
+                try:
+                    body, info = parse_request(
+                        path,
+                        raw,
+                        max_depth=self.cfg.max_json_depth,
+                        max_batch=self.cfg.max_batch_items,
+                    )
+                except proto.ProtocolError as exc:
+                    self.metrics.rejected.labels("bad_request").inc()
+                    return self._err(400, str(exc))
+                del raw  # the decoded body is what dispatch keeps
+                return await self.pd.serve(request, path, body, info)
+        except Refused as exc:
+            return exc.response()
 
     async def _health(self, request: web.Request) -> web.Response:
         now = time.monotonic()

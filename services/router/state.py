@@ -228,7 +228,9 @@ class ClusterState:
         w = self._match(msg.instance, msg.url)
         if w is None:
             return False
-        if msg.instance != w.name:
+        if msg.instance != w.name and msg.instance != w.bus_name:
+            if w.bus_name is not None:  # one alias per worker: the table stays bounded
+                self.aliases.pop(w.bus_name, None)
             self.aliases[msg.instance] = w.name
             w.bus_name = msg.instance
         w.engine, w.engine_at = msg, now

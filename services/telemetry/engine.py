@@ -88,9 +88,9 @@ class EngineScraper:
 
     def _parse_load(self, path: str, body: bytes) -> LoadSnapshot:
         try:
-            doc: Any = msgspec.json.decode(body)
+            doc: Any = decode_answer(body)
             return parse_v1_loads(doc) if path == V1_LOADS else parse_get_load(doc)
-        except (msgspec.DecodeError, ValueError) as exc:
+        except ValueError as exc:
             raise UpstreamError(f"{self.url}{path}: malformed answer: {exc}", url=self.url) from exc
 
     async def _metrics(self) -> MetricsSnapshot:
@@ -135,6 +135,16 @@ class EngineScraper:
             load=load,
             version=version,
         )
+
+
+def decode_answer(body: bytes) -> Any:
+    """A server's JSON answer; ValueError for anything that is not JSON (deep nesting included)."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ValueError(str(exc)) from exc
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _first(*values: float | int | None) -> float:

@@ -129,9 +129,23 @@ class LoadSnapshot:
     mode: str | None = None
 
 
+def _number(value: Any) -> float | None:
+    """A finite, non-negative number a server reported, else None (bools, text, inf, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:  # an int beyond float range
+        return None
+    return f if math.isfinite(f) and f >= 0 else None
+
+
 def _sum_int(rows: list[dict[str, Any]], *keys: str) -> int | None:
-    values = [row[k] for row in rows for k in keys if isinstance(row.get(k), int | float)]
-    return int(sum(values)) if values else None
+    values = [v for row in rows for k in keys if (v := _number(row.get(k))) is not None]
+    if not values:
+        return None
+    total = sum(values)
+    return int(total) if math.isfinite(total) else None
 
 
 def parse_v1_loads(doc: Any) -> LoadSnapshot:
@@ -144,12 +158,8 @@ def parse_v1_loads(doc: Any) -> LoadSnapshot:
         raise ValueError("/v1/loads answer has no 'loads' list")
     rows = [r for r in doc["loads"] if isinstance(r, dict)]
     dis = [r["disaggregation"] for r in rows if isinstance(r.get("disaggregation"), dict)]
-    usages = [
-        float(r["token_usage"]) for r in rows if isinstance(r.get("token_usage"), int | float)
-    ]
-    tputs = [
-        float(r["gen_throughput"]) for r in rows if isinstance(r.get("gen_throughput"), int | float)
-    ]
+    usages = [u for r in rows if (u := _number(r.get("token_usage"))) is not None]
+    tputs = [t for r in rows if (t := _number(r.get("gen_throughput"))) is not None]
     modes = {str(d.get("mode")) for d in dis if d.get("mode")}
     return LoadSnapshot(
         endpoint="/v1/loads",
@@ -176,7 +186,7 @@ def parse_get_load(doc: Any) -> LoadSnapshot:
         ValueError: no ``load`` value in the answer.
     """
     rows = doc if isinstance(doc, list) else [doc]
-    loads = [float(r["load"]) for r in rows if isinstance(r, dict) and "load" in r]
-    if not loads:
+    loads = [v for r in rows if isinstance(r, dict) and (v := _number(r.get("load"))) is not None]
+    if not loads or not math.isfinite(sum(loads)):
         raise ValueError("/get_load answer has no 'load' value")
     return LoadSnapshot(endpoint="/get_load", load=sum(loads))

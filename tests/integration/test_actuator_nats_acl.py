@@ -6,10 +6,9 @@ import asyncio
 import time
 from pathlib import Path
 
-import pytest
-from actuator_helpers import ROOT, emulator, gpus_of
-from helpers import wait_for
-from voltana.bus.client import Bus, BusOptions
+from actuator_helpers import emulator, gpus_of
+from helpers import acl_opts, wait_for
+from voltana.bus.client import Bus
 from voltana.bus.natsserver import NatsServer
 from voltana.gpu.emulated import EmulatedDevice
 from voltana.predictor.profile import default_profile
@@ -22,46 +21,23 @@ from voltana.services.actuator.service import Actuator
 from voltana.services.freqctl.core import InstanceSpec
 from voltana.services.freqctl.service import FreqctlService
 
-CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
 NODE = "gpu-node-1"  # the node the example config's actuator user is for
-ROLES = ("ACTUATOR", "TELEMETRY", "FREQCTL", "ROUTER", "ADMIN")
-
-
-def opts(url: str, user: str) -> BusOptions:
-    return BusOptions(servers=[url], user=user, password=f"pw-{user.split('-')[0]}")
-
-
-@pytest.fixture
-def acl_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    for role in ROLES:
-        monkeypatch.setenv(f"VOLTANA_NATS_{role}_PASSWORD", f"pw-{role.lower()}")
-    conf = tmp_path / "nats-server.conf"  # the shipped file, with its store in tmp_path
-    text = CONF.read_text()
-    assert "store_dir: /var/lib/voltana-nats" in text
-    conf.write_text(text.replace("/var/lib/voltana-nats", str(tmp_path / "js")))
-    (tmp_path / "authorization.conf").write_text((CONF.parent / "authorization.conf").read_text())
-    server = NatsServer(jetstream=False, extra_args=["-c", str(conf)])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def test_role_users_run_the_control_loop(acl_server: NatsServer, tmp_path: Path) -> None:
     url = acl_server.url
-    admin = await Bus.connect(opts(url, "admin"))
+    admin = await Bus.connect(acl_opts(url, "admin"))
     await admin.kv()  # the bucket is created by an operator; freqctl may not create streams
     with emulator(gpu_ids=(0,), log_dir=tmp_path) as emu:
-        act_bus = await Bus.connect(opts(url, f"actuator-{NODE}"))
-        fc_bus = await Bus.connect(opts(url, "freqctl"))
-        tel_bus = await Bus.connect(opts(url, "telemetry"))
+        act_bus = await Bus.connect(acl_opts(url, f"actuator-{NODE}"))
+        fc_bus = await Bus.connect(acl_opts(url, f"freqctl-{NODE}"))
+        tel_bus = await Bus.connect(acl_opts(url, "telemetry"))
         states: list[ClockState] = []
         await admin.subscribe(subjects.CLOCK_STATE_ALL, ClockState, lambda m, s: states.append(m))
         actuator = Actuator(act_bus, EmulatedDevice.discover([emu]), ActuatorConfig(node=NODE))
         profile = default_profile("h100", "llama-3.1-8b")
         freqctl = FreqctlService(
-            fc_bus, [InstanceSpec("d0", NODE, (0,))], profile, ControllerConfig(), name="acl"
+            fc_bus, [InstanceSpec("d0", NODE, (0,))], profile, ControllerConfig(), name=NODE
         )
         await actuator.start()
         await freqctl.start()
@@ -94,7 +70,7 @@ async def test_role_users_run_the_control_loop(acl_server: NatsServer, tmp_path:
             )
             await wait_for(lambda: gpus_of(emu)[0]["locked_clock_mhz"] == 1200, 10)
             # the admin reaches both status endpoints
-            for subject in (subjects.actuator_status(NODE), subjects.freqctl_status("acl")):
+            for subject in (subjects.actuator_status(NODE), subjects.freqctl_status(NODE)):
                 reply = await admin.nc.request(subject, b"", timeout=2)
                 assert reply.data.startswith(b"{")
 
@@ -117,8 +93,8 @@ async def test_role_users_run_the_control_loop(acl_server: NatsServer, tmp_path:
 
 
 async def test_actuator_user_hears_only_its_node(acl_server: NatsServer) -> None:
-    admin = await Bus.connect(opts(acl_server.url, "admin"))
-    act = await Bus.connect(opts(acl_server.url, f"actuator-{NODE}"))
+    admin = await Bus.connect(acl_opts(acl_server.url, "admin"))
+    act = await Bus.connect(acl_opts(acl_server.url, f"actuator-{NODE}"))
     heard: list[SetClock] = []
     await act.subscribe(
         subjects.clock_set_node("gpu-node-2"), SetClock, lambda m, s: heard.append(m)

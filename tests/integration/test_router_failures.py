@@ -277,13 +277,13 @@ async def test_admission_limits_and_auth(real: dict[str, Any]) -> None:
             hold = await s.post(r.url + "/generate", json=LONG, headers=auth)  # takes the slot
             await hold.content.readany()
             queued = asyncio.create_task(s.post(r.url + "/generate", json=SHORT, headers=auth))
-            await wait_for(lambda: r._waiting == 1)
+            await wait_for(lambda: r.admission.waiting == 1)
             async with s.post(r.url + "/generate", json=SHORT, headers=auth) as resp:
                 assert resp.status == 429 and "queue is full" in await resp.text()
             q = await queued
             assert q.status == 503 and "free slot" in await q.text()
             hold.close()
-            await wait_for(lambda: r._active == 0)
+            await wait_for(lambda: r.admission.active == 0)
             async with s.post(r.url + "/generate", json=SHORT, headers=auth) as resp:
                 assert resp.status == 200
         for reason in ("auth", "bad_request", "too_large", "queue_full", "queue_timeout"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -15,7 +16,7 @@ CLOCKS = list(range(1980, 344, -15))
 NODE = "n1"
 
 
-def table(**kw: float) -> LeaseTable:
+def table(**kw: Any) -> LeaseTable:
     return LeaseTable(ActuatorConfig(node=NODE, **kw), {0: CLOCKS, 1: CLOCKS})
 
 

@@ -25,7 +25,7 @@ def test_nvml_device_reads_and_sets_through_one_object() -> None:
     assert nvml.driver == [("set", 101, 1410, 1410)]
 
 
-def test_nvml_setters_skip_value_already_applied() -> None:
+def test_nvml_locks_skip_value_already_applied_but_resets_always_go_out() -> None:
     nvml = fake_pynvml()
     device = NvmlDevice([1], nvml=nvml)
     assert device.locked_clock_mhz(1) is None
@@ -33,8 +33,9 @@ def test_nvml_setters_skip_value_already_applied() -> None:
     assert device.set_locked_sm_clock_mhz(1, 1410) is False
     assert device.locked_clock_mhz(1) == 1410
     assert device.reset_locked_clocks(1) is True
+    # the cache says default clocks, but a lock made by anything else is invisible to it
     assert device.reset_locked_clocks(1) is False
-    assert nvml.driver == [("set", 101, 1410, 1410), ("reset", 101)]
+    assert nvml.driver == [("set", 101, 1410, 1410), ("reset", 101), ("reset", 101)]
 
 
 def test_nvml_first_reset_is_always_issued() -> None:
@@ -99,7 +100,7 @@ def test_applied_clocks_start_from_what_is_known() -> None:
     assert applied.lock(1, 1410, lambda: issued.append("lock 1") and None) is False
     assert applied.reset(2, lambda: issued.append("reset 2")) is True
     assert applied.lock(0, 990, lambda: 975) is True and applied.get(0) == 975
-    assert issued == ["reset 2"]
+    assert issued == ["reset 0", "reset 2"]  # resets are never skipped
 
 
 def test_dry_run_reads_inner_and_never_writes() -> None:

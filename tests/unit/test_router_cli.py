@@ -84,3 +84,49 @@ def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
     f.write_text("port = 'x'\n")
     with pytest.raises(ConfigError, match=r"bad\.toml"):
         parse("--config", str(f))
+
+
+def test_api_key_from_a_file_never_from_argv(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    workers = ["--prefill", "http://p:1", "--decode", "http://d:2", "--no-nats"]
+    assert parse(*workers, "--api-key-file", str(key)).api_key == "s3cret"
+    with pytest.raises(ConfigError, match="visible in ps"):
+        parse(*workers, "--api-key", "s3cret")
+    key.write_text("  \n")
+    with pytest.raises(ConfigError, match="empty"):
+        parse(*workers, "--api-key-file", str(key))
+    with pytest.raises(ConfigError, match="cannot read"):
+        parse(*workers, "--api-key-file", str(tmp_path / "missing"))
+
+
+def test_bounds_are_settings() -> None:
+    cfg = parse(
+        "--prefill",
+        "http://p:1",
+        "--decode",
+        "http://d:2",
+        "--no-nats",
+        "--max-batch-items",
+        "8",
+        "--max-json-depth",
+        "10",
+        "--body-read-timeout-s",
+        "2",
+        "--idle-timeout-s",
+        "3",
+        "--max-body-buffer-bytes",
+        str(64 << 20),
+    )
+    assert (cfg.max_batch_items, cfg.max_json_depth) == (8, 10)
+    assert (cfg.body_read_timeout_s, cfg.idle_timeout_s) == (2, 3)
+    with pytest.raises(ConfigError, match="max_body_buffer_bytes"):
+        parse(
+            "--prefill",
+            "http://p:1",
+            "--decode",
+            "http://d:2",
+            "--no-nats",
+            "--max-body-buffer-bytes",
+            "10",
+        )
