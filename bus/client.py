@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import random
 import secrets
-import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,7 +28,8 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter as PromCounter
 from voltana.bus.jsstate import Ensured, StreamLimits, open_config_bucket
 from voltana.bus.jsstate import ensure_event_stream as _ensure_event_stream
-from voltana.bus.outbox import Outbox, OutboxSettings
+from voltana.bus.options import BusOptions, backoff_s, tls_context
+from voltana.bus.outbox import Outbox
 from voltana.common.errors import BusError
 from voltana.common.guard import LogThrottle
 from voltana.common.logs import get_logger
@@ -49,52 +49,7 @@ PUBLISHED = PromCounter("voltana_bus_published", "Messages published on the bus"
 RECEIVED = PromCounter("voltana_bus_received", "Messages received and decoded", ["kind"])
 
 
-class BusOptions(msgspec.Struct, kw_only=True):
-    """How to reach NATS. Every field has a working default for a local server.
-
-    ``reconnect_*`` set the exponential backoff between reconnect attempts;
-    ``max_reconnect_attempts`` -1 retries forever once connected; the first
-    connection tries each server ``connect_attempts`` times, then fails with a
-    clear :class:`BusError`.
-    """
-
-    servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
-    name: str = "voltana"
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    creds_file: str | None = None
-    nkeys_seed_file: str | None = None
-    tls_ca_file: str | None = None
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    tls_hostname: str | None = None
-    connect_timeout_s: float = 2.0
-    connect_attempts: int = 3
-    allow_reconnect: bool = True
-    max_reconnect_attempts: int = -1
-    reconnect_initial_s: float = 0.1
-    reconnect_max_s: float = 2.0
-    outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
-    outbox_close_timeout_s: float = 5.0
-
-
 __all__ = ["Bus", "BusOptions", "StreamLimits", "backoff_s"]
-
-
-def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter, capped: the wait before reconnect ``attempt``."""
-    ceiling = min(max_s, initial_s * (2 ** max(0, attempt)))
-    return rng.uniform(ceiling / 2, ceiling)
-
-
-def _tls_context(opts: BusOptions) -> ssl.SSLContext | None:
-    if not (opts.tls_ca_file or opts.tls_cert_file):
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=opts.tls_ca_file)
-    if opts.tls_cert_file:
-        ctx.load_cert_chain(opts.tls_cert_file, opts.tls_key_file)
-    return ctx
 
 
 Handler = Callable[[T, str], Awaitable[None] | None]
@@ -187,7 +142,7 @@ class Bus:
             kwargs["user_credentials"] = opts.creds_file
         if opts.nkeys_seed_file:
             kwargs["nkeys_seed"] = opts.nkeys_seed_file
-        tls = _tls_context(opts)
+        tls = tls_context(opts)
         if tls is not None:
             kwargs["tls"] = tls
             if opts.tls_hostname:

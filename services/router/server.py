@@ -30,8 +30,8 @@ from voltana.schemas.base import now_ns
 from voltana.schemas.config import SloConfig
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.router import protocol as proto
-from voltana.services.router.attribution import AttributionRule
 from voltana.services.router.admission import Admission, Refused, auth_middleware, error_response
+from voltana.services.router.attribution import AttributionRule
 from voltana.services.router.busio import RouterBus
 from voltana.services.router.config import RouterConfig, cache_aware_config
 from voltana.services.router.dispatch import Pd
