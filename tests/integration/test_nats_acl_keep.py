@@ -9,9 +9,7 @@ API. Without them the outbox would re-send until full and drop.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import pytest
 from actuator_helpers import ROOT
 from voltana.bus.client import Bus, BusOptions
 from voltana.bus.natsserver import NatsServer
@@ -21,23 +19,6 @@ from voltana.schemas.router import RouteDecision
 
 DEPLOY = ROOT / "deploy" / "nats"
 NODE = "gpu-node-1"
-ROLES = ("ACTUATOR", "TELEMETRY", "FREQCTL", "ROUTER", "ADMIN")
-
-
-@pytest.fixture
-def acl_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    for role in ROLES:
-        monkeypatch.setenv(f"VOLTANA_NATS_{role}_PASSWORD", f"pw-{role.lower()}")
-    conf = tmp_path / "nats-server.conf"
-    text = (DEPLOY / "nats-server.conf").read_text()
-    conf.write_text(text.replace("/var/lib/voltana-nats", str(tmp_path / "js")))
-    (tmp_path / "authorization.conf").write_text((DEPLOY / "authorization.conf").read_text())
-    server = NatsServer(jetstream=False, extra_args=["-c", str(conf)])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def role(url: str, user: str) -> BusOptions:
@@ -53,7 +34,7 @@ async def test_keep_publishers_get_acks(acl_server: NatsServer) -> None:
             subjects.clock_state(NODE, 0),
             ClockState(t_ns=now, node=NODE, gpu=0, seq=1, status="reset", locked_clock_mhz=None),
         ),
-        "freqctl": (
+        f"freqctl-{NODE}": (
             subjects.clock_set(NODE, 0),
             SetClock(t_ns=now, node=NODE, gpu=0, sm_clock_mhz=1005, lease_s=2.0, seq=1),
         ),

@@ -89,7 +89,7 @@ async def test_shipped_three_node_config_forms_a_replicated_cluster(
 ) -> None:
     """deploy/nats/cluster/nats-{1,2,3}.conf on loopback: routes, users, replicated state."""
     deploy = ROOT / "deploy" / "nats"
-    for var in ("ACTUATOR", "TELEMETRY", "FREQCTL", "ROUTER", "ADMIN", "ROUTE"):
+    for var in ("ACTUATOR", "TELEMETRY", "FREQCTL", "ROUTER", "VIEWER", "ADMIN", "ROUTE"):
         monkeypatch.setenv(f"VOLTANA_NATS_{var}_PASSWORD", f"pw-{var.lower()}")
     route_ports = [free_port() for _ in range(3)]
     servers = []
