@@ -38,6 +38,8 @@ from gpu_info import nvml_info, torch_info
 
 COLUMNS = ["t_s", "sm_mhz", "power_instant_w", "power_avg_w", "energy_j", "reasons"]
 GAPS_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0]
+SETTLE_S = 0.02
+"""After the work stops, samples this young still show the work's clock."""
 
 
 class NvmlReader:
@@ -130,17 +132,20 @@ def analyse(rows: np.ndarray, marks: dict[str, Any], step_mhz: float = 15.0) -> 
     ta, ca, ia, aa = t[after] - stop, clk[after], inst[after], avg[after]
     decay: dict[str, Any] = {"samples": int(after.sum())}
     if ta.size >= 4:
-        held = float(np.median(ca[ta < min(0.05, ta[-1] / 4)]))
-        below = np.nonzero(ca < held - 2 * step_mhz)[0]
+        # The first 20 ms still see the work's (possibly power-capped) clock.
+        settled = ta >= min(SETTLE_S, ta[-1] / 4)
+        held = float(np.median(ca[settled & (ta < 1.0)]))
+        below = np.nonzero(settled & (ca < held - 2 * step_mhz))[0]
         hold_s = float(ta[below[0]]) if below.size else None
         q = ta >= 0.75 * ta[-1]
         floor = float(np.median(ca[q]))
         near = np.nonzero(np.abs(ca - floor) <= 2 * step_mhz)[0]
-        held_sel = ta < (hold_s if hold_s is not None else ta[-1])
+        held_sel = settled & (ta < (hold_s if hold_s is not None else ta[-1]))
         decay.update(
             held_sm_mhz=held,
             hold_s=hold_s,
-            held_power_instant_w=_med(ia[held_sel & (ta > 0.01)]),
+            held_longer_than_observed=hold_s is None,
+            held_power_instant_w=_med(ia[held_sel]),
             held_power_avg_w=_med(aa[held_sel & (ta > 1.0)]) if hold_s and hold_s > 1.0 else None,
             floor_sm_mhz=floor,
             floor_power_instant_w=_med(ia[q]),
@@ -151,7 +156,8 @@ def analyse(rows: np.ndarray, marks: dict[str, Any], step_mhz: float = 15.0) -> 
         # The clock's path: first time at or under each level on the way down.
         levels = sorted({int(x) for x in ca}, reverse=True)
         decay["clock_steps"] = [
-            {"sm_mhz": lv, "first_at_s": float(ta[np.nonzero(ca <= lv)[0][0]])} for lv in levels
+            {"sm_mhz": lv, "first_at_s": float(ta[np.nonzero(ca <= lv + 0.5)[0][0]])}
+            for lv in levels
         ]
     out["decay"] = decay
     gaps = []
@@ -251,7 +257,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "analysis": result,
         "columns": COLUMNS,
         "t_origin": float(rows[0, 0]) if rows.size else None,
-        "samples": [[round(x - rows[0, 0], 5), *r[1:]] for x, *r in rows.tolist()],
+        "samples": [[round(x - rows[0, 0], 5), *r] for x, *r in rows.tolist()],
+    }
+
+
+def reanalyse(path: Path) -> dict[str, Any]:
+    """``analyse()`` again over a results file's stored samples (after a change to it)."""
+    doc = json.loads(path.read_text())
+    rows = np.array(doc["samples"], dtype=float)
+    rows[:, 0] += doc["t_origin"]
+    doc["analysis"] = analyse(rows, doc["marks"])
+    path.write_text(json.dumps(doc))
+    return doc
+
+
+def sample_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Only sample (no torch, no work): e.g. after the last GPU process has exited."""
+    sampler = Sampler(NvmlReader(args.gpu), args.period_s)
+    sampler.start()
+    time.sleep(args.sample_only)
+    sampler.stop_event.set()
+    sampler.join()
+    rows = np.array(sampler.rows, dtype=float)
+    clk, t = rows[:, 1], rows[:, 0] - rows[0, 0]
+    levels = sorted({int(x) for x in clk}, reverse=True)
+    return {
+        "analysis": {
+            "sm_mhz_first": float(clk[0]),
+            "sm_mhz_last": float(clk[-1]),
+            "power_instant_w_first_s": _med(rows[t < 1.0, 2]),
+            "power_instant_w_last_s": _med(rows[t > t[-1] - 1.0, 2]),
+            "clock_steps": [
+                {"sm_mhz": lv, "first_at_s": float(t[np.nonzero(clk <= lv)[0][0]])} for lv in levels
+            ],
+        },
+        "columns": COLUMNS,
+        "t_origin": float(rows[0, 0]),
+        "samples": [[round(x - rows[0, 0], 5), *r] for x, *r in rows.tolist()],
     }
 
 
@@ -269,18 +311,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gaps-ms", type=lambda s: [float(x) for x in s.split(",")], default=GAPS_MS)
     ap.add_argument("--gap-phase-s", type=float, default=3.0, help="span of each gap phase")
     ap.add_argument("--tail-s", type=float, default=5.0, help="idle at the end")
+    ap.add_argument(
+        "--sample-only", type=float, default=None, help="only sample this many seconds (no work)"
+    )
+    ap.add_argument("--analyse", action="store_true", help="recompute --out's analysis only")
     ap.add_argument("--out", required=True, type=Path, help="results JSON")
     args = ap.parse_args(argv)
+    if args.analyse:
+        print(json.dumps(reanalyse(args.out)["analysis"], indent=1)[:6000])
+        return 0
     doc: dict[str, Any] = {
         "schema": "voltana.idle_decay/1",
         "started_utc": dt.datetime.now(dt.UTC).isoformat(),
         "settings_changed": False,
         "clocks": "default (as found: no lock, no power-limit change)",
-        "info": {"torch": torch_info(), "nvml": nvml_info(args.gpu)},
+        "info": {
+            "torch": torch_info() if args.sample_only is None else None,
+            "nvml": nvml_info(args.gpu),
+        },
     }
     doc["device"] = doc["info"]["nvml"].get("name")
     doc["driver"] = doc["info"]["nvml"].get("driver")
-    doc.update(run(args))
+    doc.update(run(args) if args.sample_only is None else sample_only(args))
     args.out.write_text(json.dumps(doc))
     an = doc["analysis"]
     print(json.dumps({k: v for k, v in an.items()}, indent=1)[:6000])
