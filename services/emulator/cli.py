@@ -79,6 +79,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="mean output length when a request does not set ignore_eos",
     )
     p.add_argument("--enable-metrics", action="store_true", help="accepted; metrics are always on")
+    p.add_argument(
+        "--backend",
+        choices=["model", "torch"],
+        default="model",
+        help="model: each iteration lasts the GPU model's time; torch: each iteration runs a "
+        "random-weight model of the same shape on a real device (needs PyTorch; "
+        "docs/gpu-in-the-loop.md) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device", default="cuda", help="torch device of --backend torch (default: %(default)s)"
+    )
+    p.add_argument(
+        "--torch-shape",
+        default=None,
+        help="model shape run by --backend torch: llama-3.1-8b or tiny (default: --model's)",
+    )
+    p.add_argument(
+        "--torch-kv-pool-gib",
+        type=float,
+        default=40.0,
+        help="KV pool of --backend torch on the device, GiB (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-cuda-graphs",
+        dest="torch_graphs",
+        action="store_false",
+        help="--backend torch runs decode eagerly instead of replaying CUDA graphs",
+    )
     p.set_defaults(func=_run)
 
 
@@ -110,6 +138,11 @@ def _run(args: argparse.Namespace) -> int:
             served_model_name=args.served_model_name,
             bootstrap_timeout_s=args.bootstrap_timeout_s,
             eos_mean_tokens=args.eos_mean_tokens,
+            backend=args.backend,
+            torch_device=args.device,
+            torch_shape=args.torch_shape,
+            torch_kv_pool_gib=args.torch_kv_pool_gib,
+            torch_graphs=args.torch_graphs,
         )
         if config.tp < 1 or config.max_running_requests < 1 or config.chunked_prefill_size < 1:
             raise ConfigError(

@@ -33,6 +33,12 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     bootstrap_timeout_s: float = 300.0
     eos_mean_tokens: float = 256.0  # mean natural output length when ignore_eos is false
     time_scale: float = 1.0  # >1 runs faster than the model (for demos); 1 = real time
+    # "model": iterations sleep for the GPU model's time; "torch": they run on a device
+    backend: Literal["model", "torch"] = "model"
+    torch_device: str = "cuda"
+    torch_shape: str | None = None  # torch_llama.SHAPES name (default: the --model's)
+    torch_kv_pool_gib: float = 40.0
+    torch_graphs: bool = True
 
     @property
     def model_name(self) -> str:

@@ -63,6 +63,12 @@ class IterationLoop:
         self._clock_moved: asyncio.Future[bool] | None = None
         self._gen_log: deque[tuple[float, int]] = deque()
 
+    async def prepare(self) -> None:
+        """Get ready to run (nothing for the model; a torch backend builds its model)."""
+
+    def close(self) -> None:
+        """Release what ``prepare`` took (nothing here)."""
+
     def kick(self) -> None:
         """Work may have arrived (or left): an idle loop plans again."""
         self._wake.set()
