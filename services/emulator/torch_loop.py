@@ -81,6 +81,15 @@ class TorchIterationLoop(IterationLoop):
         self.device_log: deque[dict[str, Any]] = deque(maxlen=4096)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-worker")
 
+    def _record(self, entry: dict[str, Any]) -> None:
+        """The log entry gets what the device ran: bucket, KV length, capture, device time."""
+        if self.device_log:
+            last = self.device_log[-1]
+            for k, v in last.items():
+                name = k if k.startswith("device_") else f"device_{k}"
+                entry.setdefault(name, v)
+        super()._record(entry)
+
     async def prepare(self) -> None:
         """Build the model and KV pool on the device (seconds for a full-size model)."""
         loop = asyncio.get_running_loop()
