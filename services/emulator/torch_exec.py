@@ -82,6 +82,7 @@ class TorchExecutor:
         self.graphs_on = graphs and self.cuda
         self._graph_pool: Any = torch.cuda.graph_pool_handle() if self.graphs_on else None
         self._decode: dict[tuple[int, int], Callable[[], Any]] = {}
+        self._static: dict[tuple[int, int], tuple[Any, ...]] = {}
         self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(seed + 2)
         self.captured = 0
@@ -121,6 +122,8 @@ class TorchExecutor:
             with torch.cuda.graph(graph, pool=self._graph_pool):
                 run()
             step = graph.replay
+            # The graph reads these addresses on every replay: they must live as long as it.
+            self._static[key] = (graph, ids, kv)
             self.captured += 1
         else:
             step = run
