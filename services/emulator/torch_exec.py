@@ -4,7 +4,10 @@
 pool on one torch device, and runs what one ``BatchPlan`` asks for:
 
 - prefill: the plan's new tokens as one sequence through every layer, KV written,
-  logits of the last token (eagerly, as SGLang runs prefill without piecewise graphs);
+  logits of the last token, padded to a prefill bucket (``prefill_bucket``, at most
+  6.25% more tokens) and replayed from a CUDA graph captured at start-up (``warm_up``):
+  launched eagerly, its ~500 kernel launches per pass wait for the GIL behind the
+  worker's HTTP thread, which doubled prefill time on a busy H200 worker;
 - decode: one step of the plan's sequences padded to the engine's CUDA-graph batch
   bucket (``decode_bucket``), each reading the plan's mean KV length rounded up to a
   KV bucket, replayed from a CUDA graph captured the first time that (batch, KV)
@@ -24,15 +27,27 @@ from typing import Any
 from voltana.predictor.buckets import decode_bucket
 from voltana.services.emulator.torch_llama import SHAPES, RandomLlama, kv_pool, kv_view
 
-__all__ = ["TorchExecutor", "kv_bucket"]
+__all__ = ["TorchExecutor", "kv_bucket", "prefill_bucket"]
+
+
+def length_bucket(tokens: int, per_octave: int = 8) -> int:
+    """Length a graph is captured for: >= ``tokens``, at most 1/``per_octave`` above it past 512.
+
+    Up to 512 tokens the step is 64; above, ``per_octave`` steps per doubling.
+    """
+    t = max(1, tokens)
+    step = 64 if t <= 512 else max(1, (1 << ((t - 1).bit_length() - 1)) // per_octave)
+    return -(-t // step) * step
 
 
 def kv_bucket(tokens: int) -> int:
     """KV length a decode graph is captured for: >= ``tokens``, within 12.5% above 512."""
-    t = max(1, tokens)
-    # Above 512 tokens the step is 1/16 to 1/8 of the length.
-    step = 64 if t <= 512 else 1 << max(6, (t - 1).bit_length() - 4)
-    return -(-t // step) * step
+    return length_bucket(tokens, 8)
+
+
+def prefill_bucket(tokens: int) -> int:
+    """Tokens a prefill graph is captured for: >= ``tokens``, within 6.25% above 512."""
+    return length_bucket(tokens, 16)
 
 
 class TorchExecutor:
@@ -68,14 +83,14 @@ class TorchExecutor:
         if self.cuda and not torch.cuda.is_available():
             raise ValueError(f"torch device {device!r} asked for, but torch sees no CUDA GPU")
         pool_tokens = int(kv_pool_gib * 2**30 // self.shape.kv_bytes_per_token)
-        if pool_tokens < max_prefill_tokens:
+        if pool_tokens < prefill_bucket(max_prefill_tokens):
             raise ValueError(
                 f"a KV pool of {kv_pool_gib} GiB holds {pool_tokens} tokens, fewer than one "
                 f"prefill chunk ({max_prefill_tokens})"
             )
         self.pool_tokens = pool_tokens
         self.max_prefill_tokens = max_prefill_tokens
-        self.max_positions = max(pool_tokens, max_prefill_tokens) + 1
+        self.max_positions = max(pool_tokens, prefill_bucket(max_prefill_tokens)) + 1
         self.model = RandomLlama(self.shape, self.device, self.max_positions, seed=seed)
         self.model.probe_gqa()
         self.pool = kv_pool(self.shape, pool_tokens, self.device, seed=seed + 1)
@@ -110,6 +125,41 @@ class TorchExecutor:
         def run() -> Any:
             return model.decode(ids, kv, length)
 
+        return self._graphed(key, run, (ids, kv)), True
+
+    def _prefill_step(self, tokens: int) -> tuple[Callable[[], Any], bool]:
+        """The prefill of ``tokens`` (a bucket): a graph replay (captured on first use)."""
+        key = (0, tokens)
+        step = self._decode.get(key)
+        if step is not None:
+            return step, False
+        ids = self._ids(tokens)
+        kv = kv_view(self.pool, self.shape, 1, tokens)
+        model = self.model
+
+        def run() -> Any:
+            return model.prefill(ids, kv)
+
+        return self._graphed(key, run, (ids, kv)), True
+
+    def warm_up(self) -> int:
+        """Capture every prefill bucket's graph now (start-up), not in the first requests."""
+        if not self.graphs_on:
+            return 0
+        t, n = 1, 0
+        with self.torch.inference_mode():
+            while t <= self.max_prefill_tokens:
+                b = prefill_bucket(t)
+                n += self._prefill_step(b)[1]
+                t = b + 1
+        self._sync()
+        return n
+
+    def _graphed(
+        self, key: tuple[int, int], run: Callable[[], Any], static: tuple[Any, ...]
+    ) -> Callable[[], Any]:
+        """``run`` as a CUDA-graph replay on a CUDA device (as itself elsewhere), kept by key."""
+        step: Callable[[], Any] = run
         if self.graphs_on:
             torch = self.torch
             side = torch.cuda.Stream(self.device)
@@ -123,12 +173,10 @@ class TorchExecutor:
                 run()
             step = graph.replay
             # The graph reads these addresses on every replay: they must live as long as it.
-            self._static[key] = (graph, ids, kv)
+            self._static[key] = (graph, *static)
             self.captured += 1
-        else:
-            step = run
         self._decode[key] = step
-        return step, True
+        return step
 
     def decode_shape(self, batch_size: int, kv_tokens: int) -> tuple[int, int, bool]:
         """(batch bucket, KV length per sequence, clamped) a decode plan runs as."""
@@ -144,11 +192,18 @@ class TorchExecutor:
         t0 = time.monotonic()
         if kind == "prefill":
             n = max(1, min(new_tokens, self.max_prefill_tokens))
-            kv = kv_view(self.pool, self.shape, 1, n)
+            padded = prefill_bucket(n) if self.graphs_on else n
             with self.torch.inference_mode():
-                self.model.prefill(self._ids(n), kv)
+                step, new = self._prefill_step(padded)
+                step()
             self._sync()
-            return {"kind": kind, "tokens": n, "device_s": time.monotonic() - t0}
+            return {
+                "kind": kind,
+                "tokens": n,
+                "padded_tokens": padded,
+                "captured": new and self.graphs_on,
+                "device_s": time.monotonic() - t0,
+            }
         b, length, clamped = self.decode_shape(batch_size, kv_tokens)
         self.clamped += clamped
         with self.torch.inference_mode():

@@ -94,6 +94,7 @@ class TorchIterationLoop(IterationLoop):
         """Build the model and KV pool on the device (seconds for a full-size model)."""
         loop = asyncio.get_running_loop()
         self.executor = await loop.run_in_executor(self._thread, self.backend.build)
+        await loop.run_in_executor(self._thread, self.executor.warm_up)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)

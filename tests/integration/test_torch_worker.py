@@ -21,7 +21,11 @@ from voltana.predictor.buckets import decode_bucket
 
 torch = pytest.importorskip("torch")
 
-from voltana.services.emulator.torch_exec import TorchExecutor, kv_bucket  # noqa: E402
+from voltana.services.emulator.torch_exec import (  # noqa: E402
+    TorchExecutor,
+    kv_bucket,
+    prefill_bucket,
+)
 from voltana.services.emulator.torch_llama import SHAPES  # noqa: E402
 
 TINY = {
@@ -41,19 +45,22 @@ def test_the_torch_shape_is_the_modelled_one() -> None:
     assert shape.params == pytest.approx(model.params, rel=1e-3)
 
 
-def test_kv_buckets_round_up_by_at_most_an_eighth() -> None:
+@pytest.mark.parametrize(("bucket", "share"), [(kv_bucket, 1 / 8), (prefill_bucket, 1 / 16)])
+def test_graph_buckets_round_up_by_a_bounded_share(bucket: object, share: float) -> None:
     prev = 0
     for t in range(1, 40000, 7):
-        b = kv_bucket(t)
+        b = bucket(t)  # type: ignore[operator]
         assert b >= t and b >= prev
-        assert b - t < 64 or b <= 1.125 * t
+        assert b - t < 64 or b <= (1 + share) * t
         prev = b
 
 
 def test_executor_runs_prefill_and_bucketed_decode_on_cpu() -> None:
     ex = TorchExecutor("tiny", "cpu", kv_pool_gib=0.002, max_prefill_tokens=128)
+    assert ex.warm_up() == 0  # graphs are captured on CUDA devices only
     rec = ex.run("prefill", 300, 2, 0)
     assert rec["tokens"] == 128 and rec["device_s"] > 0  # one chunk at most
+    assert rec["padded_tokens"] == 128 and rec["captured"] is False
     flagged = 0
     for batch, kv in [(1, 10), (3, 3 * 100), (5, 5 * 700), (129, 129 * 5)]:
         rec = ex.run("decode", batch, batch, kv)
