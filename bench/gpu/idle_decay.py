@@ -135,14 +135,18 @@ def analyse(rows: np.ndarray, marks: dict[str, Any], step_mhz: float = 15.0) -> 
         # The first 20 ms still see the work's (possibly power-capped) clock.
         settled = ta >= min(SETTLE_S, ta[-1] / 4)
         held = float(np.median(ca[settled & (ta < 1.0)]))
-        below = np.nonzero(settled & (ca < held - 2 * step_mhz))[0]
+        # A capped clock first rises to the held one: count the hold from when it got there.
+        reached = np.nonzero(settled & (ca >= held - 2 * step_mhz))[0]
+        t_reached = float(ta[reached[0]]) if reached.size else 0.0
+        below = np.nonzero((ta > t_reached) & (ca < held - 2 * step_mhz))[0]
         hold_s = float(ta[below[0]]) if below.size else None
         q = ta >= 0.75 * ta[-1]
         floor = float(np.median(ca[q]))
         near = np.nonzero(np.abs(ca - floor) <= 2 * step_mhz)[0]
-        held_sel = settled & (ta < (hold_s if hold_s is not None else ta[-1]))
+        held_sel = (ta >= t_reached) & (ta < (hold_s if hold_s is not None else ta[-1]))
         decay.update(
             held_sm_mhz=held,
+            held_from_s=t_reached,
             hold_s=hold_s,
             held_longer_than_observed=hold_s is None,
             held_power_instant_w=_med(ia[held_sel]),
