@@ -9,8 +9,8 @@ pool on one torch device, and runs what one ``BatchPlan`` asks for:
   launched eagerly, its ~500 kernel launches per pass wait for the GIL behind the
   worker's HTTP thread, which doubled prefill time on a busy H200 worker;
 - decode: one step of the plan's sequences padded to the engine's CUDA-graph batch
-  bucket (``decode_bucket``), each reading the plan's mean KV length rounded up to a
-  KV bucket, replayed from a CUDA graph captured the first time that (batch, KV)
+  bucket (``decode_bucket``), the plan's KV spread over the bucket's sequences (padded
+  slots read none in an engine) and rounded up to a KV bucket, replayed from a CUDA graph captured the first time that (batch, KV)
   bucket is met (as engines replay one graph per batch size).
 
 What is run is the work's shape, not a language model's output: the scheduler decides
@@ -181,7 +181,9 @@ class TorchExecutor:
     def decode_shape(self, batch_size: int, kv_tokens: int) -> tuple[int, int, bool]:
         """(batch bucket, KV length per sequence, clamped) a decode plan runs as."""
         b = decode_bucket(batch_size)
-        length = kv_bucket(math.ceil(kv_tokens / max(1, batch_size)))
+        # The plan's KV spread over the whole bucket: padded slots read no KV of their own
+        # in an engine (their length is 0), so the step reads the plan's KV, not b/batch x.
+        length = kv_bucket(math.ceil(kv_tokens / b))
         longest = self.pool_tokens // b - 1
         if length > longest:
             return b, max(1, longest), True
