@@ -84,3 +84,27 @@ def test_h200_differs_from_the_h100_only_in_its_data_sheet_memory() -> None:
     # Same energy per HBM byte as the H100 fit.
     per_byte = [g["hbm_power_w"] / g["hbm_bw_bytes_s"] for g in (h100, h200)]
     assert per_byte[1] == pytest.approx(per_byte[0], rel=0.01)
+
+
+def test_h200_results_come_from_a_real_h200_left_as_found() -> None:
+    """The committed H200 runs: a real H200, default settings, settings unchanged after."""
+    results = ROOT / "bench/results"
+    probe = json.loads((results / "h200_llm_probe.json").read_text())
+    assert probe["device"] == "NVIDIA H200" and probe["settings_changed"] is False
+    nvml = probe["info"]["nvml"]
+    assert nvml["pstate0_sm_clock_range_mhz"] == [345, 1980]
+    assert nvml["power_limit_w"] == nvml["power_limit_default_w"] == 700.0
+    snapshots = [
+        ("h200_settings_before.json", "h200_settings_after.json"),
+        ("h200_idle_decay_settings_before.json", "h200_idle_decay_settings_after.json"),
+        *(
+            (f"h200_live/{run}/settings_before.json", f"h200_live/{run}/settings_after.json")
+            for run in ("run1_eager_prefill", "run2", "run3_kv_spread")
+        ),
+    ]
+    for before, after in snapshots:
+        b = json.loads((results / before).read_text())
+        a = json.loads((results / after).read_text())
+        assert b["name"] == "NVIDIA H200" and b["driver"] == "580.159.04", before
+        assert a["unchanged"] is True and a["differences"] == [], after
+        assert b["pstate0_sm_clock_range_mhz"] == a["pstate0_sm_clock_range_mhz"] == [345, 1980]
