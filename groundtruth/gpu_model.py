@@ -17,7 +17,7 @@ Decode batches are padded to the engine's CUDA-graph buckets for the compute ter
 (1, 2, 4, 8, 16, ... 128, then steps of 128): decode time steps up across a boundary.
 
 API (stable, used by the emulator server and the simulator):
-    GPUS["h100" | "a100"] -> GpuSpec, MODELS["llama-3.1-8b" | "llama-3.1-70b"] -> ModelShape
+    GPUS["h100" | "a100" | "h200"] -> GpuSpec, MODELS["llama-3.1-8b" | "llama-3.1-70b"] -> ModelShape
     m = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"], tp=1, noise=0.0, seed=None)
     m.prefill(clock_mhz, new_tokens, context_tokens=0) -> IterCost
     m.prefill_batch(clock_mhz, [(new_tokens, context_tokens), ...]) -> IterCost

@@ -174,7 +174,33 @@ _A100 = msgspec.structs.replace(
     allreduce_latency_s=15e-6,
 )
 
-GPUS: dict[str, GpuSpec] = {"h100": _H100, "a100": _A100}
+# H200 SXM, predicted from public data before any H200 was measured here: the same
+# GH100 die as the H100 SXM5 (132 SMs, the same dense bf16 rate: 989 TFLOP/s in both
+# data sheets, so the same clock range), with 141 GB of HBM3e at 4.8 TB/s instead of
+# 80 GB of HBM3 at 3.35 TB/s, and the same 700 W maximum TDP. Everything the two parts
+# share (clocks, voltage curve, static power, SM power, the engine knobs fitted to the
+# H100 probe runs) is the H100's, inherited through ``msgspec.structs.replace`` like
+# the A100's. Sources: NVIDIA H200 Tensor Core GPU data sheet (2024: "141GB HBM3e,
+# 4.8TB/s, up to 700W (configurable)", BF16 1,979 TFLOPS with sparsity = 989 dense,
+# NVLink 900 GB/s); NVIDIA H100 data sheet for the shared figures. The measured
+# comparison, unfitted and refitted: docs/gpu-in-the-loop.md ("H200").
+_H200 = msgspec.structs.replace(
+    _H100,
+    name="NVIDIA H200",  # the SXM part's NVML name
+    hbm_bw_bytes_s=4.8e12,  # H200 data sheet
+    mem_total_gib=141.0,  # data sheet "141GB" (KV capacity; slightly generous)
+    # Reported memory clock only (telemetry): 4.8 TB/s over six 1024-bit HBM3e stacks
+    # is ~6.3-6.4 Gb/s per pin, and NVML counts half the data rate (H100: 2619 MHz for
+    # 5.2 Gb/s over 5120 bits = 3.35 TB/s).
+    mem_clock_mhz=3200,
+    # Same energy per HBM byte as the H100 fit (78.21 W at 3.35 TB/s): the memory
+    # side's full-bandwidth power scales with the bandwidth, 78.21 * 4.8 / 3.35.
+    hbm_power_w=112.1,
+    # NVLink 4 (data sheet: 900 GB/s bidirectional) and one 400 Gb/s NIC per GPU (DGX
+    # H200 = DGX H100 network): the H100's values, inherited.
+)
+
+GPUS: dict[str, GpuSpec] = {"h100": _H100, "a100": _A100, "h200": _H200}
 
 MODELS: dict[str, ModelShape] = {
     # meta-llama/Llama-3.1-8B config.json: 32 layers, 4096 hidden, 32 heads, 8 KV heads.

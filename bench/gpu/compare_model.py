@@ -2,8 +2,15 @@
 
 Usage:
 
-    .venv/bin/python bench/gpu/compare_model.py                 # table: model vs run(s)
+    .venv/bin/python bench/gpu/compare_model.py                 # table: model vs the H100 runs
     .venv/bin/python bench/gpu/compare_model.py --fit           # refit (needs scipy)
+    .venv/bin/python bench/gpu/compare_model.py --gpu h200      # the model's prediction, no run
+    .venv/bin/python bench/gpu/compare_model.py --gpu h200 --runs bench/results/h200_llm_probe.json
+
+Every comparison ends with one line: ``time MAPE x%, power MAPE y%, energy MAPE z%
+over N points`` (the points the model describes; excluded points are listed, not
+counted). Without a run (``--gpu NAME`` other than h100, or ``--predict``) it prints
+the model's time, power, energy and clock at the points ``llm_probe.py`` measures.
 
 ``bench/emulator_calibrate.py`` is the calibration entry point and runs ``--fit``
 here: one fit, one set of data. Reads the probe files written by
@@ -36,6 +43,7 @@ from voltana_path import ensure_voltana
 
 ensure_voltana()
 
+from probe_points import DECODE_POINTS, PREFILL_EAGER_TOKENS, PREFILL_TOKENS  # noqa: E402
 from voltana.groundtruth.gpu_model import (  # noqa: E402
     GPUS,
     MODELS,
@@ -311,6 +319,7 @@ def fit(
     pts = [p for p in points if not p.excluded]
     ranges = _shape_ranges(pts)
     base = model.gpu
+    h100 = base.name == GPUS["h100"].name  # ML.ENERGY's serving runs are H100 runs
     x0 = np.array([getattr(base, k) for k in FIT_KNOBS], dtype=float)
 
     def build(x: np.ndarray) -> GpuModel:
@@ -352,7 +361,7 @@ def fit(
                 total += 300.0 * (over(ef, 0.11) + over(c.power_w / m.gpu.power_limit_w - 1, 0.04))
             elif p.source != "legacy" and p.throttle == 0.0 and c.power_capped:
                 total += 3.0
-        for b, itl_s, pw in ML_ENERGY:
+        for b, itl_s, pw in ML_ENERGY if h100 else []:
             c = m.decode(m.max_clock_mhz, b, b * 1500)
             e = over(c.time_s / itl_s - 1.0, 0.22) + over(c.power_w / pw - 1.0, 0.22)
             total += 3000.0 * e
@@ -389,6 +398,70 @@ def fit(
     return build(knobs(res.x))
 
 
+def predicted_points() -> list[Point]:
+    """The points ``llm_probe.py`` measures by default, with nothing measured (NaN)."""
+    nan = float("nan")
+    pts = [
+        Point("model", "prefill", t, 0, nan, nan, nan, exclusion("prefill", t, 0, graph))
+        for graph, toks in ((True, PREFILL_TOKENS), (False, PREFILL_EAGER_TOKENS))
+        for t in toks
+    ]
+    pts += [
+        Point("model", "decode", b, k, nan, nan, nan, exclusion("decode", b, k))
+        for b, k in DECODE_POINTS
+    ]
+    return pts
+
+
+def predict(model: GpuModel, points: list[Point]) -> list[dict[str, Any]]:
+    """The model alone at each point (default clocks): time, power, energy, clock, cap."""
+    rows = []
+    for p in points:
+        c = model_cost(model, p)
+        label = p.label() + ("" if p.kind == "decode" or not p.excluded else " eager")
+        rows.append(
+            {
+                "point": label,
+                "kind": p.kind,
+                "size": p.size,
+                "kv_tokens": p.kv_tokens,
+                "excluded": p.excluded,
+                "model_time_ms": 1e3 * c.time_s,
+                "model_power_w": c.power_w,
+                "model_energy_j": c.energy_j,
+                "model_clock_mhz": c.effective_clock_mhz,
+                "power_capped": c.power_capped,
+            }
+        )
+    return rows
+
+
+def _print_prediction(name: str, rows: list[dict[str, Any]]) -> None:
+    print(f"model prediction for {name} at default clocks (no measurement)")
+    print(f"{'point':26s} {'t_ms':>8s} {'P_W':>6s} {'E_J':>8s} {'MHz':>5s} cap  note")
+    for r in rows:
+        print(
+            f"{r['point']:26s} {r['model_time_ms']:8.2f} {r['model_power_w']:6.0f} "
+            f"{r['model_energy_j']:8.3f} {r['model_clock_mhz']:5d} "
+            f"{'yes' if r['power_capped'] else 'no ':3s}  {r['excluded']}"
+        )
+
+
+def summary_line(rows: list[dict[str, Any]]) -> str:
+    """``time MAPE x%, power MAPE y%, energy MAPE z% over N points`` (in-domain points)."""
+    held = [r for r in rows if not r["excluded"]]
+    if not held:
+        return "time MAPE n/a, power MAPE n/a, energy MAPE n/a over 0 points"
+    m = {
+        k: 100 * float(np.mean([abs(r[f"{k}_err"]) for r in held]))
+        for k in ("time", "power", "energy")
+    }
+    return (
+        f"time MAPE {m['time']:.1f}%, power MAPE {m['power']:.1f}%, "
+        f"energy MAPE {m['energy']:.1f}% over {len(held)} points"
+    )
+
+
 def _print(rows: list[dict[str, Any]]) -> None:
     print(
         f"{'run':7s} {'point':22s} {'t_ms':>7s} {'model':>7s} {'err':>6s}  {'P_W':>5s} "
@@ -402,19 +475,40 @@ def _print(rows: list[dict[str, Any]]) -> None:
             f"{r['excluded'] or ''}"
         )
     held = [r for r in rows if not r["excluded"]]
-    worst_t = max(abs(r["time_err"]) for r in held)
-    worst_p = max(abs(r["power_err"]) for r in held)
-    worst_e = max(abs(r["energy_err"]) for r in held)
-    print(
-        f"in-domain points: {len(held)}; worst |error|: time {100 * worst_t:.1f}%, "
-        f"power {100 * worst_p:.1f}%, energy {100 * worst_e:.1f}%"
-    )
+    if held:
+        worst_t = max(abs(r["time_err"]) for r in held)
+        worst_p = max(abs(r["power_err"]) for r in held)
+        worst_e = max(abs(r["energy_err"]) for r in held)
+        print(
+            f"in-domain points: {len(held)}; worst |error|: time {100 * worst_t:.1f}%, "
+            f"power {100 * worst_p:.1f}%, energy {100 * worst_e:.1f}%"
+        )
+    print(summary_line(rows))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="*", type=Path, default=RUNS)
-    ap.add_argument("--legacy", type=Path, default=LEGACY, help="earlier probe (old format)")
+    ap.add_argument("runs_pos", nargs="*", type=Path, metavar="RUN", help="same as --runs")
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="llm_probe.py results to compare (default: the two H100 runs for --gpu h100, "
+        "none otherwise)",
+    )
+    ap.add_argument(
+        "--gpu",
+        default="h100",
+        choices=sorted(GPUS),
+        help="GPU spec of the model (default: %(default)s)",
+    )
+    ap.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS), help="model shape")
+    ap.add_argument("--predict", action="store_true", help="the model's table only, no run")
+    ap.add_argument(
+        "--legacy", type=Path, default=LEGACY, help="earlier H100 probe (old format; h100 only)"
+    )
     ap.add_argument("--fit", action="store_true", help="refit FIT_KNOBS (needs scipy)")
     ap.add_argument("--hinge", type=float, default=HINGE, help="runs' error bound in the fit")
     ap.add_argument(
@@ -423,27 +517,46 @@ def main(argv: list[str] | None = None) -> int:
         default=LEGACY_POWER_WEIGHT,
         help="weight of the earlier probe's decode power in the fit",
     )
-    ap.add_argument("--out", type=Path, default=None, help="write the comparison as JSON")
+    ap.add_argument("--out", type=Path, default=None, help="write the table as JSON")
     args = ap.parse_args(argv)
 
+    model = GpuModel(GPUS[args.gpu], MODELS[args.model])
+    runs = [*args.runs_pos, *args.runs]
+    if not runs and args.gpu == "h100" and not args.predict:
+        runs = RUNS
+    if args.predict or not runs:
+        if args.fit:
+            ap.error("--fit needs at least one run (--runs FILE...)")
+        rows = predict(model, predicted_points())
+        _print_prediction(f"{args.gpu} ({model.gpu.name}, {model.model.name})", rows)
+        if args.out:
+            doc = {"gpu": args.gpu, "spec": msgspec.to_builtins(model.gpu), "rows": rows}
+            args.out.write_text(json.dumps(doc, indent=1))
+        return 0
+
     points: list[Point] = []
-    for i, path in enumerate(args.runs):
-        points += probe_points(json.loads(path.read_text()), f"run{i + 1}")
-    if args.legacy.exists():
+    for i, path in enumerate(runs):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            ap.error(f"cannot read probe results {path}: {exc}")
+        points += probe_points(doc, f"run{i + 1}")
+    if args.gpu == "h100" and args.legacy.exists():
         points += legacy_points(json.loads(args.legacy.read_text()))
-    else:
+    elif args.gpu == "h100":
         print(f"(earlier probe {args.legacy} absent: comparing with the runs only)")
-    model = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
+    if not points:
+        ap.error("no measured point in the runs given")
     if args.fit:
-        fitted = fit(model, points, args.hinge, args.legacy_power_weight)
-        print("fitted knobs (GPUS['h100']):")
+        model = fit(model, points, args.hinge, args.legacy_power_weight)
+        print(f"fitted knobs (GPUS[{args.gpu!r}]):")
         for k in FIT_KNOBS:
-            print(f"    {k}={getattr(fitted.gpu, k):.4g},")
-        model = fitted
+            print(f"    {k}={getattr(model.gpu, k):.4g},")
     rows = compare(model, points)
     _print(rows)
     if args.out:
-        args.out.write_text(json.dumps({"tolerance": TOLERANCE, "rows": rows}, indent=1))
+        doc = {"gpu": args.gpu, "tolerance": TOLERANCE, "summary": summary_line(rows), "rows": rows}
+        args.out.write_text(json.dumps(doc, indent=1))
     return 0
 
 

@@ -44,23 +44,8 @@ from llama_shape import (
     self_check,
 )
 from power_sampler import COLUMNS, Sampler, open_source, summarize, timed_window
+from probe_points import DECODE_POINTS, PREFILL_EAGER_TOKENS, PREFILL_TOKENS
 
-PREFILL_TOKENS = [128, 256, 512, 1024, 2048, 4096, 8192, 12288, 16384]
-PREFILL_EAGER_TOKENS = [128, 1024, 4096]
-DECODE_POINTS = [(b, 512) for b in (1, 2, 4, 8, 16, 32, 64, 96, 128, 129, 256, 384, 512)] + [
-    (1, 128),
-    (1, 2048),
-    (1, 8192),
-    (1, 16384),
-    (16, 2048),
-    (16, 8192),
-    (64, 128),
-    (64, 2048),
-    (64, 4096),
-    (128, 128),
-    (128, 2048),
-    (256, 1024),
-]
 _QUEUE_LAG = 32
 """Iterations the host may run ahead of the GPU inside a timed window."""
 REPEATS = [("prefill", 4096, 0), ("decode", 64, 512), ("decode", 256, 512)]

@@ -90,6 +90,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=16,
         help="prefix-cache granularity in tokens: prompts match in whole pages (default: 16)",
     )
+    p.add_argument(
+        "--backend",
+        choices=["model", "torch"],
+        default="model",
+        help="model: each iteration lasts the GPU model's time; torch: each iteration runs a "
+        "random-weight model of the same shape on a real device (needs PyTorch; "
+        "docs/gpu-in-the-loop.md) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device", default="cuda", help="torch device of --backend torch (default: %(default)s)"
+    )
+    p.add_argument(
+        "--torch-shape",
+        default=None,
+        help="model shape run by --backend torch: llama-3.1-8b or tiny (default: --model's)",
+    )
+    p.add_argument(
+        "--torch-kv-pool-gib",
+        type=float,
+        default=40.0,
+        help="KV pool of --backend torch on the device, GiB (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-cuda-graphs",
+        dest="torch_graphs",
+        action="store_false",
+        help="--backend torch runs decode eagerly instead of replaying CUDA graphs",
+    )
     p.set_defaults(func=_run)
 
 
@@ -127,6 +155,11 @@ def _run(args: argparse.Namespace) -> int:
             disable_radix_cache=args.disable_radix_cache,
             page_size=args.page_size,
             admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
+            backend=args.backend,
+            torch_device=args.device,
+            torch_shape=args.torch_shape,
+            torch_kv_pool_gib=args.torch_kv_pool_gib,
+            torch_graphs=args.torch_graphs,
         )
         if config.page_size < 1:
             raise ConfigError(f"--page-size must be >= 1, got {config.page_size}")

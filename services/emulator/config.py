@@ -36,6 +36,12 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     time_scale: float = 1.0  # >1 runs faster than the model (for demos); 1 = real time
     disable_radix_cache: bool = False  # SGLang's flag: no prefix cache
     page_size: int = 16  # prefix-cache granularity in tokens (SGLang's --page-size)
+    # "model": iterations sleep for the GPU model's time; "torch": they run on a device
+    backend: Literal["model", "torch"] = "model"
+    torch_device: str = "cuda"
+    torch_shape: str | None = None  # torch_llama.SHAPES name (default: the --model's)
+    torch_kv_pool_gib: float = 40.0
+    torch_graphs: bool = True
 
     @property
     def model_name(self) -> str:

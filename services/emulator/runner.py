@@ -63,6 +63,16 @@ class IterationLoop:
         self._clock_moved: asyncio.Future[bool] | None = None
         self._gen_log: deque[tuple[float, int]] = deque()
 
+    async def prepare(self) -> None:
+        """Get ready to run (nothing for the model; a torch backend builds its model)."""
+
+    def close(self) -> None:
+        """Release what ``prepare`` took (nothing here)."""
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        """Keep one iteration's log entry (the admin API's /voltana/iterations)."""
+        self.iterations.append(entry)
+
     def kick(self) -> None:
         """Work may have arrived (or left): an idle loop plans again."""
         self._wake.set()
@@ -113,7 +123,7 @@ class IterationLoop:
                 g.end_busy(planned_end)
             self._seq += 1
             model_time_s = (planned_end - start) * self.time_scale
-            self.iterations.append(
+            self._record(
                 {
                     "seq": self._seq,
                     "t_start_s": start + self.wall_offset_s,

@@ -114,9 +114,7 @@ class EmulatorServer:
             model_name=config.model_name, role=config.role, sglang_version=config.sglang_version
         )
         self.rooms = pd.RoomTable(ttl_s=2 * config.bootstrap_timeout_s)
-        self.iteration_loop = IterationLoop(
-            self.engine, self.model, self.gpus, self._dispatch, config.time_scale
-        )
+        self.iteration_loop = _iteration_loop(config, self)
         self.iterations = self.iteration_loop.iterations  # the admin API's iteration log
         self._streams: dict[str, _Stream] = {}
         self._rng = np.random.default_rng(config.seed)
@@ -127,6 +125,7 @@ class EmulatorServer:
 
     # ----- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
+        await self.iteration_loop.prepare()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         self._runner = asyncio.create_task(self.iteration_loop.run(), name="emulator-runner")
 
@@ -140,6 +139,7 @@ class EmulatorServer:
                 await self._runner
         if self._session is not None:
             await self._session.close()
+        self.iteration_loop.close()
 
     def now(self) -> float:
         return time.monotonic()
@@ -362,3 +362,22 @@ class EmulatorServer:
         m.set_gauge("kv_used_tokens", s.kv_used_tokens)
         m.set_gauge("decode_sum_seq_lens", s.decode_kv_tokens)
         m.set_gauge("utilization", self.gpus[0].util_gpu_pct(time.monotonic()) / 100.0)
+
+
+def _iteration_loop(config: EmulatorConfig, server: EmulatorServer) -> IterationLoop:
+    """The model-paced loop, or with ``backend="torch"`` the one that runs on a device."""
+    if config.backend != "torch":
+        return IterationLoop(
+            server.engine, server.model, server.gpus, server._dispatch, config.time_scale
+        )
+    from voltana.services.emulator.torch_loop import TorchBackend, TorchIterationLoop
+
+    backend = TorchBackend(
+        config.torch_shape or config.model,
+        config.torch_device,
+        config.torch_kv_pool_gib,
+        config.chunked_prefill_size,
+        graphs=config.torch_graphs,
+        seed=config.seed or 0,
+    )
+    return TorchIterationLoop(server.engine, server.model, server.gpus, server._dispatch, backend)

@@ -1,0 +1,122 @@
+"""The GPU-backed worker's iterations: the emulated worker's loop, with real device work.
+
+``TorchIterationLoop`` is ``IterationLoop`` with one change: an iteration runs the
+plan's work on a torch device (``TorchExecutor``, in one worker thread so HTTP and
+metrics keep being served) and ends when the device is done, instead of sleeping for
+the GPU model's time. Scheduling, token events, streams, gauges and the admin API are
+the emulated worker's, so the router, telemetry and controllers see the same worker.
+Clock locks are the real GPU's business (the actuator, through NVML): the model is
+kept only for the emulated device view and the iteration log's modelled power.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from voltana.groundtruth.engine import BatchPlan, Engine, EngineEvent
+from voltana.groundtruth.gpu_model import GpuModel, IterCost
+from voltana.services.emulator.gpu_device import EmulatedGpu
+from voltana.services.emulator.runner import IterationLoop
+
+__all__ = ["TorchBackend", "TorchIterationLoop"]
+
+
+class TorchBackend:
+    """How to build the executor (built in ``prepare``, off the event loop)."""
+
+    def __init__(
+        self,
+        shape: str,
+        device: str,
+        kv_pool_gib: float,
+        max_prefill_tokens: int,
+        graphs: bool = True,
+        seed: int = 0,
+    ) -> None:
+        try:
+            from voltana.services.emulator.torch_llama import SHAPES
+        except ImportError as exc:
+            raise ValueError(f"the torch backend needs PyTorch (pip install torch): {exc}") from exc
+        if shape not in SHAPES:
+            raise ValueError(
+                f"no torch model of shape {shape!r} (--torch-shape); known: {sorted(SHAPES)}"
+            )
+        if kv_pool_gib <= 0:
+            raise ValueError(f"--torch-kv-pool-gib must be > 0, not {kv_pool_gib}")
+        self.shape, self.device, self.kv_pool_gib = shape, device, kv_pool_gib
+        self.max_prefill_tokens, self.graphs, self.seed = max_prefill_tokens, graphs, seed
+
+    def build(self) -> Any:
+        from voltana.services.emulator.torch_exec import TorchExecutor
+
+        return TorchExecutor(
+            self.shape,
+            self.device,
+            self.kv_pool_gib,
+            self.max_prefill_tokens,
+            graphs=self.graphs,
+            seed=self.seed,
+        )
+
+
+class TorchIterationLoop(IterationLoop):
+    """``IterationLoop`` whose iterations run on a torch device (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model: GpuModel,
+        gpus: Sequence[EmulatedGpu],
+        dispatch: Callable[[list[EngineEvent]], None],
+        backend: TorchBackend,
+    ) -> None:
+        super().__init__(engine, model, gpus, dispatch, time_scale=1.0)
+        self.backend = backend
+        self.executor: Any = None
+        self.device_log: deque[dict[str, Any]] = deque(maxlen=4096)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-worker")
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        """The log entry gets what the device ran: bucket, KV length, capture, device time."""
+        if self.device_log:
+            last = self.device_log[-1]
+            for k, v in last.items():
+                name = k if k.startswith("device_") else f"device_{k}"
+                entry.setdefault(name, v)
+        super()._record(entry)
+
+    async def prepare(self) -> None:
+        """Build the model and KV pool on the device (seconds for a full-size model)."""
+        loop = asyncio.get_running_loop()
+        self.executor = await loop.run_in_executor(self._thread, self.backend.build)
+        await loop.run_in_executor(self._thread, self.executor.warm_up)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+    async def _run_iteration(
+        self, plan: BatchPlan, start: float, clock: int, cost: IterCost
+    ) -> tuple[float, int, float, int]:
+        """Run ``plan`` on the device; -> (end, clock, modelled power x measured time, 0)."""
+        if self.executor is None:
+            raise RuntimeError("the torch backend was not prepared")
+        for g in self.gpus:
+            g.begin_busy(start, cost)
+        loop = asyncio.get_running_loop()
+        rec = await loop.run_in_executor(
+            self._thread,
+            self.executor.run,
+            plan.kind,
+            plan.new_tokens,
+            plan.batch_size,
+            plan.kv_tokens,
+        )
+        end = time.monotonic()
+        rec.update(batch_size=plan.batch_size, kv_tokens=plan.kv_tokens, model_s=cost.time_s)
+        self.device_log.append(rec)
+        return end, clock, cost.power_w * (end - start), 0
