@@ -86,7 +86,10 @@ def parse_metrics(text: str) -> MetricsSnapshot:
                 continue
             if fam.type == "histogram":
                 if s.name.endswith("_bucket"):
-                    buckets[name][float(s.labels["le"])] += value
+                    le = s.labels.get("le")
+                    if le is None:
+                        raise ValueError(f"{s.name}: a histogram bucket without its 'le' label")
+                    buckets[name][float(le)] += value
                 elif s.name.endswith("_sum"):
                     sums[name] += value
                 elif s.name.endswith("_count"):
