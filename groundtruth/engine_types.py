@@ -44,6 +44,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_running_requests: int = 256
     chunked_prefill_size: int = 8192
     kv_capacity_tokens: int = 400_000
+    enable_mixed_chunk: bool = False  # unified: decode steps ride along prefill chunks
 
     def __post_init__(self) -> None:
         if self.max_running_requests < 1 or self.chunked_prefill_size < 1:
@@ -79,9 +80,10 @@ class EngineRequest:
 
 
 class BatchPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One iteration to run: prefill chunks or one decode step."""
+    """One iteration to run: prefill chunks, one decode step, or both mixed (``mixed``:
+    the prefill chunks first, then one (1, context) chunk per decoding request)."""
 
-    kind: Literal["prefill", "decode"]
+    kind: Literal["prefill", "decode", "mixed"]
     rids: tuple[str, ...]
     chunks: tuple[tuple[int, int], ...] = ()  # prefill: (new_tokens, context_tokens) per rid
     new_tokens: int = 0  # prefill: tokens computed; decode: batch size

@@ -66,6 +66,18 @@ class InstanceLoad:
         self.in_flight_requests -= 1
         self.in_flight_tokens -= input_tokens + out_tokens
 
+    def unified_dispatched(
+        self, request_id: str, input_tokens: int, out_tokens: int, now: float
+    ) -> None:
+        """A colocated worker got the request: its prompt is queued here, then it decodes here."""
+        self.decode_dispatched(request_id, input_tokens, out_tokens, now)
+        self.queued_prefill_tokens += input_tokens
+
+    def unified_first_token(self, request_id: str, input_tokens: int) -> None:
+        """The colocated worker's first token: its prompt is no longer queued."""
+        if self.waiting_since.pop(request_id, None) is not None:
+            self.queued_prefill_tokens -= input_tokens
+
     def view(
         self,
         instance: str,
