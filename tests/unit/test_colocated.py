@@ -35,7 +35,7 @@ def test_cluster_specs_parse() -> None:
     c = ClusterSpec.parse("3p1d")
     assert (c.n_prefill, c.n_decode, c.n_unified, c.n_instances) == (3, 1, 0, 4)
     for bad in ("0u", "u", "2p0d", "0p2d", "2x2", "", "-1u"):
-        with pytest.raises(ConfigError, match="2p2d.*4u"):
+        with pytest.raises(ConfigError, match=r"2p2d.*4u"):
             ClusterSpec.parse(bad)
 
 

@@ -3,6 +3,7 @@ GPU that holds its boost clock for a while after work ends, then decays to its f
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import msgspec
@@ -51,7 +52,7 @@ def test_idle_clock_holds_then_decays_to_the_floor() -> None:
     # monotone fall after the hold
     ages = [hold + k * tau / 4 for k in range(20)]
     powers = [default_idle_power_w(G, a) for a in ages]
-    assert all(a > b for a, b in zip(powers, powers[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(powers))
 
 
 def test_idle_energy_is_the_integral_of_the_idle_power() -> None:
