@@ -79,6 +79,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="mean output length when a request does not set ignore_eos",
     )
     p.add_argument("--enable-metrics", action="store_true", help="accepted; metrics are always on")
+    p.add_argument(
+        "--enable-mixed-chunk",
+        action="store_true",
+        help="unified role: run the decode step of running requests in the same batch as "
+        "prefill chunks (SGLang's flag)",
+    )
+    p.add_argument(
+        "--default-idle-hold-s",
+        type=float,
+        default=None,
+        help="default clocks (no lock): seconds an idle GPU holds its boost clock after work "
+        "(default: the GPU spec's, docs/gpu-model.md)",
+    )
+    p.add_argument(
+        "--default-idle-decay-s",
+        type=float,
+        default=None,
+        help="default clocks: time constant of the idle clock's fall to its floor after the "
+        "hold (default: the GPU spec's)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -110,6 +130,9 @@ def _run(args: argparse.Namespace) -> int:
             served_model_name=args.served_model_name,
             bootstrap_timeout_s=args.bootstrap_timeout_s,
             eos_mean_tokens=args.eos_mean_tokens,
+            enable_mixed_chunk=args.enable_mixed_chunk,
+            default_idle_hold_s=args.default_idle_hold_s,
+            default_idle_decay_s=args.default_idle_decay_s,
         )
         if config.tp < 1 or config.max_running_requests < 1 or config.chunked_prefill_size < 1:
             raise ConfigError(
