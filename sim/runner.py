@@ -55,6 +55,8 @@ def run_policy(
             if spec.static_clock == "max"
             else profile.min_clock_mhz
         )
+    if spec.wake_on_dispatch is not None:
+        cfg = msgspec.structs.replace(cfg, wake_on_dispatch=spec.wake_on_dispatch)
     ccfg = ControllerConfig(policy=spec.controller, **kw)
     ctl = make_controller(ccfg, profile)
     sim = simulator_class(cfg)(
