@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 from voltana.common.errors import ConfigError
-from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, GpuSpec
 from voltana.schemas.config import SloConfig
 
 __all__ = ["ClusterSpec", "SimConfig"]
@@ -83,6 +83,27 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     kv_capacity_override_tokens: int | None = None  # instead of the memory-derived capacity
     series_min_dt_s: float = 0.05
     drain_limit_s: float = 600.0  # stop this long after the last arrival, whatever is left
+    # default clocks (no lock): override the GPU's idle hold and decay (GpuSpec), e.g. measured
+    default_idle_hold_s: float | None = None
+    default_idle_decay_s: float | None = None
+
+    def gpu_spec(self) -> GpuSpec:
+        """The simulated GPU: ``GPUS[cluster.gpu]`` with the idle overrides applied.
+
+        Raises:
+            ConfigError: an unknown GPU or a negative override.
+        """
+        spec = GPUS.get(self.cluster.gpu)
+        if spec is None:
+            raise ConfigError(f"unknown gpu {self.cluster.gpu!r}; choose from {', '.join(GPUS)}")
+        changes: dict[str, float] = {}
+        if self.default_idle_hold_s is not None:
+            changes["default_idle_hold_s"] = self.default_idle_hold_s
+        if self.default_idle_decay_s is not None:
+            changes["default_idle_decay_s"] = self.default_idle_decay_s
+        if any(v < 0 for v in changes.values()):
+            raise ConfigError("the default clocks' idle hold and decay must be >= 0 s")
+        return msgspec.structs.replace(spec, **changes) if changes else spec
 
     def kv_capacity_tokens(self) -> int:
         if self.kv_capacity_override_tokens is not None:

@@ -94,10 +94,11 @@ class Simulator:
             ("unified", c.n_unified),
         )
         i = 0
+        spec = config.gpu_spec()
         for role, n in roles:
             for k in range(n):
                 model = GpuModel(
-                    GPUS[c.gpu],
+                    spec,
                     MODELS[c.model],
                     c.tp,
                     noise=config.noise,

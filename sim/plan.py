@@ -90,14 +90,14 @@ def cluster_options(instances: int) -> list[str]:
     return [f"{instances}u"] + [f"{p}p{instances - p}d" for p in range(1, instances)]
 
 
-def _run(args: tuple[Workload, SimConfig, str, str]) -> PlanRow:
-    workload, cfg, cluster, policy = args
+def _run(args: tuple[Workload, SimConfig, str, str, bool]) -> PlanRow:
+    workload, cfg, cluster, policy, quick = args
     c = cfg.cluster
     spec = POLICIES[policy]
     cfg = msgspec.structs.replace(
         cfg, cluster=ClusterSpec.parse(cluster, gpu=c.gpu, model=c.model, tp=c.tp)
     )
-    figures = run_policy(workload, spec, cfg, _profile(cfg)).summary()
+    figures = run_policy(workload, spec, cfg, _profile(cfg, quick)).summary()
     clocks = "default" if spec.static_clock == "default" else "controlled"
     return PlanRow(
         cluster=cluster,
@@ -110,12 +110,12 @@ def _run(args: tuple[Workload, SimConfig, str, str]) -> PlanRow:
 _PROFILES: dict[tuple[Any, ...], Profile] = {}
 
 
-def _profile(cfg: SimConfig) -> Profile:
+def _profile(cfg: SimConfig, quick: bool) -> Profile:
     """The fitted profile (per process: it depends on the hardware, noise and seed only)."""
     c = cfg.cluster
-    key = (c.gpu, c.model, c.tp, cfg.noise, cfg.seed)
+    key = (c.gpu, c.model, c.tp, cfg.noise, cfg.seed, quick)
     if key not in _PROFILES:
-        _PROFILES[key] = profile_for(cfg)
+        _PROFILES[key] = profile_for(cfg, quick=quick)
     return _PROFILES[key]
 
 
@@ -158,6 +158,7 @@ def plan(
     gpus: int,
     target: float = 0.99,
     clocks_only: bool = False,
+    quick_profile: bool = False,
     jobs: int = 1,
     progress: Callable[[PlanRow, int, int], None] | None = None,
 ) -> PlanResult:
@@ -175,7 +176,7 @@ def plan(
     policies = (
         BASELINE_POLICIES + CONTROLLED_POLICIES + (("voltana-clocks",) if clocks_only else ())
     )
-    tasks = [(workload, cfg, c, p) for c in cluster_options(n) for p in policies]
+    tasks = [(workload, cfg, c, p, quick_profile) for c in cluster_options(n) for p in policies]
     rows: list[PlanRow] = []
     if jobs <= 1:
         for t in tasks:

@@ -62,8 +62,27 @@ def register(subparsers: Any) -> None:
         help="also evaluate voltana's clocks alone behind an existing router "
         "(telemetry cadence, no dispatch wake-ups)",
     )
+    r.add_argument(
+        "--quick-profile",
+        action="store_true",
+        help="coarser profiling plan for the controllers (faster start, for tests)",
+    )
     r.add_argument("--seed", type=int, default=0, help="seed of every random stream")
     r.add_argument("--noise", type=float, default=0.02, help="ground-truth time jitter")
+    r.add_argument(
+        "--default-idle-hold-s",
+        type=float,
+        default=None,
+        help="default clocks: seconds an idle GPU holds its boost clock (default: the GPU's, "
+        "docs/gpu-model.md)",
+    )
+    r.add_argument(
+        "--default-idle-decay-s",
+        type=float,
+        default=None,
+        help="default clocks: time constant of the idle clock's fall after the hold "
+        "(default: the GPU's)",
+    )
     r.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes"
     )
@@ -117,7 +136,10 @@ def main(args: argparse.Namespace) -> int:
         slo=SloConfig(ttft_s=args.slo_ttft_s, itl_s=args.slo_itl_s),
         seed=args.seed,
         noise=args.noise,
+        default_idle_hold_s=args.default_idle_hold_s,
+        default_idle_decay_s=args.default_idle_decay_s,
     )
+    cfg.gpu_spec()  # checks the idle overrides before any run
     console.print(f"[bold]workload[/] {wl.summary()}")
     t0 = time.perf_counter()
     with Progress(
@@ -143,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
             gpus=args.gpus,
             target=args.target,
             clocks_only=args.clocks_only,
+            quick_profile=args.quick_profile,
             jobs=args.jobs,
             progress=progress,
         )

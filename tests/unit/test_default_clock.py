@@ -8,6 +8,7 @@ import math
 
 import msgspec
 import pytest
+from voltana.common.errors import ConfigError
 from voltana.groundtruth.default_clock import (
     default_idle_clock_mhz,
     default_idle_energy_j,
@@ -132,3 +133,19 @@ def test_results_carry_saving_vs_default_for_every_policy(profile: Profile) -> N
     # saves less against it
     for row in ev.policies.values():
         assert row["saving_vs_default"] < row["saving_vs_static_max"]
+
+
+def test_sim_idle_overrides_replace_the_gpu_constants(profile: Profile) -> None:
+    """--default-idle-hold-s 0 and a long hold bracket the modelled one."""
+    wl = _wl((0.0, 500, 3), (20.0, 500, 3))
+    e = {}
+    for hold in (0.0, G.default_idle_hold_s, 60.0):
+        cfg = msgspec.structs.replace(CFG, default_idle_hold_s=hold)
+        assert cfg.gpu_spec().default_idle_hold_s == hold
+        e[hold] = run_policy(wl, POLICIES["default"], cfg, profile).energy_j
+    assert e[0.0] < e[G.default_idle_hold_s] < e[60.0]
+    # a hold longer than every gap: default idles like static-max (after the first work)
+    e_max = run_policy(wl, POLICIES["static-max"], CFG, profile).energy_j
+    assert e[60.0] < e_max < e[60.0] + 48.0 * 2 * 1.0
+    with pytest.raises(ConfigError, match="idle hold and decay"):
+        msgspec.structs.replace(CFG, default_idle_decay_s=-1.0).gpu_spec()
