@@ -95,7 +95,7 @@ class SimRouter:
         self.loads[name].unified_dispatched(rr.request_id, rr.input_tokens, rr.max_new_tokens, t)
 
     def unified_first_token(self, name: str, rr: RouteRequest) -> None:
-        self.loads[name].unified_first_token(rr.request_id, rr.input_tokens)
+        self.loads[name].first_token(rr.request_id)
 
     def dispatched(self, prefill: str, decode: str, rr: RouteRequest, t: float) -> None:
         rid = rr.request_id
