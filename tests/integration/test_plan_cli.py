@@ -13,11 +13,11 @@ import numpy as np
 
 
 def _trace(path: Path) -> Path:
-    """A small Azure-format trace (60 s, ~3 req/s) written for the test."""
+    """A small Azure-format trace (~30 s, ~2 req/s) written for the test."""
     rng = np.random.default_rng(7)
-    t = np.cumsum(rng.exponential(1 / 3.0, size=180))
+    t = np.cumsum(rng.exponential(1 / 2.0, size=60))
     lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
-    for s, n, o in zip(t, rng.integers(100, 3000, 180), rng.integers(5, 300, 180), strict=True):
+    for s, n, o in zip(t, rng.integers(100, 3000, 60), rng.integers(5, 200, 60), strict=True):
         sec = 46.0 + float(s)
         lines.append(f"2023-11-16 18:{15 + int(sec // 60):02d}:{sec % 60:010.7f},{n},{o}")
     path.write_text("\n".join(lines) + "\n")
