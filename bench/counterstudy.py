@@ -66,7 +66,12 @@ def summarise(res: PlanResult, target: float) -> dict[str, Any]:
     pd_wins = None
     if pd_c is not None and co_c is not None:
         pd_ok, co_ok = pd_c.attainment >= target, co_c.attainment >= target
-        pd_wins = (pd_ok and not co_ok) or (pd_ok == co_ok and pd_c.energy_j < co_c.energy_j)
+        if pd_ok and co_ok:  # both serve the load: the cheaper wins
+            pd_wins = pd_c.energy_j < co_c.energy_j
+        elif pd_ok or co_ok:  # only one serves it
+            pd_wins = pd_ok
+        else:  # neither: the one that serves more requests within the SLO
+            pd_wins = pd_c.attainment > co_c.attainment
     return {
         "best": {
             f"{k}/{c}": None if r is None else msgspec.to_builtins(r) for (k, c), r in pick.items()
@@ -89,19 +94,18 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=0.99)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench/results/counterstudy"))
+    ap.add_argument(
+        "--from-json", default=None, help="re-render the table from a previous run's JSON"
+    )
     args = ap.parse_args()
+    if args.from_json:
+        return render(json.loads(Path(args.from_json).read_text()), args)
     if not Path(args.trace).is_file():
         print(f"skipped: {args.trace} not found (needs ../shared/data)", file=sys.stderr)
         return 0
     base = load_trace(args.trace)
-    results: list[dict[str, Any]] = []
-    md = [
-        "| load | req/s | SLO (TTFT, ITL) | colocated, default clocks | PD, default clocks "
-        "| colocated, controlled | PD, controlled | PD+control vs colocated+control "
-        "| recommendation | saving vs default colocated | saving vs default 2p2d |",
-        "|" + "---|" * 11,
-    ]
     t_all = time.perf_counter()
+    results: list[dict[str, Any]] = []
     for load in [float(x) for x in args.loads.split(",")]:
         wl = window(scale_rate(base, load), 0.0, args.window)
         for slo_name in args.slos.split(","):
@@ -112,18 +116,7 @@ def main() -> int:
                 wl, cfg, gpus=args.gpus, target=args.target, clocks_only=True, jobs=args.jobs
             )
             s = summarise(res, args.target)
-            rec = res.recommendation
             print(f"load {load:g} {slo_name}: {time.perf_counter() - t0:.0f} s", flush=True)
-            c = s["cells"]
-            md.append(
-                f"| {load:g}x | {wl.rate_rps:.1f} | {slo_name} ({ttft:g} s, {itl * 1e3:g} ms) "
-                f"| {c['colocated/default']} | {c['pd/default']} | {c['colocated/controlled']} "
-                f"| {c['pd/controlled']} | {_pct(s['pd_controlled_vs_colocated_controlled'])}"
-                f"{'' if s['pd_wins'] else ' (PD loses)'} "
-                f"| {_cell(rec) if rec else 'none meets the target'} "
-                f"| {_pct(res.saving_vs_default_colocated)} | {_pct(res.saving_vs_default_pd)} |"
-            )
-            print(md[-1], flush=True)
             results.append(
                 {
                     "load": load,
@@ -136,12 +129,45 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    wall = time.perf_counter() - t_all
+    args.wall_s = time.perf_counter() - t_all
+    return render(results, args)
+
+
+def render(results: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """The markdown table (``<out>.md``) from the runs' JSON (re-summarised)."""
+    md = [
+        "| load | req/s | SLO (TTFT, ITL) | colocated, default clocks | PD, default clocks "
+        "| colocated, controlled | PD, controlled | PD+control vs colocated+control "
+        "| recommendation | saving vs default colocated | saving vs default 2p2d |",
+        "|" + "---|" * 11,
+    ]
+    for r in results:
+        res = msgspec.convert(r["plan"], PlanResult)
+        s = summarise(res, args.target)
+        r["summary"] = s
+        ttft, itl = SLOS[r["slo"]]
+        c = s["cells"]
+        rec = res.recommendation
+        md.append(
+            f"| {r['load']:g}x | {res.workload['rate_rps']:.1f} | {r['slo']} ({ttft:g} s, "
+            f"{itl * 1e3:g} ms) | {c['colocated/default']} | {c['pd/default']} "
+            f"| {c['colocated/controlled']} | {c['pd/controlled']} "
+            f"| {_pct(s['pd_controlled_vs_colocated_controlled'])}"
+            f"{'' if s['pd_wins'] else ' (PD loses)'} "
+            f"| {_cell(rec) if rec else 'none meets the target'} "
+            f"| {_pct(res.saving_vs_default_colocated)} | {_pct(res.saving_vs_default_pd)} |"
+        )
+        print(md[-1], flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    wall = getattr(args, "wall_s", None)
+    took = "" if wall is None else f", {wall:.0f} s on {args.jobs} processes"
     out.with_suffix(".md").write_text(
         "\n".join(md) + f"\n\n{args.window:g} s windows, {args.gpus} GPUs, target "
-        f"{args.target * 100:g}%, {wall:.0f} s on {args.jobs} processes\n"
+        f"{args.target * 100:g}%{took}\n"
     )
-    print(f"wrote {out.with_suffix('.md')} and .json ({wall:.0f} s)")
+    print(f"wrote {out.with_suffix('.md')} and .json")
     return 0
 
 
