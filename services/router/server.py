@@ -316,7 +316,8 @@ class Router(ServiceContext):
 
     async def _health(self, request: web.Request) -> web.Response:
         now = time.monotonic()
-        ok = all(any(w.available(now) for w in self.state.role(r)) for r in ("prefill", "decode"))
+        roles = ("unified",) if self.cfg.mode == "unified" else ("prefill", "decode")
+        ok = all(any(w.available(now) for w in self.state.role(r)) for r in roles)
         return web.Response(status=200 if ok else 503, text="" if ok else "no healthy workers")
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -77,6 +77,8 @@ async def test_unified_spreads_and_books_return_to_zero(
     assert [len(a.server.iterations) > 0 for a in apps] == [True, True]
     view = router.state.view("unified", 0.0)
     assert [v.role for v in view] == ["unified", "unified"]
+    async with aiohttp.ClientSession() as s, s.get(router.url + "/health") as r:
+        assert r.status == 200  # healthy with unified workers only
     async with aiohttp.ClientSession() as s, s.get(router.url + "/get_server_info") as r:
         assert r.status == 200
         assert len((await r.json())["unified"]) == 2
