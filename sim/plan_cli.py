@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from voltana.groundtruth.gpu_specs import GPUS, MODELS
+from voltana.sim.cli import _window  # the one spelling of --window (START[,DUR])
 
 
 def _gpu(text: str) -> str:
@@ -41,10 +42,9 @@ def register(subparsers: Any) -> None:
     w.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate")
     w.add_argument(
         "--window",
-        type=float,
-        nargs=2,
+        type=_window,
         default=None,
-        metavar=("START", "DUR"),
+        metavar="START[,DUR]",
         help="keep arrivals in [START, START+DUR) seconds (after scaling); default: all",
     )
     c = p.add_argument_group("hardware and SLO")
