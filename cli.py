@@ -21,6 +21,7 @@ from voltana.services.profiler import cli as profiler_cli
 from voltana.services.router import cli as router_cli
 from voltana.services.telemetry import cli as telemetry_cli
 from voltana.sim import cli as sim_cli
+from voltana.sim import plan_cli
 from voltana.tools import nats as tools_nats
 from voltana.tools import replay as tools_replay
 from voltana.tools import report as tools_report
@@ -38,6 +39,7 @@ _COMMANDS = (
     profiler_cli,
     router_cli,
     sim_cli,
+    plan_cli,
 )
 
 

@@ -187,8 +187,9 @@ class Engine:
             kv_tokens=kv,
         )
 
-    def _prefill_plan(self) -> BatchPlan | None:
-        budget = self.config.chunked_prefill_size
+    def _prefill_plan(self, budget: int | None = None) -> BatchPlan | None:
+        """Chunked prefill within ``budget`` tokens (default: ``chunked_prefill_size``)."""
+        budget = self.config.chunked_prefill_size if budget is None else budget
         rids: list[str] = []
         chunks: list[tuple[int, int]] = []
         # A partly prefilled request continues first.
@@ -344,6 +345,6 @@ class Engine:
 
 def iteration_cost(model: GpuModel, plan: BatchPlan, clock_mhz: float) -> IterCost:
     """Cost of ``plan`` on ``model`` at the requested SM clock."""
-    if plan.kind == "prefill":
+    if plan.kind != "decode":  # prefill, or mixed (decode tokens as 1-token extends)
         return model.prefill_batch(clock_mhz, plan.chunks)
     return model.decode(clock_mhz, plan.batch_size, plan.kv_tokens)

@@ -48,6 +48,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     # SGLang's radix cache (on unless --disable-radix-cache); a decode server never
     # matches prefixes (in PD mode the prefill instances hold the cache)
     radix_cache: bool = False
+    enable_mixed_chunk: bool = False  # unified: decode steps ride along prefill chunks
 
     def __post_init__(self) -> None:
         if self.max_running_requests < 1 or self.chunked_prefill_size < 1:
@@ -90,9 +91,10 @@ class EngineRequest:
 
 
 class BatchPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One iteration to run: prefill chunks or one decode step."""
+    """One iteration to run: prefill chunks, one decode step, or both mixed (``mixed``:
+    the prefill chunks first, then one (1, context) chunk per decoding request)."""
 
-    kind: Literal["prefill", "decode"]
+    kind: Literal["prefill", "decode", "mixed"]
     rids: tuple[str, ...]
     chunks: tuple[tuple[int, int], ...] = ()  # prefill: (new_tokens, context_tokens) per rid
     new_tokens: int = 0  # prefill: tokens computed; decode: batch size

@@ -57,6 +57,16 @@ class GpuSpec(msgspec.Struct, frozen=True, kw_only=True):
     prefill_fixed_s: float
     launch_cycles: float  # per-iteration SM-clock-bound overhead (cycles)
     allreduce_latency_s: float  # per all-reduce call (TP > 1)
+    # --- the driver's own behaviour with no lock (groundtruth/default_clock.py) ---
+    # After work stops an unlocked GPU holds its boost clock (and that clock's idle
+    # power) this long, then its clock decays toward the floor with this time
+    # constant. H100: held clock and its power measured (1965-1980 MHz, 122-126 W for
+    # the 1.8 s sampled after a matmul loop, bench/results/h100_nvml_sample.json; the
+    # probe's 117 W); floor measured (345 MHz, 69-71 W); hold and decay times are
+    # modelled (docs/gpu-model.md "The default clock policy"), replace them here.
+    default_idle_hold_s: float = 5.0
+    default_idle_decay_s: float = 1.0
+    default_idle_floor_mhz: int | None = None  # None: min_clock_mhz
 
     @property
     def peak_flop_per_clock(self) -> float:

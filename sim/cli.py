@@ -81,7 +81,11 @@ def register(subparsers: Any) -> None:
         help="keep arrivals in [START, START+DUR) seconds (after rate scaling)",
     )
     cl = p.add_argument_group("cluster and SLO")
-    cl.add_argument("--cluster", default="2p2d", help="e.g. 2p2d, 1p1d, 32p32d")
+    cl.add_argument(
+        "--cluster",
+        default="2p2d",
+        help="PD: 2p2d, 3p1d, 32p32d (prefill + decode instances); colocated: 4u (unified)",
+    )
     cl.add_argument("--gpu", default="h100", help="h100 | a100")
     cl.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.1-70b")
     cl.add_argument("--tp", type=int, default=1, help="GPUs per instance")
@@ -89,7 +93,12 @@ def register(subparsers: Any) -> None:
     cl.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (s)")
     cl.add_argument("--slo-margin", type=float, default=0.1, help="controllers' SLO margin")
     run = p.add_argument_group("run")
-    run.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated")
+    run.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help="comma-separated; default (the driver's clocks, no lock), default-rr, default-p2, "
+        "voltana-clocks and the diagnostics are accepted too (docs/simulator.md)",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--noise", type=float, default=0.02, help="ground-truth time jitter")
     run.add_argument(
@@ -119,6 +128,18 @@ def register(subparsers: Any) -> None:
         "over the next requests of the same GPU (docs/energy.md; default: overhead)",
     )
     run.add_argument("--no-oracle", action="store_true", help="skip the oracle reference")
+    run.add_argument(
+        "--default-idle-hold-s",
+        type=float,
+        default=None,
+        help="default clocks: seconds an idle GPU holds its boost clock (default: the GPU's)",
+    )
+    run.add_argument(
+        "--default-idle-decay-s",
+        type=float,
+        default=None,
+        help="default clocks: time constant of the idle clock's fall after the hold",
+    )
     run.add_argument(
         "--quick-profile",
         action="store_true",
@@ -209,7 +230,10 @@ def main(args: argparse.Namespace) -> int:
         telemetry_period_s=args.telemetry_period,
         wake_on_dispatch=not args.no_wake_on_dispatch,
         energy_idle=args.energy_idle,
+        default_idle_hold_s=args.default_idle_hold_s,
+        default_idle_decay_s=args.default_idle_decay_s,
     )
+    cfg.gpu_spec()  # checks the GPU and the idle overrides before any run
     specs = parse_policies(args.policies)
     console.print(f"[bold]workload[/] {wl.summary()}  [bold]cluster[/] {cluster}")
     out = Path(args.out) if args.out else None

@@ -10,38 +10,56 @@ from typing import Any, Literal
 
 import msgspec
 from voltana.common.errors import ConfigError
-from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, GpuSpec
 from voltana.schemas.config import SloConfig
 
 __all__ = ["ClusterSpec", "SimConfig"]
 
 
 class ClusterSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """Instances and hardware: ``n_prefill`` + ``n_decode`` instances of ``tp`` GPUs."""
+    """Instances and hardware: ``n_prefill`` + ``n_decode`` PD instances, or ``n_unified``
+    colocated ones (prefill and decode on the same GPUs), each of ``tp`` GPUs."""
 
     n_prefill: int = 2
     n_decode: int = 2
     gpu: str = "h100"
     model: str = "llama-3.1-8b"
     tp: int = 1
+    n_unified: int = 0
 
     @staticmethod
     def parse(text: str, **kw: Any) -> ClusterSpec:
-        """``"2p2d"`` -> 2 prefill + 2 decode.
+        """``"2p2d"`` -> 2 prefill + 2 decode; ``"4u"`` -> 4 unified (colocated) instances.
 
         Raises:
-            ConfigError: not of the form ``<n>p<m>d``.
+            ConfigError: not of the form ``<n>p<m>d`` or ``<n>u`` with positive counts.
         """
         t = text.strip().lower()
         try:
-            p, d = t.rstrip("d").split("p")
-            return ClusterSpec(n_prefill=int(p), n_decode=int(d), **kw)
-        except ValueError as exc:
-            raise ConfigError(f"cluster must look like 2p2d, got {text!r}") from exc
+            if t.endswith("u"):
+                n = int(t[:-1])
+                if n >= 1:
+                    return ClusterSpec(n_prefill=0, n_decode=0, n_unified=n, **kw)
+            else:
+                p, d = t.rstrip("d").split("p")
+                if int(p) >= 1 and int(d) >= 1:
+                    return ClusterSpec(n_prefill=int(p), n_decode=int(d), **kw)
+        except ValueError:
+            pass
+        raise ConfigError(
+            f"cluster must look like 2p2d (prefill + decode instances) or 4u (unified, "
+            f"colocated instances), with counts >= 1; got {text!r}"
+        )
 
     @property
     def label(self) -> str:
+        if self.n_unified:
+            return f"{self.n_unified}u"
         return f"{self.n_prefill}p{self.n_decode}d"
+
+    @property
+    def n_instances(self) -> int:
+        return self.n_prefill + self.n_decode + self.n_unified
 
 
 class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,11 +78,33 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     observed_window_s: float = 1.0  # span of observed TTFT/ITL fed to controllers
     max_running_requests: int = 256
     chunked_prefill_size: int = 8192
+    enable_mixed_chunk: bool = True  # unified instances: decode steps ride along prefill chunks
     kv_mem_fraction: float = 0.88
     kv_capacity_override_tokens: int | None = None  # instead of the memory-derived capacity
     series_min_dt_s: float = 0.05
     drain_limit_s: float = 600.0  # stop this long after the last arrival, whatever is left
     energy_idle: Literal["overhead", "spread"] = "overhead"  # idle energy (docs/energy.md)
+    # default clocks (no lock): override the GPU's idle hold and decay (GpuSpec), e.g. measured
+    default_idle_hold_s: float | None = None
+    default_idle_decay_s: float | None = None
+
+    def gpu_spec(self) -> GpuSpec:
+        """The simulated GPU: ``GPUS[cluster.gpu]`` with the idle overrides applied.
+
+        Raises:
+            ConfigError: an unknown GPU or a negative override.
+        """
+        spec = GPUS.get(self.cluster.gpu)
+        if spec is None:
+            raise ConfigError(f"unknown gpu {self.cluster.gpu!r}; choose from {', '.join(GPUS)}")
+        changes: dict[str, float] = {}
+        if self.default_idle_hold_s is not None:
+            changes["default_idle_hold_s"] = self.default_idle_hold_s
+        if self.default_idle_decay_s is not None:
+            changes["default_idle_decay_s"] = self.default_idle_decay_s
+        if any(v < 0 for v in changes.values()):
+            raise ConfigError("the default clocks' idle hold and decay must be >= 0 s")
+        return msgspec.structs.replace(spec, **changes) if changes else spec
 
     def kv_capacity_tokens(self) -> int:
         if self.kv_capacity_override_tokens is not None:

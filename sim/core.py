@@ -86,16 +86,21 @@ class Simulator:
         c = config.cluster
         if c.gpu not in GPUS or c.model not in MODELS:
             raise ConfigError(f"unknown gpu {c.gpu!r} or model {c.model!r}")
-        seeds = np.random.SeedSequence(config.seed).spawn(c.n_prefill + c.n_decode + 1)
+        seeds = np.random.SeedSequence(config.seed).spawn(c.n_instances + 1)
         kv_cap = config.kv_capacity_tokens()
         self.instances: dict[str, Instance] = {}
         role_of: dict[str, Role] = {}
-        roles: tuple[tuple[Role, int], ...] = (("prefill", c.n_prefill), ("decode", c.n_decode))
+        roles: tuple[tuple[Role, int], ...] = (
+            ("prefill", c.n_prefill),
+            ("decode", c.n_decode),
+            ("unified", c.n_unified),
+        )
         i = 0
+        spec = config.gpu_spec()
         for role, n in roles:
             for k in range(n):
                 model = GpuModel(
-                    GPUS[c.gpu],
+                    spec,
                     MODELS[c.model],
                     c.tp,
                     noise=config.noise,
@@ -108,6 +113,7 @@ class Simulator:
                     chunked_prefill_size=config.chunked_prefill_size,
                     kv_capacity_tokens=kv_cap,
                     radix_cache=True,  # SGLang's default; only prompts with a prefix use it
+                    enable_mixed_chunk=config.enable_mixed_chunk,
                 )
                 inst = Instance(
                     f"{role[0]}{k}",
@@ -155,6 +161,7 @@ class Simulator:
         per_iter = self.cfg.control == "iteration" and self.cfg.telemetry_period_s > 0
         dec = ctl.decide(inst.control_input(t, inst.obs_t if per_iter else None), t)
         clock = inst.model.max_clock_mhz if dec.default_clocks else dec.clock_mhz
+        inst.set_unlocked(t, dec.default_clocks)
         inst.last_decision_rule = dec.rule
         inst.command_clock(t + self.cfg.control_lag_s, clock)
         run = inst.running

@@ -64,7 +64,7 @@ class SimEnergy:
                 (rid, "prefill"): work(n, ctx)
                 for rid, (n, ctx) in zip(plan.rids, plan.chunks, strict=True)
             }
-            book.interval(name, energy, 1.0, weights)  # type: ignore[arg-type]
+            book.interval(name, energy, 1.0, weights)
         else:
             steps = self.steps.get(name)
             if steps is None:

@@ -14,8 +14,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from voltana.groundtruth.engine import BatchPlan, Engine, EngineConfig, Phase, iteration_cost
+from voltana.groundtruth.default_clock import default_idle_energy_j, default_idle_power_w
+from voltana.groundtruth.engine import BatchPlan, EngineConfig, Phase, iteration_cost
 from voltana.groundtruth.gpu_model import GpuModel
+from voltana.groundtruth.mixed import make_engine
 from voltana.groundtruth.timing import Stretch, retime
 from voltana.services.freqctl.controllers.base import ControlInput
 from voltana.services.freqctl.core import control_input
@@ -67,13 +69,17 @@ class Instance:
     ) -> None:
         self.name = name
         self.role = role
-        self.engine = Engine(engine_config)
+        self.engine = make_engine(engine_config)
         self.model = model
         self.tp = model.tp
         self.clock_mhz = start_clock_mhz
         self.pending: tuple[float, int] | None = None  # (t effective, clock)
         self.running: IterationRun | None = None
         self.idle_since = 0.0
+        # default clocks (no lock): idle power follows the driver's hold and decay from the
+        # end of the last iteration (long idle before the first one: at the floor)
+        self.unlocked = False
+        self.went_idle_s = -1e9
         self.energy_j = 0.0
         self.busy_s = 0.0
         self.switches = 0
@@ -120,12 +126,28 @@ class Instance:
             self._set_clock(max(t_c, self.idle_since) if self.running is None else t, c)
 
     def idle_power_w(self) -> float:
+        if self.unlocked:
+            age = self.idle_since - self.went_idle_s
+            return default_idle_power_w(self.model.gpu, age) * self.tp
         return self.model.idle_power_w(self.clock_mhz) * self.tp
 
+    def set_unlocked(self, t: float, unlocked: bool) -> None:
+        """Default clocks (no lock: the driver boosts under load and decays when idle) or a lock."""
+        if unlocked != self.unlocked:
+            if self.running is None:
+                self.accrue_idle(t)
+            self.unlocked = unlocked
+
     def accrue_idle(self, t: float) -> None:
-        """Idle energy from ``idle_since`` to ``t`` at the current clock."""
+        """Idle energy from ``idle_since`` to ``t`` at the current clock (or, unlocked, as the
+        driver's idle clock decays)."""
         if t > self.idle_since:
-            self.energy_j += self.idle_power_w() * (t - self.idle_since)
+            if self.unlocked:
+                age0, age1 = self.idle_since - self.went_idle_s, t - self.went_idle_s
+                e = default_idle_energy_j(self.model.gpu, age0, age1)
+                self.energy_j += e * self.tp
+            else:
+                self.energy_j += self.idle_power_w() * (t - self.idle_since)
             self.idle_since = t
 
     # ----- iterations -----------------------------------------------------------------
@@ -204,7 +226,7 @@ class Instance:
         self.running = None
         self.energy_j += run.energy_j
         self.busy_s += run.t_end - run.t_start
-        self.idle_since = run.t_end
+        self.idle_since = self.went_idle_s = run.t_end
         self.iterations += 1
         self._sample(run.t_start, run.power_w, batch=run.plan.batch_size)
         return run
@@ -274,7 +296,7 @@ class Instance:
                 decode_kv += r.prefilled_tokens + r.generated_tokens
             elif ph is Phase.WAITING:
                 waiting += 1
-                if self.role == "prefill":
+                if self.role != "decode":
                     prefill_tokens += r.prompt_tokens
                     oldest = r.arrival_s if oldest is None else min(oldest, r.arrival_s)
             elif ph is Phase.PREFILLING:
@@ -282,19 +304,20 @@ class Instance:
                 prefill_tokens += r.prompt_tokens - r.prefilled_tokens
                 oldest = r.arrival_s if oldest is None else min(oldest, r.arrival_s)
         is_decode = self.role == "decode"
+        has_itl = self.role != "prefill"  # decode and unified instances emit tokens
         if obs_t is None:
-            itl = self._window_mean(self._itl_obs, self._itl_sum, t) if is_decode else None
+            itl = self._window_mean(self._itl_obs, self._itl_sum, t) if has_itl else None
             ttft = None if is_decode else self._window_mean(self._ttft_obs, self._ttft_sum, t)
             t_inp = t
         else:
-            itl = self.obs_itl_s if is_decode else None
+            itl = self.obs_itl_s if has_itl else None
             ttft = None if is_decode else self.obs_ttft_s
             t_inp = obs_t
         # the simulated router always knows the queued prompt tokens: the live mapping's
         # fresh-router branch, with the engine's own counts as the telemetry
         return control_input(
             instance=self.name,
-            role="decode" if is_decode else "prefill",
+            role="unified" if self.role == "unified" else "decode" if is_decode else "prefill",
             t=t_inp,
             queue_reqs=waiting,
             running_reqs=running,

@@ -11,6 +11,19 @@ freqctl, ``make_policy`` from the router); the simulator only picks them.
 | voltana-ref  | ecofreq          | random          | ecoroute-tile  |
 | voltana      | voltana          | ecoroute        | ecoroute       |
 | cache-aware  | static-max       | cache-aware     | cache-aware    |
+| default      | default clocks   | random          | round-robin    |
+| default-rr   | default clocks   | round-robin     | round-robin    |
+| default-p2   | default clocks   | power-of-two    | power-of-two   |
+
+``voltana-clocks`` is the controller alone behind an existing router: telemetry
+cadence without dispatch wake-ups, the ``default`` routing.
+
+``default`` is what users run today: no clock lock (the driver boosts under load and
+lets an idle GPU's clock decay after a hold, ``groundtruth.default_clock``), with the
+routing of the static baselines; ``default-rr`` and ``default-p2`` route as
+sglang-router's ``round_robin`` and ``power_of_two`` policies do. On a colocated
+(``Nu``) cluster every policy routes with its decode-side policy (one worker per
+request, as sglang-router without ``--pd-disaggregation``).
 
 Diagnostics that change one lever at a time: ``voltana-rr`` (voltana clocks,
 random/round-robin routing), ``voltana-tile`` (voltana clocks, ecoroute-tile
@@ -43,7 +56,8 @@ class PolicySpec(msgspec.Struct, frozen=True):
     controller: ControllerName
     prefill_routing: str
     decode_routing: str
-    static_clock: str | None = None  # "max" | "min" for the static controllers
+    static_clock: str | None = None  # "max" | "min" | "default" (no lock) for static
+    wake_on_dispatch: bool | None = None  # None: the run's setting; False: telemetry only
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -53,6 +67,14 @@ POLICIES: dict[str, PolicySpec] = {
     "ecofreq-2level": PolicySpec("ecofreq-2level", "ecofreq-2level", "random", "round-robin"),
     "voltana-ref": PolicySpec("voltana-ref", "ecofreq", "random", "ecoroute-tile"),
     "voltana": PolicySpec("voltana", "voltana", "ecoroute", "ecoroute"),
+    "default": PolicySpec("default", "static", "random", "round-robin", "default"),
+    "default-rr": PolicySpec("default-rr", "static", "round-robin", "round-robin", "default"),
+    "default-p2": PolicySpec("default-p2", "static", "power-of-two", "power-of-two", "default"),
+    # clocks only, behind an existing router: the voltana controller at telemetry cadence
+    # (no dispatch wake-ups, it sees no router), the default baseline's routing
+    "voltana-clocks": PolicySpec(
+        "voltana-clocks", "voltana", "random", "round-robin", wake_on_dispatch=False
+    ),
     # diagnostics: one lever at a time
     "voltana-rr": PolicySpec("voltana-rr", "voltana", "random", "round-robin"),
     "ecofreq-ecoroute": PolicySpec("ecofreq-ecoroute", "ecofreq", "ecoroute", "ecoroute"),

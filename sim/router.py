@@ -45,6 +45,7 @@ class SimRouter:
         self._members: dict[str, list[tuple[str, Role, InstanceLoad]]] = {
             "prefill": [],
             "decode": [],
+            "unified": [],
         }
         for name, role in instances.items():
             self._members[role].append((name, role, self.loads[name]))
@@ -85,6 +86,19 @@ class SimRouter:
         if p is None or d is None:
             return None
         return p.instance, d.instance
+
+    def select_unified(self, rr: RouteRequest, t: float) -> str | None:
+        """The unified (colocated) instance for ``rr``, as sglang-router without
+        ``--pd-disaggregation`` picks one worker: with the decode-side policy."""
+        sel = self.policies["decode"].select(self.view("unified", t), rr, t, self.rng)
+        return None if sel is None else sel.instance
+
+    def unified_dispatched(self, name: str, rr: RouteRequest, t: float) -> None:
+        self.policies["decode"].on_dispatch(name, rr, t)
+        self.loads[name].unified_dispatched(rr.request_id, rr.input_tokens, rr.max_new_tokens, t)
+
+    def unified_first_token(self, name: str, rr: RouteRequest) -> None:
+        self.loads[name].first_token(rr.request_id)
 
     def dispatched(self, prefill: str, decode: str, rr: RouteRequest, t: float) -> None:
         rid = rr.request_id

@@ -16,6 +16,7 @@ from voltana.predictor.profile import Profile
 from voltana.schemas.config import ControllerConfig, SloConfig
 from voltana.services.freqctl.controllers.factory import make_controller
 from voltana.services.router.policies.factory import make_policy
+from voltana.sim.colocated import simulator_class
 from voltana.sim.config import SimConfig
 from voltana.sim.core import Simulator
 from voltana.sim.metrics import RunMetrics
@@ -48,13 +49,19 @@ def run_policy(
     kw: dict[str, Any] = {"slo": cfg.slo, **(controller_overrides or {})}
     if spec.controller == "static":
         kw["static_clock_mhz"] = (
-            profile.max_clock_mhz if spec.static_clock == "max" else profile.min_clock_mhz
+            None  # no lock: the driver's default clocks
+            if spec.static_clock == "default"
+            else profile.max_clock_mhz
+            if spec.static_clock == "max"
+            else profile.min_clock_mhz
         )
+    if spec.wake_on_dispatch is not None:
+        cfg = msgspec.structs.replace(cfg, wake_on_dispatch=spec.wake_on_dispatch)
     ccfg = ControllerConfig(policy=spec.controller, **kw)
     ctl = make_controller(ccfg, profile)
-    sim = Simulator(
+    sim = simulator_class(cfg)(
         cfg,
-        controllers={"prefill": ctl, "decode": ctl},
+        controllers={"prefill": ctl, "decode": ctl, "unified": ctl},
         prefill_policy=make_policy(spec.prefill_routing, profile=profile, slo=cfg.slo),
         decode_policy=make_policy(spec.decode_routing, profile=profile, slo=cfg.slo),
         name=spec.name,
@@ -114,28 +121,33 @@ def evaluate(
     progress: Progress | None = None,
     keep_runs: list[RunMetrics] | None = None,
 ) -> Evaluation:
-    """Run every policy (and the oracle) on the same workload; add savings vs static max.
+    """Run every policy (and the oracle) on the same workload; add savings vs the references.
 
-    ``saving_vs_static_max`` is ``1 - E_policy / E_static_max`` (static max is
-    run too if not asked for, as the reference). ``keep_runs`` receives the raw
-    runs (for plots).
+    ``saving_vs_default`` is ``1 - E_policy / E_default`` (the driver's default clocks,
+    no lock: what users run today) and ``saving_vs_static_max`` is
+    ``1 - E_policy / E_static_max``; both references are run too if not asked for.
+    The oracle is defined for PD clusters only. ``keep_runs`` receives the raw runs
+    (for plots).
     """
     profile = profile_for(cfg, quick=quick_profile)
     wanted = list(specs)
-    ref_spec = POLICIES["static-max"]
+    refs = [POLICIES["static-max"], POLICIES["default"]]
     runs: dict[str, RunMetrics] = {}
-    for spec in ([ref_spec] if ref_spec not in wanted else []) + wanted:
+    for spec in [r for r in refs if r not in wanted] + wanted:
         runs[spec.name] = run_policy(workload, spec, cfg, profile, progress=progress)
+    if cfg.cluster.n_unified:
+        oracle = False
     orc = run_oracle(workload, cfg, progress=progress, profile=profile) if oracle else None
     ref = runs["static-max"].energy_j
+    ref_default = runs["default"].energy_j
     rows: dict[str, dict[str, Any]] = {}
     for spec in wanted:
         row: dict[str, Any] = runs[spec.name].summary()
         if runs[spec.name].prefix_by_instance:
             row["prefix_hit_rate_by_instance"] = runs[spec.name].prefix_hit_rate_by_instance()
-        row["saving_vs_static_max"] = (
-            round(1.0 - runs[spec.name].energy_j / ref, 6) if ref else None
-        )
+        e = runs[spec.name].energy_j
+        row["saving_vs_default"] = round(1.0 - e / ref_default, 6) if ref_default else None
+        row["saving_vs_static_max"] = round(1.0 - e / ref, 6) if ref else None
         if orc is not None and orc.energy_j > 0:
             row["energy_vs_oracle"] = round(runs[spec.name].energy_j / orc.energy_j, 4)
         rows[spec.name] = row
@@ -144,6 +156,9 @@ def evaluate(
         orow = dict(orc.summary())
         if orc.prefix_by_instance:
             orow["prefix_hit_rate_by_instance"] = orc.prefix_hit_rate_by_instance()
+        orow["saving_vs_default"] = (
+            round(1.0 - orc.energy_j / ref_default, 6) if ref_default else None
+        )
         orow["saving_vs_static_max"] = round(1.0 - orc.energy_j / ref, 6) if ref else None
     if keep_runs is not None:
         keep_runs.extend(runs[s.name] for s in wanted)

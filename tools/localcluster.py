@@ -55,6 +55,7 @@ class LocalClusterSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     prefill: int = 1
     decode: int = 1
+    unified: int = 0  # > 0: colocated workers (mixed chunks) instead of prefill/decode
     gpu: str = "h100"
     model: str = "llama-3.1-8b"
     node: str = "local"
@@ -150,7 +151,9 @@ class LocalCluster:
         self.nats.start()
         _run_in_thread(prepare_nats(self.nats.url, name="voltana-up"))
         gpu = 0
-        for role, count in (("prefill", s.prefill), ("decode", s.decode)):
+        if s.unified and (s.prefill or s.decode):
+            raise VoltanaError("a local cluster is either colocated (unified) or PD, not both")
+        for role, count in (("prefill", s.prefill), ("decode", s.decode), ("unified", s.unified)):
             for i in range(count):
                 port, boot = free_port(), free_port()
                 name = f"{role}-{i}"
@@ -180,6 +183,7 @@ class LocalCluster:
                         str(s.noise),
                         "--sglang-version",
                         s.sglang_version,
+                        *(["--enable-mixed-chunk"] if role == "unified" else []),
                         *s.extra_emulator_args,
                     ],
                 )
@@ -240,6 +244,15 @@ class LocalCluster:
         for inst in self.instances:
             if inst.role == "decode":
                 router += ["--decode", inst.url]
+        if s.unified:  # colocated workers: the router's unified mode, from its config file
+            toml = s.workdir / "router.toml"
+            toml.write_text(
+                'mode = "unified"\n'
+                + "".join(
+                    f'[[workers]]\nurl = "{i.url}"\nrole = "unified"\n' for i in self.instances
+                )
+            )
+            router += ["--config", str(toml)]
         self._spawn("router", router)
         self.router_url = f"http://127.0.0.1:{router_port}"
         self._wait_http("router", self.router_url + "/health")

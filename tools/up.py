@@ -27,6 +27,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--prefill", type=int, default=1, help="prefill instances (default 1)")
     p.add_argument("--decode", type=int, default=1, help="decode instances (default 1)")
+    p.add_argument(
+        "--unified",
+        type=int,
+        default=0,
+        help="colocated (unified) instances instead of prefill/decode ones (default 0: PD)",
+    )
     p.add_argument("--gpu", default="h100", choices=list(GPUS), help="emulated GPU (default h100)")
     p.add_argument("--model", default="llama-3.1-8b", help="model shape (default llama-3.1-8b)")
     p.add_argument("--policy", default="voltana", help="clock controller policy (default voltana)")
@@ -121,8 +127,9 @@ class LocalUp:
 
 def _run(args: argparse.Namespace) -> int:
     spec = LocalClusterSpec(
-        prefill=args.prefill,
-        decode=args.decode,
+        prefill=0 if args.unified else args.prefill,
+        decode=0 if args.unified else args.decode,
+        unified=args.unified,
         gpu=args.gpu,
         model=args.model,
         policy=args.policy,

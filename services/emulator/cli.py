@@ -118,6 +118,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="store_false",
         help="--backend torch runs decode eagerly instead of replaying CUDA graphs",
     )
+    p.add_argument(
+        "--enable-mixed-chunk",
+        action="store_true",
+        help="unified role: run the decode step of running requests in the same batch as "
+        "prefill chunks (SGLang's flag)",
+    )
+    p.add_argument(
+        "--default-idle-hold-s",
+        type=float,
+        default=None,
+        help="default clocks (no lock): seconds an idle GPU holds its boost clock after work "
+        "(default: the GPU spec's, docs/gpu-model.md)",
+    )
+    p.add_argument(
+        "--default-idle-decay-s",
+        type=float,
+        default=None,
+        help="default clocks: time constant of the idle clock's fall to its floor after the "
+        "hold (default: the GPU spec's)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -160,6 +180,9 @@ def _run(args: argparse.Namespace) -> int:
             torch_shape=args.torch_shape,
             torch_kv_pool_gib=args.torch_kv_pool_gib,
             torch_graphs=args.torch_graphs,
+            enable_mixed_chunk=args.enable_mixed_chunk,
+            default_idle_hold_s=args.default_idle_hold_s,
+            default_idle_decay_s=args.default_idle_decay_s,
         )
         if config.page_size < 1:
             raise ConfigError(f"--page-size must be >= 1, got {config.page_size}")

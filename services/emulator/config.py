@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-from voltana.groundtruth.gpu_model import MODELS
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuSpec
 from voltana.schemas.base import Role
 
-__all__ = ["EmulatorConfig"]
+__all__ = ["EmulatorConfig", "emulated_spec"]
 
 
 class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,7 +42,24 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     torch_shape: str | None = None  # torch_llama.SHAPES name (default: the --model's)
     torch_kv_pool_gib: float = 40.0
     torch_graphs: bool = True
+    enable_mixed_chunk: bool = False  # unified: decode steps ride along prefill chunks (SGLang)
+    # default clocks (no lock): override the GPU's idle hold and decay (GpuSpec), e.g. measured
+    default_idle_hold_s: float | None = None
+    default_idle_decay_s: float | None = None
 
     @property
     def model_name(self) -> str:
         return self.served_model_name or MODELS[self.model].name
+
+
+def emulated_spec(config: EmulatorConfig) -> GpuSpec:
+    """The GPU the worker emulates: ``GPUS[config.gpu]`` with the idle overrides applied."""
+    spec = GPUS[config.gpu]
+    changes: dict[str, float] = {}
+    if config.default_idle_hold_s is not None:
+        changes["default_idle_hold_s"] = config.default_idle_hold_s
+    if config.default_idle_decay_s is not None:
+        changes["default_idle_decay_s"] = config.default_idle_decay_s
+    if any(v < 0 for v in changes.values()):
+        raise ValueError("--default-idle-hold-s and --default-idle-decay-s must be >= 0")
+    return msgspec.structs.replace(spec, **changes) if changes else spec

@@ -4,8 +4,11 @@ The device integrates its energy counter from the ground-truth model: busy inter
 the iteration's modelled power, idle time at the clock-dependent idle power. Time is
 passed in (seconds, monotonic or virtual), so the same class serves the real-time
 emulator and tests. Locked clocks mirror ``nvmlDeviceSetGpuLockedClocks``: busy work
-runs at the top of the locked range, an idle GPU drops to its bottom; with no lock the
-GPU holds its maximum clock while a CUDA context exists (as the H100 probe showed).
+runs at the top of the locked range, an idle GPU drops to its bottom. With no lock (the
+driver's default clocks) work runs at the maximum clock and an idle GPU holds that clock
+for a while after its last work, then decays to its idle floor
+(``groundtruth.default_clock``; the emulator starts as just after work: it has loaded
+the model).
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from voltana.common.errors import GpuError
+from voltana.groundtruth.default_clock import (
+    default_idle_clock_mhz,
+    default_idle_energy_j,
+    default_idle_power_w,
+)
 from voltana.groundtruth.gpu_model import GpuModel, IterCost
 
 __all__ = ["THROTTLE_GPU_IDLE", "THROTTLE_SW_POWER_CAP", "EmulatedGpu"]
@@ -42,6 +50,7 @@ class EmulatedGpu:
         self.locked_max_mhz: int | None = None
         self._energy_j = 0.0
         self._t_accounted = now_s
+        self._idle_from = now_s  # end of the last work (default clocks: the idle age's origin)
         self._busy: _Busy | None = None
         self._last_cost: IterCost | None = None
         self._busy_log: deque[tuple[float, float]] = deque()
@@ -84,7 +93,24 @@ class EmulatedGpu:
 
     @property
     def idle_clock_mhz(self) -> int:
+        """Idle clock under a lock (its bottom); unlocked: the clock just after work."""
         return self.locked_min_mhz if self.locked_min_mhz is not None else self.model.max_clock_mhz
+
+    def _idle_clock_at(self, now_s: float) -> int:
+        if self.locked_min_mhz is not None:
+            return self.locked_min_mhz
+        f = default_idle_clock_mhz(self.model.gpu, now_s - self._idle_from)
+        return self.model.nearest_clock_mhz(f + 1e-6)
+
+    def _idle_power_at(self, now_s: float) -> float:
+        if self.locked_min_mhz is not None:
+            return self.model.idle_power_w(self.locked_min_mhz)
+        return default_idle_power_w(self.model.gpu, now_s - self._idle_from)
+
+    def _idle_energy(self, t0: float, t1: float) -> float:
+        if self.locked_min_mhz is not None:
+            return self.model.idle_power_w(self.locked_min_mhz) * (t1 - t0)
+        return default_idle_energy_j(self.model.gpu, t0 - self._idle_from, t1 - self._idle_from)
 
     # ----- work and energy -----------------------------------------------------------
     def begin_busy(self, t_start: float, cost: IterCost) -> None:
@@ -106,6 +132,7 @@ class EmulatedGpu:
             self._busy.t_end = max(self._busy.t_end, t_end)
         self.advance(t_end)
         self._busy = None
+        self._idle_from = max(self._idle_from, t_end)
 
     def advance(self, now_s: float) -> None:
         """Integrate energy up to ``now_s``."""
@@ -125,7 +152,7 @@ class EmulatedGpu:
                 self._energy_j += b.cost.power_w * (now_s - t0)
                 self._log_busy(t0, now_s)
             else:
-                self._energy_j += self.model.idle_power_w(self.idle_clock_mhz) * (now_s - t0)
+                self._energy_j += self._idle_energy(t0, now_s)
         self._t_accounted = now_s
 
     def _log_busy(self, t0: float, t1: float) -> None:
@@ -141,12 +168,13 @@ class EmulatedGpu:
         self.advance(now_s)
         if self._busy is not None:
             return self._busy.cost.power_w
-        return self.model.idle_power_w(self.idle_clock_mhz)
+        return self._idle_power_at(now_s)
 
-    def sm_clock_mhz(self) -> int:
+    def sm_clock_mhz(self, now_s: float | None = None) -> int:
+        """Clock now (``now_s``; default: the last accounted time)."""
         if self._busy is not None:
             return self._busy.cost.effective_clock_mhz
-        return self.idle_clock_mhz
+        return self._idle_clock_at(self._t_accounted if now_s is None else now_s)
 
     def throttle_reasons(self) -> int:
         bits = 0
@@ -170,7 +198,7 @@ class EmulatedGpu:
         return {
             "index": self.index,
             "name": self.model.gpu.name,
-            "sm_clock_mhz": self.sm_clock_mhz(),
+            "sm_clock_mhz": self.sm_clock_mhz(now_s),
             "locked_clock_mhz": self.locked_max_mhz,
             "locked_min_clock_mhz": self.locked_min_mhz,
             "max_sm_clock_mhz": self.model.max_clock_mhz,

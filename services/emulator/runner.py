@@ -142,8 +142,11 @@ class IterationLoop:
                     "energy_j": energy_j,
                 }
             )
-            if plan.kind == "decode":
-                self._gen_log.append((end, plan.batch_size))
+            if plan.kind != "prefill":  # mixed: the decode tokens are its (1, context) chunks
+                n = plan.batch_size
+                if plan.kind == "mixed":
+                    n = sum(1 for k, _ in plan.chunks if k == 1)
+                self._gen_log.append((end, n))
                 self._forget_tokens_before(end - _GEN_WINDOW_S)
             self._dispatch(self.engine.complete(plan, end))
 

@@ -23,15 +23,15 @@ import numpy as np
 import structlog
 from voltana.groundtruth.engine import (
     AdmissionError,
-    Engine,
     EngineConfig,
     EngineEvent,
     EngineStats,
 )
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.mixed import make_engine
 from voltana.groundtruth.prefix_cache import PrefixIdentity, chain_token_keys
 from voltana.services.emulator import pd
-from voltana.services.emulator.config import EmulatorConfig
+from voltana.services.emulator.config import EmulatorConfig, emulated_spec
 from voltana.services.emulator.gpu_device import EmulatedGpu
 from voltana.services.emulator.metrics import SglangMetrics
 from voltana.services.emulator.runner import IterationLoop
@@ -90,16 +90,17 @@ class EmulatorServer:
             raise ValueError(f"unknown model {config.model!r}; known: {sorted(MODELS)}")
         self.config = config
         self.model = GpuModel(
-            GPUS[config.gpu], MODELS[config.model], config.tp, config.noise, config.seed
+            emulated_spec(config), MODELS[config.model], config.tp, config.noise, config.seed
         )
         cap = config.kv_capacity_tokens or self.model.kv_capacity_tokens(config.mem_fraction_static)
-        self.engine = Engine(
+        self.engine = make_engine(
             EngineConfig(
                 role=config.role,
                 max_running_requests=config.max_running_requests,
                 chunked_prefill_size=config.chunked_prefill_size,
                 kv_capacity_tokens=cap,
                 radix_cache=not config.disable_radix_cache,
+                enable_mixed_chunk=config.enable_mixed_chunk,
             )
         )
         ids = config.gpu_ids or tuple(range(config.tp))

@@ -35,6 +35,8 @@ class InstanceLoad:
     # request id -> dispatch time, until the side's first result; dicts keep insertion
     # order and dispatch times never decrease, so the first entry is the oldest
     waiting_since: dict[str, float] = field(default_factory=dict)
+    # colocated (unified) workers: request id -> prompt tokens queued here until its first token
+    unified_prompts: dict[str, int] = field(default_factory=dict)
 
     def prefill_dispatched(self, request_id: str, input_tokens: int, now: float) -> None:
         self.in_flight_requests += 1
@@ -60,11 +62,23 @@ class InstanceLoad:
 
     def first_token(self, request_id: str) -> None:
         self.waiting_since.pop(request_id, None)
+        if self.unified_prompts:
+            n = self.unified_prompts.pop(request_id, None)
+            if n is not None:  # a colocated worker's prompt is done
+                self.queued_prefill_tokens -= n
 
     def decode_done(self, request_id: str, input_tokens: int, out_tokens: int) -> None:
-        self.waiting_since.pop(request_id, None)
+        self.first_token(request_id)  # ended before its first token: its prompt leaves too
         self.in_flight_requests -= 1
         self.in_flight_tokens -= input_tokens + out_tokens
+
+    def unified_dispatched(
+        self, request_id: str, input_tokens: int, out_tokens: int, now: float
+    ) -> None:
+        """A colocated worker got the request: its prompt is queued here, then it decodes here."""
+        self.decode_dispatched(request_id, input_tokens, out_tokens, now)
+        self.queued_prefill_tokens += input_tokens
+        self.unified_prompts[request_id] = input_tokens
 
     def view(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -64,6 +65,11 @@ class RouterConfig(msgspec.Struct, kw_only=True):
     port: int = 8000
     prefill: list[WorkerSpec] = msgspec.field(default_factory=list)
     decode: list[WorkerSpec] = msgspec.field(default_factory=list)
+    # "pd": SGLang PD dispatch (prefill + decode pairs); "unified": colocated workers, one
+    # worker per request, as sglang-router without --pd-disaggregation (``workers``; the
+    # decode policy picks)
+    mode: Literal["pd", "unified"] = "pd"
+    workers: list[WorkerSpec] = msgspec.field(default_factory=list)
     prefill_policy: str = "random"
     decode_policy: str = "random"
     # cache_aware's knobs, as sglang-router names them (its defaults)
@@ -130,13 +136,22 @@ class RouterConfig(msgspec.Struct, kw_only=True):
         Raises:
             ConfigError: no prefill or decode worker, or a value out of range.
         """
-        if not self.prefill:
-            raise ConfigError("at least one --prefill worker is required")
-        if not self.decode:
-            raise ConfigError("at least one --decode worker is required")
+        if self.mode == "unified":
+            if not self.workers:
+                raise ConfigError("unified mode needs at least one worker (colocated SGLang)")
+            if self.prefill or self.decode:
+                raise ConfigError("unified mode takes workers, not prefill/decode workers")
+        else:
+            if not self.prefill:
+                raise ConfigError("at least one --prefill worker is required")
+            if not self.decode:
+                raise ConfigError("at least one --decode worker is required")
+            if self.workers:
+                raise ConfigError("PD mode takes prefill and decode workers; set mode unified")
         seen: set[str] = set()
-        fixed: dict[str, list[WorkerSpec]] = {"prefill": [], "decode": []}
-        for role, specs in (("prefill", self.prefill), ("decode", self.decode)):
+        fixed: dict[str, list[WorkerSpec]] = {"prefill": [], "decode": [], "unified": []}
+        groups = (("prefill", self.prefill), ("decode", self.decode), ("unified", self.workers))
+        for role, specs in groups:
             for w in specs:
                 url = normalize_url(w.url)
                 name = w.name or instance_name(url)
@@ -147,6 +162,7 @@ class RouterConfig(msgspec.Struct, kw_only=True):
                     WorkerSpec(url=url, role=role, bootstrap_port=w.bootstrap_port, name=name)
                 )
         self.prefill, self.decode = fixed["prefill"], fixed["decode"]
+        self.workers = fixed["unified"]
         for name in (
             "max_concurrent_requests",
             "max_request_bytes",

@@ -27,7 +27,8 @@ from voltana.services.router.energy import ENERGY_HEADER, energy_fields, tenant_
 from voltana.services.router.policies.base import RouteRequest
 from voltana.services.router.prefix import prompt_prefix
 from voltana.services.router.relay import ClientGone, relay_stream, stream_tokens
-from voltana.services.router.routing import Routing
+from voltana.services.router.routing import Pair, Routing
+from voltana.services.router.state import WorkerState
 from voltana.services.router.stats import Outcome
 from voltana.services.router.upstream import (
     PrefillFailed,
@@ -99,7 +100,7 @@ class Pd:
         last_failure: PrefillFailed | None = None
         try:
             while True:
-                pair = routing.choose(rreq, excluded)
+                pair = self._choose(rreq, excluded)
                 if pair is None and last_failure is not None:
                     return self._prefill_error(last_failure, out)  # nothing left to retry on
                 if pair is None:
@@ -113,17 +114,8 @@ class Pd:
                     )
                 pw, dw = pair.prefill, pair.decode
                 out.prefill, out.decode = pw.name, dw.name
-                rooms = [proto.new_room(self.pyrng) for _ in range(info.batch_size or 1)]
-                payload = proto.encode(
-                    proto.add_bootstrap(
-                        body,
-                        proto.bootstrap_host(pw.spec.url),
-                        pw.spec.bootstrap_port,
-                        rooms,
-                        info.batch_size,
-                    )
-                )
-                routing.on_dispatched(pair, rreq, rooms[0], path)
+                payload, room = self._payload(body, pw, info)
+                routing.on_dispatched(pair, rreq, room, path)
                 try:
                     return await self._attempt(
                         request, path, payload, info, rreq, pw.name, dw.name, arrival, out
@@ -156,6 +148,26 @@ class Pd:
             )
         finally:
             routing.on_finished(rreq, info, path, out, arrival, arrival_ns)
+
+    def _choose(self, rreq: RouteRequest, excluded: set[str]) -> Pair | None:
+        """The workers for one request (PD: a prefill and a decode worker)."""
+        return self.routing.choose(rreq, excluded)
+
+    def _payload(
+        self, body: dict[str, Any], pw: WorkerState, info: proto.RequestInfo
+    ) -> tuple[bytes, int]:
+        """The upstream body and its bootstrap room (PD: both copies carry the bootstrap)."""
+        rooms = [proto.new_room(self.pyrng) for _ in range(info.batch_size or 1)]
+        payload = proto.encode(
+            proto.add_bootstrap(
+                body,
+                proto.bootstrap_host(pw.spec.url),
+                pw.spec.bootstrap_port,
+                rooms,
+                info.batch_size,
+            )
+        )
+        return payload, rooms[0]
 
     @staticmethod
     def _prefill_error(exc: PrefillFailed, out: Outcome) -> web.Response:

@@ -97,17 +97,37 @@ class Routing:
             return None
         return Pair(st.workers[psel.instance], st.workers[dsel.instance], psel.reason, dsel.reason)
 
+    def choose_unified(self, rreq: RouteRequest, excluded: set[str]) -> Pair | None:
+        """One colocated worker for the whole request (the decode policy picks), as
+        sglang-router does without ``--pd-disaggregation``; None when none is healthy."""
+        now = time.monotonic()
+        view = self.state.view("unified", now)
+        if excluded:
+            view = ClusterView(v for v in view if v.instance not in excluded)
+        sel = self.decode_policy.select(view, rreq, now, self.rng)
+        if sel is None:
+            return None
+        w = self.state.workers[sel.instance]
+        return Pair(w, w, sel.reason, sel.reason)
+
     def on_dispatched(self, pair: Pair, rreq: RouteRequest, room: int, path: str) -> None:
+        """Book a dispatch (``pair.prefill is pair.decode``: one colocated worker)."""
         now = time.monotonic()
         pw, dw = pair.prefill, pair.decode
-        self.state.dispatched(
-            pw.name, dw.name, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, now
-        )
         self.energy.dispatched(rreq.request_id, pw.name, dw.name, rreq.input_tokens)
-        self.prefill_policy.on_dispatch(pw.name, rreq, now)
+        if pw is dw:
+            self.state.unified_dispatched(
+                dw.name, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, now
+            )
+            self.metrics.decisions.labels("unified", dw.name).inc()
+        else:
+            self.state.dispatched(
+                pw.name, dw.name, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, now
+            )
+            self.prefill_policy.on_dispatch(pw.name, rreq, now)
+            self.metrics.decisions.labels("prefill", pw.name).inc()
+            self.metrics.decisions.labels("decode", dw.name).inc()
         self.decode_policy.on_dispatch(dw.name, rreq, now)
-        self.metrics.decisions.labels("prefill", pw.name).inc()
-        self.metrics.decisions.labels("decode", dw.name).inc()
         self.changed.set()
         self.bus.publish(
             subjects.ROUTE_DECISION,
@@ -143,7 +163,7 @@ class Routing:
         arrival_ns: int,
     ) -> None:
         now = time.monotonic()
-        if out.prefill:
+        if out.prefill and out.prefill != out.decode:  # equal: one colocated worker
             self.prefill_policy.on_complete(out.prefill, rreq, now)
         if out.decode:
             self.decode_policy.on_complete(out.decode, rreq, now)

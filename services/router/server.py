@@ -40,6 +40,7 @@ from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.policies import make_policy
 from voltana.services.router.routing import Routing
 from voltana.services.router.state import ClusterState, WorkerState
+from voltana.services.router.unified import Unified
 from voltana.services.router.validate import parse_request
 from voltana.services.runner import ServiceContext
 
@@ -55,7 +56,7 @@ class Router(ServiceContext):
         self.cfg = cfg.validate()
         self.metrics = RouterMetrics()
         self.state = ClusterState(
-            [*cfg.prefill, *cfg.decode],
+            [*cfg.prefill, *cfg.decode, *cfg.workers],
             breaker_failures=cfg.breaker_failures,
             breaker_open_s=cfg.breaker_open_s,
             health_failure_threshold=cfg.health_failure_threshold,
@@ -155,7 +156,7 @@ class Router(ServiceContext):
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self.pd = Pd(
+        self.pd = (Unified if self.cfg.mode == "unified" else Pd)(
             self.routing,
             self.session,
             self.pyrng,
@@ -191,6 +192,8 @@ class Router(ServiceContext):
             port=self.port,
             prefill=[w.url for w in self.cfg.prefill],
             decode=[w.url for w in self.cfg.decode],
+            mode=self.cfg.mode,
+            workers=[w.url for w in self.cfg.workers],
             prefill_policy=self.prefill_policy.name,
             decode_policy=self.decode_policy.name,
             nats=self.cfg.nats,
@@ -321,7 +324,8 @@ class Router(ServiceContext):
 
     async def _health(self, request: web.Request) -> web.Response:
         now = time.monotonic()
-        ok = all(any(w.available(now) for w in self.state.role(r)) for r in ("prefill", "decode"))
+        roles = ("unified",) if self.cfg.mode == "unified" else ("prefill", "decode")
+        ok = all(any(w.available(now) for w in self.state.role(r)) for r in roles)
         return web.Response(status=200 if ok else 503, text="" if ok else "no healthy workers")
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -332,7 +336,7 @@ class Router(ServiceContext):
 
     def _first_available(self) -> WorkerState | None:
         now = time.monotonic()
-        for role in ("decode", "prefill"):
+        for role in ("decode", "prefill", "unified"):
             for w in self.state.role(role):
                 if w.available(now):
                     return w
@@ -358,7 +362,8 @@ class Router(ServiceContext):
 
     async def _server_info(self, request: web.Request) -> web.Response:
         out: dict[str, Any] = {}
-        for role in ("prefill", "decode"):
+        roles = ("unified",) if self.cfg.mode == "unified" else ("prefill", "decode")
+        for role in roles:
             ws = self.state.role(role)
             out[role] = [i for i in await asyncio.gather(*(self._info(w) for w in ws)) if i]
         out["router"] = {

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+from voltana.schemas.base import Role
 from voltana.schemas.router import InstanceState
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry, LatencyWindow
 from voltana.services.router.accounting import InstanceLoad
@@ -98,6 +99,11 @@ class WorkerState:
         return self.healthy and self.breaker.allows(now)
 
 
+def _view_role(role: str) -> Role:
+    """A worker's role as policies and the bus see it (unknown roles count as decode)."""
+    return "prefill" if role == "prefill" else "unified" if role == "unified" else "decode"
+
+
 def _window(
     samples: deque[tuple[float, float]], now: float, window_s: float
 ) -> LatencyWindow | None:
@@ -160,6 +166,14 @@ class ClusterState:
         p.breaker.on_dispatch(now)
         d.load.decode_dispatched(request_id, input_tokens, out_tokens, now)
         d.breaker.on_dispatch(now)
+
+    def unified_dispatched(
+        self, name: str, request_id: str, input_tokens: int, out_tokens: int, now: float
+    ) -> None:
+        """A colocated worker got the whole request (prompt queued, then decode)."""
+        w = self.workers[name]
+        w.load.unified_dispatched(request_id, input_tokens, out_tokens, now)
+        w.breaker.on_dispatch(now)
 
     def prefill_done(self, prefill: str, request_id: str, input_tokens: int) -> None:
         """The prefill side of a request ended (answered, failed or cancelled)."""
@@ -263,7 +277,7 @@ class ClusterState:
         gpus = self._fresh_gpus(w, now)
         return w.load.view(
             w.name,
-            "prefill" if w.spec.role == "prefill" else "decode",
+            _view_role(w.spec.role),
             now,
             url=w.spec.url,
             healthy=w.available(now),
@@ -295,7 +309,7 @@ class ClusterState:
         return InstanceState(
             t_ns=t_ns,
             instance=w.published_name,
-            role="prefill" if w.spec.role == "prefill" else "decode",
+            role=_view_role(w.spec.role),
             url=w.spec.url,
             seq=w.seq,
             in_flight_requests=v.in_flight_requests,

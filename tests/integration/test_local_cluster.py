@@ -78,3 +78,22 @@ def test_local_cluster_serves_and_controls_clocks(tmp_path: Path) -> None:
         cluster.stop()
     assert all(p.poll() is not None for p in procs)
     assert (tmp_path / "up" / "logs" / "router.log").exists()
+
+
+def test_local_cluster_colocated(tmp_path: Path) -> None:
+    """``voltana up --unified 2``: colocated workers behind the router's unified mode,
+    their clocks driven by the same controllers (role unified)."""
+    spec = LocalClusterSpec(
+        prefill=0, decode=0, unified=2, router_port=0, workdir=tmp_path / "up", noise=0.0
+    )
+    cluster = LocalCluster(spec)
+    try:
+        cluster.start()
+        records, states, _gpus = asyncio.run(exercise(cluster))
+        assert all(r.status == "ok" and r.output_tokens == 24 for r in records[:4])
+        assert all(r.prefill == r.decode for r in records[:4])  # one worker per request
+        assert [i.role for i in cluster.instances] == ["unified", "unified"]
+        assert any(s.status == "applied" for s in states)
+        assert cluster.check_alive() == []
+    finally:
+        cluster.stop()

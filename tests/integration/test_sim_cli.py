@@ -118,3 +118,38 @@ def test_sim_cli_bad_input_is_a_clear_error(args: list[str], needle: str) -> Non
     proc = _voltana("sim", "--no-progress", *args)
     assert proc.returncode == 1
     assert needle in proc.stderr
+
+
+@pytest.mark.parametrize("cluster", ["2u", "1p1d"])
+def test_sim_cli_default_policy_and_cluster_kinds(tmp_path: Path, cluster: str) -> None:
+    """``default`` and ``Nu`` / ``NpMd`` clusters on the command line; every policy's row
+    carries ``saving_vs_default`` beside ``saving_vs_static_max``."""
+    out = tmp_path / cluster
+    proc = _voltana(
+        "sim",
+        "--synthetic",
+        "poisson",
+        "--rate",
+        "2",
+        "--duration",
+        "20",
+        "--cluster",
+        cluster,
+        "--policies",
+        "default,default-p2,voltana",
+        "--quick-profile",
+        "--no-progress",
+        "--no-plots",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert data["params"]["cluster_label"] == cluster
+    assert set(data["policies"]) == {"default", "default-p2", "voltana"}
+    for row in data["policies"].values():
+        assert row["saving_vs_default"] is not None and row["saving_vs_static_max"] is not None
+    assert data["policies"]["default"]["saving_vs_default"] == 0.0
+    assert (data["oracle"] is None) == cluster.endswith("u")
+    bad = _voltana("sim", "--synthetic", "poisson", "--duration", "5", "--cluster", "2x2")
+    assert bad.returncode == 1 and "4u" in bad.stderr

@@ -97,4 +97,5 @@ def test_cli_registers_every_command() -> None:
         "profile",
         "router",
         "sim",
+        "plan",
     }

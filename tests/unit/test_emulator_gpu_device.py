@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from voltana.common.errors import GpuError
+from voltana.groundtruth.default_clock import default_idle_energy_j
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.services.emulator.gpu_device import (
     THROTTLE_GPU_IDLE,
@@ -16,7 +17,10 @@ MODEL = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
 
 def test_idle_energy_follows_the_clock() -> None:
     g = EmulatedGpu(0, MODEL, now_s=0.0)
-    assert g.energy_mj(10.0) == pytest.approx(117.0 * 10 * 1e3, rel=1e-6)  # default: max clock
+    # default clocks: the clock just after work (start-up) is held, then decays
+    assert g.energy_mj(10.0) == pytest.approx(
+        default_idle_energy_j(MODEL.gpu, 0.0, 10.0) * 1e3, rel=1e-6
+    )
     g.set_locked_clocks(345, 345, now_s=10.0)
     assert g.sm_clock_mhz() == 345
     e0 = g.energy_mj(10.0)
@@ -57,3 +61,35 @@ def test_bad_locked_clocks_raise(lo: int, hi: int) -> None:
         g.set_locked_clocks(lo, hi, now_s=0.0)
     assert err.value.code == "NVML_ERROR_INVALID_ARGUMENT"
     assert g.locked_max_mhz is None
+
+
+def test_default_clocks_hold_after_work_then_decay_to_the_floor() -> None:
+    """No lock: boost while busy, the held clock right after work, the floor later;
+    gaps of a few milliseconds between iterations never leave the boost clock."""
+    g = EmulatedGpu(0, MODEL, now_s=0.0)
+    spec = MODEL.gpu
+    t = 100.0  # long after start-up: at the floor
+    assert g.sm_clock_mhz(t) == spec.min_clock_mhz
+    assert g.power_w(t) == pytest.approx(spec.idle_min_clock_w, rel=1e-3)
+    for _ in range(20):  # steps separated by 3 ms host gaps
+        cost = MODEL.decode(g.busy_clock_mhz, 8, 4096)
+        g.begin_busy(t, cost)
+        assert g.sm_clock_mhz(t) == spec.max_clock_mhz
+        t += cost.time_s
+        g.end_busy(t)
+        t += 0.003
+        assert g.sm_clock_mhz(t) == spec.max_clock_mhz
+    end, last_work = t, t - 0.003
+    e0 = g.energy_mj(end)
+    assert g.power_w(end + 0.5 * spec.default_idle_hold_s) == pytest.approx(spec.idle_max_clock_w)
+    later = end + spec.default_idle_hold_s + 10 * spec.default_idle_decay_s
+    assert g.sm_clock_mhz(later) == spec.min_clock_mhz
+    assert g.power_w(later) < spec.idle_min_clock_w + 0.01 * spec.idle_max_clock_w
+    # the energy counter integrates the same curve
+    expect = default_idle_energy_j(spec, end - last_work, later - last_work)
+    assert g.energy_mj(later) - e0 == pytest.approx(expect * 1e3, abs=2)
+    # a big prefill under default clocks: throttled at the cap, as with any clock
+    cap = MODEL.prefill(g.busy_clock_mhz, 8192)
+    g.begin_busy(later, cap)
+    assert g.throttle_reasons() & THROTTLE_SW_POWER_CAP
+    assert g.sm_clock_mhz(later) == cap.effective_clock_mhz < spec.max_clock_mhz
