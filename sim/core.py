@@ -36,15 +36,15 @@ from typing import Any
 
 import numpy as np
 from voltana.common.errors import ConfigError
-from voltana.groundtruth.engine import AdmissionError, BatchPlan, EngineConfig, PrefixIdentity
-from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.engine import AdmissionError, BatchPlan, PrefixIdentity
+from voltana.groundtruth.gpu_model import GPUS, MODELS
 from voltana.schemas.base import Role
 from voltana.services.freqctl.controllers.base import ClockController
 from voltana.services.router.attribution import AttributionRule
 from voltana.services.router.policies.base import RouteRequest, RoutingPolicy
 from voltana.sim.config import SimConfig
 from voltana.sim.energy import SimEnergy
-from voltana.sim.instance import Instance, prefix_tokens
+from voltana.sim.instance import Instance, build_instances, prefix_tokens
 from voltana.sim.metrics import ItlRecorder, RequestOutcome, RunMetrics
 from voltana.sim.router import SimRouter
 from voltana.sim.workload import Workload
@@ -88,44 +88,8 @@ class Simulator:
             raise ConfigError(f"unknown gpu {c.gpu!r} or model {c.model!r}")
         seeds = np.random.SeedSequence(config.seed).spawn(c.n_instances + 1)
         kv_cap = config.kv_capacity_tokens()
-        self.instances: dict[str, Instance] = {}
-        role_of: dict[str, Role] = {}
-        roles: tuple[tuple[Role, int], ...] = (
-            ("prefill", c.n_prefill),
-            ("decode", c.n_decode),
-            ("unified", c.n_unified),
-        )
-        i = 0
-        spec = config.gpu_spec()
-        for role, n in roles:
-            for k in range(n):
-                model = GpuModel(
-                    spec,
-                    MODELS[c.model],
-                    c.tp,
-                    noise=config.noise,
-                    seed=int(seeds[i].generate_state(1)[0]),
-                )
-                i += 1
-                eng = EngineConfig(
-                    role=role,
-                    max_running_requests=config.max_running_requests,
-                    chunked_prefill_size=config.chunked_prefill_size,
-                    kv_capacity_tokens=kv_cap,
-                    radix_cache=True,  # SGLang's default; only prompts with a prefix use it
-                    enable_mixed_chunk=config.enable_mixed_chunk,
-                )
-                inst = Instance(
-                    f"{role[0]}{k}",
-                    role,
-                    eng,
-                    model,
-                    model.max_clock_mhz,
-                    series_min_dt_s=config.series_min_dt_s,
-                    observed_window_s=config.observed_window_s,
-                )
-                self.instances[inst.name] = inst
-                role_of[inst.name] = role
+        self.instances = build_instances(config, seeds, kv_cap)
+        role_of: dict[str, Role] = {n: inst.role for n, inst in self.instances.items()}
         self.router = SimRouter(
             role_of,
             prefill_policy,

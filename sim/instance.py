@@ -13,16 +13,22 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 from voltana.groundtruth.default_clock import default_idle_energy_j, default_idle_power_w
 from voltana.groundtruth.engine import BatchPlan, EngineConfig, Phase, iteration_cost
-from voltana.groundtruth.gpu_model import GpuModel
+from voltana.groundtruth.gpu_model import MODELS, GpuModel
 from voltana.groundtruth.mixed import make_engine
 from voltana.groundtruth.timing import Stretch, retime
+from voltana.schemas.base import Role
 from voltana.services.freqctl.controllers.base import ControlInput
 from voltana.services.freqctl.core import control_input
 from voltana.sim.metrics import TimeSeries
 from voltana.sim.workload import Workload
+
+if TYPE_CHECKING:
+    from voltana.sim.config import SimConfig
 
 __all__ = ["Instance", "IterationRun", "prefix_tokens"]
 
@@ -339,3 +345,47 @@ def prefix_tokens(instances: Iterable[Instance], workload: Workload) -> dict[str
         for i in instances
         if i.engine.cache is not None
     }
+
+
+def build_instances(
+    config: SimConfig, seeds: list[np.random.SeedSequence], kv_cap: int
+) -> dict[str, Instance]:
+    """The cluster's instances (prefill, decode, then unified), each on its own seeded GPU."""
+    c = config.cluster
+    instances: dict[str, Instance] = {}
+    roles: tuple[tuple[Role, int], ...] = (
+        ("prefill", c.n_prefill),
+        ("decode", c.n_decode),
+        ("unified", c.n_unified),
+    )
+    i = 0
+    spec = config.gpu_spec()
+    for role, n in roles:
+        for k in range(n):
+            model = GpuModel(
+                spec,
+                MODELS[c.model],
+                c.tp,
+                noise=config.noise,
+                seed=int(seeds[i].generate_state(1)[0]),
+            )
+            i += 1
+            eng = EngineConfig(
+                role=role,
+                max_running_requests=config.max_running_requests,
+                chunked_prefill_size=config.chunked_prefill_size,
+                kv_capacity_tokens=kv_cap,
+                radix_cache=True,  # SGLang's default; only prompts with a prefix use it
+                enable_mixed_chunk=config.enable_mixed_chunk,
+            )
+            inst = Instance(
+                f"{role[0]}{k}",
+                role,
+                eng,
+                model,
+                model.max_clock_mhz,
+                series_min_dt_s=config.series_min_dt_s,
+                observed_window_s=config.observed_window_s,
+            )
+            instances[inst.name] = inst
+    return instances
