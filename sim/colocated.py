@@ -63,6 +63,7 @@ class ColocatedSimulator(Simulator):
 
     def _iteration_done(self, inst: Instance, t: float) -> None:
         run = inst.finish_iteration()
+        self.energy.iteration(inst, run)
         plan = run.plan
         events = inst.engine.complete(plan, t, tokens=False)
         # inter-token gaps of the requests that were decoding (those with a token already)
@@ -89,6 +90,7 @@ class ColocatedSimulator(Simulator):
                 out.prefill_done_s = out.first_token_s = t
                 last_tok[ev.rid] = t
                 inst.observe_ttft(t, t - out.arrival_s)
+                self.energy.join_decode(inst, ev.rid, out.input_tokens + 1)
                 self.router.unified_first_token(inst.name, self._route[ev.rid])
         for ev in events:
             if ev.kind == "finished":

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from voltana.groundtruth.engine_types import BatchPlan
 from voltana.services.router.attribution import (
     AttributionRule,
     DecodeSteps,
     EnergyBook,
+    Phase,
     RequestEnergy,
 )
 from voltana.sim.instance import Instance, IterationRun
@@ -58,7 +60,9 @@ class SimEnergy:
         if gap > 0:
             book.idle(name, gap)
         plan = run.plan
-        if plan.kind == "prefill":
+        if plan.kind == "decode":
+            self._decode_step(name, energy, plan.batch_size, plan.kv_tokens)
+        elif plan.kind == "prefill":
             work = self.rule.prefill_work
             weights = {
                 (rid, "prefill"): work(n, ctx)
@@ -66,17 +70,43 @@ class SimEnergy:
             }
             book.interval(name, energy, 1.0, weights)
         else:
-            steps = self.steps.get(name)
-            if steps is None:
-                steps = self.steps[name] = DecodeSteps(self.rule)
-            carried = book.take_pool(name) if book.pool_j else 0.0
-            steps.step(energy, carried, plan.batch_size, plan.kv_tokens)
-            book.measured_j += energy
-            book.attributed_j += energy + carried
-            if self.joining:
-                for rid, kv_first in self.joining.pop(name, ()):
-                    self.marks[rid] = (name, steps.mark(), kv_first)
+            self._mixed(name, energy, plan)
         booked[name] = inst.energy_j
+
+    def _decode_step(self, name: str, energy: float, batch: int, kv_tokens: int) -> None:
+        book = self.book
+        steps = self.steps.get(name)
+        if steps is None:
+            steps = self.steps[name] = DecodeSteps(self.rule)
+        carried = book.take_pool(name) if book.pool_j else 0.0
+        steps.step(energy, carried, batch, kv_tokens)
+        book.measured_j += energy
+        book.attributed_j += energy + carried
+        if self.joining:
+            for rid, kv_first in self.joining.pop(name, ()):
+                self.marks[rid] = (name, steps.mark(), kv_first)
+
+    def _mixed(self, name: str, energy: float, plan: BatchPlan) -> None:
+        """A mixed iteration (colocated, SGLang's mixed chunks): prefill chunks and one
+        decode step. Its energy splits between the two by the prefill work rule (a decode
+        token is one token computed over its context); the decode part is one step of the
+        decode batch, so every decode token of a request is a step of its closed form."""
+        work = self.rule.prefill_work
+        pre: dict[tuple[str, Phase], float] = {}
+        w_dec = 0.0
+        n_dec = kv_dec = 0
+        for rid, (n, ctx) in zip(plan.rids, plan.chunks, strict=True):
+            if rid in self.marks:
+                w_dec += work(1, ctx)
+                n_dec += 1
+                kv_dec += ctx
+            else:
+                pre[(rid, "prefill")] = work(n, ctx)
+        w_pre = sum(pre.values())
+        e_pre = energy * w_pre / (w_pre + w_dec) if w_pre + w_dec > 0 else energy
+        self.book.interval(name, e_pre, 1.0, pre)
+        if n_dec:
+            self._decode_step(name, energy - e_pre, n_dec, kv_dec)
 
     def join_decode(self, inst: Instance, rid: str, kv_first: float) -> None:
         """``rid`` joins the decode batch of ``inst`` from its next step, with ``kv_first``
