@@ -14,14 +14,16 @@ freqctl, ``make_policy`` from the router); the simulator only picks them.
 | default      | default clocks   | random          | round-robin    |
 | default-rr   | default clocks   | round-robin     | round-robin    |
 | default-p2   | default clocks   | power-of-two    | power-of-two   |
+| default-ca   | default clocks   | cache-aware     | cache-aware    |
 
 ``voltana-clocks`` is the controller alone behind an existing router: telemetry
 cadence without dispatch wake-ups, the ``default`` routing.
 
 ``default`` is what users run today: no clock lock (the driver boosts under load and
 lets an idle GPU's clock decay after a hold, ``groundtruth.default_clock``), with the
-routing of the static baselines; ``default-rr`` and ``default-p2`` route as
-sglang-router's ``round_robin`` and ``power_of_two`` policies do. On a colocated
+routing of the static baselines; ``default-rr``, ``default-p2`` and ``default-ca`` route
+as sglang-router's ``round_robin``, ``power_of_two`` and ``cache_aware`` (its default)
+policies do. On a colocated
 (``Nu``) cluster every policy routes with its decode-side policy (one worker per
 request, as sglang-router without ``--pd-disaggregation``).
 
@@ -81,6 +83,8 @@ POLICIES: dict[str, PolicySpec] = {
     "voltana-tile": PolicySpec("voltana-tile", "voltana", "random", "ecoroute-tile"),
     # sglang-router's default routing (cache_aware on both sides) at the top clock
     "cache-aware": PolicySpec("cache-aware", "static", "cache-aware", "cache-aware", "max"),
+    # what a team runs today behind sglang-router's defaults: cache_aware, no clock lock
+    "default-ca": PolicySpec("default-ca", "static", "cache-aware", "cache-aware", "default"),
 }
 
 

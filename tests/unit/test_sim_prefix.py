@@ -89,3 +89,16 @@ def test_results_carry_prefix_hit_rates_and_are_deterministic() -> None:
     bare = Workload(wl.name, tuple(replace(r, prefix=None) for r in wl.requests))
     c = evaluate(bare, specs[:1], cfg, quick_profile=True, oracle=False)
     assert "prefix_hit_rate" not in c.policies["static-max"]
+
+
+def test_default_clocks_behind_cache_aware_routing() -> None:
+    """``default-ca`` is today's deployment: sglang-router's cache_aware, no clock lock. It
+    routes as ``cache-aware`` does (same hit rate) and reports its saving against default."""
+    wl = multiturn(SPEC, seed=1)
+    cfg = SimConfig(cluster=ClusterSpec(n_prefill=3, n_decode=1), seed=5)
+    specs = [POLICIES["cache-aware"], POLICIES["default-ca"], POLICIES["default"]]
+    r = evaluate(wl, specs, cfg, quick_profile=True, oracle=False).policies
+    assert r["default-ca"]["prefix_hit_rate"] == r["cache-aware"]["prefix_hit_rate"]
+    assert r["default-ca"]["prefix_hit_rate"] > r["default"]["prefix_hit_rate"]
+    assert r["default"]["saving_vs_default"] == 0.0
+    assert r["default-ca"]["saving_vs_default"] is not None
