@@ -31,19 +31,21 @@ async def test_freqctl_runs_on_flags_until_the_bucket_answers(tmp_path: Path) ->
         freqctl.kv.retry_max_s = 0.2
         await freqctl.start()  # no bucket to be had: starts anyway
         try:
-            await wait_for(lambda: freqctl.counts["kv_retries"] >= 2)
+            await wait_for(lambda: freqctl.counts["kv_retries"] >= 2, timeout_s=30)
             assert freqctl.instances["d0"].config.policy == "voltana"
 
             server.jetstream = True
             server.restart()  # same port, now with JetStream: the bucket can be made
-            await wait_for(lambda: freqctl.kv._watcher is not None, timeout_s=15)
+            await wait_for(lambda: freqctl.kv._watcher is not None, timeout_s=30)
             client = await Bus.connect(opts)
             try:
                 await client.kv_put_json(
                     subjects.kv_controller_key("d0"),
                     ControllerConfig(policy="static", static_clock_mhz=1005),
                 )
-                await wait_for(lambda: freqctl.instances["d0"].config.policy == "static")
+                await wait_for(
+                    lambda: freqctl.instances["d0"].config.policy == "static", timeout_s=30
+                )
             finally:
                 await client.close()
         finally:
