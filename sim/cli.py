@@ -2,15 +2,20 @@
 
 Example::
 
-    voltana sim --trace ../shared/data/traces/azure_llm_2023_conv.csv --cluster 2p2d \\
+    voltana sim --cluster 2p2d \\
         --gpu h100 --model llama-3.1-8b --policies static-max,ecofreq,voltana-ref,voltana \\
         --slo-ttft-s 0.5 --slo-itl-s 0.025 --rate-scale 2 --window 0,600 --out out/sim
+
+Without ``--trace`` or ``--synthetic`` it runs the packaged Azure 2023 conversation trace
+(:mod:`voltana.sim.traces`).
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from voltana.groundtruth.gpu_specs import GPUS, MODELS
 
 DEFAULT_POLICIES = "static-max,static-min,ecofreq,voltana-ref,voltana"
 
@@ -41,10 +46,16 @@ def register(subparsers: Any) -> None:
         "sim",
         help="discrete-event simulation of a PD cluster: energy and SLO per policy",
         description="Simulate prefill/decode instances on the ground-truth GPU model with the "
-        "project's clock controllers and routing policies, in virtual time.",
+        "project's clock controllers and routing policies, in virtual time. Without --trace or "
+        "--synthetic it runs the packaged Azure LLM 2023 conversation trace (CC-BY 4.0).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_argument_group("workload")
-    src.add_argument("--trace", help="Azure CSV, BurstGPT CSV or Mooncake JSONL (auto-detected)")
+    src.add_argument(
+        "--trace",
+        help="Azure CSV, BurstGPT CSV or Mooncake JSONL, plain or .gz (auto-detected); "
+        "default: the packaged Azure 2023 conversation trace",
+    )
     src.add_argument(
         "--synthetic",
         choices=["poisson", "gamma"],
@@ -71,15 +82,15 @@ def register(subparsers: Any) -> None:
     )
     cl = p.add_argument_group("cluster and SLO")
     cl.add_argument("--cluster", default="2p2d", help="e.g. 2p2d, 1p1d, 32p32d")
-    cl.add_argument("--gpu", default="h100", help="h100 | a100")
-    cl.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.1-70b")
+    cl.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="GPU kind")
+    cl.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS), help="model")
     cl.add_argument("--tp", type=int, default=1, help="GPUs per instance")
     cl.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO (s)")
     cl.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (s)")
     cl.add_argument("--slo-margin", type=float, default=0.1, help="controllers' SLO margin")
     run = p.add_argument_group("run")
     run.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="random seed (workload, noise)")
     run.add_argument("--noise", type=float, default=0.02, help="ground-truth time jitter")
     run.add_argument(
         "--control",
@@ -121,8 +132,8 @@ def register(subparsers: Any) -> None:
         help="sweep SLO scales (both SLOs multiplied)",
     )
     run.add_argument("--out", default=None, help="write results.json and plots here")
-    run.add_argument("--no-plots", action="store_true")
-    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--no-plots", action="store_true", help="with --out: skip the plots")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=main)
 
 
@@ -158,7 +169,9 @@ def main(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
     else:
-        raise ConfigError("give --trace FILE or --synthetic poisson|gamma")
+        from voltana.sim.traces import packaged_trace
+
+        wl = load_trace(packaged_trace())
     wl = scale_rate(wl, args.rate_scale)
     if args.window is not None:
         wl = window(wl, args.window[0], args.window[1])
