@@ -74,7 +74,14 @@ class Router(ServiceContext):
         bus_opts = cfg.bus_options
         if bus_opts is None and cfg.nats:
             bus_opts = BusOptions(servers=[cfg.nats], name="voltana-router")
-        self.bus = RouterBus(bus_opts, self.metrics, self._on_instance, self._on_gpu)
+        self.bus = RouterBus(
+            bus_opts,
+            self.metrics,
+            self._on_instance,
+            self._on_gpu,
+            node=cfg.node,
+            status=self._status,
+        )
         self._changed = asyncio.Event()
         self.routing = Routing(
             state=self.state,
@@ -370,6 +377,14 @@ class Router(ServiceContext):
 
         res = await asyncio.gather(*(one(w) for w in self.state.workers.values()))
         return web.Response(status=200 if all(res) else 502)
+
+    def _status(self) -> dict[str, Any]:
+        """The bus status reply: requests in flight and waiting, the workers by name."""
+        return {
+            "active": self._active,
+            "waiting": self._waiting,
+            "workers": list(self.state.workers),
+        }
 
     async def _state_json(self, request: web.Request) -> web.Response:
         now = time.monotonic()
