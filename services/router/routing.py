@@ -94,8 +94,8 @@ class Routing:
         )
         self.prefill_policy.on_dispatch(pw.name, rreq, now)
         self.decode_policy.on_dispatch(dw.name, rreq, now)
-        self.metrics.decisions.labels("prefill", pw.name).inc()
-        self.metrics.decisions.labels("decode", dw.name).inc()
+        self.metrics.decisions.labels("prefill", pw.published_name).inc()
+        self.metrics.decisions.labels("decode", dw.published_name).inc()
         self.changed.set()
         self.bus.publish(
             subjects.ROUTE_DECISION,

@@ -28,6 +28,7 @@ from voltana.schemas import subjects
 from voltana.schemas.base import now_ns
 from voltana.schemas.config import SloConfig
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
+from voltana.services.router import gateway
 from voltana.services.router import protocol as proto
 from voltana.services.router.busio import RouterBus
 from voltana.services.router.config import RouterConfig
@@ -74,14 +75,8 @@ class Router(ServiceContext):
         bus_opts = cfg.bus_options
         if bus_opts is None and cfg.nats:
             bus_opts = BusOptions(servers=[cfg.nats], name="voltana-router")
-        self.bus = RouterBus(
-            bus_opts,
-            self.metrics,
-            self._on_instance,
-            self._on_gpu,
-            node=cfg.node,
-            status=self._status,
-        )
+        self.bus = RouterBus(bus_opts, self.metrics, self._on_instance, self._on_gpu)
+        self.bus.node = cfg.node
         self._changed = asyncio.Event()
         self.routing = Routing(
             state=self.state,
@@ -96,6 +91,7 @@ class Router(ServiceContext):
         self._sem = asyncio.Semaphore(cfg.max_concurrent_requests)
         self._waiting = 0
         self._active = 0
+        self.bus.status = lambda: gateway.status(self._active, self._waiting, self.state)
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -117,6 +113,12 @@ class Router(ServiceContext):
         app.router.add_get("/get_server_info", self._server_info)
         app.router.add_post("/flush_cache", self._flush_cache)
         app.router.add_get("/voltana/router/state", self._state_json)
+        gateway.add_gateway_routes(  # /model_info, /server_info; the JSON 404 last
+            app,
+            first_available=self._first_available,
+            session=lambda: self.session,
+            server_info=self._server_info,
+        )
         return app
 
     async def start(self) -> Router:
@@ -223,11 +225,15 @@ class Router(ServiceContext):
             next_due = now + period
             t_ns = now_ns()
             for w in self.state.workers.values():
-                m.worker_in_flight.labels(w.name, w.spec.role).set(w.load.in_flight_requests)
-                m.worker_healthy.labels(w.name).set(1 if w.healthy else 0)
-                m.circuit_open.labels(w.name).set(1 if w.breaker.is_open(now) else 0)
-                age = self.state.telemetry_age_s(w, now)
-                m.telemetry_age.labels(w.name).set(-1 if age is None else age)
+                m.set_worker(
+                    w.name,
+                    w.published_name,
+                    w.spec.role,
+                    w.load.in_flight_requests,
+                    w.healthy,
+                    w.breaker.is_open(now),
+                    self.state.telemetry_age_s(w, now),
+                )
                 if self.bus.connected:
                     msg = self.state.instance_state(w.name, now, t_ns)
                     self.bus.publish(subjects.router_state(msg.role, msg.instance), msg)
@@ -377,14 +383,6 @@ class Router(ServiceContext):
 
         res = await asyncio.gather(*(one(w) for w in self.state.workers.values()))
         return web.Response(status=200 if all(res) else 502)
-
-    def _status(self) -> dict[str, Any]:
-        """The bus status reply: requests in flight and waiting, the workers by name."""
-        return {
-            "active": self._active,
-            "waiting": self._waiting,
-            "workers": list(self.state.workers),
-        }
 
     async def _state_json(self, request: web.Request) -> web.Response:
         now = time.monotonic()

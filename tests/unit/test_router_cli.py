@@ -84,3 +84,40 @@ def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
     f.write_text("port = 'x'\n")
     with pytest.raises(ConfigError, match=r"bad\.toml"):
         parse("--config", str(f))
+
+
+def test_sglang_router_names_are_aliases() -> None:
+    cfg = parse(
+        "--pd-disaggregation",
+        "--prefill",
+        "http://p:1",
+        "8998",
+        "--decode",
+        "http://d:2",
+        "--max-payload-size",
+        "1024",
+        "--request-timeout-secs",
+        "30",
+        "--queue-size",
+        "7",
+        "--cb-failure-threshold",
+        "9",
+        "--disable-retries",
+        "--health-check-interval-secs",
+        "3",
+    )
+    assert cfg.max_request_bytes == 1024 and cfg.request_timeout_s == 30.0
+    assert cfg.max_queued_requests == 7 and cfg.breaker_failures == 9
+    assert cfg.prefill_retries == 0 and cfg.health_check_interval_s == 3.0
+    args = build_parser().parse_args(["router", "--log-level", "warning"])
+    assert args.log_level == "warning"
+
+
+@pytest.mark.parametrize("flag", ["--dp-aware", "--mini-lb", "--tokenizer-path"])
+def test_unsupported_sglang_router_flags_are_refused_by_name(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["router", "--prefill", "http://p:1", flag, "x"])
+    err = capsys.readouterr().err
+    assert f"{flag} (an sglang-router flag) is not supported:" in err
