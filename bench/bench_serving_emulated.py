@@ -176,7 +176,7 @@ def main() -> int:
     print(
         f"completed {completed}/{args.num_prompts}, errors {len(errors)}, "
         f"empty outputs (max_new_tokens=0) {zero} (results: {result})"
-    )  # fmt: skip - one line
+    )
     for e in errors[:3]:
         print(f"error: {e[:300]}", file=sys.stderr)
     return 0 if completed == args.num_prompts else 1

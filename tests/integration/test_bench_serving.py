@@ -31,7 +31,7 @@ def test_bench_serving_random_dataset_completes_every_request(tmp_path: Path) ->
         text=True,
         timeout=280,
         check=False,
-    )  # fmt: skip - the command line reads as one
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "completed 50/50, errors 0, empty outputs (max_new_tokens=0) 1" in proc.stdout
     assert "Successful requests:                     50" in proc.stdout
