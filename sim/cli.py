@@ -147,13 +147,20 @@ def main(args: argparse.Namespace) -> int:
     from voltana.sim.config import ClusterSpec, SimConfig
     from voltana.sim.metrics import RunMetrics
     from voltana.sim.policies import parse_policies
-    from voltana.sim.report import evaluation_table, markdown_table, sweep_table, write_results
+    from voltana.sim.report import (
+        WIDE_TERMINAL,
+        evaluation_table,
+        markdown_table,
+        sweep_table,
+        write_results,
+    )
     from voltana.sim.runner import evaluate, sweep
     from voltana.sim.workload import LengthDist, load_trace, scale_rate, synthetic, window
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=180)
+    narrow = console.width < WIDE_TERMINAL
     if args.trace and args.synthetic:
         raise ConfigError("give either --trace or --synthetic, not both")
     if args.trace:
@@ -221,7 +228,9 @@ def main(args: argparse.Namespace) -> int:
                 progress=progress,
             )
             prog.stop()
-            console.print(sweep_table(rows, title=f"sweep: {wl.name} on {cluster.label}"))
+            console.print(
+                sweep_table(rows, title=f"sweep: {wl.name} on {cluster.label}", narrow=narrow)
+            )
             if out is not None:
                 import json
 
@@ -250,7 +259,9 @@ def main(args: argparse.Namespace) -> int:
         f"{wl.name} | {cluster.label} {cluster.gpu} {cluster.model} | "
         f"SLO TTFT {args.slo_ttft_s * 1e3:.0f} ms, ITL {args.slo_itl_s * 1e3:.0f} ms"
     )
-    console.print(evaluation_table(ev, title))
+    console.print(evaluation_table(ev, title, narrow=narrow))
+    if narrow:
+        console.print(f"(every column: a terminal of {WIDE_TERMINAL}+ columns, or --out)")
     if out is not None:
         p = write_results(ev, out)
         console.print(f"wrote {p}")

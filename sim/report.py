@@ -33,6 +33,14 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("itl_p99_ms", "ITL p99", "{:.1f}"),
     ("clock_switches", "switches", "{:d}"),
 ]
+NARROW = ("energy_j", "saving_vs_static_max", "slo_attainment", "ttft_p99_ms", "itl_p99_ms")
+"""The columns of a table in a narrow terminal (80 columns): energy, saving, SLO, tails."""
+WIDE_TERMINAL = 140
+"""Terminals at least this wide get every column."""
+
+
+def _columns(narrow: bool) -> list[tuple[str, str, str]]:
+    return [c for c in COLUMNS if c[0] in NARROW] if narrow else COLUMNS
 
 
 def _fmt(v: Any, how: str) -> str:
@@ -57,17 +65,18 @@ def _rows(ev: Evaluation) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def evaluation_table(ev: Evaluation, title: str = "") -> Any:
-    """A rich Table of one evaluation (policies + oracle)."""
+def evaluation_table(ev: Evaluation, title: str = "", *, narrow: bool = False) -> Any:
+    """A rich Table of one evaluation (policies + oracle); ``narrow``: the NARROW columns."""
     from rich.table import Table
 
+    cols = _columns(narrow)
     t = Table(title=title or None, show_lines=False)
-    t.add_column("policy", style="bold")
-    for _, head, _ in COLUMNS:
+    t.add_column("policy", style="bold", no_wrap=True)
+    for _, head, _ in cols:
         t.add_column(head, justify="right")
     for name, row in _rows(ev):
         style = "dim" if name.startswith("oracle") else None
-        t.add_row(name, *[_fmt(row.get(k), f) for k, _, f in COLUMNS], style=style)
+        t.add_row(name, *[_fmt(row.get(k), f) for k, _, f in cols], style=style)
     return t
 
 
@@ -84,22 +93,24 @@ def markdown_table(
     return "\n".join(out)
 
 
-def sweep_table(rows: Sequence[dict[str, Any]], title: str = "") -> Any:
+def sweep_table(rows: Sequence[dict[str, Any]], title: str = "", *, narrow: bool = False) -> Any:
     """A rich Table of sweep rows (rate scale, SLO scale, policy ...)."""
     from rich.table import Table
 
+    cols = _columns(narrow)
     t = Table(title=title or None)
-    for head in ("rate x", "req/s", "SLO x", "policy"):
-        t.add_column(head, justify="right" if head != "policy" else "left")
-    for _, head, _ in COLUMNS:
+    lead = ("rate x", "SLO x", "policy") if narrow else ("rate x", "req/s", "SLO x", "policy")
+    for head in lead:
+        t.add_column(head, justify="right" if head != "policy" else "left", no_wrap=True)
+    for _, head, _ in cols:
         t.add_column(head, justify="right")
     for r in rows:
+        rate = [f"{r['rate_scale']:g}"] + ([] if narrow else [f"{r['rate_rps']:.2f}"])
         t.add_row(
-            f"{r['rate_scale']:g}",
-            f"{r['rate_rps']:.2f}",
+            *rate,
             f"{r['slo_scale']:g}",
             r["policy"],
-            *[_fmt(r.get(k), f) for k, _, f in COLUMNS],
+            *[_fmt(r.get(k), f) for k, _, f in cols],
         )
     return t
 

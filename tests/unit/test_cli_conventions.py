@@ -56,3 +56,25 @@ def test_unknown_gpu_names_the_choices(command: str, capsys: pytest.CaptureFixtu
 def test_defaults_show_in_help() -> None:
     text = next(p for p in _commands() if p.prog.endswith(" emulator")).format_help()
     assert "(default: 30000)" in text and "(default: h100)" in text
+
+
+def test_sim_tables_fit_80_columns() -> None:
+    from rich.console import Console
+    from voltana.sim.report import sweep_table
+
+    row = {
+        "rate_scale": 2.0,
+        "rate_rps": 11.02,
+        "slo_scale": 1.0,
+        "policy": "voltana-ref",
+        "energy_j": 123456.0,
+        "saving_vs_static_max": 0.3381,
+        "slo_attainment": 0.9987,
+        "ttft_p99_ms": 350.0,
+        "itl_p99_ms": 31.7,
+    }
+    console = Console(width=80, record=True, color_system=None)
+    console.print(sweep_table([row], title="sweep", narrow=True))
+    text = console.export_text()
+    assert "…" not in text and "voltana-ref" in text and "+33.8%" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
