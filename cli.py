@@ -106,13 +106,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voltana {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
+        if exc.errno == errno.EADDRINUSE:
+            msg = (
+                f"address in use ({exc.strerror}): another process holds a port this command "
+                "binds; stop it or choose other ports (see --help)"
+            )
+        elif exc.filename is not None and exc.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR):
+            msg = f"{exc.strerror}: {exc.filename}"
+        else:
             raise
-        print(
-            f"voltana {args.command}: error: address in use ({exc.strerror}): another process "
-            "holds a port this command binds; stop it or choose other ports (see --help)",
-            file=sys.stderr,
-        )
+        print(f"voltana {args.command}: error: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -78,3 +78,11 @@ def test_sim_tables_fit_80_columns() -> None:
     text = console.export_text()
     assert "…" not in text and "voltana-ref" in text and "+33.8%" in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_missing_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from voltana.cli import main
+
+    assert main(["replay", "--file", "/nonexistent/events.jsonl"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "voltana replay: error: No such file or directory: /nonexistent/events.jsonl"
