@@ -151,21 +151,35 @@ def stand_in_venv(copy: Path) -> dict[str, str]:
     return {"PYTHONPATH": str(copy.parent), "PATH": f"{bindir}:{os.environ['PATH']}"}
 
 
-def drop_install_steps(text: str) -> str:
-    """The block without its venv-creation and pip-install steps (``&&``-joined or lines)."""
-    lines = []
+def split_install_steps(text: str) -> tuple[str, str]:
+    """(the venv-creation and pip-install steps, the rest), ``&&``-joined steps or lines."""
+    steps, rest = [], []
     for line in text.split("\n"):
-        steps = [s for s in line.split(" && ") if not INSTALL_STEP.match(s)]
-        if steps:
-            lines.append(" && ".join(steps))
-    return "\n".join(lines)
+        parts = line.split(" && ")
+        steps += [s for s in parts if INSTALL_STEP.match(s)]
+        kept = [s for s in parts if not INSTALL_STEP.match(s)]
+        if kept:
+            rest.append(" && ".join(kept))
+    return " && ".join(steps), "\n".join(rest)
 
 
 def run_block(b: Block, cwd: Path, env: dict[str, str], install: bool) -> tuple[bool, str]:
-    text = b.text if install or "install" not in b.options else drop_install_steps(b.text)
+    text = b.text
+    if "install" in b.options:
+        steps, text = split_install_steps(b.text)
+        if install:  # as written, before any interrupt timer starts
+            ok, detail = _run(steps, cwd, env, f"{b.file}-{b.line}-install", 1800, None)
+            if not ok:
+                return ok, detail
     timeout = float(b.options.get("timeout", 120))
     interrupt = float(b.options["interrupt"]) if "interrupt" in b.options else None
-    log = cwd.parent / f"block-{b.file.replace('/', '_')}-{b.line}.log"
+    return _run(text, cwd, env, f"{b.file}-{b.line}", timeout, interrupt)
+
+
+def _run(
+    text: str, cwd: Path, env: dict[str, str], name: str, timeout: float, interrupt: float | None
+) -> tuple[bool, str]:
+    log = cwd.parent / f"block-{name.replace('/', '_')}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             ["bash", "-e", "-c", text],
@@ -225,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     copy = fresh_copy(work)
     env = {} if args.install else stand_in_venv(copy)
     if args.install:
-        env = {"PATH": f"{copy / '.venv' / 'bin'}:{os.environ['PATH']}"}
+        env = {"PATH": f"{copy / '.venv' / 'bin'}:{os.environ['PATH']}", "PYTHONPATH": ""}
     failed = 0
     for b in blocks:
         if b.action == "skip":
