@@ -121,3 +121,15 @@ def test_unsupported_sglang_router_flags_are_refused_by_name(
         build_parser().parse_args(["router", "--prefill", "http://p:1", flag, "x"])
     err = capsys.readouterr().err
     assert f"{flag} (an sglang-router flag) is not supported:" in err
+
+
+def test_worker_gauges_follow_the_instance_name() -> None:
+    from prometheus_client import generate_latest
+    from voltana.services.router.metrics import RouterMetrics
+
+    m = RouterMetrics()
+    m.set_worker("127-0-0-1_30001", "127-0-0-1_30001", "decode", 2, True, False, None)
+    m.set_worker("127-0-0-1_30001", "decode-0", "decode", 3, True, False, 0.2)  # telemetry's
+    text = generate_latest(m.registry).decode()
+    assert 'voltana_router_worker_in_flight{instance="decode-0",role="decode"} 3.0' in text
+    assert "127-0-0-1_30001" not in text
