@@ -9,6 +9,7 @@ command is an import error, never a silent gap; heavy imports stay inside ``func
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -43,6 +44,32 @@ _COMMANDS = (
 )
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the help already names one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default in (None, False, argparse.SUPPRESS)
+            or "default" in text.lower()
+            or text == argparse.SUPPRESS
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser``, depth first."""
+    out: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                out += [sub, *_subparsers(sub)]
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voltana",
@@ -61,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _COMMANDS:
         module.register(sub)
+    for p in _subparsers(parser):
+        if p.formatter_class is argparse.HelpFormatter:
+            p.formatter_class = _HelpWithDefaults
     return parser
 
 
@@ -78,6 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args) or 0)
     except VoltanaError as exc:
         print(f"voltana {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            msg = (
+                f"address in use ({exc.strerror}): another process holds a port this command "
+                "binds; stop it or choose other ports (see --help)"
+            )
+        elif exc.filename is not None and exc.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR):
+            msg = f"{exc.strerror}: {exc.filename}"
+        else:
+            raise
+        print(f"voltana {args.command}: error: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -175,7 +175,7 @@ def main() -> int:
     ap.add_argument(
         "--policy",
         default="random",
-        help="same policy on both routers (sglang-router 0.1.5 PD: random, power_of_two)",
+        help="same policy on both routers (both: random, power_of_two, round_robin)",
     )
     ap.add_argument("--emulator-args", default="", help="extra flags for the emulated workers")
     ap.add_argument("--out", default=str(ROOT / "bench/results/router_vs_sglang_router.json"))
@@ -233,7 +233,7 @@ def main() -> int:
             "--policy",
             args.policy,
             "--log-level",
-            "warning",
+            "warn",  # sglang-router 0.3.2: debug, info, warn, error
             "--prometheus-port",
             str(free_port()),
         ]
@@ -251,9 +251,7 @@ def main() -> int:
         }
         for name, url in routers.items():
             proc_name = "voltana-router" if name == "voltana" else name
-            # sglang-router 0.1.5 answers /health with 500 in PD mode; /health_generate works
-            path = "/health" if name == "voltana" else "/health_generate"
-            kids.wait_http(proc_name, url + path, 60)
+            kids.wait_http(proc_name, url + "/health", 60)
         results: list[RunResult] = []
         runs = [
             (stream, clients, k)
@@ -305,10 +303,13 @@ def median_run(runs: list[RunResult]) -> RunResult:
 
 
 def report(results: list[RunResult], args: argparse.Namespace, logdir: Path) -> None:
+    from importlib.metadata import version
+
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="voltana router / sglang-router 0.1.5 (PD, same emulated workers)")
+    peer = f"sglang-router {version('sglang-router')}"
+    table = Table(title=f"voltana router / {peer} (PD, same emulated workers)")
     for col in (
         "mode",
         "clients",

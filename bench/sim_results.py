@@ -25,7 +25,7 @@ from voltana.sim.runner import evaluate
 from voltana.sim.workload import load_trace, scale_rate, window
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACE = ROOT.parent / "shared/data/traces/azure_llm_2023_conv.csv"
+TRACE = ROOT / "sim/data/azure_llm_2023_conv.csv.gz"  # the packaged trace
 SLOS = {"tight": (0.3, 0.015), "relaxed": (1.0, 0.03)}
 
 
@@ -81,7 +81,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=1, help="settings simulated in parallel")
     args = ap.parse_args()
     if not Path(args.trace).is_file():
-        print(f"skipped: {args.trace} not found (needs ../shared/data)", file=sys.stderr)
+        print(f"skipped: {args.trace} not found ", file=sys.stderr)
         return 0
     jobs = [(float(x), name) for x in args.loads.split(",") for name in args.slos.split(",")]
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0])  # heaviest first

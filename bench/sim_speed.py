@@ -27,7 +27,7 @@ from voltana.sim.policies import POLICIES
 from voltana.sim.runner import profile_for, run_policy
 from voltana.sim.workload import load_trace, scale_rate, window
 
-DEFAULT_TRACE = Path(__file__).resolve().parents[2] / "shared/data/traces/azure_llm_2023_conv.csv"
+DEFAULT_TRACE = Path(__file__).resolve().parents[1] / "sim/data/azure_llm_2023_conv.csv.gz"
 
 
 def _one(wl, spec, cfg, profile) -> dict[str, float]:
@@ -60,7 +60,7 @@ def main() -> int:
     ap.add_argument("--skip-trace", action="store_true", help="only the scaling part")
     args = ap.parse_args()
     if not Path(args.trace).is_file():
-        print(f"skipped: trace {args.trace} not found (needs ../shared/data)", file=sys.stderr)
+        print(f"skipped: trace {args.trace} not found", file=sys.stderr)
         return 0
     try:
         load = os.getloadavg()[0]

@@ -50,7 +50,24 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr)
+    # Libraries' stdlib logging (nats-py's reconnect and JetStream warnings among them)
+    # goes through the same renderer: one JSON line each, with the logger's name.
+    handler = logging.StreamHandler(_CurrentStderr())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    handler._voltana = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not getattr(h, "_voltana", False)]
+    root.addHandler(handler)
+    root.setLevel(max(lvl, logging.WARNING))
 
 
 def get_logger(name: str, **bound: object) -> structlog.typing.FilteringBoundLogger:

@@ -119,9 +119,9 @@ _H100 = GpuSpec(
     # lent H100 80GB HBM3s (driver 580.159.04, default clocks, 700 W;
     # bench/results/h100_llm_probe{,_run2}.json, 9 prefill + 25 decode points each,
     # CUDA graphs, NVML energy counter), the earlier probe in
-    # ../shared/data/calibration (5 prefill + 13 decode points; its decode power, 7-16%
-    # under both runs' mean at the same shapes, weighs less) and ML.ENERGY's vLLM serving runs
-    # (within 22%). The comparison, point by point: docs/gpu-in-the-loop.md.
+    # bench/results/h100_llama8b_shape_probe.json (5 prefill + 13 decode points; its decode
+    # power, 7-16% under both runs' mean at the same shapes, weighs less) and ML.ENERGY's vLLM
+    # serving runs (within 22%). The comparison, point by point: docs/gpu-in-the-loop.md.
     sm_power_w=1301.0,  # [fit]
     hbm_power_w=78.21,  # [fit]
     mem_sm_activity=0.263,  # [fit] GEMV streaming weights

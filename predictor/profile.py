@@ -24,7 +24,14 @@ from voltana.common.errors import ConfigError
 from voltana.predictor.buckets import bucket_index
 from voltana.predictor.profile_format import ProfileFile, validate_profile_file
 
-__all__ = ["Profile", "default_profile", "load_profile", "profile_path", "save_profile"]
+__all__ = [
+    "Profile",
+    "default_profile",
+    "load_profile",
+    "packaged_profiles",
+    "profile_path",
+    "save_profile",
+]
 
 FloatArray = npt.NDArray[np.float64]
 _MIN_LATENCY_S = 1e-6
@@ -341,6 +348,13 @@ def save_profile(profile: Profile | ProfileFile, path: str | Path) -> Path:
 def profile_path(gpu: str, model: str) -> str:
     """File name of a packaged profile, e.g. ``h100-llama-3.1-8b.json``."""
     return f"{gpu}-{model}.json"
+
+
+def packaged_profiles() -> list[tuple[str, str]]:
+    """The (gpu, model) pairs with a packaged profile: the choices of ``--gpu``/``--model``."""
+    folder = resources.files("voltana.predictor").joinpath("profiles")
+    names = sorted(f.name for f in folder.iterdir() if f.name.endswith(".json"))
+    return [tuple(n.removesuffix(".json").split("-", 1)) for n in names]  # type: ignore[misc]
 
 
 @functools.cache

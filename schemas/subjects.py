@@ -118,6 +118,16 @@ def freqctl_status(name: str) -> str:
     return f"{SERVICE_ROOT}.freqctl.{_tok(name, 'controller name')}.status"
 
 
+def router_status(node: str) -> str:
+    """Status endpoint of one router (nats.micro service ``voltana-router``)."""
+    return f"{SERVICE_ROOT}.router.{_tok(node, 'node')}.status"
+
+
+def telemetry_status(node: str) -> str:
+    """Status endpoint of one node's telemetry (nats.micro service ``voltana-telemetry``)."""
+    return f"{SERVICE_ROOT}.telemetry.{_tok(node, 'node')}.status"
+
+
 # -- KV keys ----------------------------------------------------------------
 
 

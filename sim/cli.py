@@ -2,15 +2,20 @@
 
 Example::
 
-    voltana sim --trace ../shared/data/traces/azure_llm_2023_conv.csv --cluster 2p2d \\
+    voltana sim --cluster 2p2d \\
         --gpu h100 --model llama-3.1-8b --policies static-max,ecofreq,voltana-ref,voltana \\
         --slo-ttft-s 0.5 --slo-itl-s 0.025 --rate-scale 2 --window 0,600 --out out/sim
+
+Without ``--trace`` or ``--synthetic`` it runs the packaged Azure 2023 conversation trace
+(:mod:`voltana.sim.traces`).
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from voltana.groundtruth.gpu_specs import GPUS, MODELS
 
 DEFAULT_POLICIES = "static-max,static-min,ecofreq,voltana-ref,voltana"
 
@@ -41,10 +46,16 @@ def register(subparsers: Any) -> None:
         "sim",
         help="discrete-event simulation of a PD cluster: energy and SLO per policy",
         description="Simulate prefill/decode instances on the ground-truth GPU model with the "
-        "project's clock controllers and routing policies, in virtual time.",
+        "project's clock controllers and routing policies, in virtual time. Without --trace or "
+        "--synthetic it runs the packaged Azure LLM 2023 conversation trace (CC-BY 4.0).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_argument_group("workload")
-    src.add_argument("--trace", help="Azure CSV, BurstGPT CSV or Mooncake JSONL (auto-detected)")
+    src.add_argument(
+        "--trace",
+        help="Azure CSV, BurstGPT CSV or Mooncake JSONL, plain or .gz (auto-detected); "
+        "default: the packaged Azure 2023 conversation trace",
+    )
     src.add_argument(
         "--synthetic",
         choices=["poisson", "gamma", "multiturn"],
@@ -86,8 +97,8 @@ def register(subparsers: Any) -> None:
         default="2p2d",
         help="PD: 2p2d, 3p1d, 32p32d (prefill + decode instances); colocated: 4u (unified)",
     )
-    cl.add_argument("--gpu", default="h100", help="h100 | a100")
-    cl.add_argument("--model", default="llama-3.1-8b", help="llama-3.1-8b | llama-3.1-70b")
+    cl.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="GPU kind")
+    cl.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS), help="model")
     cl.add_argument("--tp", type=int, default=1, help="GPUs per instance")
     cl.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO (s)")
     cl.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (s)")
@@ -99,7 +110,7 @@ def register(subparsers: Any) -> None:
         help="comma-separated; default (the driver's clocks, no lock), default-rr, default-p2, "
         "voltana-clocks and the diagnostics are accepted too (docs/simulator.md)",
     )
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="random seed (workload, noise)")
     run.add_argument("--noise", type=float, default=0.02, help="ground-truth time jitter")
     run.add_argument(
         "--control",
@@ -160,8 +171,8 @@ def register(subparsers: Any) -> None:
         help="sweep SLO scales (both SLOs multiplied)",
     )
     run.add_argument("--out", default=None, help="write results.json and plots here")
-    run.add_argument("--no-plots", action="store_true")
-    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--no-plots", action="store_true", help="with --out: skip the plots")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=main)
 
 
@@ -175,13 +186,20 @@ def main(args: argparse.Namespace) -> int:
     from voltana.sim.config import ClusterSpec, SimConfig
     from voltana.sim.metrics import RunMetrics
     from voltana.sim.policies import parse_policies
-    from voltana.sim.report import evaluation_table, markdown_table, sweep_table, write_results
+    from voltana.sim.report import (
+        WIDE_TERMINAL,
+        evaluation_table,
+        markdown_table,
+        sweep_table,
+        write_results,
+    )
     from voltana.sim.runner import evaluate, sweep
     from voltana.sim.workload import LengthDist, load_trace, scale_rate, synthetic, window
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=180)
+    narrow = console.width < WIDE_TERMINAL
     if args.trace and args.synthetic:
         raise ConfigError("give either --trace or --synthetic, not both")
     if args.trace:
@@ -213,7 +231,9 @@ def main(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
     else:
-        raise ConfigError("give --trace FILE or --synthetic poisson|gamma")
+        from voltana.sim.traces import packaged_trace
+
+        wl = load_trace(packaged_trace())
     wl = scale_rate(wl, args.rate_scale)
     if args.window is not None:
         wl = window(wl, args.window[0], args.window[1])
@@ -267,7 +287,9 @@ def main(args: argparse.Namespace) -> int:
                 progress=progress,
             )
             prog.stop()
-            console.print(sweep_table(rows, title=f"sweep: {wl.name} on {cluster.label}"))
+            console.print(
+                sweep_table(rows, title=f"sweep: {wl.name} on {cluster.label}", narrow=narrow)
+            )
             if out is not None:
                 import json
 
@@ -296,7 +318,9 @@ def main(args: argparse.Namespace) -> int:
         f"{wl.name} | {cluster.label} {cluster.gpu} {cluster.model} | "
         f"SLO TTFT {args.slo_ttft_s * 1e3:.0f} ms, ITL {args.slo_itl_s * 1e3:.0f} ms"
     )
-    console.print(evaluation_table(ev, title))
+    console.print(evaluation_table(ev, title, narrow=narrow))
+    if narrow:
+        console.print(f"(every column: a terminal of {WIDE_TERMINAL}+ columns, or --out)")
     if out is not None:
         p = write_results(ev, out)
         console.print(f"wrote {p}")

@@ -34,6 +34,14 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("itl_p99_ms", "ITL p99", "{:.1f}"),
     ("clock_switches", "switches", "{:d}"),
 ]
+NARROW = ("energy_j", "saving_vs_static_max", "slo_attainment", "ttft_p99_ms", "itl_p99_ms")
+"""The columns of a table in a narrow terminal (80 columns): energy, saving, SLO, tails."""
+WIDE_TERMINAL = 140
+"""Terminals at least this wide get every column."""
+
+
+def _columns(narrow: bool) -> list[tuple[str, str, str]]:
+    return [c for c in COLUMNS if c[0] in NARROW] if narrow else COLUMNS
 
 
 def _fmt(v: Any, how: str) -> str:
@@ -58,12 +66,13 @@ def _rows(ev: Evaluation) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def evaluation_table(ev: Evaluation, title: str = "") -> Any:
-    """A rich Table of one evaluation (policies + oracle)."""
+def evaluation_table(ev: Evaluation, title: str = "", *, narrow: bool = False) -> Any:
+    """A rich Table of one evaluation (policies + oracle); ``narrow``: the NARROW columns."""
     from rich.table import Table
 
+    cols = _columns(narrow)
     t = Table(title=title or None, show_lines=False)
-    t.add_column("policy", style="bold")
+    t.add_column("policy", style="bold", no_wrap=True)
     cols = list(COLUMNS)
     if any("prefix_hit_rate" in row for _, row in _rows(ev)):  # a workload with prefixes
         cols.insert(3, ("prefix_hit_rate", "prefix hit", "pct1"))
@@ -88,22 +97,24 @@ def markdown_table(
     return "\n".join(out)
 
 
-def sweep_table(rows: Sequence[dict[str, Any]], title: str = "") -> Any:
+def sweep_table(rows: Sequence[dict[str, Any]], title: str = "", *, narrow: bool = False) -> Any:
     """A rich Table of sweep rows (rate scale, SLO scale, policy ...)."""
     from rich.table import Table
 
+    cols = _columns(narrow)
     t = Table(title=title or None)
-    for head in ("rate x", "req/s", "SLO x", "policy"):
-        t.add_column(head, justify="right" if head != "policy" else "left")
-    for _, head, _ in COLUMNS:
+    lead = ("rate x", "SLO x", "policy") if narrow else ("rate x", "req/s", "SLO x", "policy")
+    for head in lead:
+        t.add_column(head, justify="right" if head != "policy" else "left", no_wrap=True)
+    for _, head, _ in cols:
         t.add_column(head, justify="right")
     for r in rows:
+        rate = [f"{r['rate_scale']:g}"] + ([] if narrow else [f"{r['rate_rps']:.2f}"])
         t.add_row(
-            f"{r['rate_scale']:g}",
-            f"{r['rate_rps']:.2f}",
+            *rate,
             f"{r['slo_scale']:g}",
             r["policy"],
-            *[_fmt(r.get(k), f) for k, _, f in COLUMNS],
+            *[_fmt(r.get(k), f) for k, _, f in cols],
         )
     return t
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import msgspec
 import numpy as np
@@ -94,8 +95,15 @@ class Workload:
 TraceFormat = Literal["azure", "burstgpt", "mooncake"]
 
 
+def _open_text(path: Path) -> IO[str]:
+    """The trace as text; a ``.gz`` file (the packaged trace is one) is decompressed on the fly."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return path.open("r", encoding="utf-8", newline="")
+
+
 def _detect_format(path: Path) -> TraceFormat:
-    with path.open("r", encoding="utf-8") as fh:
+    with _open_text(path) as fh:
         first = fh.readline().strip()
     if not first:
         raise ConfigError(f"trace {path} is empty")
@@ -134,7 +142,7 @@ def _csv_rows(path: Path, kind: str, parse: Callable[[dict[str, str]], Row | Non
         ConfigError: a record ``parse`` cannot read (file and line in the message).
     """
     rows: list[Row] = []
-    with path.open("r", encoding="utf-8", newline="") as fh:
+    with _open_text(path) as fh:
         reader = csv.DictReader(fh)
         for lineno, rec in enumerate(reader, start=2):
             try:
@@ -167,7 +175,7 @@ MOONCAKE_BLOCK_TOKENS = 512
 
 def _rows_mooncake(path: Path, prefixes: list[PrefixIdentity | None]) -> list[Row]:
     rows: list[Row] = []
-    with path.open("r", encoding="utf-8") as fh:
+    with _open_text(path) as fh:
         for lineno, line in enumerate(fh, start=1):
             line = line.strip()
             if not line:
@@ -200,14 +208,17 @@ def load_trace(path: str | Path, *, name: str | None = None) -> Workload:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"trace {p} not found")
-    fmt = _detect_format(p)
     prefixes: list[PrefixIdentity | None] = []
-    if fmt == "azure":
-        rows = _csv_rows(p, "Azure", _azure_row)
-    elif fmt == "burstgpt":
-        rows = _csv_rows(p, "BurstGPT", _burstgpt_row)
-    else:
-        rows = _rows_mooncake(p, prefixes)
+    try:
+        fmt = _detect_format(p)
+        if fmt == "azure":
+            rows = _csv_rows(p, "Azure", _azure_row)
+        elif fmt == "burstgpt":
+            rows = _csv_rows(p, "BurstGPT", _burstgpt_row)
+        else:
+            rows = _rows_mooncake(p, prefixes)
+    except (OSError, EOFError, UnicodeDecodeError) as exc:  # unreadable, not text, bad gzip
+        raise ConfigError(f"trace {p}: cannot read it: {exc}") from exc
     if not rows:
         raise ConfigError(f"trace {p} has no requests")
     if any(prefixes):
@@ -226,7 +237,8 @@ def load_trace(path: str | Path, *, name: str | None = None) -> Workload:
         SimRequest(f"r{i}", t - t0, max(1, inp), max(1, out))
         for i, (t, inp, out) in enumerate(rows)
     )
-    return Workload(name=name or p.stem, requests=reqs, source=f"{fmt}:{p.name}")
+    stem = p.name.removesuffix(".gz").rsplit(".", 1)[0]
+    return Workload(name=name or stem, requests=reqs, source=f"{fmt}:{p.name}")
 
 
 def scale_rate(wl: Workload, factor: float) -> Workload:

@@ -134,15 +134,18 @@ def spawn_voltana(
 
 
 @contextlib.contextmanager
-def emulated_pd_pair(bootstrap_timeout_s: float = 10) -> Iterator[dict[str, Any]]:
+def emulated_pd_pair(
+    bootstrap_timeout_s: float = 10, version: str | None = None
+) -> Iterator[dict[str, Any]]:
     """A running emulated prefill (GPU 0) and decode (GPU 1) worker, stopped on exit.
 
     Yields ``{"prefill": (url, bootstrap port), "decode": url}``.
     """
     pp, bp, dp = free_port(), free_port(), free_port()
+    t = bootstrap_timeout_s
     procs = [
-        start_emulator("prefill", pp, boot=bp, bootstrap_timeout_s=bootstrap_timeout_s),
-        start_emulator("decode", dp, gpu=1, bootstrap_timeout_s=bootstrap_timeout_s),
+        start_emulator("prefill", pp, boot=bp, bootstrap_timeout_s=t, version=version),
+        start_emulator("decode", dp, gpu=1, bootstrap_timeout_s=t, version=version),
     ]
     try:
         wait_http(f"http://127.0.0.1:{pp}/health", procs[0])

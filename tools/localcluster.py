@@ -27,7 +27,7 @@ import msgspec
 from voltana.bus.natsserver import NatsServer
 from voltana.common.errors import VoltanaError
 from voltana.common.logs import get_logger
-from voltana.common.ports import free_port
+from voltana.common.ports import free_port, port_in_use
 from voltana.tools.nats import prepare_nats
 
 log = get_logger("up")
@@ -63,7 +63,7 @@ class LocalClusterSpec(msgspec.Struct, frozen=True, kw_only=True):
     prefill_policy: str = "ecoroute"
     decode_policy: str = "ecoroute"
     router_port: int = 8000
-    nats_port: int = 0
+    nats_port: int = 0  # `voltana up` asks for 4222, where `voltana tail`/`replay` look
     slo_ttft_s: float = 1.0
     slo_itl_s: float = 0.05
     seed: int = 0
@@ -144,8 +144,22 @@ class LocalCluster:
             raise
         return self
 
+    def _check_ports(self) -> None:
+        """Refuse busy fixed ports before starting anything (or a second cluster talks to the first)."""
+        s = self.spec
+        for what, port, flag in (
+            ("router", s.router_port, "--port"),
+            ("NATS", s.nats_port, "--nats-port"),
+        ):
+            if port and port_in_use(port):
+                raise VoltanaError(
+                    f"{what} port {port} on 127.0.0.1 is in use (another voltana up or server?); "
+                    f"stop it, or pass {flag} N for another port or {flag} 0 for any free one"
+                )
+
     def _start(self) -> None:
         s = self.spec
+        self._check_ports()
         s.workdir.mkdir(parents=True, exist_ok=True)
         self.nats = NatsServer(port=s.nats_port or -1, store_dir=s.workdir / "nats")
         self.nats.start()
@@ -274,14 +288,7 @@ class LocalCluster:
             ]
         return "\n".join(lines)
 
-    def check_alive(self) -> list[str]:
-        """Names of children that have exited."""
-        return [n for n, p in self.procs.items() if p.poll() is not None]
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop every child (router first, emulators last) and the NATS server."""
-        order = ["router", "freqctl", "actuator", "telemetry"]
-        names = [n for n in order if n in self.procs] + [n for n in self.procs if n not in order]
+    def _stop_stage(self, names: list[str], timeout_s: float) -> None:
         for name in names:
             proc = self.procs[name]
             if proc.poll() is None:
@@ -295,6 +302,22 @@ class LocalCluster:
                 log.warning("killing", process=name, pid=proc.pid)
                 proc.kill()
                 proc.wait(5)
+
+    def check_alive(self) -> list[str]:
+        """Names of children that have exited."""
+        return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the children in dependency order, each stage gone before the next, then NATS.
+
+        Router (no new requests), controllers, the actuator (it resets clocks through the
+        workers' admin API, so they must still run), telemetry, then the workers.
+        """
+        order = ["router", "freqctl", "actuator", "telemetry"]
+        stages = [[n] for n in order if n in self.procs]
+        stages.append([n for n in self.procs if n not in order])
+        for stage in stages:
+            self._stop_stage(stage, timeout_s)
         self.procs.clear()
         for f in self._logs:
             f.close()

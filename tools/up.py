@@ -9,7 +9,7 @@ from typing import Any
 
 from voltana.bus.client import Bus
 from voltana.common.logs import get_logger
-from voltana.groundtruth.gpu_specs import GPUS
+from voltana.groundtruth.gpu_specs import GPUS, MODELS
 from voltana.services.runner import run_service
 from voltana.tools.demoload import LoadSpec, StatusView, report_status, run_load
 from voltana.tools.localcluster import LocalCluster, LocalClusterSpec
@@ -34,12 +34,24 @@ def register(sub: Any) -> None:
         help="colocated (unified) instances instead of prefill/decode ones (default 0: PD)",
     )
     p.add_argument("--gpu", default="h100", choices=list(GPUS), help="emulated GPU (default h100)")
-    p.add_argument("--model", default="llama-3.1-8b", help="model shape (default llama-3.1-8b)")
+    p.add_argument(
+        "--model",
+        default="llama-3.1-8b",
+        choices=list(MODELS),
+        help="model shape (default llama-3.1-8b)",
+    )
     p.add_argument("--policy", default="voltana", help="clock controller policy (default voltana)")
     p.add_argument("--prefill-policy", default="ecoroute", help="prefill routing policy")
     p.add_argument("--decode-policy", default="ecoroute", help="decode routing policy")
     p.add_argument(
         "--port", type=int, default=8000, help="router port (default 8000; 0 = any free)"
+    )
+    p.add_argument(
+        "--nats-port",
+        type=int,
+        default=4222,
+        help="NATS client port (default 4222, where `voltana tail` and `voltana replay` look "
+        "without --nats; 0 = any free)",
     )
     p.add_argument(
         "--slo-ttft-s", type=float, default=1.0, help="TTFT SLO in seconds (default 1.0)"
@@ -94,6 +106,7 @@ class LocalUp:
             logs=str(self.spec.workdir / "logs"),
             instances=[f"{i.name}={i.url}" for i in cluster.instances],
         )
+        print(how_to_watch(cluster.router_url, cluster.nats_url, self.spec), flush=True)
         self._bus = await Bus.connect(servers=[cluster.nats_url], name="voltana-up")
         await self.view.attach(self._bus)
         self._tasks.append(asyncio.create_task(report_status(self.view, self._quit)))
@@ -125,6 +138,20 @@ class LocalUp:
         log.info("cluster_down")
 
 
+def how_to_watch(router_url: str, nats_url: str, spec: LocalClusterSpec) -> str:
+    """The lines a user needs next: where to send requests, and how to watch and replay."""
+    nats = "" if nats_url.endswith("://127.0.0.1:4222") else f" --nats {nats_url}"
+    slo = f" --policy {spec.policy} --slo-ttft-s {spec.slo_ttft_s} --slo-itl-s {spec.slo_itl_s}"
+    return "\n".join(
+        [
+            f"router:  {router_url}  (SGLang /generate and the OpenAI API)",
+            f"NATS:    {nats_url}",
+            f"watch:   voltana tail{nats} 'voltana.>'",
+            f"replay:  voltana replay{nats}{slo}",
+        ]
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     spec = LocalClusterSpec(
         prefill=0 if args.unified else args.prefill,
@@ -136,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         prefill_policy=args.prefill_policy,
         decode_policy=args.decode_policy,
         router_port=args.port,
+        nats_port=args.nats_port,
         slo_ttft_s=args.slo_ttft_s,
         slo_itl_s=args.slo_itl_s,
         seed=args.seed,

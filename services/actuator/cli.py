@@ -88,7 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
         ),
     )
     p.add_argument("--node", required=True, help="this node's name (the subject token)")
-    p.add_argument("--backend", choices=["nvml", "emulated", "dry-run"], default="nvml")
+    p.add_argument(
+        "--backend",
+        choices=["nvml", "emulated", "dry-run"],
+        default="nvml",
+        help="how clocks are applied: NVML, the emulator's admin API, or logged only",
+    )
     p.add_argument(
         "--dry-run-source",
         choices=["nvml", "emulated"],

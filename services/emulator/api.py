@@ -12,12 +12,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from voltana.services.emulator.api_common import SERVER_KEY, server_of
+from voltana.services.emulator.api_common import SERVER_KEY, handle_not_found, server_of
 from voltana.services.emulator.api_generate import handle_generate
 from voltana.services.emulator.api_openai import handle_chat, handle_completions
 from voltana.services.emulator.server import EmulatorServer
 
-__all__ = ["SERVER_KEY", "add_sglang_routes"]
+__all__ = ["SERVER_KEY", "add_not_found_route", "add_sglang_routes"]
 
 
 def _load(srv: EmulatorServer) -> dict[str, Any]:
@@ -148,3 +148,8 @@ def add_sglang_routes(app: web.Application, srv: EmulatorServer) -> None:
         ]
     for method, path, h in handlers:
         r.add_route(method, path, h)
+
+
+def add_not_found_route(app: web.Application) -> None:
+    """Last route of the app: every unknown path gets a JSON 404."""
+    app.router.add_route("*", "/{tail:.*}", handle_not_found)

@@ -16,9 +16,11 @@ from aiohttp import web
 from voltana.services.emulator.server import EmulatorServer, RequestError, RequestSpec
 
 __all__ = [
+    "NO_LOGPROBS",
     "SERVER_KEY",
     "error_body",
     "error_response",
+    "handle_not_found",
     "int_field",
     "json_body",
     "pick",
@@ -51,6 +53,12 @@ def error_response(srv: EmulatorServer, exc: RequestError, openai: bool) -> web.
     return web.json_response(error_body(srv, str(exc), exc.status, openai), status=exc.status)
 
 
+async def handle_not_found(request: web.Request) -> web.Response:
+    """Unknown paths: a JSON 404 in the native error shape, not aiohttp's plain text."""
+    msg = f"no route {request.method} {request.path}"
+    return web.json_response(error_body(server_of(request), msg, 404, False), status=404)
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; RequestError (400) for anything else."""
     try:
@@ -62,15 +70,22 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def int_field(value: Any, name: str, default: int) -> int:
-    """A positive integer field, ``default`` when absent."""
+def int_field(value: Any, name: str, default: int, minimum: int = 1) -> int:
+    """An integer field of at least ``minimum``, ``default`` when absent."""
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise RequestError(f"{name} must be positive, got {value}")
+    if value < minimum:
+        raise RequestError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+NO_LOGPROBS = (
+    "logprobs are not produced by the emulated worker (it generates filler text, not "
+    "sampled tokens); send the request without {field}"
+)
+"""The 400 for a logprobs request: a clear refusal rather than invented numbers."""
 
 
 def pick(value: Any, i: int) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 from voltana.services.emulator.api_common import (
+    NO_LOGPROBS,
     error_response,
     int_field,
     json_body,
@@ -21,10 +22,10 @@ from voltana.services.emulator.api_common import (
 from voltana.services.emulator.server import RequestError, RequestSpec, TokenUpdate
 from voltana.services.emulator.textgen import count_prompt_tokens, filler_text, prompt_token_ids
 
-__all__ = ["handle_generate"]
+__all__ = ["handle_generate", "merge_updates"]
 
 
-async def _merge(
+async def merge_updates(
     gens: list[AsyncGenerator[TokenUpdate, None]],
 ) -> AsyncGenerator[tuple[int, TokenUpdate], None]:
     """Interleave the updates of several requests (batch form), tagged with their index."""
@@ -82,6 +83,8 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
         prompts: Any = body.get("input_ids") if use_ids else body.get("text")
         if prompts is None:
             raise RequestError("either text or input_ids must be given")
+        if body.get("return_logprob"):
+            raise RequestError(NO_LOGPROBS.format(field="return_logprob"))
         batch = isinstance(prompts, list) and (
             not use_ids or (bool(prompts) and isinstance(prompts[0], list))
         )
@@ -94,7 +97,7 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
             sp = pick(sp_all, i) if isinstance(sp_all, list) else sp_all
             if not isinstance(sp, dict):
                 raise RequestError("sampling_params must be an object")
-            max_new = int_field(sp.get("max_new_tokens"), "max_new_tokens", 128)
+            max_new = int_field(sp.get("max_new_tokens"), "max_new_tokens", 128, minimum=0)
             ids = prompt_token_ids(p)
             specs.append(request_spec(srv, body, i, count_prompt_tokens(p), max_new, ids))
     except RequestError as exc:
@@ -103,7 +106,7 @@ async def handle_generate(request: web.Request) -> web.StreamResponse:
     gens = [srv.generate(s) for s in specs]
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:
-        async for i, u in _merge(gens):
+        async for i, u in merge_updates(gens):
             c: dict[str, Any] = {
                 "text": filler_text(0, u.completion_tokens),
                 "meta_info": _meta(specs[i], u, t0),

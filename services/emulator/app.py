@@ -6,7 +6,7 @@ import structlog
 from aiohttp import web
 from voltana.services.emulator import pd
 from voltana.services.emulator.admin import add_admin_routes
-from voltana.services.emulator.api import add_sglang_routes
+from voltana.services.emulator.api import add_not_found_route, add_sglang_routes
 from voltana.services.emulator.config import EmulatorConfig
 from voltana.services.emulator.server import EmulatorServer
 from voltana.services.runner import ServiceContext
@@ -28,6 +28,7 @@ class EmulatorApp(ServiceContext):
         app = web.Application(client_max_size=64 * 2**20)
         add_sglang_routes(app, self.server)
         add_admin_routes(app, self.config.admin_token)
+        add_not_found_route(app)
         return app
 
     async def start(self) -> None:

@@ -30,26 +30,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         dest="role",
         default="unified",
         choices=["prefill", "decode", "unified", "null"],
+        help="PD role (SGLang's --disaggregation-mode; null = unified)",
     )
-    p.add_argument("--gpu", default="h100", choices=list(GPUS))
+    p.add_argument("--gpu", default="h100", choices=list(GPUS), help="emulated GPU")
     p.add_argument(
         "--model",
         "--model-path",
         dest="model",
         default="llama-3.1-8b",
         choices=list(MODELS),
+        help="model shape (SGLang's --model-path)",
     )
-    p.add_argument("--tp", "--tp-size", dest="tp", type=int, default=1)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=30000)
-    p.add_argument("--disaggregation-bootstrap-port", dest="bootstrap_port", type=int, default=8998)
+    p.add_argument("--tp", "--tp-size", dest="tp", type=int, default=1, help="tensor-parallel GPUs")
+    p.add_argument("--host", default="127.0.0.1", help="bind address")
+    p.add_argument("--port", type=int, default=30000, help="HTTP port")
+    p.add_argument(
+        "--disaggregation-bootstrap-port",
+        dest="bootstrap_port",
+        type=int,
+        default=8998,
+        help="PD bootstrap port (prefill role)",
+    )
     p.add_argument(
         "--gpu-ids", type=_gpu_ids, default=(), help="node-global GPU indices (default 0..tp-1)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise and output lengths")
     p.add_argument("--noise", type=float, default=0.0, help="relative std of iteration time")
-    p.add_argument("--max-running-requests", type=int, default=256)
-    p.add_argument("--chunked-prefill-size", type=int, default=8192)
+    p.add_argument(
+        "--max-running-requests", type=int, default=256, help="requests in the running batch"
+    )
+    p.add_argument(
+        "--chunked-prefill-size", type=int, default=8192, help="prefill tokens per iteration"
+    )
     p.add_argument(
         "--kv-capacity-tokens",
         "--max-total-tokens",
@@ -58,14 +70,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=None,
         help="KV capacity in tokens (default: what fits in GPU memory)",
     )
-    p.add_argument("--mem-fraction-static", type=float, default=0.88)
+    p.add_argument(
+        "--mem-fraction-static",
+        type=float,
+        default=0.88,
+        help="GPU memory share for weights and KV (sizes the KV capacity)",
+    )
     p.add_argument(
         "--sglang-version",
         choices=["0.4.7", "0.5.23"],
         default="0.4.7",
         help="which SGLang line's metrics and load endpoints to mimic",
     )
-    p.add_argument("--served-model-name", default=None)
+    p.add_argument(
+        "--served-model-name", default=None, help="model name in the API (default: --model)"
+    )
     p.add_argument(
         "--bootstrap-timeout-s",
         type=float,

@@ -214,8 +214,8 @@ class EmulatorServer:
             raise RequestError(
                 f"bootstrap_host and bootstrap_room are required in PD mode ({role} server)"
             )
-        if spec.max_new_tokens < 1:
-            raise RequestError(f"max_new_tokens must be positive, got {spec.max_new_tokens}")
+        if spec.max_new_tokens < 0:
+            raise RequestError(f"max_new_tokens must be at least 0, got {spec.max_new_tokens}")
         if spec.rid in self._streams:
             raise RequestError(f"duplicate request id {spec.rid!r}")
         fake = spec.bootstrap_host == pd.FAKE_BOOTSTRAP_HOST
@@ -240,12 +240,14 @@ class EmulatorServer:
                     ) from exc
                 finally:
                     self.bootstrap_waiting -= 1
+            # max_new_tokens=0 is SGLang's prefill-only request: the engine runs it as one
+            # token and _follow ends it, with no output, where that token would appear.
             try:
                 self.engine.submit(
                     spec.rid,
                     prompt_tokens=spec.prompt_tokens,
-                    max_new_tokens=spec.max_new_tokens,
-                    output_tokens=self._output_tokens(spec),
+                    max_new_tokens=max(1, spec.max_new_tokens),
+                    output_tokens=max(1, self._output_tokens(spec)),
                     now=time.monotonic(),
                     prefix=spec.prefix,
                 )
@@ -287,6 +289,9 @@ class EmulatorServer:
                         )
                     except pd.PdError as exc:
                         raise RequestError(str(exc), status=500) from exc
+                if spec.max_new_tokens == 0:  # prefill-only: the KV is in, nothing to decode
+                    yield self._prefill_only_done(st)
+                    return
                 self._dispatch(self.engine.kv_arrived(spec.rid, time.monotonic()))
                 self._kick()
             elif ev.kind == "prefill_done":  # prefill role: KV stays held while it is sent
@@ -302,8 +307,12 @@ class EmulatorServer:
                 self.metrics.on_finish(spec.prompt_tokens, now - st.arrival_s, None)
                 if room is not None and spec.bootstrap_room is not None:
                     self.rooms.settle(spec.bootstrap_room, room)
-                yield TokenUpdate(1, now, {"type": "length", "length": 0}, st.cached_tokens)
+                n = 1 if spec.max_new_tokens else 0
+                yield TokenUpdate(n, now, {"type": "length", "length": 0}, st.cached_tokens)
                 del done
+                return
+            elif spec.max_new_tokens == 0 and ev.kind in ("first_token", "token", "finished"):
+                yield self._prefill_only_done(st)  # unified: the prefill is done
                 return
             elif ev.kind in ("first_token", "token"):
                 self._observe_token(st, ev)
@@ -322,6 +331,14 @@ class EmulatorServer:
                 self.metrics.on_finish(spec.prompt_tokens, e2e, (e2e - ttft) / n if n else None)
                 yield TokenUpdate(ev.generated_tokens, ev.t_s, reason, st.cached_tokens)
                 return
+
+    def _prefill_only_done(self, st: _Stream) -> TokenUpdate:
+        """End a max_new_tokens=0 request: free it in the engine, report no output tokens."""
+        self.engine.abort(st.spec.rid)
+        self._kick()
+        now = time.monotonic()
+        self.metrics.on_finish(st.spec.prompt_tokens, now - st.arrival_s, None)
+        return TokenUpdate(0, now, {"type": "length", "length": 0})
 
     def _observe_token(self, st: _Stream, ev: EngineEvent) -> None:
         if st.last_token_s is None:

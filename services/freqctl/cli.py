@@ -14,8 +14,21 @@ def add_profile_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", default=None, help="profile JSON (default: packaged --gpu/--model)"
     )
-    parser.add_argument("--gpu", default="h100", help="packaged profile GPU (default h100)")
-    parser.add_argument("--model", default="llama-3.1-8b", help="packaged profile model")
+    from voltana.predictor.profile import packaged_profiles
+
+    pairs = packaged_profiles()
+    parser.add_argument(
+        "--gpu",
+        default="h100",
+        choices=sorted({g for g, _ in pairs}),
+        help="packaged profile GPU (default h100)",
+    )
+    parser.add_argument(
+        "--model",
+        default="llama-3.1-8b",
+        choices=sorted({m for _, m in pairs}),
+        help="packaged profile model (default llama-3.1-8b)",
+    )
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:

@@ -18,6 +18,9 @@ import argparse
 import sys
 from typing import Any
 
+from voltana.groundtruth.gpu_specs import GPUS, MODELS
+from voltana.predictor.profile import packaged_profiles
+
 __all__ = ["register"]
 
 
@@ -33,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         sp.add_argument("--save-measurements", help="also write the raw measurements (JSON)")
         sp.add_argument("--heldout", type=float, default=0.2, help="held-out fraction (0.2)")
         sp.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
-        sp.add_argument("--max-batch-size", type=int, default=512)
+        sp.add_argument(
+            "--max-batch-size", type=int, default=512, help="largest decode batch profiled"
+        )
         sp.add_argument(
             "--max-prefill-tokens",
             type=int,
@@ -53,9 +58,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         )
 
     s = sub.add_parser("simulate", help="profile the simulated hardware (ground-truth model)")
-    s.add_argument("--gpu", default="h100", help="GPU kind of the model (h100, a100)")
-    s.add_argument("--model", default="llama-3.1-8b")
-    s.add_argument("--tp", type=int, default=1)
+    s.add_argument("--gpu", default="h100", choices=list(GPUS), help="simulated GPU")
+    s.add_argument("--model", default="llama-3.1-8b", choices=list(MODELS), help="model shape")
+    s.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
     s.add_argument("--noise", type=float, default=0.03, help="relative noise per iteration")
     s.add_argument("--hw-seed", type=int, default=1, help="seed of the simulated hardware")
     common(s)
@@ -93,16 +98,24 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     f = sub.add_parser("fit", help="fit a profile from saved measurements")
     f.add_argument("measurements", help="measurements JSON written by --save-measurements")
-    f.add_argument("--out", required=True)
-    f.add_argument("--heldout", type=float, default=0.2)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--max-batch-size", type=int, default=512)
+    f.add_argument("--out", required=True, help="profile JSON to write")
+    f.add_argument("--heldout", type=float, default=0.2, help="share held out to score the fit")
+    f.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    f.add_argument("--max-batch-size", type=int, default=512, help="largest decode batch")
     f.set_defaults(func=_cmd_fit)
 
     sh = sub.add_parser("show", help="summarise a profile file (or a packaged one)")
     sh.add_argument("path", nargs="?", help="profile JSON (default: the packaged one)")
-    sh.add_argument("--gpu", default="h100")
-    sh.add_argument("--model", default="llama-3.1-8b")
+    pairs = packaged_profiles()
+    sh.add_argument(
+        "--gpu", default="h100", choices=sorted({g for g, _ in pairs}), help="packaged profile GPU"
+    )
+    sh.add_argument(
+        "--model",
+        default="llama-3.1-8b",
+        choices=sorted({m for _, m in pairs}),
+        help="packaged profile model",
+    )
     sh.set_defaults(func=_cmd_show)
 
 

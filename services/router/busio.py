@@ -23,6 +23,7 @@ from voltana.schemas import subjects
 from voltana.schemas.delivery import KEEP, delivery_of
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.router.metrics import RouterMetrics
+from voltana.services.status import add_status_service
 
 log = get_logger("router.bus")
 
@@ -37,6 +38,8 @@ class RouterBus:
         on_instance: Callable[[InstanceTelemetry], None],
         on_gpu: Callable[[GpuTelemetry], None],
         *,
+        node: str = "router",
+        status: Callable[[], dict[str, Any]] | None = None,
         queue_size: int = 65536,
         retry_s: float = 1.0,
     ) -> None:
@@ -48,6 +51,9 @@ class RouterBus:
         self.queue: asyncio.Queue[tuple[str, msgspec.Struct]] = asyncio.Queue(queue_size)
         self.retry_s = retry_s
         self.bus: Bus | None = None
+        self.node = node
+        self.status = status
+        self._service: Any = None
         self.dropped = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._down_logged = False
@@ -68,6 +74,10 @@ class RouterBus:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        if self._service is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._service.stop(), 3.0)
+            self._service = None
         if self.bus is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.bus.close(), 6.0)  # the outbox gets 5 s to flush
@@ -120,6 +130,16 @@ class RouterBus:
             await bus.subscribe(
                 subjects.TELEMETRY_GPU_ALL, GpuTelemetry, lambda m, s: self.on_gpu(m)
             )
+            if self.status is not None:  # nats.micro discovery ($SRV.PING) and status
+                self._service = await add_status_service(
+                    bus,
+                    name="voltana-router",
+                    description="SGLang PD router with energy-aware routing",
+                    metadata={"node": self.node},
+                    status_subject=subjects.router_status(self.node),
+                    status=self.status,
+                    counts=lambda: {"bus_dropped": self.dropped},
+                )
             self.bus = bus
             self._mark(True)
         # watch the link: nats-py reconnects by itself; keep the gauge true

@@ -3,6 +3,9 @@
 Precedence: flags > ``--config`` TOML file (keys of ``RouterConfig``) > defaults.
 The API key comes from ``--api-key-file`` or ``VOLTANA_ROUTER_API_KEY``, never
 from argv (every user of the machine can read a process's argv).
+sglang-router's (and smg's) own names for what this router does are accepted as
+aliases; its flags for what this router does not do are refused by name, with the
+reason (``router_compat.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +16,27 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from voltana.predictor.profile import packaged_profiles
+from voltana.services.router.config import RouterConfig
 from voltana.services.router.policies.factory import POLICY_NAMES
 
 _POLICIES = [*POLICY_NAMES, "round_robin", "power_of_two"]
+_DEFAULTS = {f: getattr(RouterConfig(), f) for f in RouterConfig.__struct_fields__}
+_PROTECTION: list[tuple[str, type, str]] = [
+    ("--max-concurrent-requests", int, "requests served at once"),
+    ("--max-queued-requests", int, "requests waiting for a slot; more are refused (429)"),
+    ("--queue-timeout-s", float, "longest wait for a slot (s)"),
+    ("--max-request-bytes", int, "largest request body"),
+    ("--request-timeout-s", float, "whole request to a worker (s)"),
+    ("--connect-timeout-s", float, "connecting to a worker (s)"),
+    ("--read-timeout-s", float, "gap between bytes from a worker (s)"),
+    ("--prefill-retries", int, "re-pairings of a failed prefill before any byte is sent"),
+    ("--health-check-interval-s", float, "between worker health checks (s; 0 = off)"),
+    ("--health-check-timeout-s", float, "one health check (s)"),
+    ("--health-failure-threshold", int, "failed checks in a row that mark a worker unhealthy"),
+    ("--breaker-failures", int, "request failures in a row that open a worker's circuit"),
+    ("--breaker-open-s", float, "how long an open circuit stays open (s)"),
+]
 
 
 def _prefill_arg(values: list[str]) -> tuple[str, int | None]:
@@ -34,7 +55,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "router",
         help="PD router: SGLang prefill/decode dispatch with energy-aware routing",
-        description="Route SGLang requests to prefill and decode workers (PD disaggregation).",
+        description="Route SGLang requests to prefill and decode workers (PD disaggregation), "
+        "or to colocated workers (--worker-urls).",
     )
     p.add_argument("--config", default=None, help="TOML file with RouterConfig keys")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
@@ -55,9 +77,20 @@ def register(subparsers: Any) -> None:
         metavar="URL",
         help="decode worker URL; repeat per worker",
     )
+    p.add_argument(
+        "--worker-urls",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="URL",
+        help="colocated (unified) SGLang workers, one per request, as sglang-router routes "
+        "without --pd-disaggregation (instead of --prefill/--decode)",
+    )
     p.add_argument("--policy", choices=_POLICIES, default=None, help="policy for both sides")
-    p.add_argument("--prefill-policy", choices=_POLICIES, default=None)
-    p.add_argument("--decode-policy", choices=_POLICIES, default=None)
+    p.add_argument(
+        "--prefill-policy", choices=_POLICIES, default=None, help="prefill side's policy"
+    )
+    p.add_argument("--decode-policy", choices=_POLICIES, default=None, help="decode side's policy")
     ca = p.add_argument_group("cache_aware policy (sglang-router's flags and defaults)")
     ca.add_argument(
         "--cache-threshold",
@@ -88,22 +121,25 @@ def register(subparsers: Any) -> None:
         help="tokens the approximate tree keeps per worker (default 2**26)",
     )
     p.add_argument("--profile", default=None, help="profile JSON for ecoroute (default: packaged)")
+    pairs = packaged_profiles()
     p.add_argument(
         "--gpu",
         dest="profile_gpu",
         default=None,
+        choices=sorted({g for g, _ in pairs}),
         help="packaged profile's GPU for ecoroute (default h100)",
     )
     p.add_argument(
         "--model",
         dest="profile_model",
         default=None,
+        choices=sorted({m for _, m in pairs}),
         help="packaged profile's model for ecoroute (default llama-3.1-8b)",
     )
-    p.add_argument("--slo-ttft-s", type=float, default=None)
-    p.add_argument("--slo-itl-s", type=float, default=None)
+    p.add_argument("--slo-ttft-s", type=float, default=None, help="TTFT SLO in s (default 1.0)")
+    p.add_argument("--slo-itl-s", type=float, default=None, help="ITL SLO in s (default 0.05)")
     p.add_argument("--no-nats", action="store_true", help="run without the bus")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="routing seed (default: random)")
     p.add_argument(
         "--loop",
         choices=["auto", "asyncio", "uvloop"],
@@ -111,10 +147,6 @@ def register(subparsers: Any) -> None:
         help="event loop (auto: uvloop when installed)",
     )
     g = p.add_argument_group("protection")
-    g.add_argument("--max-concurrent-requests", type=int, default=None)
-    g.add_argument("--max-queued-requests", type=int, default=None)
-    g.add_argument("--queue-timeout-s", type=float, default=None)
-    g.add_argument("--max-request-bytes", type=int, default=None)
     g.add_argument(
         "--api-key-file",
         default=None,
@@ -154,15 +186,9 @@ def register(subparsers: Any) -> None:
         default=None,
         help="nesting depth of a request body; beyond: 400 (default 64)",
     )
-    g.add_argument("--request-timeout-s", type=float, default=None)
-    g.add_argument("--connect-timeout-s", type=float, default=None)
-    g.add_argument("--read-timeout-s", type=float, default=None)
-    g.add_argument("--prefill-retries", type=int, default=None)
-    g.add_argument("--health-check-interval-s", type=float, default=None)
-    g.add_argument("--health-check-timeout-s", type=float, default=None)
-    g.add_argument("--health-failure-threshold", type=int, default=None)
-    g.add_argument("--breaker-failures", type=int, default=None)
-    g.add_argument("--breaker-open-s", type=float, default=None)
+    for flag, typ, text in _PROTECTION:
+        key = flag[2:].replace("-", "_")
+        g.add_argument(flag, type=typ, default=None, help=f"{text} (default {_DEFAULTS[key]})")
     e = p.add_argument_group("energy per request (docs/energy.md)")
     e.add_argument(
         "--energy-idle",
@@ -179,7 +205,9 @@ def register(subparsers: Any) -> None:
         "waits for the GPU energy covering its end (default: 3.0)",
     )
     from voltana.bus.cliopts import add_nats_args
+    from voltana.services.router.router_compat import add_sglang_router_flags
 
+    add_sglang_router_flags(p)
     add_nats_args(p)
     p.set_defaults(func=run)
 
@@ -210,6 +238,9 @@ def build_config(args: argparse.Namespace) -> Any:
         cfg.prefill = [WorkerSpec(url=u, role="prefill", bootstrap_port=bp) for u, bp in pairs]
     if args.decode:
         cfg.decode = [WorkerSpec(url=u, role="decode") for u in args.decode]
+    if args.worker_urls:
+        cfg.mode = "unified"
+        cfg.workers = [WorkerSpec(url=u, role="unified") for u in args.worker_urls]
     if args.policy:
         cfg.prefill_policy = cfg.decode_policy = args.policy
     simple = {
@@ -298,7 +329,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
 
-    def started(_router: Router) -> None:
+    def started(router: Router) -> None:
+        if args.prometheus_port is not None:  # sglang-router's separate metrics listener
+            from voltana.services.router.router_compat import serve_metrics
+
+            serve_metrics(router.metrics.registry, args.prometheus_host, args.prometheus_port)
         if cfg.gc_threshold is not None:
             import gc
 

@@ -173,9 +173,9 @@ class Pd:
     def _prefill_error(exc: PrefillFailed, out: Outcome) -> web.Response:
         """The client's answer when the prefill side failed before any byte was sent."""
         out.status, out.error, out.http_status = "error", f"prefill failed: {exc}", exc.status
-        # a 4xx is about the request: pass the worker's explanation through unchanged
+        # a 4xx is about the request: pass the worker's explanation on, in the router's shape
         body = (
-            exc.body
+            proto.as_error_body(exc.body, exc.status)
             if exc.body and exc.status < 500
             else proto.error_body(out.error, code=exc.status)
         )
@@ -209,8 +209,9 @@ class Pd:
                 decode_ok = d_resp.status < 500
                 out.status, out.http_status = "error", d_resp.status
                 out.error = f"decode answered {d_resp.status}"
+                body = proto.as_error_body(data, d_resp.status)
                 return web.Response(
-                    status=d_resp.status, body=data, content_type=d_resp.content_type
+                    status=d_resp.status, body=body, content_type="application/json"
                 )
             if not info.stream:
                 data = await watch(p_task, d_resp.read())

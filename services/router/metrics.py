@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40)
@@ -118,3 +120,32 @@ class RouterMetrics:
             "Attributed energy of requests whose record left before it was final",
             registry=r,
         )
+        self._worker_label: dict[str, str] = {}  # worker key -> instance label in use
+
+    def set_worker(
+        self,
+        key: str,
+        name: str,
+        role: str,
+        in_flight: int,
+        healthy: bool,
+        open_: bool,
+        age: float | None,
+    ) -> None:
+        """One worker's gauges, labelled by its instance name (as the state endpoint and the
+        bus call it); when telemetry renames it, the series under the old name go."""
+        old = self._worker_label.get(key)
+        if old is not None and old != name:
+            for g, labels in (
+                (self.worker_in_flight, (old, role)),
+                (self.worker_healthy, (old,)),
+                (self.circuit_open, (old,)),
+                (self.telemetry_age, (old,)),
+            ):
+                with contextlib.suppress(KeyError):
+                    g.remove(*labels)
+        self._worker_label[key] = name
+        self.worker_in_flight.labels(name, role).set(in_flight)
+        self.worker_healthy.labels(name).set(1 if healthy else 0)
+        self.circuit_open.labels(name).set(1 if open_ else 0)
+        self.telemetry_age.labels(name).set(-1 if age is None else age)

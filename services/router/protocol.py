@@ -19,6 +19,7 @@ __all__ = [
     "RequestInfo",
     "SseScanner",
     "add_bootstrap",
+    "as_error_body",
     "bootstrap_host",
     "error_body",
     "error_event",
@@ -76,8 +77,8 @@ def _batch_size(path: str, body: dict[str, Any]) -> int | None:
     """Items in a batch request, or None for a single request.
 
     ``/generate`` is a batch when ``text`` is a list, or ``input_ids`` is a list of
-    lists; ``/v1/completions`` when ``prompt`` is a list of strings or of id lists;
-    chat when ``n > 1``.
+    lists; the OpenAI routes when they ask for more than one choice: ``n > 1``, or
+    (``/v1/completions``) a list of strings or of id lists as ``prompt`` (prompts x n).
     """
     if path.endswith("/generate"):
         text, ids = body.get("text"), body.get("input_ids")
@@ -86,15 +87,13 @@ def _batch_size(path: str, body: dict[str, Any]) -> int | None:
         if isinstance(ids, list) and ids and isinstance(ids[0], list):
             return len(ids)
         return None
+    n = body.get("n")
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
     if path.endswith("/completions") and not path.endswith("/chat/completions"):
         prompt = body.get("prompt")
         if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-            return len(prompt)
-        return None
-    n = body.get("n")
-    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
-        return n
-    return None
+            return len(prompt) * n
+    return n if n > 1 else None
 
 
 def inspect_request(path: str, body: Any, *, max_batch: int | None = None) -> RequestInfo:
@@ -184,6 +183,29 @@ def decode(data: bytes | str) -> Any:
 def error_body(message: str, *, code: int, kind: str = "router_error") -> bytes:
     """A JSON error body in SGLang's / OpenAI's shape."""
     return _json_encode({"error": {"message": message, "type": kind, "code": code}})
+
+
+def as_error_body(data: bytes, status: int) -> bytes:
+    """A worker's error answer in the router's one shape, ``{"error": {message, type, code}}``.
+
+    SGLang answers ``{"error": {...}}`` on /generate but ``{"object": "error", "message":
+    ...}`` on the OpenAI routes, and plain text elsewhere; clients of the router see one.
+    """
+    try:
+        obj = _json_decode(data)
+    except msgspec.DecodeError:
+        text = data.decode("utf-8", "replace").strip()[:500]
+        return error_body(text or f"worker answered {status}", code=status, kind="worker_error")
+    if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
+        return data
+    if isinstance(obj, dict) and isinstance(obj.get("message"), str):
+        kind = obj.get("type")
+        return error_body(
+            obj["message"], code=status, kind=kind if isinstance(kind, str) else "worker_error"
+        )
+    return error_body(
+        f"worker answered {status}: {str(obj)[:500]}", code=status, kind="worker_error"
+    )
 
 
 def error_event(message: str, *, code: int = 502, retryable: bool = False) -> bytes:

@@ -119,14 +119,14 @@ class Routing:
             self.state.unified_dispatched(
                 dw.name, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, now
             )
-            self.metrics.decisions.labels("unified", dw.name).inc()
+            self.metrics.decisions.labels("unified", dw.published_name).inc()
         else:
             self.state.dispatched(
                 pw.name, dw.name, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, now
             )
             self.prefill_policy.on_dispatch(pw.name, rreq, now)
-            self.metrics.decisions.labels("prefill", pw.name).inc()
-            self.metrics.decisions.labels("decode", dw.name).inc()
+            self.metrics.decisions.labels("prefill", pw.published_name).inc()
+            self.metrics.decisions.labels("decode", dw.published_name).inc()
         self.decode_policy.on_dispatch(dw.name, rreq, now)
         self.changed.set()
         self.bus.publish(

@@ -29,6 +29,7 @@ from voltana.schemas import subjects
 from voltana.schemas.base import now_ns
 from voltana.schemas.config import SloConfig
 from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
+from voltana.services.router import gateway
 from voltana.services.router import protocol as proto
 from voltana.services.router.admission import Admission, Refused, auth_middleware, error_response
 from voltana.services.router.attribution import AttributionRule
@@ -86,6 +87,7 @@ class Router(ServiceContext):
         if bus_opts is None and cfg.nats:
             bus_opts = BusOptions(servers=[cfg.nats], name="voltana-router")
         self.bus = RouterBus(bus_opts, self.metrics, self._on_instance, self._on_gpu)
+        self.bus.node = cfg.node
         self._changed = asyncio.Event()
         rule = AttributionRule(
             attention_tokens=cfg.energy_attention_tokens,
@@ -111,6 +113,9 @@ class Router(ServiceContext):
         )
         self.admission = Admission(self.cfg, self.metrics)
         self._log_throttle = LogThrottle()
+        self.bus.status = lambda: gateway.status(
+            self.admission.active, self.admission.waiting, self.state
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -135,6 +140,12 @@ class Router(ServiceContext):
         app.router.add_get("/get_server_info", self._server_info)
         app.router.add_post("/flush_cache", self._flush_cache)
         app.router.add_get("/voltana/router/state", self._state_json)
+        gateway.add_gateway_routes(  # /model_info, /server_info; the JSON 404 last
+            app,
+            first_available=self._first_available,
+            session=lambda: self.session,
+            server_info=self._server_info,
+        )
         return app
 
     async def start(self) -> Router:
@@ -270,12 +281,15 @@ class Router(ServiceContext):
             await asyncio.sleep(0.01)
 
     def _publish_worker(self, w: WorkerState, now: float, t_ns: int) -> None:
-        m = self.metrics
-        m.worker_in_flight.labels(w.name, w.spec.role).set(w.load.in_flight_requests)
-        m.worker_healthy.labels(w.name).set(1 if w.healthy else 0)
-        m.circuit_open.labels(w.name).set(1 if w.breaker.is_open(now) else 0)
-        age = self.state.telemetry_age_s(w, now)
-        m.telemetry_age.labels(w.name).set(-1 if age is None else age)
+        self.metrics.set_worker(
+            w.name,
+            w.published_name,
+            w.spec.role,
+            w.load.in_flight_requests,
+            w.healthy,
+            w.breaker.is_open(now),
+            self.state.telemetry_age_s(w, now),
+        )
         if self.bus.connected:
             msg = self.state.instance_state(w.name, now, t_ns)
             self.bus.publish(subjects.router_state(msg.role, msg.instance), msg)

@@ -9,11 +9,12 @@ source or an instance that hangs delays only itself. Blocking source reads
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import msgspec
@@ -26,6 +27,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from voltana.bus.client import Bus
 from voltana.common.errors import GpuError, UpstreamError
 from voltana.common.logs import get_logger
 from voltana.common.tasks import cancel_and_wait
@@ -34,6 +36,7 @@ from voltana.gpu.emulated import EmulatedDevice
 from voltana.gpu.nvml import NvmlDevice
 from voltana.schemas import subjects
 from voltana.services.runner import ServiceContext
+from voltana.services.status import add_status_service
 from voltana.services.telemetry.config import InstanceConfig, NodeConfig
 from voltana.services.telemetry.engine import EngineScraper, EngineState
 from voltana.services.telemetry.gpu_messages import GpuMessageBuilder
@@ -147,6 +150,7 @@ class TelemetryService(ServiceContext):
         self._executor: ThreadPoolExecutor | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._service: Any = None
         self._owns_sources = sources is None
         if sources is None:
             sources = build_sources(cfg)
@@ -278,6 +282,16 @@ class TelemetryService(ServiceContext):
             if inst.engine:
                 HEALTHY.labels(inst.name).set(0)
                 self._tasks.append(asyncio.create_task(self._engine_loop(inst, self._session)))
+        if isinstance(self.publisher, Bus):  # nats.micro discovery ($SRV.PING) and status
+            self._service = await add_status_service(
+                self.publisher,
+                name="voltana-telemetry",
+                description="GPU and engine state of one node onto NATS",
+                metadata={"node": self.cfg.node},
+                status_subject=subjects.telemetry_status(self.cfg.node),
+                status=self.stats,
+                counts=lambda: {"published": dict(self.published)},
+            )
         log.info(
             "telemetry_started",
             node=self.cfg.node,
@@ -287,6 +301,11 @@ class TelemetryService(ServiceContext):
             engine_hz=self.cfg.rates.engine_hz,
             metrics_port=self.metrics_port,
         )
+
+    def stats(self) -> dict[str, Any]:
+        """What the status endpoint answers: messages published and the sources failing now."""
+        failing = {k: v for k, v in self._status.errors.items() if v}
+        return {"node": self.cfg.node, "published": dict(self.published), "failing": failing}
 
     async def done(self) -> None:
         """Return (raising its error) when a sampling loop ends; they run until stopped."""
@@ -300,6 +319,10 @@ class TelemetryService(ServiceContext):
         """End the loops and the endpoint; close the sources built here. Safe after a failed start."""
         await cancel_and_wait(self._tasks)
         self._tasks.clear()
+        if self._service is not None:
+            with contextlib.suppress(Exception):
+                await self._service.stop()
+            self._service = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -256,7 +256,7 @@ async def test_bad_requests_get_sglang_errors(
         (
             app,
             "/generate",
-            json.dumps({"text": "x", "sampling_params": {"max_new_tokens": 0}}).encode(),
+            json.dumps({"text": "x", "return_logprob": True}).encode(),
             400,
         ),
         (
@@ -272,7 +272,7 @@ async def test_bad_requests_get_sglang_errors(
             400,
         ),  # > KV capacity
         (app, "/v1/chat/completions", b"[1, 2", 400),
-        (app, "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 0}).encode(), 400),
+        (app, "/v1/completions", json.dumps({"prompt": "x", "max_tokens": -1}).encode(), 400),
         (dec, "/generate", json.dumps({"text": "x"}).encode(), 400),  # PD mode, no bootstrap fields
     ]
     for srv, path, raw, status in cases:

@@ -1,7 +1,9 @@
-"""Acceptance against real peers: sglang-router (PD mode) and SGLang's own client functions.
+"""Acceptance against real peers: the current SGLang routers (PD mode) and SGLang's client.
 
-Emulated prefill and decode servers run as ``voltana emulator`` subprocesses behind
-``python -m sglang_router.launch_router --pd-disaggregation``; SGLang 0.4.7's
+Emulated prefill and decode servers (SGLang 0.5.x line) run as ``voltana emulator``
+subprocesses behind each current router in PD mode: sglang-router 0.3.2
+(``python -m sglang_router.launch_router``) and smg 1.13, the SGLang model gateway
+(``python -m smg.launch_router``). Neither may warn about a deprecated route. SGLang's
 ``bench_serving`` request functions parse the streams and measure TTFT/ITL, which
 must match the GPU model's pacing.
 """
@@ -14,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,11 +32,9 @@ from helpers import (
 )
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 
-if importlib.util.find_spec("sglang_router") is None:
-    pytest.skip("sglang-router (test extra) is not installed", allow_module_level=True)
-
 MODEL = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
 PROMPT_IDS = list(range(4000))
+PEERS = {"sglang-router": "sglang_router", "smg": "smg"}  # distribution -> module
 
 
 @dataclass
@@ -41,48 +42,45 @@ class Cluster:
     router: str
     prefill: str
     decode: str
+    log: Path
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """Emulated prefill + decode behind ``sglang_router.launch_router --pd-disaggregation``."""
-    with emulated_pd_pair(bootstrap_timeout_s=20) as workers:
-        (prefill, boot), decode = workers["prefill"], workers["decode"]
-        r_port = free_port()
-        router = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sglang_router.launch_router",
-                "--pd-disaggregation",
-                "--prefill",
-                prefill,
-                str(boot),
-                "--decode",
-                decode,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(r_port),
-                "--policy",
-                "random",
-                "--prometheus-port",
-                str(free_port()),
-                "--worker-startup-check-interval",
-                "1",
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+def workers() -> Iterator[dict[str, Any]]:
+    with emulated_pd_pair(bootstrap_timeout_s=20, version="0.5.23") as w:
+        yield w
+
+
+@pytest.fixture(scope="module", params=list(PEERS))
+def cluster(
+    request: pytest.FixtureRequest,
+    workers: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cluster]:
+    """The emulated pair behind ``<peer>.launch_router --pd-disaggregation``."""
+    module = PEERS[request.param]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{request.param} (test extra) is not installed")
+    (prefill, boot), decode = workers["prefill"], workers["decode"]
+    r_port = free_port()
+    log = tmp_path_factory.mktemp(request.param) / "router.log"
+    argv = [sys.executable, "-m", f"{module}.launch_router", "--pd-disaggregation"]
+    argv += ["--prefill", prefill, str(boot), "--decode", decode, "--host", "127.0.0.1"]
+    argv += ["--port", str(r_port), "--policy", "random", "--prometheus-port", str(free_port())]
+    argv += ["--worker-startup-check-interval", "1", "--log-level", "warn"]
+    with log.open("wb") as out:
+        router = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         try:
-            # sglang-router 0.1.5 answers /health with 500 in PD mode ("PrefillDecode mode
-            # doesn't use select_first_worker"); /v1/models is proxied once it serves.
-            wait_http(f"http://127.0.0.1:{r_port}/v1/models", router)
-            yield Cluster(f"http://127.0.0.1:{r_port}", prefill, decode)
+            wait_http(f"http://127.0.0.1:{r_port}/health", router, log=log)
+            yield Cluster(f"http://127.0.0.1:{r_port}", prefill, decode, log)
         finally:
             stop_processes([router])
+
+
+def test_no_deprecation_warning(cluster: Cluster) -> None:
+    """The emulator answers the current routes (/model_info, /server_info, /v1/loads)."""
+    text = cluster.log.read_text(errors="replace").lower()
+    assert "deprecat" not in text, text[-3000:]
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -92,11 +90,16 @@ async def test_router_pd_generate(cluster: Cluster, stream: bool) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_router_pd_chat(cluster: Cluster, stream: bool) -> None:
+    async with aiohttp.ClientSession() as session, session.get(f"{cluster.router}/v1/models") as r:
+        model = (await r.json(content_type=None))["data"][0][
+            "id"
+        ]  # the gateways route chat by served model
     body = {
-        "model": "m",
+        "model": model,
         "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 5,
         "stream": stream,
+        "ignore_eos": True,
     }
     status, got = await post_json(f"{cluster.router}/v1/chat/completions", body)
     assert status == 200, got
@@ -111,8 +114,9 @@ async def test_router_pd_chat(cluster: Cluster, stream: bool) -> None:
 
 
 async def test_router_pd_completions(cluster: Cluster) -> None:
-    # sglang-router 0.1.5 rewrites /v1/completions into text + parameters.max_new_tokens.
-    body = {"model": "m", "prompt": "complete this", "max_tokens": 4}
+    async with aiohttp.ClientSession() as session, session.get(f"{cluster.router}/v1/models") as r:
+        model = (await r.json(content_type=None))["data"][0]["id"]
+    body = {"model": model, "prompt": "complete this", "max_tokens": 4, "ignore_eos": True}
     status, got = await post_json(f"{cluster.router}/v1/completions", body)
     assert status == 200, got
     assert got["object"] == "text_completion" and got["usage"]["completion_tokens"] == 4
@@ -173,8 +177,9 @@ async def test_router_pd_concurrent_requests_all_finish_and_free(cluster: Cluste
     async with aiohttp.ClientSession() as s:
         for base in (cluster.prefill, cluster.decode):
             for _ in range(50):  # the prefill side finishes its transfer bookkeeping async
-                async with s.get(f"{base}/get_load") as r:
-                    load = (await r.json())["load"]
+                async with s.get(f"{base}/v1/loads") as r:
+                    loads = (await r.json())["loads"][0]
+                load = loads["num_running_reqs"] + loads["num_waiting_reqs"]
                 if load == 0:
                     break
                 await asyncio.sleep(0.05)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from helpers import wait_for
 from nats.js.api import DeliverPolicy
 from voltana.bus.client import Bus
+from voltana.common.errors import VoltanaError
 from voltana.schemas import ClockState, GpuTelemetry, RequestRecord, codec, subjects
 from voltana.tools.localcluster import LocalCluster, LocalClusterSpec
 
@@ -34,6 +37,12 @@ async def exercise(
             states.append(codec.decode(m.data, ClockState))
 
     reader = asyncio.create_task(read_history())
+    assert await micro_services(bus) == {
+        "voltana-telemetry",
+        "voltana-actuator",
+        "voltana-freqctl",
+        "voltana-router",
+    }
     await bus.subscribe(subjects.TELEMETRY_GPU_ALL, GpuTelemetry, lambda m, s: gpus.append(m))
     body = {
         "text": "energy " * 300,
@@ -60,6 +69,25 @@ async def exercise(
     await asyncio.gather(reader, return_exceptions=True)
     await bus.close()
     return records, states, gpus
+
+
+async def micro_services(bus: Bus) -> set[str]:
+    """Names answering nats.micro discovery (``$SRV.PING``), asked until all four answer."""
+    names: set[str] = set()
+
+    async def on_reply(msg: Any) -> None:
+        names.add(json.loads(msg.data)["name"])
+
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox, cb=on_reply)
+    want = {"voltana-telemetry", "voltana-actuator", "voltana-freqctl", "voltana-router"}
+    for _ in range(50):  # the router registers once its bus link is up
+        await bus.nc.publish("$SRV.PING", b"", reply=inbox)
+        await asyncio.sleep(0.2)
+        if want <= names:
+            break
+    await sub.unsubscribe()
+    return names
 
 
 def test_local_cluster_serves_and_controls_clocks(tmp_path: Path) -> None:
@@ -97,3 +125,15 @@ def test_local_cluster_colocated(tmp_path: Path) -> None:
         assert cluster.check_alive() == []
     finally:
         cluster.stop()
+
+
+def test_busy_router_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cluster = LocalCluster(LocalClusterSpec(router_port=port, workdir=tmp_path / "up"))
+        with pytest.raises(VoltanaError, match=f"router port {port} on 127.0.0.1 is in use"):
+            cluster.start()
+    assert cluster.procs == {} and cluster.nats is None
+    assert not (tmp_path / "up").exists()

@@ -140,7 +140,7 @@ async def test_other_roles_cannot_command_any_gpu(buses: Any, user: str) -> None
     assert not await reaches(buses[user], buses["admin"], subjects.clock_set(NODE, 0), cmd(NODE))
 
 
-async def test_telemetry_hears_nothing(buses: Any) -> None:
+async def test_telemetry_hears_no_events(buses: Any) -> None:
     tel, admin = buses["telemetry"], buses["admin"]
     got: list[str] = []
 

@@ -169,6 +169,36 @@ async def test_introspection_endpoints(router: Router) -> None:
     assert "voltana_router_nats_connected 0.0" in text
 
 
+async def test_current_gateway_routes_one_error_shape(router: Router) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(router.url + "/model_info") as r:  # 0.4.7 workers: /get_model_info
+            assert r.status == 200 and "model_path" in await r.json()
+        async with s.get(router.url + "/server_info") as r:
+            assert r.status == 200 and len((await r.json())["decode"]) == 1
+        async with s.get(router.url + "/no/such/path") as r:
+            got = await r.json()
+            assert r.status == 404 and "/no/such/path" in got["error"]["message"]
+    # the worker's OpenAI-shaped error ({"object": "error", ...}) comes back in the router's shape
+    body = {"model": "m", "prompt": "x", "max_tokens": 2, "logprobs": 1}
+    status, got = await post_json(router.url + "/v1/completions", body)
+    assert status == 400 and "logprobs" in got["error"]["message"], got
+    assert got["error"]["code"] == 400
+
+
+async def test_prefill_only_and_several_choices_through_pd(router: Router) -> None:
+    body = {"input_ids": list(range(300)), "sampling_params": {"max_new_tokens": 0}}
+    status, got = await post_json(router.url + "/generate", body)
+    assert status == 200, got
+    assert got["meta_info"]["completion_tokens"] == 0 and got["text"] == ""
+    body = {"model": "m", "prompt": ["one", "two"], "n": 2, "max_tokens": 3, "ignore_eos": True}
+    status, got = await post_json(router.url + "/v1/completions", body)
+    assert status == 200, got
+    assert [c["index"] for c in got["choices"]] == [0, 1, 2, 3]
+    assert got["usage"]["completion_tokens"] == 12
+    for w in router.state.workers.values():
+        assert w.load == InstanceLoad()
+
+
 async def test_accounting_returns_to_zero_after_load(router: Router) -> None:
     body = {
         "text": "x" * 400,
@@ -220,6 +250,8 @@ def test_cli_router_with_energy_aware_policies(workers: dict[str, Workers]) -> N
         str(w.prefill[0][1]),
         "--decode",
         w.decode[0],
+        "--prometheus-port",
+        str(metrics_port := free_port()),
     )
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -235,6 +267,26 @@ def test_cli_router_with_energy_aware_policies(workers: dict[str, Workers]) -> N
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
         assert 'voltana_router_decisions_total{instance="' in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            assert "voltana_router_requests_total" in r.read().decode()
+        # a second router on the same port: one clear line, no traceback
+        again = subprocess.run(
+            voltana_argv(
+                "router",
+                "--port",
+                str(port),
+                "--no-nats",
+                "--prefill",
+                w.prefill[0][0],
+                "--decode",
+                w.decode[0],
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 1 and "address in use" in again.stderr
+        assert "Traceback" not in again.stderr
     finally:
         proc.terminate()
         try:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-TRACE = Path(__file__).resolve().parents[3] / "shared/data/traces/azure_llm_2023_conv.csv"
-
 
 def _voltana(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -22,13 +20,11 @@ def _voltana(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
     )
 
 
-@pytest.mark.skipif(not TRACE.is_file(), reason="../shared/data/traces not present")
-def test_sim_cli_on_a_trace_slice(tmp_path: Path) -> None:
+def test_sim_cli_on_a_slice_of_the_packaged_trace(tmp_path: Path) -> None:
+    """No --trace and no --synthetic: the Azure 2023 trace shipped in the package."""
     out = tmp_path / "sim"
     proc = _voltana(
         "sim",
-        "--trace",
-        str(TRACE),
         "--window",
         "0,40",
         "--cluster",
@@ -46,6 +42,7 @@ def test_sim_cli_on_a_trace_slice(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "static-max" in proc.stdout and "oracle" in proc.stdout
+    assert "azure_llm_2023_conv" in proc.stdout
     data = json.loads((out / "results.json").read_text())
     keys = {
         "energy_j",
@@ -111,7 +108,7 @@ def test_sim_cli_synthetic_sweep(tmp_path: Path) -> None:
         (["--trace", "/nonexistent.csv"], "not found"),
         (["--synthetic", "poisson", "--policies", "bogus"], "unknown policy"),
         (["--synthetic", "poisson", "--cluster", "two"], "2p2d"),
-        ([], "--trace"),
+        (["--trace", "x.csv", "--synthetic", "poisson"], "not both"),
     ],
 )
 def test_sim_cli_bad_input_is_a_clear_error(args: list[str], needle: str) -> None:
@@ -153,3 +150,9 @@ def test_sim_cli_default_policy_and_cluster_kinds(tmp_path: Path, cluster: str) 
     assert (data["oracle"] is None) == cluster.endswith("u")
     bad = _voltana("sim", "--synthetic", "poisson", "--duration", "5", "--cluster", "2x2")
     assert bad.returncode == 1 and "4u" in bad.stderr
+
+
+def test_sim_cli_unknown_gpu_lists_the_choices() -> None:
+    proc = _voltana("sim", "--gpu", "h900")
+    assert proc.returncode == 2
+    assert "h100" in proc.stderr and "a100" in proc.stderr and "h900" in proc.stderr

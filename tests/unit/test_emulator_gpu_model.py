@@ -1,7 +1,7 @@
 """The ground-truth GPU model against measured anchors and the physics it must show.
 
-Anchor numbers are copied here with their source so the test runs anywhere; when
-../shared/data/calibration is present the raw probe JSON is cross-checked too.
+Anchor numbers are copied here with their source; the raw probe JSON
+(bench/results/h100_llama8b_shape_probe.json) is cross-checked too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from voltana.predictor.buckets import decode_bucket, default_buckets, round_up_t
 H100_8B = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
 A100_8B = GpuModel(GPUS["a100"], MODELS["llama-3.1-8b"])
 ROOT = Path(__file__).resolve().parents[2]
-PROBE = ROOT.parent / "shared/data/calibration/h100_llama8b_shape_probe.json"
+PROBE = ROOT / "bench/results/h100_llama8b_shape_probe.json"
 # Two later runs of the same kind of probe on lent H100s (committed, bench/results/;
 # tests/unit/test_gpu_in_the_loop.py holds the model within 10% of every point of them).
 LATER_RUNS = [
@@ -178,7 +178,6 @@ def test_a100_splitwise_power_levels() -> None:
     assert 200 < d.power_w < 330
 
 
-@pytest.mark.skipif(not PROBE.exists(), reason=f"{PROBE} absent (../shared/data not checked out)")
 def test_cross_check_probe_json() -> None:
     probe = json.loads(PROBE.read_text())
     for e in probe["prefill"]:

@@ -112,10 +112,14 @@ def test_cli_simulate_show_and_refit(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_cli_reports_bad_input_without_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["profile", "simulate", "--gpu", "b200", "--out", str(tmp_path / "x.json")]) == 1
+    with pytest.raises(SystemExit) as exc:  # argparse: the choices, early
+        main(["profile", "simulate", "--gpu", "b200", "--out", str(tmp_path / "x.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'b200'" in err and "'h100'" in err
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
     assert main(["profile", "fit", str(bad), "--out", str(tmp_path / "y.json")]) == 1
     assert main(["profile", "show", str(tmp_path / "nope.json")]) == 1
     err = capsys.readouterr().err
-    assert "unknown --gpu" in err and "cannot fit" in err and "cannot read profile" in err
+    assert "cannot fit" in err and "cannot read profile" in err

@@ -130,3 +130,64 @@ def test_bounds_are_settings() -> None:
             "--max-body-buffer-bytes",
             "10",
         )
+
+
+def test_sglang_router_names_are_aliases() -> None:
+    cfg = parse(
+        "--pd-disaggregation",
+        "--prefill",
+        "http://p:1",
+        "8998",
+        "--decode",
+        "http://d:2",
+        "--max-payload-size",
+        "1024",
+        "--request-timeout-secs",
+        "30",
+        "--queue-size",
+        "7",
+        "--cb-failure-threshold",
+        "9",
+        "--disable-retries",
+        "--health-check-interval-secs",
+        "3",
+    )
+    assert cfg.max_request_bytes == 1024 and cfg.request_timeout_s == 30.0
+    assert cfg.max_queued_requests == 7 and cfg.breaker_failures == 9
+    assert cfg.prefill_retries == 0 and cfg.health_check_interval_s == 3.0
+    args = build_parser().parse_args(["router", "--log-level", "warning"])
+    assert args.log_level == "warning"
+
+
+@pytest.mark.parametrize("flag", ["--dp-aware", "--mini-lb", "--tokenizer-path"])
+def test_unsupported_sglang_router_flags_are_refused_by_name(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["router", "--prefill", "http://p:1", flag, "x"])
+    err = capsys.readouterr().err
+    assert f"{flag} (an sglang-router flag) is not supported:" in err
+
+
+def test_worker_gauges_follow_the_instance_name() -> None:
+    from prometheus_client import generate_latest
+    from voltana.services.router.metrics import RouterMetrics
+
+    m = RouterMetrics()
+    m.set_worker("127-0-0-1_30001", "127-0-0-1_30001", "decode", 2, True, False, None)
+    m.set_worker("127-0-0-1_30001", "decode-0", "decode", 3, True, False, 0.2)  # telemetry's
+    text = generate_latest(m.registry).decode()
+    assert 'voltana_router_worker_in_flight{instance="decode-0",role="decode"} 3.0' in text
+    assert "127-0-0-1_30001" not in text
+
+
+def test_worker_urls_route_colocated_workers() -> None:
+    """sglang-router's ``--worker-urls`` (no ``--pd-disaggregation``): unified mode."""
+    cfg = parse("--worker-urls", "http://u:1", "http://u:2", "--no-nats")
+    assert cfg.mode == "unified"
+    assert [w.url for w in cfg.workers] == ["http://u:1", "http://u:2"]
+    assert {w.role for w in cfg.workers} == {"unified"}
+    with pytest.raises(ConfigError, match="unified mode takes workers"):
+        parse("--worker-urls", "http://u:1", "--decode", "http://d:2", "--no-nats")
+    cfg = parse("--cache-threshold", "0.5", "--prefill", "http://p:1", "--decode", "http://d:2")
+    assert cfg.cache_threshold == 0.5  # a real knob now, not refused

@@ -24,6 +24,9 @@ from voltana.services.router.stats import Outcome, request_record
         ("/v1/completions", {"prompt": ["x", "y"]}, 2),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, None),
         ("/v1/chat/completions", {"messages": [], "n": 3}, 3),
+        ("/v1/completions", {"prompt": "x", "n": 2}, 2),
+        ("/v1/completions", {"prompt": ["x", "y"], "n": 3}, 6),
+        ("/v1/completions", {"prompt": [[1, 2], [3]], "n": 1}, 2),
     ],
 )
 def test_batch_detection(path: str, body: dict[str, object], batch: int | None) -> None:

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from voltana.common.errors import ConfigError
+from voltana.sim.traces import packaged_trace
 from voltana.sim.workload import LengthDist, load_trace, scale_rate, synthetic, window
-
-SHARED_TRACE = Path(__file__).resolve().parents[3] / "shared/data/traces/azure_llm_2023_conv.csv"
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -117,9 +116,9 @@ def test_length_distributions() -> None:
     assert set(u.tolist()) == {3, 4, 5}
 
 
-@pytest.mark.skipif(not SHARED_TRACE.is_file(), reason="../shared/data traces not present")
-def test_azure_conversation_trace_summary() -> None:
-    wl = load_trace(SHARED_TRACE)
+def test_packaged_azure_conversation_trace_summary() -> None:
+    wl = load_trace(packaged_trace())
+    assert wl.name == "azure_llm_2023_conv" and wl.source == "azure:azure_llm_2023_conv.csv.gz"
     s = wl.summary()
     assert s["requests"] == 19366
     assert s["input_tokens_mean"] == pytest.approx(1155, rel=0.01)
@@ -137,3 +136,20 @@ def test_crosscheck_figures_and_compare() -> None:
     rows = {r["figure"]: r for r in compare(figs, live)}
     assert rows["energy_j"]["ok"] and not rows["slo_attainment"]["ok"]
     assert rows["energy_j"]["diff"] == pytest.approx(0.03 / 1.03, rel=1e-3)
+
+
+def test_gzip_traces_and_unreadable_ones(tmp_path: Path) -> None:
+    import gzip
+
+    p = tmp_path / "t.csv.gz"
+    p.write_bytes(
+        gzip.compress(
+            b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+        )
+    )
+    wl = load_trace(p)
+    assert wl.name == "t" and len(wl.requests) == 1 and wl.requests[0].input_tokens == 374
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_trace(bad)

@@ -1,0 +1,64 @@
+"""What the router answers besides dispatch, for clients of the current SGLang gateway.
+
+smg 1.13 and SGLang 0.5.x name the introspection routes ``/model_info`` and
+``/server_info`` (the ``get_`` names are deprecated); unknown paths get a JSON 404
+in the router's one error shape; the bus status reply lives here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from voltana.services.router import protocol as proto
+from voltana.services.router.state import ClusterState, WorkerState
+
+__all__ = ["add_gateway_routes", "status"]
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def status(active: int, waiting: int, state: ClusterState) -> dict[str, Any]:
+    """The bus status reply (``voltana-svc.router.<node>.status``): load and workers by name."""
+    workers = sorted(w.published_name for w in state.workers.values())
+    return {"active": active, "waiting": waiting, "workers": workers}
+
+
+def _json_error(status_code: int, message: str) -> web.Response:
+    body = proto.error_body(message, code=status_code)
+    return web.Response(status=status_code, body=body, content_type="application/json")
+
+
+def add_gateway_routes(
+    app: web.Application,
+    *,
+    first_available: Callable[[], WorkerState | None],
+    session: Callable[[], aiohttp.ClientSession],
+    server_info: Handler,
+) -> None:
+    """Current route names, then the JSON 404 for every other path (add it last)."""
+
+    async def model_info(request: web.Request) -> web.Response:
+        w = first_available()
+        if w is None:
+            return _json_error(503, "no healthy worker")
+        try:  # a 0.5.x worker answers /model_info, a 0.4.x one only /get_model_info
+            for path in ("/model_info", "/get_model_info"):
+                async with session().get(w.spec.url + path) as resp:
+                    if resp.status != 404:
+                        data = await resp.read()
+                        return web.Response(
+                            status=resp.status, body=data, content_type=resp.content_type
+                        )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _json_error(502, f"{w.published_name}: {exc}")
+        return _json_error(502, f"{w.published_name} answers neither model info route")
+
+    async def not_found(request: web.Request) -> web.Response:
+        return _json_error(404, f"no route {request.method} {request.path}")
+
+    app.router.add_get("/model_info", model_info)
+    app.router.add_get("/server_info", server_info)
+    app.router.add_route("*", "/{tail:.*}", not_found)
