@@ -179,9 +179,8 @@ class EmulatorServer:
     async def generate(self, spec: RequestSpec) -> AsyncGenerator[TokenUpdate, None]:
         """Run one request; yields cumulative token updates. Frees everything on exit.
 
-        On a prefill server the work runs detached from the HTTP request, as in SGLang:
-        routers drop the prefill's response once the decode answers, and the KV must
-        still be computed and sent (it ends at transfer or at the bootstrap timeout).
+        A prefill runs detached from its HTTP request, as in SGLang: routers drop its
+        answer once the decode answers, yet the KV must still be computed and sent.
         """
         if self.config.role != "prefill":
             async with aclosing(self._generate(spec)) as it:

@@ -7,6 +7,7 @@ in the router's one error shape; the bus status reply lives here too.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from aiohttp import web
 from voltana.services.router import protocol as proto
 from voltana.services.router.state import ClusterState, WorkerState
 
-__all__ = ["add_gateway_routes", "status"]
+__all__ = ["add_gateway_routes", "flush_all", "status", "workers_info"]
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -62,3 +63,35 @@ def add_gateway_routes(
     app.router.add_get("/model_info", model_info)
     app.router.add_get("/server_info", server_info)
     app.router.add_route("*", "/{tail:.*}", not_found)
+
+
+async def _info(session: aiohttp.ClientSession, w: WorkerState) -> Any:
+    try:
+        async with session.get(w.spec.url + "/get_server_info") as resp:
+            return proto.decode(await resp.read()) if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, proto.ProtocolError):
+        return None
+
+
+async def workers_info(
+    session: aiohttp.ClientSession, state: ClusterState, roles: tuple[str, ...]
+) -> dict[str, Any]:
+    """Each worker's ``/get_server_info`` by role (workers that do not answer are left out)."""
+    out: dict[str, Any] = {}
+    for role in roles:
+        ws = state.role(role)
+        out[role] = [i for i in await asyncio.gather(*(_info(session, w) for w in ws)) if i]
+    return out
+
+
+async def flush_all(session: aiohttp.ClientSession, workers: list[WorkerState]) -> bool:
+    """``/flush_cache`` on every worker; True when all of them flushed."""
+
+    async def one(w: WorkerState) -> bool:
+        try:
+            async with session.post(w.spec.url + "/flush_cache") as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    return all(await asyncio.gather(*(one(w) for w in workers)))

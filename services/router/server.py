@@ -367,19 +367,9 @@ class Router(ServiceContext):
         except (aiohttp.ClientError, TimeoutError) as exc:
             return self._err(502, f"{w.name}: {exc}")
 
-    async def _info(self, w: WorkerState) -> Any:
-        try:
-            async with self.session.get(w.spec.url + "/get_server_info") as resp:
-                return proto.decode(await resp.read()) if resp.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, proto.ProtocolError):
-            return None
-
     async def _server_info(self, request: web.Request) -> web.Response:
-        out: dict[str, Any] = {}
         roles = ("unified",) if self.cfg.mode == "unified" else ("prefill", "decode")
-        for role in roles:
-            ws = self.state.role(role)
-            out[role] = [i for i in await asyncio.gather(*(self._info(w) for w in ws)) if i]
+        out = await gateway.workers_info(self.session, self.state, roles)
         out["router"] = {
             "name": "voltana-router",
             "prefill_policy": self.prefill_policy.name,
@@ -388,15 +378,8 @@ class Router(ServiceContext):
         return web.json_response(out)
 
     async def _flush_cache(self, request: web.Request) -> web.Response:
-        async def one(w: WorkerState) -> bool:
-            try:
-                async with self.session.post(w.spec.url + "/flush_cache") as resp:
-                    return resp.status == 200
-            except (aiohttp.ClientError, TimeoutError):
-                return False
-
-        res = await asyncio.gather(*(one(w) for w in self.state.workers.values()))
-        return web.Response(status=200 if all(res) else 502)
+        ok = await gateway.flush_all(self.session, list(self.state.workers.values()))
+        return web.Response(status=200 if ok else 502)
 
     async def _state_json(self, request: web.Request) -> web.Response:
         now = time.monotonic()
