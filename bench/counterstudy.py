@@ -24,10 +24,11 @@ import msgspec
 from voltana.schemas.config import SloConfig
 from voltana.sim.config import SimConfig
 from voltana.sim.plan import PlanResult, PlanRow, plan
+from voltana.sim.traces import packaged_trace
 from voltana.sim.workload import load_trace, scale_rate, window
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACE = ROOT.parent / "shared/data/traces/azure_llm_2023_conv.csv"
+TRACE = packaged_trace()  # the Azure 2023 conversation trace shipped in sim/data
 SLOS = {"relaxed": (1.0, 0.05), "tight": (0.5, 0.025)}
 
 
@@ -101,7 +102,7 @@ def main() -> int:
     if args.from_json:
         return render(json.loads(Path(args.from_json).read_text()), args)
     if not Path(args.trace).is_file():
-        print(f"skipped: {args.trace} not found (needs ../shared/data)", file=sys.stderr)
+        print(f"skipped: {args.trace} not found", file=sys.stderr)
         return 0
     base = load_trace(args.trace)
     t_all = time.perf_counter()

@@ -6,8 +6,8 @@ The one calibration entry point. It runs the fit of ``bench/gpu/compare_model.py
 - the committed probe runs on lent H100s (bench/results/h100_llm_probe.json and
   h100_llm_probe_run2.json, or the probe files given as arguments, each compared at
   the clock it ran at);
-- the earlier probe in ../shared/data/calibration (``--legacy PATH``; skipped with a
-  note when ../shared is absent);
+- the earlier probe, bench/results/h100_llama8b_shape_probe.json (``--legacy PATH``;
+  skipped with a note when the file is absent);
 - ML.ENERGY's published vLLM serving runs (as bounds).
 
 It prints the fitted knobs (paste them into ``_H100`` in

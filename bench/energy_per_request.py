@@ -6,7 +6,7 @@ class, J per request and J per output token for each policy, then each
 policy's attributed and unattributed energy. Any policy in the results gets a
 column (``--policies`` picks and orders them).
 
-    voltana sim --trace ../shared/data/traces/azure_llm_2023_conv.csv --cluster 2p2d \\
+    voltana sim --cluster 2p2d \\
         --rate-scale 3 --window 0,600 --slo-ttft-s 0.3 --slo-itl-s 0.015 \\
         --policies static-max,voltana --no-oracle --out out/conv_3x
     .venv/bin/python bench/energy_per_request.py 3x=out/conv_3x/results.json \\

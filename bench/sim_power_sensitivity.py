@@ -32,10 +32,11 @@ from voltana.sim.config import SimConfig
 from voltana.sim.policies import POLICIES
 from voltana.sim.profiles import simulated_profile
 from voltana.sim.runner import profile_for, run_policy
+from voltana.sim.traces import packaged_trace
 from voltana.sim.workload import load_trace, scale_rate, window
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACE = ROOT.parent / "shared/data/traces/azure_llm_2023_conv.csv"
+TRACE = packaged_trace()  # the Azure 2023 conversation trace shipped in sim/data
 SLOS = {"tight": (0.3, 0.015), "relaxed": (1.0, 0.03)}
 
 

@@ -23,17 +23,18 @@ import msgspec
 from voltana.sim.config import SimConfig
 from voltana.sim.policies import POLICIES
 from voltana.sim.runner import profile_for, run_policy
+from voltana.sim.traces import packaged_trace
 from voltana.sim.workload import load_trace, scale_rate, window
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACE = ROOT.parent / "shared/data/traces/azure_llm_2023_conv.csv"
+TRACE = packaged_trace()  # the Azure 2023 conversation trace shipped in sim/data
 FILES = ["bench/results/sim_results.json", "bench/results/sim_results_iteration.json"]
 
 
 def main() -> int:
     files = [Path(f) for f in (sys.argv[1:] or [str(ROOT / f) for f in FILES])]
     if not TRACE.is_file():
-        print(f"skipped: {TRACE} not found (needs ../shared/data)", file=sys.stderr)
+        print(f"skipped: {TRACE} not found", file=sys.stderr)
         return 0
     base = load_trace(TRACE)
     cfg = SimConfig()

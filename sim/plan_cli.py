@@ -2,7 +2,7 @@
 
 Example::
 
-    voltana plan --trace azure_llm_2023_conv.csv --gpus 4 --gpu h100 \\
+    voltana plan --gpus 4 --gpu h100 \\
         --slo-ttft-s 1 --slo-itl-s 0.05 --out out/plan
 """
 
@@ -34,7 +34,11 @@ def register(subparsers: Any) -> None:
         formatter_class=d,
     )
     w = p.add_argument_group("workload (a trace, or a rate and length mix)")
-    w.add_argument("--trace", help="Azure CSV, BurstGPT CSV or Mooncake JSONL (auto-detected)")
+    w.add_argument(
+        "--trace",
+        help="Azure CSV, BurstGPT CSV or Mooncake JSONL, plain or gzip (auto-detected); "
+        "default: the packaged Azure 2023 conversation trace",
+    )
     w.add_argument("--rate", type=float, default=None, help="no trace: Poisson arrivals, req/s")
     w.add_argument("--duration", type=float, default=600.0, help="no trace: seconds")
     w.add_argument("--input-mean", type=float, default=1155.0, help="no trace: prompt mean")
@@ -118,8 +122,10 @@ def main(args: argparse.Namespace) -> int:
             output_len=LengthDist("lognormal", args.output_mean, 1.0, 1, 4096),
             seed=args.seed,
         )
-    else:
-        raise ConfigError("give --trace FILE or --rate R (a Poisson workload)")
+    else:  # the packaged conversation trace (sim/data/README.md), as voltana sim does
+        from voltana.sim.traces import packaged_trace
+
+        wl = load_trace(packaged_trace())
     if args.rate_scale <= 0:
         raise ConfigError(f"--rate-scale must be positive, got {args.rate_scale}")
     wl = scale_rate(wl, args.rate_scale)

@@ -19,7 +19,7 @@ GPU ran at default clocks, which is what the model calls a request for the maxim
 clock (1980 MHz on an H100): the model throttles that request to its power cap
 itself, so its effective clock is compared with the median SM clock NVML reported. A
 run made under a locked clock (on a GPU of your own, see docs/gpu-in-the-loop.md) is
-compared at that clock. The earlier probe in ../shared/data/calibration (``--legacy``;
+compared at that clock. The earlier probe in bench/results/h100_llama8b_shape_probe.json (``--legacy``;
 the emulator's own tests hold the model to it) is compared and fitted as well, and
 ML.ENERGY's serving runs bound the fit; ``--fit`` fits the knobs in ``FIT_KNOBS`` to
 all of them at once and prints them.
@@ -54,7 +54,7 @@ from voltana.predictor.buckets import decode_bucket  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = [ROOT / "bench/results/h100_llm_probe.json", ROOT / "bench/results/h100_llm_probe_run2.json"]
-LEGACY = ROOT.parent / "shared/data/calibration/h100_llama8b_shape_probe.json"
+LEGACY = ROOT / "bench" / "results" / "h100_llama8b_shape_probe.json"
 TOLERANCE = 0.10
 FIT_KNOBS = [
     "sm_power_w",
@@ -173,7 +173,7 @@ def probe_points(doc: dict[str, Any], source: str) -> list[Point]:
 
 
 def legacy_points(doc: dict[str, Any]) -> list[Point]:
-    """Points of the earlier probe (../shared/data/calibration), in its own format.
+    """Points of the earlier probe (bench/results/h100_llama8b_shape_probe.json), in its own format.
 
     Its single sequence at 2048 KV tokens read that KV at normal speed (7.23 ms against
     7.14 ms at 512), unlike the later runs', so only the batch-129 row is excluded.
