@@ -16,12 +16,6 @@ from voltana.groundtruth.gpu_specs import GPUS, MODELS
 from voltana.sim.cli import _window  # the one spelling of --window (START[,DUR])
 
 
-def _gpu(text: str) -> str:
-    if text not in GPUS:
-        raise argparse.ArgumentTypeError(f"unknown GPU {text!r}; choose from {', '.join(GPUS)}")
-    return text
-
-
 def register(subparsers: Any) -> None:
     d = argparse.ArgumentDefaultsHelpFormatter
     p = subparsers.add_parser(
@@ -53,8 +47,8 @@ def register(subparsers: Any) -> None:
     )
     c = p.add_argument_group("hardware and SLO")
     c.add_argument("--gpus", type=int, default=4, help="GPUs to split")
-    c.add_argument("--gpu", type=_gpu, default="h100", help=f"GPU kind: {', '.join(GPUS)}")
-    c.add_argument("--model", default="llama-3.1-8b", choices=list(MODELS), help="model")
+    c.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="GPU kind")
+    c.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS), help="model")
     c.add_argument("--tp", type=int, default=1, help="GPUs per instance")
     c.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO (s)")
     c.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (s)")
