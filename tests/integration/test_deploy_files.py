@@ -64,6 +64,7 @@ def test_every_file_a_unit_reads_is_shipped_as_an_example() -> None:
 
 def test_role_env_files_name_users_of_the_nats_config() -> None:
     conf = (DEPLOY / "nats" / "nats-server.conf").read_text()
+    conf += (DEPLOY / "nats" / "authorization.conf").read_text()  # included by the config
     for role in ("actuator", "telemetry", "freqctl", "router"):
         text = (DEPLOY / "env" / f"{role}.env.example").read_text()
         user = re.search(r"^VOLTANA_NATS_USER=(\S+)", text, re.M)

@@ -126,12 +126,14 @@ async def test_sglang_client_measures_emulated_ttft_and_itl(
     cluster: Cluster, bench_serving: Any
 ) -> None:
     out_len = 16
+    # a prompt no earlier request sent: a prefix-cache hit would shorten the TTFT
+    ids = [int(cluster.router.rsplit(":", 1)[1]), *PROMPT_IDS[1:]]  # one per router
     inp = sglang_request(
         bench_serving,
-        PROMPT_IDS,
+        ids,
         f"{cluster.router}/generate",
         out_len,
-        prompt_len=len(PROMPT_IDS),
+        prompt_len=len(ids),
     )
     res = await bench_serving.async_request_sglang_generate(inp)
     assert res.success, res.error
