@@ -6,6 +6,7 @@ GPUs' default, measured on the H200), or for a finite hold before it decays to i
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import msgspec
@@ -20,7 +21,7 @@ from voltana.groundtruth.gpu_clock import idle_power_w
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 from voltana.predictor.profile import Profile
 from voltana.schemas.config import SloConfig
-from voltana.sim.config import ClusterSpec, SimConfig
+from voltana.sim.config import ClusterSpec, SimConfig, config_params
 from voltana.sim.policies import POLICIES
 from voltana.sim.runner import evaluate, profile_for, run_policy
 from voltana.sim.workload import SimRequest, Workload
@@ -192,3 +193,14 @@ def test_sim_idle_overrides_replace_the_gpu_constants(profile: Profile) -> None:
         msgspec.structs.replace(CFG, default_idle_hold_s=math.nan).gpu_spec()
     with pytest.raises(ConfigError, match="idle hold and decay"):
         msgspec.structs.replace(CFG, default_idle_decay_s=-1.0).gpu_spec()
+
+
+def test_results_params_record_the_hold_as_valid_json() -> None:
+    """JSON has no infinity: an unbounded hold is written as "inf", given or the GPU's own."""
+    p = config_params(msgspec.structs.replace(CFG, default_idle_hold_s=math.inf))
+    assert p["default_idle_hold_s"] == "inf" and p["gpu_default_idle_hold_s"] == "inf"
+    json.loads(json.dumps(p, allow_nan=False))
+    p = config_params(CFG)
+    assert p["default_idle_hold_s"] is None and p["gpu_default_idle_hold_s"] == "inf"
+    p = config_params(CFG5)
+    assert p["gpu_default_idle_hold_s"] == 5.0 and p["gpu_default_idle_decay_s"] == 1.0
