@@ -8,6 +8,8 @@ idle floor at once: it holds the boost clock, and the idle power of that clock, 
 clock through ``gpu_clock.idle_power_w`` (linear in the clock), so energy over an
 idle stretch has a closed form. The constants live in ``GpuSpec``; their sources
 and which of them are modelled are in docs/gpu-model.md ("The default clock policy").
+The GPUs' hold is ``math.inf`` (measured: a serving process's CUDA context keeps the
+boost clock), which every function here handles: the clock never leaves the maximum.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ refits them); ``ModelShape`` a decoder-only transformer's shape. ``GPUS`` and
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 __all__ = ["GPUS", "MODELS", "GpuSpec", "ModelShape"]
@@ -60,11 +62,17 @@ class GpuSpec(msgspec.Struct, frozen=True, kw_only=True):
     # --- the driver's own behaviour with no lock (groundtruth/default_clock.py) ---
     # After work stops an unlocked GPU holds its boost clock (and that clock's idle
     # power) this long, then its clock decays toward the floor with this time
-    # constant. H100: held clock and its power measured (1965-1980 MHz, 122-126 W for
-    # the 1.8 s sampled after a matmul loop, bench/results/h100_nvml_sample.json; the
-    # probe's 117 W); floor measured (345 MHz, 69-71 W); hold and decay times are
-    # modelled (docs/gpu-model.md "The default clock policy"), replace them here.
-    default_idle_hold_s: float = 5.0
+    # constant. Hold: measured on the lent H200 (bench/results/h200_idle_decay.json,
+    # bench/gpu/idle_decay.py): while a process holds a CUDA context, as every serving
+    # worker does, the clock stays at the maximum (1980 MHz, ~120 W) through 30-40 s of
+    # idle, so it is held for as long as the worker lives: ``math.inf``. The H100 and
+    # the A100 are assumed to behave the same (same driver; the H100's own 1.8 s sample
+    # after work, bench/results/h100_nvml_sample.json, stays at 1965-1980 MHz, and a
+    # published A100 report shows 146 W at 0% utilisation for 11+ minutes; docs/gpu-
+    # model.md "The default clock policy"). The decay and the floor apply only to a
+    # finite hold (the GPU once no process holds it, ~1.4 s after the last exits on the
+    # H200; ``--default-idle-hold-s`` sets one): the decay time constant is modelled.
+    default_idle_hold_s: float = math.inf
     default_idle_decay_s: float = 1.0
     default_idle_floor_mhz: int | None = None  # None: min_clock_mhz
 

@@ -143,13 +143,15 @@ def register(subparsers: Any) -> None:
         "--default-idle-hold-s",
         type=float,
         default=None,
-        help="default clocks: seconds an idle GPU holds its boost clock (default: the GPU's)",
+        help="default clocks: seconds an idle GPU holds its boost clock; inf: as long as the "
+        "worker lives (default: the GPU's, inf: measured on the H200, docs/gpu-model.md)",
     )
     run.add_argument(
         "--default-idle-decay-s",
         type=float,
         default=None,
-        help="default clocks: time constant of the idle clock's fall after the hold",
+        help="default clocks: time constant of the idle clock's fall after a finite hold "
+        "(default: the GPU's, 1 s, modelled)",
     )
     run.add_argument(
         "--quick-profile",

@@ -6,6 +6,7 @@ one with ``msgspec.structs.replace``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import msgspec
@@ -13,7 +14,7 @@ from voltana.common.errors import ConfigError
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, GpuSpec
 from voltana.schemas.config import SloConfig
 
-__all__ = ["ClusterSpec", "SimConfig"]
+__all__ = ["ClusterSpec", "SimConfig", "config_params"]
 
 
 class ClusterSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,8 +103,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
             changes["default_idle_hold_s"] = self.default_idle_hold_s
         if self.default_idle_decay_s is not None:
             changes["default_idle_decay_s"] = self.default_idle_decay_s
-        if any(v < 0 for v in changes.values()):
-            raise ConfigError("the default clocks' idle hold and decay must be >= 0 s")
+        if not all(v >= 0 for v in changes.values()):  # NaN fails too
+            raise ConfigError("the default clocks' idle hold and decay must be >= 0 s (or inf)")
         return msgspec.structs.replace(spec, **changes) if changes else spec
 
     def kv_capacity_tokens(self) -> int:
@@ -111,3 +112,20 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
             return self.kv_capacity_override_tokens
         c = self.cluster
         return GpuModel(GPUS[c.gpu], MODELS[c.model], c.tp).kv_capacity_tokens(self.kv_mem_fraction)
+
+
+def _json_number(v: float | None) -> float | str | None:
+    """JSON has no infinity: an unbounded idle hold is written as the string "inf"."""
+    return "inf" if v is not None and math.isinf(v) else v
+
+
+def config_params(cfg: SimConfig) -> dict[str, Any]:
+    """``cfg`` as results.json's ``params``: the overrides as given (JSON-safe) and the idle
+    hold and decay the GPU actually used (``gpu_default_idle_*``)."""
+    d: dict[str, Any] = msgspec.to_builtins(cfg)
+    spec = cfg.gpu_spec()
+    d["default_idle_hold_s"] = _json_number(cfg.default_idle_hold_s)
+    d["default_idle_decay_s"] = _json_number(cfg.default_idle_decay_s)
+    d["gpu_default_idle_hold_s"] = _json_number(spec.default_idle_hold_s)
+    d["gpu_default_idle_decay_s"] = _json_number(spec.default_idle_decay_s)
+    return d

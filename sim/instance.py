@@ -83,7 +83,8 @@ class Instance:
         self.running: IterationRun | None = None
         self.idle_since = 0.0
         # default clocks (no lock): idle power follows the driver's hold and decay from the
-        # end of the last iteration (long idle before the first one: at the floor)
+        # end of the last iteration (idle long before the first one: at the floor after a
+        # finite hold; with the GPUs' unbounded hold at the held clock, as after start-up work)
         self.unlocked = False
         self.went_idle_s = -1e9
         self.energy_j = 0.0

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 from voltana.common.errors import ConfigError
 from voltana.predictor.profile import Profile
-from voltana.sim.config import ClusterSpec, SimConfig
+from voltana.sim.config import ClusterSpec, SimConfig, config_params
 from voltana.sim.policies import POLICIES
 from voltana.sim.runner import profile_for, run_policy
 from voltana.sim.workload import Workload
@@ -192,7 +192,7 @@ def plan(
     rows.sort(key=lambda r: (r.attainment < target, r.energy_j, r.cluster, r.policy))
     even = f"{n // 2}p{n - n // 2}d" if n >= 2 else f"{n}u"
     rec, colo, pd = recommend(rows, target, even)
-    params: dict[str, Any] = msgspec.to_builtins(cfg)
+    params = config_params(cfg)
     params.update(gpus=gpus, attainment_target=target, clocks_only=clocks_only, even_split=even)
     return PlanResult(
         params=params,

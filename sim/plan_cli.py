@@ -71,15 +71,15 @@ def register(subparsers: Any) -> None:
         "--default-idle-hold-s",
         type=float,
         default=None,
-        help="default clocks: seconds an idle GPU holds its boost clock (default: the GPU's, "
-        "docs/gpu-model.md)",
+        help="default clocks: seconds an idle GPU holds its boost clock; inf: as long as the "
+        "worker lives (default: the GPU's, inf: measured on the H200, docs/gpu-model.md)",
     )
     r.add_argument(
         "--default-idle-decay-s",
         type=float,
         default=None,
-        help="default clocks: time constant of the idle clock's fall after the hold "
-        "(default: the GPU's)",
+        help="default clocks: time constant of the idle clock's fall after a finite hold "
+        "(default: the GPU's, 1 s, modelled)",
     )
     r.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes"

@@ -131,7 +131,9 @@ def write_results(ev: Evaluation, out_dir: Path, extra: dict[str, Any] | None = 
         "itl_token_attainment": "fraction of all inter-token gaps <= the ITL SLO",
         "energy_j": "all GPUs of the cluster, first arrival to last token, idle included",
         "saving_vs_default": "1 - energy / energy of default (the driver's default clocks, "
-        "no lock; idle hold and decay modelled, docs/gpu-model.md) on the same workload",
+        "no lock; an idle GPU holds its boost clock while the worker lives, measured on the "
+        "H200, unless params.default_idle_hold_s says otherwise; docs/gpu-model.md) on the "
+        "same workload",
         "saving_vs_static_max": "1 - energy / energy of static-max on the same workload",
         "oracle": "per-iteration minimum energy-above-idle clock meeting the SLO with the "
         "noise-free ground truth, no lag (a reference, see docs/simulator.md)",

@@ -17,7 +17,7 @@ from voltana.schemas.config import ControllerConfig, SloConfig
 from voltana.services.freqctl.controllers.factory import make_controller
 from voltana.services.router.policies.factory import make_policy
 from voltana.sim.colocated import simulator_class
-from voltana.sim.config import SimConfig
+from voltana.sim.config import SimConfig, config_params
 from voltana.sim.core import Simulator
 from voltana.sim.metrics import RunMetrics
 from voltana.sim.oracle import OracleChooser
@@ -105,7 +105,7 @@ class Evaluation(msgspec.Struct, kw_only=True):
 
 
 def _params(cfg: SimConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    d: dict[str, Any] = msgspec.to_builtins(cfg)
+    d = config_params(cfg)
     d["cluster_label"] = cfg.cluster.label
     d.update(extra)
     return d

@@ -147,15 +147,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--default-idle-hold-s",
         type=float,
         default=None,
-        help="default clocks (no lock): seconds an idle GPU holds its boost clock after work "
-        "(default: the GPU spec's, docs/gpu-model.md)",
+        help="default clocks (no lock): seconds an idle GPU holds its boost clock after work; "
+        "inf: as long as the worker lives (default: the GPU spec's, inf: measured on the H200, "
+        "docs/gpu-model.md)",
     )
     p.add_argument(
         "--default-idle-decay-s",
         type=float,
         default=None,
-        help="default clocks: time constant of the idle clock's fall to its floor after the "
-        "hold (default: the GPU spec's)",
+        help="default clocks: time constant of the idle clock's fall to its floor after a "
+        "finite hold (default: the GPU spec's, 1 s, modelled)",
     )
     p.set_defaults(func=_run)
 

@@ -60,6 +60,6 @@ def emulated_spec(config: EmulatorConfig) -> GpuSpec:
         changes["default_idle_hold_s"] = config.default_idle_hold_s
     if config.default_idle_decay_s is not None:
         changes["default_idle_decay_s"] = config.default_idle_decay_s
-    if any(v < 0 for v in changes.values()):
-        raise ValueError("--default-idle-hold-s and --default-idle-decay-s must be >= 0")
+    if not all(v >= 0 for v in changes.values()):  # NaN fails too
+        raise ValueError("--default-idle-hold-s and --default-idle-decay-s must be >= 0 (or inf)")
     return msgspec.structs.replace(spec, **changes) if changes else spec

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from voltana.common.errors import GpuError
 from voltana.groundtruth.default_clock import default_idle_energy_j
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.services.emulator.config import EmulatorConfig, emulated_spec
 from voltana.services.emulator.gpu_device import (
     THROTTLE_GPU_IDLE,
     THROTTLE_SW_POWER_CAP,
@@ -13,6 +15,11 @@ from voltana.services.emulator.gpu_device import (
 )
 
 MODEL = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
+# a finite idle hold (--default-idle-hold-s 5 --default-idle-decay-s 1), to test the decay
+MODEL_5S = GpuModel(
+    msgspec.structs.replace(GPUS["h100"], default_idle_hold_s=5.0, default_idle_decay_s=1.0),
+    MODELS["llama-3.1-8b"],
+)
 
 
 def test_idle_energy_follows_the_clock() -> None:
@@ -65,14 +72,15 @@ def test_bad_locked_clocks_raise(lo: int, hi: int) -> None:
 
 def test_default_clocks_hold_after_work_then_decay_to_the_floor() -> None:
     """No lock: boost while busy, the held clock right after work, the floor later;
-    gaps of a few milliseconds between iterations never leave the boost clock."""
-    g = EmulatedGpu(0, MODEL, now_s=0.0)
-    spec = MODEL.gpu
+    gaps of a few milliseconds between iterations never leave the boost clock (a finite
+    hold: what --default-idle-hold-s sets)."""
+    g = EmulatedGpu(0, MODEL_5S, now_s=0.0)
+    spec = MODEL_5S.gpu
     t = 100.0  # long after start-up: at the floor
     assert g.sm_clock_mhz(t) == spec.min_clock_mhz
     assert g.power_w(t) == pytest.approx(spec.idle_min_clock_w, rel=1e-3)
     for _ in range(20):  # steps separated by 3 ms host gaps
-        cost = MODEL.decode(g.busy_clock_mhz, 8, 4096)
+        cost = MODEL_5S.decode(g.busy_clock_mhz, 8, 4096)
         g.begin_busy(t, cost)
         assert g.sm_clock_mhz(t) == spec.max_clock_mhz
         t += cost.time_s
@@ -89,7 +97,28 @@ def test_default_clocks_hold_after_work_then_decay_to_the_floor() -> None:
     expect = default_idle_energy_j(spec, end - last_work, later - last_work)
     assert g.energy_mj(later) - e0 == pytest.approx(expect * 1e3, abs=2)
     # a big prefill under default clocks: throttled at the cap, as with any clock
-    cap = MODEL.prefill(g.busy_clock_mhz, 8192)
+    cap = MODEL_5S.prefill(g.busy_clock_mhz, 8192)
     g.begin_busy(later, cap)
     assert g.throttle_reasons() & THROTTLE_SW_POWER_CAP
     assert g.sm_clock_mhz(later) == cap.effective_clock_mhz < spec.max_clock_mhz
+
+
+def test_default_clocks_serving_gpu_never_leaves_the_boost_clock() -> None:
+    """The GPU's own hold (measured on the H200): while the worker lives an idle GPU under
+    default clocks stays at the maximum clock and its idle power, however long it idles."""
+    g = EmulatedGpu(0, MODEL, now_s=0.0)
+    spec = MODEL.gpu
+    cost = MODEL.decode(g.busy_clock_mhz, 8, 4096)
+    g.begin_busy(10.0, cost)
+    end = 10.0 + cost.time_s
+    g.end_busy(end)
+    e0 = g.energy_mj(end)
+    for idle in (1.0, 6.0, 60.0, 3600.0, 86400.0):
+        assert g.sm_clock_mhz(end + idle) == spec.max_clock_mhz
+        assert g.power_w(end + idle) == pytest.approx(spec.idle_max_clock_w)
+    assert g.energy_mj(end + 86400.0) - e0 == pytest.approx(
+        86400.0 * spec.idle_max_clock_w * 1e3, rel=1e-9
+    )
+    assert emulated_spec(EmulatorConfig(default_idle_hold_s=float("inf"))) == GPUS["h100"]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        emulated_spec(EmulatorConfig(default_idle_hold_s=float("nan")))
