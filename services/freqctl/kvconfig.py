@@ -70,6 +70,10 @@ class KvConfigWatcher:
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
         self._retry: asyncio.Task[None] | None = None
+        # ordering between the watch and a concurrent reload: the newest value wins
+        self._rev: dict[str, int] = {}  # key -> revision of the value applied
+        self._events = 0  # watch updates seen
+        self._touched: dict[str, int] = {}  # key -> ``_events`` at its last watch update
         self.retry_initial_s = 0.25
         self.retry_max_s = 5.0
 
@@ -143,6 +147,7 @@ class KvConfigWatcher:
     async def reload(self) -> None:
         """Re-read every controller key (after a reconnect, watches may have missed changes)."""
         kv = await self.bus.kv()
+        started = self._events
         try:
             keys = await kv.keys(filters=[KEYS])
         except nats.js.errors.NoKeysError:
@@ -151,10 +156,14 @@ class KvConfigWatcher:
         for key in keys:
             with contextlib.suppress(nats.js.errors.KeyNotFoundError):
                 entry = await kv.get(key)
-                self.apply(key, entry.value)
                 seen.add(key)
+                rev = entry.revision or 0
+                if rev >= self._rev.get(key, 0):  # the watch may have applied a newer one
+                    self._rev[key] = rev
+                    self.apply(key, entry.value)
         for key in list(self.store.values):
-            if key not in seen:
+            # absent from a read that began before the watch saw the key: the read is stale
+            if key not in seen and self._touched.get(key, -1) < started:
                 self.apply(key, None)
 
     async def _watch(self) -> None:
@@ -162,4 +171,10 @@ class KvConfigWatcher:
             if entry is None:  # initial replay done
                 continue
             deleted = entry.operation in ("DEL", "PURGE")
+            self._events += 1
+            self._touched[entry.key] = self._events
+            rev = entry.revision or 0
+            if rev and rev < self._rev.get(entry.key, 0):
+                continue  # a reload already applied a newer value of this key
+            self._rev[entry.key] = rev
             self.apply(entry.key, None if deleted else entry.value)
