@@ -66,29 +66,12 @@ class ColocatedSimulator(Simulator):
         self.energy.iteration(inst, run)
         plan = run.plan
         events = inst.engine.complete(plan, t, tokens=False)
-        # inter-token gaps of the requests that were decoding (those with a token already)
-        prev = inst.last_iter_end
-        last_tok = self._last_tok
-        n_cont = 0
-        for rid in plan.rids:
-            lt = last_tok.get(rid)
-            if lt is None:
-                continue
-            if lt == prev:
-                n_cont += 1
-            else:
-                self.itl.add(t - lt, 1)
-                inst.observe_itl(t, t - lt, 1)
-            last_tok[rid] = t
-        if n_cont:
-            self.itl.add(t - prev, n_cont)
-            inst.observe_itl(t, t - prev, n_cont)
-        inst.last_iter_end = t
+        self._token_gaps(inst, plan.rids, t)  # the requests that were decoding
         for ev in events:
             if ev.kind == "first_token":
                 out = self.outcomes[ev.rid]
                 out.prefill_done_s = out.first_token_s = t
-                last_tok[ev.rid] = t
+                self._last_tok[ev.rid] = t
                 inst.observe_ttft(t, t - out.arrival_s)
                 self.energy.join_decode(inst, ev.rid, out.input_tokens + 1)
                 self.router.unified_first_token(inst.name, self._route[ev.rid])

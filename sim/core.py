@@ -238,6 +238,27 @@ class Simulator:
         self.energy.finish_decode(rid)
         self.router.decode_done(d.name, self._route[rid], t)
 
+    def _token_gaps(self, inst: Instance, rids: tuple[str, ...], t: float) -> None:
+        """Inter-token gaps of the requests in an iteration that ended at ``t`` (those with
+        a token already); gaps of requests in back-to-back iterations are booked at once."""
+        prev = inst.last_iter_end
+        last_tok = self._last_tok
+        n_cont = 0
+        for rid in rids:
+            lt = last_tok.get(rid)
+            if lt is None:
+                continue
+            if lt == prev:
+                n_cont += 1
+            else:
+                self.itl.add(t - lt, 1)
+                inst.observe_itl(t, t - lt, 1)
+            last_tok[rid] = t
+        if n_cont:
+            self.itl.add(t - prev, n_cont)
+            inst.observe_itl(t, t - prev, n_cont)
+        inst.last_iter_end = t
+
     def _iteration_done(self, inst: Instance, t: float) -> None:
         run = inst.finish_iteration()
         self.energy.iteration(inst, run)
@@ -254,23 +275,7 @@ class Simulator:
                     if rid in self._allocated:
                         self._start_transfer(rid, t)
         else:
-            prev = inst.last_iter_end
-            last_tok = self._last_tok
-            n_cont = 0
-            for rid in plan.rids:
-                lt = last_tok.get(rid)
-                if lt is None:
-                    continue
-                if lt == prev:
-                    n_cont += 1
-                else:
-                    self.itl.add(t - lt, 1)
-                    inst.observe_itl(t, t - lt, 1)
-                last_tok[rid] = t
-            if n_cont:
-                self.itl.add(t - prev, n_cont)
-                inst.observe_itl(t, t - prev, n_cont)
-            inst.last_iter_end = t
+            self._token_gaps(inst, plan.rids, t)
             finished = False
             for ev in events:
                 if ev.kind == "finished":
