@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 from voltana.groundtruth.gpu_clock import idle_power_w
 from voltana.groundtruth.gpu_specs import GpuSpec
 
-__all__ = ["default_idle_clock_mhz", "default_idle_energy_j", "default_idle_power_w"]
+__all__ = [
+    "default_idle_clock_mhz",
+    "default_idle_energy_j",
+    "default_idle_power_w",
+    "with_idle_overrides",
+]
 
 
 def _floor_mhz(g: GpuSpec) -> float:
@@ -71,3 +77,20 @@ def default_idle_energy_j(g: GpuSpec, idle_from_s: float, idle_to_s: float) -> f
     return p_floor * (idle_to_s - idle_from_s) + (p_held - p_floor) * _excess_integral(
         g, idle_from_s, idle_to_s
     )
+
+
+def with_idle_overrides(g: GpuSpec, hold_s: float | None, decay_s: float | None) -> GpuSpec:
+    """``g`` with the default clocks' idle hold and decay replaced where given.
+
+    Raises:
+        ValueError: a negative or NaN override (the message says the idle hold and decay
+            must be >= 0 s, or inf).
+    """
+    changes: dict[str, float] = {}
+    if hold_s is not None:
+        changes["default_idle_hold_s"] = hold_s
+    if decay_s is not None:
+        changes["default_idle_decay_s"] = decay_s
+    if not all(v >= 0 for v in changes.values()):  # NaN fails too
+        raise ValueError("the default clocks' idle hold and decay must be >= 0 s (or inf)")
+    return msgspec.structs.replace(g, **changes) if changes else g

@@ -41,6 +41,33 @@ def _window(text: str) -> tuple[float, float | None]:
     return start, dur
 
 
+def add_hardware_args(g: Any) -> None:
+    """``--gpu``, ``--model``, ``--tp`` and the SLO flags, shared by ``sim`` and ``plan``."""
+    g.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="GPU kind")
+    g.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS), help="model")
+    g.add_argument("--tp", type=int, default=1, help="GPUs per instance")
+    g.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO (s)")
+    g.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (s)")
+
+
+def add_default_idle_args(g: Any) -> None:
+    """The default clocks' idle overrides, shared by ``sim`` and ``plan``."""
+    g.add_argument(
+        "--default-idle-hold-s",
+        type=float,
+        default=None,
+        help="default clocks: seconds an idle GPU holds its boost clock; inf: as long as the "
+        "worker lives (default: the GPU's, inf: measured on the H200, docs/gpu-model.md)",
+    )
+    g.add_argument(
+        "--default-idle-decay-s",
+        type=float,
+        default=None,
+        help="default clocks: time constant of the idle clock's fall after a finite hold "
+        "(default: the GPU's, 1 s, modelled)",
+    )
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sim",
@@ -97,11 +124,7 @@ def register(subparsers: Any) -> None:
         default="2p2d",
         help="PD: 2p2d, 3p1d, 32p32d (prefill + decode instances); colocated: 4u (unified)",
     )
-    cl.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="GPU kind")
-    cl.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS), help="model")
-    cl.add_argument("--tp", type=int, default=1, help="GPUs per instance")
-    cl.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO (s)")
-    cl.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (s)")
+    add_hardware_args(cl)
     cl.add_argument("--slo-margin", type=float, default=0.1, help="controllers' SLO margin")
     run = p.add_argument_group("run")
     run.add_argument(
@@ -139,20 +162,7 @@ def register(subparsers: Any) -> None:
         "over the next requests of the same GPU (docs/energy.md; default: overhead)",
     )
     run.add_argument("--no-oracle", action="store_true", help="skip the oracle reference")
-    run.add_argument(
-        "--default-idle-hold-s",
-        type=float,
-        default=None,
-        help="default clocks: seconds an idle GPU holds its boost clock; inf: as long as the "
-        "worker lives (default: the GPU's, inf: measured on the H200, docs/gpu-model.md)",
-    )
-    run.add_argument(
-        "--default-idle-decay-s",
-        type=float,
-        default=None,
-        help="default clocks: time constant of the idle clock's fall after a finite hold "
-        "(default: the GPU's, 1 s, modelled)",
-    )
+    add_default_idle_args(run)
     run.add_argument(
         "--quick-profile",
         action="store_true",

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 from voltana.common.errors import ConfigError
+from voltana.groundtruth.default_clock import with_idle_overrides
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, GpuSpec
 from voltana.schemas.config import SloConfig
 
@@ -98,14 +99,10 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
         spec = GPUS.get(self.cluster.gpu)
         if spec is None:
             raise ConfigError(f"unknown gpu {self.cluster.gpu!r}; choose from {', '.join(GPUS)}")
-        changes: dict[str, float] = {}
-        if self.default_idle_hold_s is not None:
-            changes["default_idle_hold_s"] = self.default_idle_hold_s
-        if self.default_idle_decay_s is not None:
-            changes["default_idle_decay_s"] = self.default_idle_decay_s
-        if not all(v >= 0 for v in changes.values()):  # NaN fails too
-            raise ConfigError("the default clocks' idle hold and decay must be >= 0 s (or inf)")
-        return msgspec.structs.replace(spec, **changes) if changes else spec
+        try:
+            return with_idle_overrides(spec, self.default_idle_hold_s, self.default_idle_decay_s)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def kv_capacity_tokens(self) -> int:
         if self.kv_capacity_override_tokens is not None:

@@ -12,8 +12,11 @@ import argparse
 import os
 from typing import Any
 
-from voltana.groundtruth.gpu_specs import GPUS, MODELS
-from voltana.sim.cli import _window  # the one spelling of --window (START[,DUR])
+from voltana.sim.cli import (  # one spelling of each flag the two commands share
+    _window,
+    add_default_idle_args,
+    add_hardware_args,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -47,11 +50,7 @@ def register(subparsers: Any) -> None:
     )
     c = p.add_argument_group("hardware and SLO")
     c.add_argument("--gpus", type=int, default=4, help="GPUs to split")
-    c.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="GPU kind")
-    c.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS), help="model")
-    c.add_argument("--tp", type=int, default=1, help="GPUs per instance")
-    c.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO (s)")
-    c.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (s)")
+    add_hardware_args(c)
     c.add_argument("--target", type=float, default=0.99, help="SLO attainment to meet")
     r = p.add_argument_group("run")
     r.add_argument(
@@ -67,20 +66,7 @@ def register(subparsers: Any) -> None:
     )
     r.add_argument("--seed", type=int, default=0, help="seed of every random stream")
     r.add_argument("--noise", type=float, default=0.02, help="ground-truth time jitter")
-    r.add_argument(
-        "--default-idle-hold-s",
-        type=float,
-        default=None,
-        help="default clocks: seconds an idle GPU holds its boost clock; inf: as long as the "
-        "worker lives (default: the GPU's, inf: measured on the H200, docs/gpu-model.md)",
-    )
-    r.add_argument(
-        "--default-idle-decay-s",
-        type=float,
-        default=None,
-        help="default clocks: time constant of the idle clock's fall after a finite hold "
-        "(default: the GPU's, 1 s, modelled)",
-    )
+    add_default_idle_args(r)
     r.add_argument(
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes"
     )

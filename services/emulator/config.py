@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+from voltana.groundtruth.default_clock import with_idle_overrides
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuSpec
 from voltana.schemas.base import Role
 
@@ -53,13 +54,11 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def emulated_spec(config: EmulatorConfig) -> GpuSpec:
-    """The GPU the worker emulates: ``GPUS[config.gpu]`` with the idle overrides applied."""
-    spec = GPUS[config.gpu]
-    changes: dict[str, float] = {}
-    if config.default_idle_hold_s is not None:
-        changes["default_idle_hold_s"] = config.default_idle_hold_s
-    if config.default_idle_decay_s is not None:
-        changes["default_idle_decay_s"] = config.default_idle_decay_s
-    if not all(v >= 0 for v in changes.values()):  # NaN fails too
-        raise ValueError("--default-idle-hold-s and --default-idle-decay-s must be >= 0 (or inf)")
-    return msgspec.structs.replace(spec, **changes) if changes else spec
+    """The GPU the worker emulates: ``GPUS[config.gpu]`` with the idle overrides applied.
+
+    Raises:
+        ValueError: a negative or NaN idle override.
+    """
+    return with_idle_overrides(
+        GPUS[config.gpu], config.default_idle_hold_s, config.default_idle_decay_s
+    )
