@@ -101,6 +101,7 @@ class SglangMetrics:
         self.prompt_tokens = counter("prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("generation_tokens", "Number of generation tokens.")
         self.cached_tokens = counter("cached_tokens", "Number of cached prompt tokens.")
+        self._cached_total = 0  # what cached_tokens holds (the engine's count at last sync)
         self.num_requests = counter("num_requests", "Number of requests processed.")
         self.aborted = counter("num_aborted_requests", "Number of aborted requests.")
 
@@ -156,10 +157,10 @@ class SglangMetrics:
     def set_cached_tokens(self, total: int) -> None:
         """Bring ``cached_tokens_total`` up to the engine's count of prompt tokens served
         from the prefix cache (SGLang counts them as requests are scheduled)."""
-        c = self.cached_tokens.labels(**self._tok_labels)
-        gap = total - c._value.get()
-        if gap > 0:
-            c.inc(gap)
+        c = self.cached_tokens.labels(**self._tok_labels)  # the series exists from the start
+        if total > self._cached_total:
+            c.inc(total - self._cached_total)
+            self._cached_total = total
 
     def on_abort(self) -> None:
         self._aborted.inc()
