@@ -302,43 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2.0)
         for name in ("freqctl", "telemetry", "actuator", "worker"):
             procs.stop(name)
-        rp = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "voltana",
-                "replay",
-                "--nats",
-                nats_url,
-                "--gpu",
-                args.gpu,
-                "--policy",
-                args.policy,
-                *slo,
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        replay = [sys.executable, "-m", "voltana", "replay", "--nats", nats_url]
+        replay += ["--gpu", args.gpu, "--policy", args.policy, *slo]
+        rp = subprocess.run([*replay, "--json"], capture_output=True, text=True, timeout=300)
         (out / "replay.json").write_text(rp.stdout)
         (out / "replay.err").write_text(rp.stderr[-20000:])
         ex = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "voltana",
-                "replay",
-                "--nats",
-                nats_url,
-                "--gpu",
-                args.gpu,
-                "--policy",
-                args.policy,
-                *slo,
-                "--export",
-                str(out / "events.jsonl"),
-            ],
+            [*replay, "--export", str(out / "events.jsonl")],
             capture_output=True,
             text=True,
             timeout=300,
