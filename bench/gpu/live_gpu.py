@@ -7,11 +7,13 @@ Usage (on a GPU host; nothing here changes a GPU setting: the actuator is a dry 
 
 Starts, as real processes with their logs in ``--out-dir``: ``voltana nats`` (the
 JetStream event log), ``voltana emulator --backend torch`` (the GPU-backed worker, role
-unified), ``voltana telemetry`` (real NVML source), ``voltana freqctl`` (deciding) and
+unified, its decode CUDA graphs captured before serving), ``voltana router
+--worker-urls`` (the router in front of it, publishing its state and decisions),
+``voltana telemetry`` (real NVML source), ``voltana freqctl`` (deciding) and
 ``voltana actuator --backend dry-run`` (records what it would apply, applies nothing).
-The trace slice is sent straight to the worker in real time as streaming ``/generate``
+The trace slice is sent through the router in real time as streaming ``/generate``
 requests (``input_ids`` of the trace's input length, ``max_new_tokens`` = its output
-length, ``ignore_eos``): the router has no dispatch to unified workers yet. TTFT and
+length, ``ignore_eos``; ``--no-router`` sends them straight to the worker). TTFT and
 ITL are measured per request at the client; GPU energy is NVML's energy counter from
 the first request's send to the last token. Then ``voltana replay`` reads the event
 log and replays the controller's decisions; the log is exported as JSON lines.
@@ -80,6 +82,19 @@ class Procs:
                 raise RuntimeError(f"{name} did not start:\n{tail}")
             time.sleep(0.1)
 
+    def wait_http(self, name: str, url: str, timeout_s: float) -> None:
+        """Until ``url`` answers 200 (or the process exits, or the time is up)."""
+        deadline = time.monotonic() + timeout_s
+        proc = next(p for n, p, _ in self.procs if n == name)
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (self.out / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} did not start:\n{tail}")
+            time.sleep(0.1)
+
     def stop(self, name: str | None = None, timeout_s: float = 15.0) -> None:
         for n, p, log in reversed(list(self.procs)):
             if name is not None and n != name:
@@ -133,8 +148,9 @@ async def poll_iterations(
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
-async def drive(url: str, reqs: list[SimRequest], energy: Energy) -> dict[str, Any]:
-    """Send the slice in real time; per-request stamps, iterations and the energy over the run."""
+async def drive(front: str, url: str, reqs: list[SimRequest], energy: Energy) -> dict[str, Any]:
+    """Send the slice to ``front`` in real time; per-request stamps, the worker's (``url``)
+    iterations and the energy over the run."""
     timeout = aiohttp.ClientTimeout(total=1800)
     conn = aiohttp.TCPConnector(limit=0)
     its: list[dict[str, Any]] = []
@@ -142,7 +158,7 @@ async def drive(url: str, reqs: list[SimRequest], energy: Energy) -> dict[str, A
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
         poller = asyncio.create_task(poll_iterations(session, url, its, stop))
         e0, t0 = energy.read(), time.monotonic()
-        results = await asyncio.gather(*(one(session, url, r, t0) for r in reqs))
+        results = await asyncio.gather(*(one(session, front, r, t0) for r in reqs))
         t_last = max((r["stamps"][-1] for r in results if r.get("stamps")), default=t0)
         e1 = energy.read()
         stop.set()
@@ -218,6 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slo-ttft-s", type=float, default=1.0)
     ap.add_argument("--slo-itl-s", type=float, default=0.05)
     ap.add_argument("--max-running-requests", type=int, default=256)
+    ap.add_argument(
+        "--torch-warm-decode-kv",
+        type=int,
+        default=2560,
+        help="decode graphs captured before serving up to this KV a sequence (0: on first use)",
+    )
+    ap.add_argument("--router-policy", default="ecoroute", help="the router's --policy")
+    ap.add_argument(
+        "--no-router", action="store_true", help="send the slice straight to the worker"
+    )
     ap.add_argument("--out-dir", type=Path, required=True)
     args = ap.parse_args(argv)
     # A SIGTERM (e.g. from `timeout`) still stops every child through the finally below.
@@ -245,9 +271,21 @@ def main(argv: list[str] | None = None) -> int:
             str(args.torch_kv_pool_gib),
         ]
         worker += ["--max-running-requests", str(args.max_running_requests)]
+        worker += ["--torch-warm-decode-kv", str(args.torch_warm_decode_kv)]
         worker += ["--disaggregation-bootstrap-port", str(free_port())]
         procs.spawn("worker", worker)
-        procs.wait_text("worker", "fired up and ready", 600)
+        t_boot = time.monotonic()
+        procs.wait_text("worker", "fired up and ready", 900)
+        report["worker_start_s"] = round(time.monotonic() - t_boot, 1)
+        front = worker_url
+        if not args.no_router:
+            router_port = free_port()
+            front = f"http://127.0.0.1:{router_port}"
+            rt = ["router", "--worker-urls", worker_url, "--policy", args.router_policy]
+            rt += ["--gpu", args.gpu, *slo, "--nats", nats_url, "--port", str(router_port)]
+            rt += ["--prometheus-port", str(free_port())]
+            procs.spawn("router", rt)
+            procs.wait_http("router", front + "/health", 60)
         cfg = out / "node.toml"
         cfg.write_text(
             f'node = "{NODE}"\n[metrics]\nport = -1\n[[instances]]\nname = "{INSTANCE}"\n'
@@ -279,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             "nvml" if args.gpu_source == "nvml" else "emulated", worker_url, args.gpu_index
         )
         t_start = time.time()
-        run = asyncio.run(drive(worker_url, reqs, energy))
+        run = asyncio.run(drive(front, worker_url, reqs, energy))
         report["wall_start_utc"] = t_start
         report["live"] = summarise(run, reqs, (args.slo_ttft_s, args.slo_itl_s))
         per_req = [
@@ -300,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         report["iterations_logged"] = len(its)
         report["device"] = device_summary(its)
         time.sleep(2.0)
-        for name in ("freqctl", "telemetry", "actuator", "worker"):
+        for name in ("router", "freqctl", "telemetry", "actuator", "worker"):
             procs.stop(name)
         replay = [sys.executable, "-m", "voltana", "replay", "--nats", nats_url]
         replay += ["--gpu", args.gpu, "--policy", args.policy, *slo]

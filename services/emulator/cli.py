@@ -138,6 +138,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="--backend torch runs decode eagerly instead of replaying CUDA graphs",
     )
     p.add_argument(
+        "--torch-warm-decode-kv",
+        type=int,
+        default=2048,
+        metavar="TOKENS",
+        help="--backend torch captures, before serving, the decode CUDA graph of every batch "
+        "bucket up to --max-running-requests and every KV bucket up to TOKENS a sequence "
+        "(0: capture each on first use, stalling that step) (default: %(default)s)",
+    )
+    p.add_argument(
         "--enable-mixed-chunk",
         action="store_true",
         help="unified role: run the decode step of running requests in the same batch as "
@@ -200,6 +209,7 @@ def _run(args: argparse.Namespace) -> int:
             torch_shape=args.torch_shape,
             torch_kv_pool_gib=args.torch_kv_pool_gib,
             torch_graphs=args.torch_graphs,
+            torch_warm_decode_kv=args.torch_warm_decode_kv,
             enable_mixed_chunk=args.enable_mixed_chunk,
             default_idle_hold_s=args.default_idle_hold_s,
             default_idle_decay_s=args.default_idle_decay_s,

@@ -43,6 +43,8 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     torch_shape: str | None = None  # torch_llama.SHAPES name (default: the --model's)
     torch_kv_pool_gib: float = 40.0
     torch_graphs: bool = True
+    # decode graphs captured before serving: every batch bucket x KV bucket up to this
+    torch_warm_decode_kv: int = 2048
     enable_mixed_chunk: bool = False  # unified: decode steps ride along prefill chunks (SGLang)
     # default clocks (no lock): override the GPU's idle hold and decay (GpuSpec), e.g. measured
     default_idle_hold_s: float | None = None

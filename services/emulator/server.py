@@ -396,5 +396,7 @@ def _iteration_loop(config: EmulatorConfig, server: EmulatorServer) -> Iteration
         config.chunked_prefill_size,
         graphs=config.torch_graphs,
         seed=config.seed or 0,
+        max_batch_size=config.max_running_requests,
+        warm_decode_kv=config.torch_warm_decode_kv,
     )
     return TorchIterationLoop(server.engine, server.model, server.gpus, server._dispatch, backend)

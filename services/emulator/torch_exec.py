@@ -10,8 +10,12 @@ pool on one torch device, and runs what one ``BatchPlan`` asks for:
   worker's HTTP thread, which doubled prefill time on a busy H200 worker;
 - decode: one step of the plan's sequences padded to the engine's CUDA-graph batch
   bucket (``decode_bucket``), the plan's KV spread over the bucket's sequences (padded
-  slots read none in an engine) and rounded up to a KV bucket, replayed from a CUDA graph captured the first time that (batch, KV)
-  bucket is met (as engines replay one graph per batch size).
+  slots read none in an engine) and rounded up to a KV bucket, replayed from a CUDA graph
+  per (batch, KV) bucket. ``warm_up`` captures the grid ``decode_grid`` lists (every
+  batch bucket up to the running-request limit, every KV bucket up to
+  ``warm_decode_kv`` tokens a sequence) before serving, as SGLang captures its batch
+  sizes at start-up; a pair outside the grid is captured the first time it is met,
+  which stalls that step (~0.1 s on an H200).
 
 What is run is the work's shape, not a language model's output: the scheduler decides
 tokens, as in the emulated worker. On a CPU device (tests) the same passes run eagerly.
@@ -27,7 +31,7 @@ from typing import Any
 from voltana.predictor.buckets import decode_bucket
 from voltana.services.emulator.torch_llama import SHAPES, RandomLlama, kv_pool, kv_view
 
-__all__ = ["TorchExecutor", "kv_bucket", "prefill_bucket"]
+__all__ = ["TorchExecutor", "decode_grid", "kv_bucket", "prefill_bucket"]
 
 
 def length_bucket(tokens: int, per_octave: int = 8) -> int:
@@ -50,6 +54,27 @@ def prefill_bucket(tokens: int) -> int:
     return length_bucket(tokens, 16)
 
 
+def decode_grid(max_batch_size: int, kv_max: int, pool_tokens: int) -> list[tuple[int, int]]:
+    """(batch bucket, KV length) decode graphs to capture before serving.
+
+    Every ``decode_bucket`` up to the one holding ``max_batch_size``, times every
+    ``kv_bucket`` up to the one holding ``kv_max`` tokens a sequence, less the pairs
+    whose cache view (batch x (KV + 1) tokens) the pool cannot hold. Empty for
+    ``kv_max`` <= 0.
+    """
+    if kv_max <= 0 or max_batch_size < 1:
+        return []
+    batches, b = [], 0
+    while b < max_batch_size:
+        b = decode_bucket(b + 1)
+        batches.append(b)
+    lengths, t = [], 0
+    while t < kv_max:
+        t = kv_bucket(t + 1)
+        lengths.append(t)
+    return [(b, t) for b in batches for t in lengths if b * (t + 1) <= pool_tokens]
+
+
 class TorchExecutor:
     """The device work of engine iterations, one call at a time (one thread owns it).
 
@@ -61,6 +86,9 @@ class TorchExecutor:
         max_prefill_tokens: the longest prefill (the engine's chunk size).
         graphs: replay decode from CUDA graphs (on CUDA devices).
         seed: seed of the random weights and KV.
+        max_batch_size: the engine's running-request limit (the decode grid's batches).
+        warm_decode_kv: KV tokens a sequence up to which ``warm_up`` captures decode
+            graphs (0: decode graphs only on first use).
     """
 
     def __init__(
@@ -71,6 +99,8 @@ class TorchExecutor:
         max_prefill_tokens: int,
         graphs: bool = True,
         seed: int = 0,
+        max_batch_size: int = 256,
+        warm_decode_kv: int = 0,
     ) -> None:
         import torch
 
@@ -102,6 +132,8 @@ class TorchExecutor:
         self._gen.manual_seed(seed + 2)
         self.captured = 0
         self.clamped = 0
+        self.max_batch_size, self.warm_decode_kv = max_batch_size, warm_decode_kv
+        self.warm_up_s = 0.0
 
     def _sync(self) -> None:
         if self.cuda:
@@ -143,16 +175,24 @@ class TorchExecutor:
         return self._graphed(key, run, (ids, kv)), True
 
     def warm_up(self) -> int:
-        """Capture every prefill bucket's graph now (start-up), not in the first requests."""
+        """Capture every prefill bucket's graph and the decode grid now, before serving.
+
+        Returns the number of graphs captured (``warm_up_s`` is how long it took).
+        """
         if not self.graphs_on:
             return 0
+        t0 = time.monotonic()
         t, n = 1, 0
         with self.torch.inference_mode():
             while t <= self.max_prefill_tokens:
                 b = prefill_bucket(t)
                 n += self._prefill_step(b)[1]
                 t = b + 1
+            grid = decode_grid(self.max_batch_size, self.warm_decode_kv, self.pool_tokens)
+            for batch, length in grid:
+                n += self._decode_step(batch, length)[1]
         self._sync()
+        self.warm_up_s = time.monotonic() - t0
         return n
 
     def _graphed(

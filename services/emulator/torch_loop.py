@@ -18,12 +18,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from voltana.common.logs import get_logger
 from voltana.groundtruth.engine import BatchPlan, Engine, EngineEvent
 from voltana.groundtruth.gpu_model import GpuModel, IterCost
 from voltana.services.emulator.gpu_device import EmulatedGpu
 from voltana.services.emulator.runner import IterationLoop
 
 __all__ = ["TorchBackend", "TorchIterationLoop"]
+
+log = get_logger("emulator.torch")
 
 
 class TorchBackend:
@@ -37,6 +40,8 @@ class TorchBackend:
         max_prefill_tokens: int,
         graphs: bool = True,
         seed: int = 0,
+        max_batch_size: int = 256,
+        warm_decode_kv: int = 0,
     ) -> None:
         try:
             from voltana.services.emulator.torch_llama import SHAPES
@@ -46,10 +51,13 @@ class TorchBackend:
             raise ValueError(
                 f"no torch model of shape {shape!r} (--torch-shape); known: {sorted(SHAPES)}"
             )
+        if warm_decode_kv < 0:
+            raise ValueError(f"--torch-warm-decode-kv must be >= 0, not {warm_decode_kv}")
         if kv_pool_gib <= 0:
             raise ValueError(f"--torch-kv-pool-gib must be > 0, not {kv_pool_gib}")
         self.shape, self.device, self.kv_pool_gib = shape, device, kv_pool_gib
         self.max_prefill_tokens, self.graphs, self.seed = max_prefill_tokens, graphs, seed
+        self.max_batch_size, self.warm_decode_kv = max_batch_size, warm_decode_kv
 
     def build(self) -> Any:
         from voltana.services.emulator.torch_exec import TorchExecutor
@@ -61,6 +69,8 @@ class TorchBackend:
             self.max_prefill_tokens,
             graphs=self.graphs,
             seed=self.seed,
+            max_batch_size=self.max_batch_size,
+            warm_decode_kv=self.warm_decode_kv,
         )
 
 
@@ -94,7 +104,9 @@ class TorchIterationLoop(IterationLoop):
         """Build the model and KV pool on the device (seconds for a full-size model)."""
         loop = asyncio.get_running_loop()
         self.executor = await loop.run_in_executor(self._thread, self.backend.build)
-        await loop.run_in_executor(self._thread, self.executor.warm_up)
+        log.info("capturing CUDA graphs", warm_decode_kv=self.backend.warm_decode_kv)
+        graphs = await loop.run_in_executor(self._thread, self.executor.warm_up)
+        log.info("CUDA graphs captured", graphs=graphs, seconds=round(self.executor.warm_up_s, 1))
 
     def close(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)

@@ -172,7 +172,10 @@ class LiveAttribution:
         done: list[tuple[str, RequestEnergy]] = []
         for key, span in list(spans.items()):
             if settled is not None and span.t1 is not None and span.t1 <= settled:
-                del spans[key]  # nothing of this instance's future touches it
+                # Nothing of this instance's future touches it. A colocated request's other
+                # span here may already be gone with it (taken below on an earlier key).
+                if spans.pop(key, None) is None:
+                    continue
                 rid = key[0]
                 if rid in self.finished and self._final(rid):
                     done.append((rid, self._take(rid)))

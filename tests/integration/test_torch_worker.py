@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,6 +22,7 @@ torch = pytest.importorskip("torch")
 
 from voltana.services.emulator.torch_exec import (  # noqa: E402
     TorchExecutor,
+    decode_grid,
     kv_bucket,
     prefill_bucket,
 )
@@ -53,6 +53,23 @@ def test_graph_buckets_round_up_by_a_bounded_share(bucket: object, share: float)
         assert b >= t and b >= prev
         assert b - t < 64 or b <= (1 + share) * t
         prev = b
+
+
+def test_the_start_up_decode_grid_covers_every_step_within_its_bounds() -> None:
+    """Any decode step of <= max batch and <= kv_max KV a sequence replays a captured graph."""
+    ex = TorchExecutor("tiny", "cpu", kv_pool_gib=0.03, max_prefill_tokens=128)
+    assert ex.pool_tokens >= 40 * (
+        kv_bucket(700) + 1
+    )  # every pair fits: none is left out for the pool
+    grid = set(decode_grid(40, 700, ex.pool_tokens))
+    assert all(b * (t + 1) <= ex.pool_tokens for b, t in grid)
+    assert {b for b, _ in grid} == {1, 2, 4, 8, 16, 24, 32, 40}
+    for batch in range(1, 41):
+        for per_seq in (1, 63, 64, 65, 511, 513, 699, 700):
+            b, length, clamped = ex.decode_shape(batch, batch * per_seq)
+            assert clamped or (b, length) in grid, (batch, per_seq)
+    assert decode_grid(40, 0, ex.pool_tokens) == []
+    assert decode_grid(256, 2048, 2**40)[-1] == (256, 2048)
 
 
 def test_executor_runs_prefill_and_bucketed_decode_on_cpu() -> None:
@@ -107,10 +124,17 @@ async def test_worker_batches_concurrent_requests_on_the_device(
     await check_generate(url(app, ""), stream=False)
 
 
-def test_bad_torch_shape_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--torch-shape", "nope"], "no torch model of shape 'nope'"),
+        (["--torch-warm-decode-kv", "-1"], "--torch-warm-decode-kv must be >= 0"),
+    ],
+)
+def test_bad_torch_settings_are_a_clear_error(flags: list[str], message: str) -> None:
     argv = [sys.executable, "-m", "voltana", "emulator", "--backend", "torch"]
-    argv += ["--device", "cpu", "--torch-shape", "nope", "--port", "1"]
+    argv += ["--device", "cpu", *flags, "--port", "1"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
-    assert "no torch model of shape 'nope'" in out.stdout + out.stderr
+    assert message in out.stdout + out.stderr
     assert "Traceback" not in out.stderr

@@ -83,6 +83,21 @@ def test_live_two_concurrent_requests_split_as_the_rule_says() -> None:
     assert a.total_j + b.total_j + book.unattributed_j == pytest.approx(800.0)
 
 
+def test_live_colocated_request_settles_both_spans_on_one_instance() -> None:
+    """A unified worker holds a request's prefill and decode spans: one sample settles both."""
+    live = LiveAttribution()
+    live.sample("n/0", "u", 0.0, 0.0)
+    for rid in ("a", "b"):
+        live.start(rid, "u", "prefill", 0.0, input_tokens=100)
+        live.start(rid, "u", "decode", 0.0, input_tokens=100)
+        live.end(rid, "u", "prefill", 0.5)
+        live.end(rid, "u", "decode", 1.0, tokens=10)
+        assert live.finish(rid, 1.0) is None
+    final = dict(live.sample("n/0", "u", 1.0, 200.0))
+    assert set(final) == {"a", "b"} and live.by_instance["u"] == {}
+    assert sum(e.total_j for e in final.values()) == pytest.approx(200.0)
+
+
 def test_live_idle_spread_and_forget() -> None:
     live = LiveAttribution(book=EnergyBook(rule=AttributionRule(idle="spread")))
     live.sample("n/0", "p", 0.0, 0.0)
