@@ -140,6 +140,11 @@ _H100 = GpuSpec(
     # core tile and runs the softmax on the FP32 units for every KV byte. With this
     # value the model draws ~715 W while reading KV, ~415 W streaming weights (1980 MHz).
     kv_sm_activity=0.4447,
+    # The clock dimension (no clock was locked on a lent GPU): checked against the runs'
+    # power-capped points (1485-1965 MHz; time MAPE 3.6%, power 4.1% with the model
+    # locked at the measured clock) and the published figures in
+    # bench/data/clock_sweeps.json (bench/clock_sweeps.py; docs/gpu-model.md "The clock
+    # dimension, per GPU"). No published sweep with numbers pins them below ~1.5 GHz.
     volt_floor=0.717,
     volt_knee_mhz=900.0,
     mem_knee_mhz=1050.0,  # energy/token bottom 0.9-1.3 GHz (gpu-model.md)
@@ -185,9 +190,13 @@ _A100 = msgspec.structs.replace(
     # Scaled to splitwise-sim's ~400 W in prefill (at the cap) and ~250 W in decode.
     sm_power_w=500.0,
     hbm_power_w=100.0,
+    # VoltanaLLM (arXiv:2509.04827, A100, Llama-3.1-8B): 1410 -> 1005 MHz slows execution
+    # sub-linearly and energy is U-shaped in the clock; with these knees the model meets
+    # both, its energy per token lowest at 705-810 MHz (bench/clock_sweeps.py). Neither
+    # statement pins a value: no A100 clock sweep with numbers was found.
     volt_floor=0.717,
     volt_knee_mhz=700.0,
-    mem_knee_mhz=900.0,  # energy/token bottom 0.9-1.2 GHz (derived estimate)
+    mem_knee_mhz=900.0,
     mem_knee_exp=1.0,
     allreduce_latency_s=15e-6,
 )
@@ -214,6 +223,10 @@ _H200 = msgspec.structs.replace(
     # Same energy per HBM byte as the H100 fit (78.21 W at 3.35 TB/s): the memory
     # side's full-bandwidth power scales with the bandwidth, 78.21 * 4.8 / 3.35.
     hbm_power_w=112.1,
+    # The voltage curve and knees are the H100's (same die). Ma et al. 2026 (arXiv:
+    # 2605.11999, one H200): clock locking recovers up to 32% of decode energy at minimal
+    # throughput loss; the model's best within 5% of the top-clock time is 34%
+    # (bench/clock_sweeps.py).
     # NVLink 4 (data sheet: 900 GB/s bidirectional) and one 400 Gb/s NIC per GPU (DGX
     # H200 = DGX H100 network): the H100's values, inherited.
 )
