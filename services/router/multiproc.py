@@ -166,7 +166,9 @@ class Supervisor:
         finally:
             stopping.cancel()
 
-    async def _ready(self, s: Slot, proc: asyncio.subprocess.Process, fd: int) -> bool:
+    async def _ready(
+        self, s: Slot, proc: asyncio.subprocess.Process, fd: int, restart: bool
+    ) -> bool:
         """True once the process says it serves; False when it ended first."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
@@ -174,11 +176,14 @@ class Supervisor:
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
         )
         try:
-            return await reader.read(1) == b"R"
+            ok = await reader.read(1) == b"R"
         finally:
             transport.close()
+        if ok and restart:
+            log.info("router_process_restarted", slot=s.index, pid=proc.pid)
+        return ok
 
-    async def _spawn(self, s: Slot) -> None:
+    async def _spawn(self, s: Slot, restart: bool = False) -> None:
         rfd, wfd = os.pipe()
         argv = [sys.executable, "-m", CHILD_MODULE, "--slot", str(s.index)]
         argv += ["--processes", str(self.n), "--load-fd", str(self.load_fd)]
@@ -195,7 +200,7 @@ class Supervisor:
         finally:
             os.close(wfd)
         s.proc = proc
-        s.ready = asyncio.create_task(self._ready(s, proc, rfd))
+        s.ready = asyncio.create_task(self._ready(s, proc, rfd, restart))
         assert proc.stdin is not None
         proc.stdin.write(self.payload)
         with contextlib.suppress(ConnectionError):
@@ -240,9 +245,7 @@ class Supervisor:
             )
             return False
         await asyncio.sleep(min(0.1 * 2 ** (len(s.deaths) - 1), 5.0))
-        await self._spawn(s)
-        assert s.proc is not None
-        log.info("router_process_restarted", slot=s.index, pid=s.proc.pid)
+        await self._spawn(s, restart=True)  # logs router_process_restarted once it serves
         return True
 
     async def _stop_all(self) -> None:
