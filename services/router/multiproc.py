@@ -149,7 +149,7 @@ class Supervisor:
                 return
             if failed:
                 s = failed[0]
-                rc = s.proc.returncode if s.proc is not None else None
+                rc = await s.proc.wait() if s.proc is not None else None
                 self.fatal = (
                     f"router process {s.index} exited with code {rc} while starting "
                     "(its error is above); nothing is serving"

@@ -313,21 +313,45 @@ async def test_supervisor_exit_leaves_no_processes(routers: Routers, how: str) -
     await wait_for(lambda: not any(alive(p) for p in kids), 30)
 
 
-async def test_taken_port_fails_before_starting(tmp_path: Path) -> None:
+async def test_taken_port_fails_before_starting() -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        argv = [sys.executable, "-m", "voltana", "router", "--worker-urls", "127.0.0.1:9"]
-        argv += ["--port", str(port), "--processes", "2", "--no-nats"]
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(), 60)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    assert proc.returncode == 1
-    assert f"router cannot listen on 127.0.0.1:{port}" in err.decode()
+        rc, err = await run_router("--port", str(port), "--processes", "2", "--no-nats")
+    assert rc == 1
+    assert f"router cannot listen on 127.0.0.1:{port}" in err
+
+
+async def run_router(*args: str) -> tuple[int, str]:
+    """``voltana router ARGS`` to its end (60 s at most): exit code and stderr."""
+    argv = [sys.executable, "-m", "voltana", "router", "--worker-urls", "127.0.0.1:9", *args]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_process_failing_to_start_stops_the_router(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    rc, err = await run_router(
+        "--port",
+        "0",
+        "--processes",
+        "2",
+        "--no-nats",
+        "--policy",
+        "ecoroute",
+        "--profile",
+        str(missing),
+    )
+    assert rc == 1
+    assert f"cannot read profile {missing}" in err  # the process's own error
+    assert "exited with code 1 while starting" in err and "nothing is serving" in err
