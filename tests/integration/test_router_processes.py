@@ -26,6 +26,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 from helpers import free_port, log_tail, serve_app, wait_for
+from voltana.bus.client import Bus
+from voltana.bus.natsserver import NatsServer
+from voltana.schemas import subjects
+from voltana.schemas.router import InstanceState, RouteDecision
 from voltana.services.router.multiproc_child import PROCESS_PATH
 
 
@@ -123,13 +127,13 @@ class Routers:
         return {i["url"].rsplit(":", 1)[1]: i["in_flight_requests"] for i in state["instances"]}
 
 
-async def start_routers(tmp_path: Path, workers: list[Worker]) -> Routers:
+async def start_routers(tmp_path: Path, workers: list[Worker], *extra: str) -> Routers:
     port = free_port()
     log = tmp_path / "router.log"
     argv = [sys.executable, "-m", "voltana", "--log-format", "json", "router"]
     argv += ["--worker-urls", *(w.url for w in workers), "--port", str(port)]
-    argv += ["--processes", "2", "--no-nats", "--policy", "least-load"]
-    argv += ["--health-check-interval-s", "0"]
+    argv += ["--processes", "2", "--policy", "least-load", "--health-check-interval-s", "0"]
+    argv += list(extra or ["--no-nats"])
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # a killed supervisor's metrics dir: here
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -164,21 +168,28 @@ async def stop_routers(r: Routers) -> None:
 
 
 @pytest.fixture
-async def routers(tmp_path: Path) -> AsyncIterator[Routers]:
-    workers = [Worker("w1"), Worker("w2")]
+async def workers() -> AsyncIterator[list[Worker]]:
+    ws = [Worker("w1"), Worker("w2")]
     runners = []
     try:
-        for w in workers:
+        for w in ws:
             runner, w.url = await serve_app(w.app())
             runners.append(runner)
-        r = await start_routers(tmp_path, workers)
-        try:
-            yield r
-        finally:
-            await stop_routers(r)
+        yield ws
     finally:
+        for w in ws:
+            w.release.set()
         for runner in runners:
             await runner.cleanup()
+
+
+@pytest.fixture
+async def routers(tmp_path: Path, workers: list[Worker]) -> AsyncIterator[Routers]:
+    r = await start_routers(tmp_path, workers)
+    try:
+        yield r
+    finally:
+        await stop_routers(r)
 
 
 async def hold(r: Routers, s: aiohttp.ClientSession) -> tuple[aiohttp.ClientResponse, Worker]:
@@ -355,3 +366,45 @@ async def test_process_failing_to_start_stops_the_router(tmp_path: Path) -> None
     assert rc == 1
     assert f"cannot read profile {missing}" in err  # the process's own error
     assert "exited with code 1 while starting" in err and "nothing is serving" in err
+
+
+async def test_one_process_publishes_router_state_with_every_process_load(
+    tmp_path: Path, workers: list[Worker], nats_server: NatsServer
+) -> None:
+    states: list[InstanceState] = []
+    decisions: list[RouteDecision] = []
+    bus = await Bus.connect(servers=[nats_server.url])
+    try:
+        await bus.subscribe(subjects.ROUTER_STATE_ALL, InstanceState, lambda m, s: states.append(m))
+        await bus.subscribe(
+            subjects.ROUTE_DECISION, RouteDecision, lambda m, s: decisions.append(m)
+        )
+        r = await start_routers(tmp_path, workers, "--nats", nats_server.url)
+        try:
+            sessions = await r.per_slot()
+            try:
+                # held through process 1; only process 0 publishes, and its view has it
+                held, busy = await hold(r, sessions[1][0])
+                name = "127-0-0-1_" + port_of(busy)
+                await wait_for(
+                    lambda: any(m.instance == name and m.in_flight_requests == 1 for m in states),
+                    20,
+                )
+                async with sessions[0][0].post(r.url + "/generate", json={"text": "x"}) as resp:
+                    assert resp.status == 200
+                busy.release.set()
+                await held.read()
+                held.release()
+                await wait_for(lambda: len(decisions) == 2, 20)
+            finally:
+                for group in sessions.values():
+                    for s in group:
+                        await s.close()
+        finally:
+            await stop_routers(r)
+    finally:
+        await bus.close()
+    assert len({d.request_id for d in decisions}) == 2  # each request decided once
+    for inst in {m.instance for m in states}:  # one publisher: one sequence per instance
+        seqs = [m.seq for m in states if m.instance == inst]
+        assert seqs == sorted(set(seqs)), seqs[:20]
