@@ -285,4 +285,10 @@ def run_processes(cfg: RouterConfig, child_args: list[str]) -> int:
     """
     if cfg.processes > (os.cpu_count() or 1):
         log.warning("router_processes_exceed_cores", processes=cfg.processes, cores=os.cpu_count())
+    if cfg.nats or cfg.bus_options is not None:
+        log.warning(
+            "router_processes_energy_per_process",
+            note="each process splits GPU energy over its own requests only: per-request "
+            "energy over-counts with several processes (docs/router-processes.md)",
+        )
     return asyncio.run(Supervisor(cfg, child_args).run())
