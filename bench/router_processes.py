@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -45,6 +46,15 @@ def tree_cpu_s(pid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
+
+
+def busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])
+    hz = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / hz, total / hz
 
 
 def worker_main(port: int, output_len: int) -> None:
@@ -90,6 +100,7 @@ class Run:
     errors: int = 0
     e2e_s: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
+    machine_busy: float = 0.0  # share of all cores busy during the run (any process)
 
     @property
     def rps(self) -> float:
@@ -129,6 +140,18 @@ async def closed_loop(url: str, run: Run, seconds: float, input_len: int) -> Non
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(run.clients)))
         run.seconds = time.perf_counter() - t0
+
+
+def run_client(coro: Any) -> None:
+    """The load generator on uvloop when installed (the same client for every router)."""
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(coro)
 
 
 def main() -> int:
@@ -175,17 +198,19 @@ def main() -> int:
                 for n in order:
                     run = Run(n, stream, clients)
                     pid = kids.procs[f"router-{n}"].pid
-                    c0 = tree_cpu_s(pid)
-                    asyncio.run(
+                    c0, (b0, t0) = tree_cpu_s(pid), busy_s()
+                    run_client(
                         closed_loop(routers[n] + "/generate", run, args.seconds, args.input_len)
                     )
                     run.cpu_s = tree_cpu_s(pid) - c0
+                    b1, t1 = busy_s()
+                    run.machine_busy = (b1 - b0) / max(t1 - t0, 1e-9)
                     runs.append(run)
                     print(
                         f"  processes={n} stream={stream!s:5s} clients={clients:4d} "
                         f"{run.rps:8.1f} req/s  p50 {run.ms(50):6.1f} ms  p99 {run.ms(99):6.1f} ms"
                         f"  cpu {run.cpu_s * 1e3 / max(run.ok, 1):5.2f} ms/req  "
-                        f"errors {run.errors}",
+                        f"machine busy {run.machine_busy:4.0%}  errors {run.errors}",
                         flush=True,
                     )
     report(runs, args, load0)
@@ -201,6 +226,7 @@ def main() -> int:
                         "p50_ms": r.ms(50),
                         "p99_ms": r.ms(99),
                         "cpu_ms_per_req": r.cpu_s * 1e3 / max(r.ok, 1),
+                        "machine_busy": r.machine_busy,
                         "errors": r.errors,
                     }
                     for r in runs
@@ -219,7 +245,7 @@ def report(runs: list[Run], args: argparse.Namespace, load0: float) -> None:
     )
     print(
         f"{'stream':>6} {'clients':>7} {'proc':>4} {'req/s':>8} {'ratio':>6} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'cpu ms/req':>10}"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'cpu ms/req':>10} {'busy':>5}"
     )
     base = args.processes[0]
     for stream in (False, True):
@@ -234,12 +260,13 @@ def report(runs: list[Run], args: argparse.Namespace, load0: float) -> None:
                     float(np.median([r.ms(50) for r in cell])),
                     float(np.median([r.ms(99) for r in cell])),
                     float(np.median([r.cpu_s * 1e3 / max(r.ok, 1) for r in cell])),
+                    float(np.median([r.machine_busy for r in cell])),
                 )
             for n in args.processes:
-                rps, p50, p99, cpu = med[n]
+                rps, p50, p99, cpu, busy = med[n]
                 print(
                     f"{stream!s:>6} {clients:7d} {n:4d} {rps:8.1f} {rps / med[base][0]:6.2f} "
-                    f"{p50:7.1f} {p99:7.1f} {cpu:10.2f}"
+                    f"{p50:7.1f} {p99:7.1f} {cpu:10.2f} {busy:5.0%}"
                 )
 
 

@@ -30,6 +30,7 @@ from voltana.bus.client import Bus
 from voltana.bus.natsserver import NatsServer
 from voltana.schemas import subjects
 from voltana.schemas.router import InstanceState, RouteDecision
+from voltana.services.router.multiproc import MAX_RESTARTS
 from voltana.services.router.multiproc_child import PROCESS_PATH
 
 
@@ -408,3 +409,35 @@ async def test_one_process_publishes_router_state_with_every_process_load(
     for inst in {m.instance for m in states}:  # one publisher: one sequence per instance
         seqs = [m.seq for m in states if m.instance == inst]
         assert seqs == sorted(set(seqs)), seqs[:20]
+
+
+def restarted_pids(r: Routers, slot: int) -> list[int]:
+    """PIDs of the processes that replaced ``slot``'s, in order (from the JSON log)."""
+    out = []
+    for line in r.log_text().splitlines():
+        if '"router_process_restarted"' in line:
+            ev = json.loads(line)
+            if ev["slot"] == slot:
+                out.append(ev["pid"])
+    return out
+
+
+async def test_process_dying_again_and_again_stops_the_router(routers: Routers) -> None:
+    r = routers
+    sessions = await r.per_slot()
+    for group in sessions.values():
+        for s in group:
+            await s.close()
+    pid = r.slot_pids[1]
+    for n in range(MAX_RESTARTS):
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda n=n: len(restarted_pids(r, 1)) == n + 1, 60)
+        pid = restarted_pids(r, 1)[-1]
+        r.pids.add(pid)
+    os.kill(pid, signal.SIGKILL)  # one death more than the supervisor restarts
+    await wait_for(lambda: r.proc.poll() is not None, 60)
+    assert r.proc.returncode == 1
+    text = r.log_text()
+    assert f"router process 1 died {MAX_RESTARTS + 1} times within 60 s" in text
+    assert '"router_processes_stopped"' in text  # slot 0 drained and stopped too
+    await wait_for(lambda: not any(alive(p) for p in r.pids), 30)
