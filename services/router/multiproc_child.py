@@ -27,7 +27,7 @@ from voltana.services.router.server import Router
 from voltana.services.router.shared_load import LoadBlock, share_load
 from voltana.services.router.state import WorkerState
 
-__all__ = ["PROCESS_PATH", "SharedRouter", "main"]
+__all__ = ["PROCESS_PATH", "SharedRouter", "main", "process_config"]
 
 PROCESS_PATH = "/voltana/router/process"
 """Which process answered: ``{"slot", "pid", "processes"}`` (one connection, one process)."""
@@ -85,6 +85,15 @@ class SharedRouter(Router):
         )
 
 
+def process_config(cfg: RouterConfig, slot: int) -> RouterConfig:
+    """The configuration of the process in ``slot``: a given ``seed`` is offset by the slot,
+    so processes draw different bootstrap rooms and random choices (the same seed in two
+    processes would send two requests with one bootstrap room to one PD pair)."""
+    if cfg.seed is None:
+        return cfg  # seeded from the OS: different in every process
+    return msgspec.structs.replace(cfg, seed=cfg.seed + slot)
+
+
 def _die_with_parent() -> None:
     """SIGTERM this process when the supervisor dies, even by SIGKILL (Linux prctl)."""
     try:
@@ -119,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     import structlog
 
     structlog.contextvars.bind_contextvars(router_process=args.slot)  # on every log line
-    cfg = msgspec.msgpack.decode(sys.stdin.buffer.read(), type=RouterConfig)
+    cfg = process_config(
+        msgspec.msgpack.decode(sys.stdin.buffer.read(), type=RouterConfig), args.slot
+    )
     block = LoadBlock(args.load_fd, args.processes, len(cfg.prefill + cfg.decode + cfg.workers))
 
     def started(router: Router) -> None:

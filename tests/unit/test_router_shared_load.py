@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 from voltana.services.router.accounting import InstanceLoad
-from voltana.services.router.config import WorkerSpec
+from voltana.services.router.config import RouterConfig, WorkerSpec
+from voltana.services.router.multiproc_child import process_config
 from voltana.services.router.shared_load import LoadBlock, SharedInstanceLoad, share_load
 from voltana.services.router.state import ClusterState
 
@@ -95,3 +96,10 @@ def test_share_load_replaces_every_worker(blocks: tuple[LoadBlock, LoadBlock]) -
         share_load(busy, a, 0)
     with pytest.raises(IndexError):
         a.base(2, 0)
+
+
+def test_each_process_draws_its_own_random_stream() -> None:
+    cfg = RouterConfig(seed=7)
+    assert [process_config(cfg, slot).seed for slot in range(3)] == [7, 8, 9]
+    assert cfg.seed == 7  # the supervisor's copy is left alone
+    assert process_config(RouterConfig(), 1).seed is None  # OS entropy: already distinct
