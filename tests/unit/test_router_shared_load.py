@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from voltana.common.errors import ConfigError
 from voltana.services.router.accounting import InstanceLoad
 from voltana.services.router.config import RouterConfig, WorkerSpec
 from voltana.services.router.multiproc_child import process_config
@@ -103,3 +104,10 @@ def test_each_process_draws_its_own_random_stream() -> None:
     assert [process_config(cfg, slot).seed for slot in range(3)] == [7, 8, 9]
     assert cfg.seed == 7  # the supervisor's copy is left alone
     assert process_config(RouterConfig(), 1).seed is None  # OS entropy: already distinct
+
+
+def test_processes_must_be_positive() -> None:
+    w = WorkerSpec(url="127.0.0.1:30000", role="unified")
+    with pytest.raises(ConfigError, match="processes must be > 0"):
+        RouterConfig(mode="unified", workers=[w], processes=0).validate()
+    assert RouterConfig(mode="unified", workers=[w]).validate().processes == 1
