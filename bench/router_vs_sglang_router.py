@@ -30,7 +30,8 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from children import Children, cpu_s
+from children import Children
+from router_processes import tree_cpu_s
 from voltana.common.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,6 +179,9 @@ def main() -> int:
         help="same policy on both routers (both: random, power_of_two, round_robin)",
     )
     ap.add_argument("--emulator-args", default="", help="extra flags for the emulated workers")
+    ap.add_argument(
+        "--voltana-args", default="", help="extra flags for voltana router, e.g. '--processes 2'"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench/results/router_vs_sglang_router.json"))
     args = ap.parse_args()
     args.load_avg_start = round(os.getloadavg()[0], 2)
@@ -243,7 +247,7 @@ def main() -> int:
         for url in decode:
             vargv += ["--decode", url]
             sargv += ["--decode", url]
-        kids.voltana("voltana-router", vargv)
+        kids.voltana("voltana-router", vargv + args.voltana_args.split())
         kids.spawn("sglang-router", sargv)
         routers = {
             "voltana": f"http://127.0.0.1:{vport}",
@@ -264,7 +268,7 @@ def main() -> int:
             order = ["sglang-router", "voltana"] if k % 2 == 0 else ["voltana", "sglang-router"]
             for name in order:
                 pid = kids.procs["voltana-router" if name == "voltana" else name].pid
-                c0 = cpu_s(pid)
+                c0 = tree_cpu_s(pid)  # --processes N: the router processes are children
                 r = run_loop(
                     closed_loop(
                         routers[name],
@@ -276,7 +280,7 @@ def main() -> int:
                         args.output_len,
                     )
                 )
-                r.router_cpu_s = cpu_s(pid) - c0  # warm-up requests included (few)
+                r.router_cpu_s = tree_cpu_s(pid) - c0  # warm-up requests included (few)
                 results.append(r)
                 print(
                     f"  {name:14s} stream={stream!s:5s} clients={clients:4d} "

@@ -138,6 +138,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--slo-ttft-s", type=float, default=None, help="TTFT SLO in s (default 1.0)")
     p.add_argument("--slo-itl-s", type=float, default=None, help="ITL SLO in s (default 0.05)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="router processes on the one port (SO_REUSEPORT), sharing in-flight "
+        "accounting and /metrics; see docs/router-processes.md (default 1)",
+    )
     p.add_argument("--no-nats", action="store_true", help="run without the bus")
     p.add_argument("--seed", type=int, default=None, help="routing seed (default: random)")
     p.add_argument(
@@ -252,6 +259,7 @@ def build_config(args: argparse.Namespace) -> Any:
         "slo_ttft_s": "slo_ttft_s",
         "slo_itl_s": "slo_itl_s",
         "seed": "seed",
+        "processes": "processes",
         "profile_gpu": "profile_gpu",
         "profile_model": "profile_model",
     }
@@ -328,6 +336,16 @@ def run(args: argparse.Namespace) -> int:
     from voltana.services.runner import run_service
 
     cfg = build_config(args)
+    if cfg.processes > 1:
+        from voltana.services.router.multiproc import run_processes
+
+        child = ["--loop", args.loop, "--prometheus-host", args.prometheus_host]
+        child += (
+            [] if args.prometheus_port is None else ["--prometheus-port", str(args.prometheus_port)]
+        )
+        for flag, value in (("--log-format", args.log_format), ("--log-level", args.log_level)):
+            child += [] if value is None else [flag, value]
+        return run_processes(cfg, child)
 
     def started(router: Router) -> None:
         if args.prometheus_port is not None:  # sglang-router's separate metrics listener

@@ -63,6 +63,9 @@ class RouterConfig(msgspec.Struct, kw_only=True):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # router processes on the one port, sharing in-flight accounting (docs/router-processes.md)
+    processes: int = 1
+    reuse_port: bool = False  # bind with SO_REUSEPORT (set for each of ``processes``)
     prefill: list[WorkerSpec] = msgspec.field(default_factory=list)
     decode: list[WorkerSpec] = msgspec.field(default_factory=list)
     # "pd": SGLang PD dispatch (prefill + decode pairs); "unified": colocated workers, one
@@ -172,6 +175,7 @@ class RouterConfig(msgspec.Struct, kw_only=True):
             "idle_timeout_s",
             "max_batch_items",
             "max_json_depth",
+            "processes",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")

@@ -45,31 +45,45 @@ class RouterMetrics:
         )
         self.retries = Counter(p + "prefill_retries", "Prefill re-pairings", registry=r)
         self.cancelled = Counter(p + "client_cancelled", "Client went away mid-request", registry=r)
-        self.in_flight = Gauge(p + "in_flight", "Requests being served", registry=r)
-        self.queued = Gauge(p + "queued", "Requests waiting for a slot", registry=r)
+        self.in_flight = Gauge(
+            p + "in_flight", "Requests being served", registry=r, multiprocess_mode="livesum"
+        )
+        self.queued = Gauge(
+            p + "queued", "Requests waiting for a slot", registry=r, multiprocess_mode="livesum"
+        )
         self.worker_in_flight = Gauge(
             p + "worker_in_flight",
             "In-flight requests per worker",
             ["instance", "role"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.worker_healthy = Gauge(
-            p + "worker_healthy", "1 when the worker passes health checks", ["instance"], registry=r
+            p + "worker_healthy",
+            "1 when the worker passes health checks",
+            ["instance"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.circuit_open = Gauge(
             p + "worker_circuit_open",
             "1 while the worker's breaker is open",
             ["instance"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.telemetry_age = Gauge(
             p + "telemetry_age_seconds",
             "Age of the freshest telemetry (-1: none)",
             ["instance"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.nats_connected = Gauge(
-            p + "nats_connected", "1 when the bus is up; 0 = serving on own accounting", registry=r
+            p + "nats_connected",
+            "1 when the bus is up; 0 = serving on own accounting",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.bus_dropped = Counter(
             p + "bus_dropped", "Bus messages not published", ["kind"], registry=r

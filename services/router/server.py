@@ -183,7 +183,13 @@ class Router(ServiceContext):
             lingering_time=1.0,  # unread rest of a refused body: drained at most 1 s, then closed
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, backlog=4096)
+        site = web.TCPSite(
+            self._runner,
+            self.cfg.host,
+            self.cfg.port,
+            backlog=4096,
+            reuse_port=self.cfg.reuse_port or None,  # --processes: several share the port
+        )
         try:
             await site.start()  # before the bus: a taken port ends start-up with nothing running
         except OSError as exc:
