@@ -389,14 +389,5 @@ def _iteration_loop(config: EmulatorConfig, server: EmulatorServer) -> Iteration
         )
     from voltana.services.emulator.torch_loop import TorchBackend, TorchIterationLoop
 
-    backend = TorchBackend(
-        config.torch_shape or config.model,
-        config.torch_device,
-        config.torch_kv_pool_gib,
-        config.chunked_prefill_size,
-        graphs=config.torch_graphs,
-        seed=config.seed or 0,
-        max_batch_size=config.max_running_requests,
-        warm_decode_kv=config.torch_warm_decode_kv,
-    )
+    backend = TorchBackend.for_config(config)
     return TorchIterationLoop(server.engine, server.model, server.gpus, server._dispatch, backend)

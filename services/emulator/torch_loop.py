@@ -21,6 +21,7 @@ from typing import Any
 from voltana.common.logs import get_logger
 from voltana.groundtruth.engine import BatchPlan, Engine, EngineEvent
 from voltana.groundtruth.gpu_model import GpuModel, IterCost
+from voltana.services.emulator.config import EmulatorConfig
 from voltana.services.emulator.gpu_device import EmulatedGpu
 from voltana.services.emulator.runner import IterationLoop
 
@@ -58,6 +59,20 @@ class TorchBackend:
         self.shape, self.device, self.kv_pool_gib = shape, device, kv_pool_gib
         self.max_prefill_tokens, self.graphs, self.seed = max_prefill_tokens, graphs, seed
         self.max_batch_size, self.warm_decode_kv = max_batch_size, warm_decode_kv
+
+    @classmethod
+    def for_config(cls, config: EmulatorConfig) -> TorchBackend:
+        """The backend an emulator configuration asks for (``--backend torch``)."""
+        return cls(
+            config.torch_shape or config.model,
+            config.torch_device,
+            config.torch_kv_pool_gib,
+            config.chunked_prefill_size,
+            graphs=config.torch_graphs,
+            seed=config.seed or 0,
+            max_batch_size=config.max_running_requests,
+            warm_decode_kv=config.torch_warm_decode_kv,
+        )
 
     def build(self) -> Any:
         from voltana.services.emulator.torch_exec import TorchExecutor
