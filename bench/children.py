@@ -81,12 +81,18 @@ class Children:
         self._logs: list[IO[bytes]] = []
         logdir.mkdir(parents=True, exist_ok=True)
 
-    def spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        """Start ``argv`` as the child ``name``."""
+    def spawn(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` as the child ``name`` (``env``: added to the children's environment)."""
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
         proc = subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**self.env, **(env or {})},
+            start_new_session=True,
         )
         self.procs[name] = proc
         return proc

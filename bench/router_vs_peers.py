@@ -49,7 +49,8 @@ from voltana.common.ports import free_port
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("sglang-router", "smg")
 VOLTANA = {"voltana-rr": "round_robin", "voltana-eco": "ecoroute"}
-ALL_ROUTERS = (*VOLTANA, *PEERS)
+BASELINE = {"base-rr": "round_robin", "base-eco": "ecoroute"}  # --baseline: another checkout
+ALL_ROUTERS = (*VOLTANA, *PEERS, *BASELINE)
 _E2E = re.compile(rb'"e2e_latency"\s*:\s*([0-9.eE+-]+)')
 
 
@@ -257,15 +258,27 @@ def start_workers(kids: Children, how: str, output_len: int) -> tuple[tuple[str,
 
 
 def start_routers(
-    kids: Children, names: list[str], prefill: tuple[str, int], decode: str, voltana_args: str
+    kids: Children,
+    names: list[str],
+    prefill: tuple[str, int],
+    decode: str,
+    voltana_args: str,
+    baseline: str | None,
 ) -> dict[str, int]:
     ports: dict[str, int] = {}
     for name in names:
         port = ports[name] = free_port()
         workers = ["--prefill", prefill[0], str(prefill[1]), "--decode", decode]
-        if name in VOLTANA:
-            argv = ["--log-level", "warning", "router", "--port", str(port), "--no-nats"]
-            kids.voltana(name, [*argv, "--policy", VOLTANA[name], *workers, *voltana_args.split()])
+        if name in VOLTANA or name in BASELINE:
+            policy = VOLTANA.get(name) or BASELINE[name]
+            argv = [sys.executable, "-m", "voltana", "--log-level", "warning", "router"]
+            argv += ["--port", str(port), "--no-nats", "--policy", policy, *workers]
+            env = None
+            if name in BASELINE:
+                if baseline is None:
+                    raise SystemExit(f"{name} needs --baseline DIR")
+                env = {"PYTHONPATH": baseline}
+            kids.spawn(name, [*argv, *voltana_args.split()], env)
         else:
             module = "sglang_router" if name == "sglang-router" else "smg"
             argv = [sys.executable, "-m", f"{module}.launch_router", "--pd-disaggregation"]
@@ -299,7 +312,7 @@ def parse_args() -> argparse.Namespace:
         "--routers",
         nargs="+",
         choices=ALL_ROUTERS,
-        default=list(ALL_ROUTERS),
+        default=[*VOLTANA, *PEERS],
         help="routers to run",
     )
     ap.add_argument(
@@ -314,6 +327,12 @@ def parse_args() -> argparse.Namespace:
         "--voltana-args",
         default="",
         help="extra flags for both voltana routers, e.g. process count or loop choice",
+    )
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="a directory holding another voltana checkout (as voltana/): the base-rr and "
+        "base-eco routers run it, for before/after comparisons in one run",
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -331,7 +350,7 @@ def main() -> int:
     results: list[RunResult] = []
     with Children(logdir, env={"VOLTANA_LOG_LEVEL": "warning"}, stop_timeout_s=8) as kids:
         prefill, decode = start_workers(kids, args.workers, args.output_len)
-        ports = start_routers(kids, args.routers, prefill, decode, args.voltana_args)
+        ports = start_routers(kids, args.routers, prefill, decode, args.voltana_args, args.baseline)
         cells = [(m == "stream", c) for m in args.modes for c in args.clients]
         for k in range(args.rounds):
             for i, (stream, clients) in enumerate(cells):
@@ -475,7 +494,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         )
     if not all(p in args.routers for p in PEERS):
         return
-    for name in VOLTANA:
+    for name in (*VOLTANA, *BASELINE):
         mine = [r for r in rows if r["router"] == name]
         if not mine:
             continue

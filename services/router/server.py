@@ -126,10 +126,13 @@ class Router(ServiceContext):
     # -- lifecycle -----------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.cfg.max_request_bytes,
-            middlewares=[auth_middleware(self.cfg.api_key, self.metrics)],
+        # without a key the middleware would only pass through: one coroutine less a request
+        auth = (
+            [auth_middleware(self.cfg.api_key, self.metrics)]
+            if self.cfg.api_key is not None
+            else []
         )
+        app = web.Application(client_max_size=self.cfg.max_request_bytes, middlewares=auth)
         for path in GENERATE_PATHS:
             app.router.add_post(path, self._generate)
         app.router.add_get("/health", self._health)
@@ -166,6 +169,8 @@ class Router(ServiceContext):
             timeout=timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
+            # the workers need none of these; auto_decompress is off, so no Accept-Encoding
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
         )
         self.pd = (Unified if self.cfg.mode == "unified" else Pd)(
             self.routing,
