@@ -38,6 +38,7 @@ from voltana.services.router.upstream import (
     upstream_error,
     watch,
 )
+from voltana.services.router.upstream_http import LeanClient
 
 log = get_logger("router.dispatch")
 
@@ -63,7 +64,7 @@ class Pd:
     def __init__(
         self,
         routing: Routing,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | LeanClient,
         pyrng: random.Random,
         *,
         prefill_retries: int,
