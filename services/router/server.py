@@ -42,7 +42,7 @@ from voltana.services.router.policies import make_policy
 from voltana.services.router.routing import Routing
 from voltana.services.router.state import ClusterState, WorkerState
 from voltana.services.router.unified import Unified
-from voltana.services.router.upstream_http import LeanClient
+from voltana.services.router.upstream_http import LeanClient, worker_client
 from voltana.services.router.validate import parse_request
 from voltana.services.runner import ServiceContext
 
@@ -173,16 +173,7 @@ class Router(ServiceContext):
             # the workers need none of these; auto_decompress is off, so no Accept-Encoding
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
         )
-        # the two worker calls of every request: the lean client, unless the pool is
-        # bounded or a worker is not plain http (then aiohttp's session, as for the rest)
-        urls = [w.url for w in (*self.cfg.prefill, *self.cfg.decode, *self.cfg.workers)]
-        self.upstream: aiohttp.ClientSession | LeanClient = self.session
-        if self.cfg.upstream_connections == 0 and all(u.startswith("http://") for u in urls):
-            self.upstream = LeanClient(
-                connect_s=self.cfg.connect_timeout_s,
-                total_s=self.cfg.request_timeout_s,
-                read_s=self.cfg.read_timeout_s,
-            )
+        self.upstream = worker_client(self.cfg, self.session)  # the calls of each request
         self.pd = (Unified if self.cfg.mode == "unified" else Pd)(
             self.routing,
             self.upstream,
@@ -245,7 +236,7 @@ class Router(ServiceContext):
                     in_flight=self.admission.active,
                 )
         await self.bus.stop()
-        if isinstance(self.upstream, LeanClient):
+        if isinstance(self.upstream, LeanClient):  # aiohttp's session is closed below
             await self.upstream.close()
         await self.session.close()
         log.info("router_stopped")

@@ -21,286 +21,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from voltana.services.router.config import RouterConfig
+from voltana.services.router.upstream_conn import Body, Conn
 
-__all__ = ["LeanClient", "LeanResponse"]
-
-HIGH_WATER = 1 << 18  # bytes buffered from a worker before its socket stops being read
-
-
-class _Body:
-    """The answer's body as it arrives: ``iter_any()`` / ``read()`` / ``is_eof()``."""
-
-    __slots__ = ("_conn", "_eof", "_error", "_parts", "_size", "_waiter")
-
-    def __init__(self, conn: _Conn) -> None:
-        self._conn = conn
-        self._parts: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._eof = False
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def is_eof(self) -> bool:
-        return self._eof and not self._parts
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def feed(self, data: bytes) -> None:
-        self._parts.append(data)
-        self._size += len(data)
-        if self._size > HIGH_WATER:
-            self._conn.pause()
-        self._wake()
-
-    def end(self, error: BaseException | None = None) -> None:
-        if self._eof:
-            return
-        self._eof = True
-        self._error = error
-        self._wake()
-
-    async def _next(self) -> bytes | None:
-        while not self._parts:
-            if self._eof:
-                if self._error is not None:
-                    raise self._error
-                return None
-            self._waiter = self._conn.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        if len(self._parts) == 1:
-            data = self._parts.popleft()
-        else:
-            data = b"".join(self._parts)
-            self._parts.clear()
-        self._size = 0
-        self._conn.resume()
-        return data
-
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        while (data := await self._next()) is not None:
-            yield data
-
-    async def read(self) -> bytes:
-        parts = []
-        while (data := await self._next()) is not None:
-            parts.append(data)
-        return b"".join(parts)
+__all__ = ["LeanClient", "LeanResponse", "worker_client"]
 
 
-class _Conn(asyncio.Protocol):
-    """One keep-alive connection to one worker; one call at a time."""
-
-    def __init__(self, pool: _Pool) -> None:
-        self.pool = pool
-        self.loop = pool.client.loop
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.resp: LeanResponse | None = None
-        self.buf = b""
-        self.head_done = False
-        self.remaining = -1  # Content-Length left; -1: chunked or until close
-        self.chunked = False
-        self.chunk_left = 0
-        self.paused = False
-        self.keep = True
-        self.last_read = 0.0
-
-    # -- asyncio.Protocol ------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.pool.forget(self)
-        resp = self.resp
-        if resp is None:
-            return
-        if not self.head_done:
-            resp._head_failed(aiohttp.ServerDisconnectedError())
-        elif self.remaining == -1 and not self.chunked:
-            resp.content.end()  # a body delimited by the connection's end
-        else:
-            resp.content.end(aiohttp.ClientPayloadError("Response payload is not completed"))
-
-    def data_received(self, data: bytes) -> None:
-        self.last_read = self.loop.time()
-        resp = self.resp
-        if resp is None:
-            self.abort()  # bytes nobody asked for: this connection cannot be trusted
-            return
-        while not self.head_done:  # a 1xx head is skipped: the real one follows
-            self.buf += data
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > 65536:
-                    resp._head_failed(aiohttp.ClientPayloadError("response head too long"))
-                    self.abort()
-                return
-            head, data = self.buf[:end], self.buf[end + 4 :]
-            self.buf = b""
-            if not self._head(head, resp):
-                return
-        if data and self.resp is resp:
-            self._body(data, resp)
-
-    def _head(self, head: bytes, resp: LeanResponse) -> bool:
-        lines = head.split(b"\r\n")
-        try:
-            version, status = lines[0].split(b" ", 2)[:2]
-            resp.status = int(status)
-        except ValueError:
-            resp._head_failed(aiohttp.ClientPayloadError(f"bad status line {lines[0][:80]!r}"))
-            self.abort()
-            return False
-        if resp.status < 200:  # 1xx: the real head follows
-            return True
-        self.keep = version == b"HTTP/1.1"
-        for line in lines[1:]:
-            k, _, v = line.partition(b":")
-            k = k.strip().lower()
-            if k == b"content-length":
-                if not v.strip().isdigit():
-                    resp._head_failed(aiohttp.ClientPayloadError(f"bad Content-Length {v!r}"))
-                    self.abort()
-                    return False
-                self.remaining = int(v)
-            elif k == b"transfer-encoding":
-                self.chunked = b"chunked" in v.lower()
-            elif k == b"content-type":
-                resp.content_type = v.split(b";", 1)[0].strip().decode("latin-1").lower()
-            elif k == b"connection":
-                v = v.strip().lower()
-                self.keep = v != b"close" if self.keep else v == b"keep-alive"
-        if self.chunked:
-            self.remaining = -1
-        self.head_done = True
-        resp._head_ready()
-        if self.remaining == 0:
-            self._done(resp)
-        return True
-
-    def _body(self, data: bytes, resp: LeanResponse) -> None:
-        if not self.chunked:
-            if self.remaining >= 0:
-                if len(data) >= self.remaining:
-                    data, self.remaining = data[: self.remaining], 0
-                    if data:
-                        resp.content.feed(data)
-                    self._done(resp)
-                    return
-                self.remaining -= len(data)
-            resp.content.feed(data)
-            return
-        buf = self.buf + data if self.buf else data
-        out = []
-        pos = 0
-        n = len(buf)
-        while pos < n:
-            if self.chunk_left > 0:
-                take = min(self.chunk_left, n - pos)
-                out.append(buf[pos : pos + take])
-                pos += take
-                self.chunk_left -= take
-                if self.chunk_left == 0:
-                    self.chunk_left = -2  # the CRLF after the data
-                continue
-            if self.chunk_left == -2:
-                if n - pos < 2:
-                    break
-                pos += 2
-                self.chunk_left = 0
-                continue
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            try:
-                size = int(buf[pos:eol].split(b";", 1)[0], 16)
-            except ValueError:
-                resp.content.end(aiohttp.ClientPayloadError("bad chunk size"))
-                self.abort()
-                return
-            if size == 0:  # the last chunk; trailers end with an empty line
-                end = buf.find(b"\r\n\r\n", eol)
-                if end < 0 and buf[eol : eol + 4] != b"\r\n\r\n":
-                    break
-                if out:
-                    resp.content.feed(b"".join(out))
-                self.buf = b""
-                self._done(resp)
-                return
-            pos = eol + 2
-            self.chunk_left = size
-        self.buf = buf[pos:]
-        if out:
-            resp.content.feed(out[0] if len(out) == 1 else b"".join(out))
-
-    # -- the pool's side ---------------------------------------------------------------
-
-    def _done(self, resp: LeanResponse) -> None:
-        """The whole answer arrived: the connection can serve the next call."""
-        resp.content.end()
-        resp._complete = True
-        self.resp = None
-        self.head_done = False
-        self.remaining = -1
-        self.chunked = False
-        self.chunk_left = 0
-        if self.paused:
-            self.resume()
-        if not self.keep:
-            self.abort()
-
-    def start(self, resp: LeanResponse, request: bytes) -> None:
-        self.resp = resp
-        self.last_read = self.loop.time()
-        assert self.transport is not None
-        self.transport.write(request)
-
-    def pause(self) -> None:
-        if not self.paused and self.transport is not None and not self.closed:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.paused and self.transport is not None and not self.closed:
-            self.paused = False
-            self.transport.resume_reading()
-
-    def abort(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.abort()
-        self.pool.forget(self)
-
-
-class _Pool:
+class Pool:
     """Idle keep-alive connections to one worker (``host:port``), newest first."""
 
     def __init__(self, client: LeanClient, host: str, port: int) -> None:
         self.client = client
         self.host = host
         self.port = port
-        self.idle: collections.deque[_Conn] = collections.deque()
+        self.idle: collections.deque[Conn] = collections.deque()
 
-    def forget(self, conn: _Conn) -> None:
+    def forget(self, conn: Conn) -> None:
         with contextlib.suppress(ValueError):  # not idle: nothing to forget
             self.idle.remove(conn)
 
-    async def acquire(self, timeout_s: float) -> _Conn:
+    async def acquire(self, timeout_s: float) -> Conn:
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed:
@@ -308,7 +53,7 @@ class _Pool:
         async with asyncio.timeout(timeout_s):
             try:
                 _, conn = await self.client.loop.create_connection(
-                    lambda: _Conn(self), self.host, self.port
+                    lambda: Conn(self, self.client.loop), self.host, self.port
                 )
             except OSError as exc:
                 raise aiohttp.ClientOSError(
@@ -316,7 +61,7 @@ class _Pool:
                 ) from exc
         return conn
 
-    def give_back(self, conn: _Conn) -> None:
+    def give_back(self, conn: Conn) -> None:
         if not conn.closed and conn.resp is None:
             self.idle.append(conn)
 
@@ -325,29 +70,31 @@ class LeanResponse:
     """One call's answer (what dispatch reads of an ``aiohttp.ClientResponse``)."""
 
     __slots__ = (
-        "_complete",
         "_conn",
         "_head",
+        "_pool",
         "_timer",
+        "complete",
         "content",
         "content_type",
         "status",
     )
 
-    def __init__(self, conn: _Conn) -> None:
+    def __init__(self, conn: Conn, pool: Pool) -> None:
         self._conn = conn
+        self._pool = pool
         self.status = 0
         self.content_type = "application/octet-stream"
-        self.content = _Body(conn)
+        self.content = Body(conn)
         self._head: asyncio.Future[None] = conn.loop.create_future()
-        self._complete = False
+        self.complete = False
         self._timer: asyncio.TimerHandle | None = None
 
-    def _head_ready(self) -> None:
+    def head_ready(self) -> None:
         if not self._head.done():
             self._head.set_result(None)
 
-    def _head_failed(self, exc: BaseException) -> None:
+    def head_failed(self, exc: BaseException) -> None:
         if not self._head.done():
             self._head.set_exception(exc)
         self.content.end(exc)
@@ -359,8 +106,8 @@ class LeanResponse:
         """Done with it: a fully read connection goes back to the pool, any other closes."""
         self._stop_timer()
         conn = self._conn
-        if self._complete and not conn.closed:
-            conn.pool.give_back(conn)
+        if self.complete and not conn.closed:
+            self._pool.give_back(conn)
         else:
             self.close()
 
@@ -368,9 +115,9 @@ class LeanResponse:
         """Abort the call: the connection is closed (a worker takes that as the client gone)."""
         self._stop_timer()
         conn = self._conn
-        if not self._complete:
+        if not self.complete:
             self.content.end(aiohttp.ClientConnectionError("Connection closed"))
-            self._head_failed(aiohttp.ClientConnectionError("Connection closed"))
+            self.head_failed(aiohttp.ClientConnectionError("Connection closed"))
             conn.abort()
 
     def _stop_timer(self) -> None:
@@ -415,13 +162,13 @@ class LeanClient:
         self.connect_s = connect_s
         self.total_s = total_s
         self.read_s = read_s
-        self._pools: dict[tuple[str, int], _Pool] = {}
-        self._prefix: dict[str, tuple[_Pool, bytes]] = {}
+        self._pools: dict[tuple[str, int], Pool] = {}
+        self._prefix: dict[str, tuple[Pool, bytes]] = {}
 
     def post(self, url: str, data: bytes, headers: Any = None) -> _Call:
         return _Call(self, url, data)
 
-    def _target(self, url: str) -> tuple[_Pool, bytes]:
+    def _target(self, url: str) -> tuple[Pool, bytes]:
         """The pool and the request's first lines for ``url`` (cached: URLs repeat)."""
         hit = self._prefix.get(url)
         if hit is not None:
@@ -433,7 +180,7 @@ class LeanClient:
         key = (parts.hostname, port)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = _Pool(self, parts.hostname, port)
+            pool = self._pools[key] = Pool(self, parts.hostname, port)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc.rsplit("@", 1)[-1]
         head = (
@@ -447,7 +194,7 @@ class LeanClient:
         pool, head = self._target(url)
         deadline = self.loop.time() + self.total_s
         conn = await pool.acquire(min(self.connect_s, self.total_s))
-        resp = LeanResponse(conn)
+        resp = LeanResponse(conn, pool)
         conn.start(resp, b"%sContent-Length: %d\r\n\r\n%s" % (head, len(data), data))
         self._arm(resp, deadline)
         try:
@@ -463,13 +210,13 @@ class LeanClient:
 
         def check() -> None:
             resp._timer = None
-            if resp._complete or conn.closed:
+            if resp.complete or conn.closed:
                 return
             now = self.loop.time()
             gap_end = conn.last_read + self.read_s
             if now >= deadline or now >= gap_end:
                 exc = TimeoutError()
-                resp._head_failed(exc)
+                resp.head_failed(exc)
                 resp.content.end(exc)
                 conn.abort()
                 return
@@ -483,3 +230,17 @@ class LeanClient:
                 pool.idle.pop().abort()
         self._pools.clear()
         self._prefix.clear()
+
+
+def worker_client(
+    cfg: RouterConfig, session: aiohttp.ClientSession
+) -> aiohttp.ClientSession | LeanClient:
+    """What carries the two worker calls of every request: the lean client, unless the
+    pool is bounded (``upstream_connections``) or a worker is not plain ``http://``;
+    then aiohttp's ``session``, which serves the health checks and info routes anyway."""
+    urls = [w.url for w in (*cfg.prefill, *cfg.decode, *cfg.workers)]
+    if cfg.upstream_connections or not all(u.startswith("http://") for u in urls):
+        return session
+    return LeanClient(
+        connect_s=cfg.connect_timeout_s, total_s=cfg.request_timeout_s, read_s=cfg.read_timeout_s
+    )
