@@ -12,9 +12,8 @@ raises aiohttp's exception types and ``TimeoutError``, so the breaker, retry
 and error paths stay as they are. Health checks and info routes keep aiohttp.
 
 Timeouts, as the aiohttp session had them: connecting (``connect_s``), the whole
-call (``total_s``) and the longest gap between bytes (``read_s``). One timer for
-all open calls checks them every quarter of the shorter limit (at most 1 s), so a
-call times out up to that much late; a read only notes its time.
+call (``total_s``) and the longest gap between bytes (``read_s``); one timer per
+call, re-armed lazily (a gap is checked when the timer fires, not per read).
 """
 
 from __future__ import annotations
@@ -71,25 +70,25 @@ class LeanResponse:
     """One call's answer (what dispatch reads of an ``aiohttp.ClientResponse``)."""
 
     __slots__ = (
-        "_active",
         "_conn",
         "_head",
         "_pool",
+        "_timer",
         "complete",
         "content",
         "content_type",
         "status",
     )
 
-    def __init__(self, conn: Conn, pool: Pool, active: dict[LeanResponse, float]) -> None:
+    def __init__(self, conn: Conn, pool: Pool) -> None:
         self._conn = conn
         self._pool = pool
-        self._active = active  # the client's open calls: left on release or close
         self.status = 0
         self.content_type = "application/octet-stream"
         self.content = Body(conn)
         self._head: asyncio.Future[None] = conn.loop.create_future()
         self.complete = False
+        self._timer: asyncio.TimerHandle | None = None
 
     def head_ready(self) -> None:
         if not self._head.done():
@@ -105,7 +104,7 @@ class LeanResponse:
 
     def release(self) -> None:
         """Done with it: a fully read connection goes back to the pool, any other closes."""
-        self._leave_sweep()
+        self._stop_timer()
         conn = self._conn
         if self.complete and not conn.closed:
             self._pool.give_back(conn)
@@ -114,15 +113,17 @@ class LeanResponse:
 
     def close(self) -> None:
         """Abort the call: the connection is closed (a worker takes that as the client gone)."""
-        self._leave_sweep()
+        self._stop_timer()
         conn = self._conn
         if not self.complete:
             self.content.end(aiohttp.ClientConnectionError("Connection closed"))
             self.head_failed(aiohttp.ClientConnectionError("Connection closed"))
             conn.abort()
 
-    def _leave_sweep(self) -> None:
-        self._active.pop(self, None)
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _Call:
@@ -163,10 +164,6 @@ class LeanClient:
         self.read_s = read_s
         self._pools: dict[tuple[str, int], Pool] = {}
         self._prefix: dict[str, tuple[Pool, bytes]] = {}
-        # open calls and their deadlines; timeouts are noticed up to a quarter late
-        self._active: dict[LeanResponse, float] = {}
-        self._tick = max(0.01, min(1.0, read_s / 4, total_s / 4))
-        self._sweeper: asyncio.TimerHandle | None = None
 
     def post(self, url: str, data: bytes, headers: Any = None) -> _Call:
         return _Call(self, url, data)
@@ -197,11 +194,9 @@ class LeanClient:
         pool, head = self._target(url)
         deadline = self.loop.time() + self.total_s
         conn = await pool.acquire(min(self.connect_s, self.total_s))
-        resp = LeanResponse(conn, pool, self._active)
+        resp = LeanResponse(conn, pool)
         conn.start(resp, b"%sContent-Length: %d\r\n\r\n%s" % (head, len(data), data))
-        self._active[resp] = deadline
-        if self._sweeper is None:
-            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+        self._arm(resp, deadline)
         try:
             await resp._head
         except BaseException:
@@ -209,31 +204,27 @@ class LeanClient:
             raise
         return resp
 
-    def _sweep(self) -> None:
-        """Fail the calls past their deadline or read gap; runs every ``_tick`` s while any
-        call is open (one timer for all of them, instead of one per call, re-armed per read)."""
-        self._sweeper = None
-        now = self.loop.time()
-        read_s = self.read_s
-        ended = [
-            r
-            for r, deadline in self._active.items()
-            if r.complete or r._conn.closed or now >= deadline or now - r._conn.last_read >= read_s
-        ]
-        for r in ended:
-            del self._active[r]
-            if not (r.complete or r._conn.closed):
+    def _arm(self, resp: LeanResponse, deadline: float) -> None:
+        """One timer per call: fires at the deadline or when the read gap ran out."""
+        conn = resp._conn
+
+        def check() -> None:
+            resp._timer = None
+            if resp.complete or conn.closed:
+                return
+            now = self.loop.time()
+            gap_end = conn.last_read + self.read_s
+            if now >= deadline or now >= gap_end:
                 exc = TimeoutError()
-                r.head_failed(exc)
-                r.content.end(exc)
-                r._conn.abort()
-        if self._active:
-            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+                resp.head_failed(exc)
+                resp.content.end(exc)
+                conn.abort()
+                return
+            resp._timer = self.loop.call_at(min(deadline, gap_end), check)
+
+        resp._timer = self.loop.call_at(min(deadline, conn.last_read + self.read_s), check)
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
         for pool in self._pools.values():
             while pool.idle:
                 pool.idle.pop().abort()
