@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from voltana.common.prefix_keys import _MASK64, _chain, chain_token_keys
 from voltana.services.router.metrics import ITL_BUCKETS, observe_many
 from voltana.services.router.protocol import ProtocolError
 from voltana.services.router.upstream import PrefillFailed, watch
@@ -132,3 +134,24 @@ async def test_watch_returns_the_value_and_raises_when_the_prefill_fails() -> No
     p = asyncio.create_task(prefill(False, 10))
     assert await watch(p, slow("e", 0.0)) == "e"  # the other side first
     p.cancel()
+
+
+def _masked_keys(ids: list[int], block: int) -> tuple[int, ...]:
+    """Prefix keys the plain way: every id masked to 64 bits, one block at a time."""
+    n = len(ids) // block
+    return _chain(
+        struct.pack(f"<{block}Q", *(int(t) & _MASK64 for t in ids[i : i + block]))
+        for i in range(0, n * block, block)
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.integers(0, 200_000), st.integers(-(2**70), 2**70), st.booleans()),
+        max_size=80,
+    ),
+    st.sampled_from([1, 4, 16]),
+)
+def test_token_keys_fast_pack_gives_the_same_keys(ids: list[int], block: int) -> None:
+    assert chain_token_keys(ids, block) == _masked_keys(ids, block)
