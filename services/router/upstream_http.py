@@ -12,8 +12,8 @@ raises aiohttp's exception types and ``TimeoutError``, so the breaker, retry
 and error paths stay as they are. Health checks and info routes keep aiohttp.
 
 Timeouts, as the aiohttp session had them: connecting (``connect_s``), the whole
-call (``total_s``) and the longest gap between bytes (``read_s``); one timer per
-call, re-armed lazily (a gap is checked when the timer fires, not per read).
+call (``total_s``) and the longest gap between bytes (``read_s``), all open calls
+watched by one loop timer set for the earliest expiry (a read only notes its time).
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
+import itertools
+import math
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,22 +76,24 @@ class LeanResponse:
         "_conn",
         "_head",
         "_pool",
-        "_timer",
         "complete",
         "content",
         "content_type",
+        "deadline",
+        "ended",
         "status",
     )
 
-    def __init__(self, conn: Conn, pool: Pool) -> None:
+    def __init__(self, conn: Conn, pool: Pool, deadline: float) -> None:
         self._conn = conn
         self._pool = pool
+        self.deadline = deadline  # of the whole call (loop time)
+        self.ended = False  # released or closed: its timeouts no longer matter
         self.status = 0
         self.content_type = "application/octet-stream"
         self.content = Body(conn)
         self._head: asyncio.Future[None] = conn.loop.create_future()
         self.complete = False
-        self._timer: asyncio.TimerHandle | None = None
 
     def head_ready(self) -> None:
         if not self._head.done():
@@ -121,9 +126,17 @@ class LeanResponse:
             conn.abort()
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.ended = True
+
+    def expires(self, read_s: float) -> float:
+        """When this call times out unless more bytes come (loop time)."""
+        return min(self.deadline, self._conn.last_read + read_s)
+
+    def time_out(self) -> None:
+        exc = TimeoutError()
+        self.head_failed(exc)
+        self.content.end(exc)
+        self._conn.abort()
 
 
 class _Call:
@@ -164,6 +177,11 @@ class LeanClient:
         self.read_s = read_s
         self._pools: dict[tuple[str, int], Pool] = {}
         self._prefix: dict[str, tuple[Pool, bytes]] = {}
+        self._heap: list[tuple[float, int, LeanResponse]] = []  # see _arm
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._compact_at = 256
 
     def post(self, url: str, data: bytes, headers: Any = None) -> _Call:
         return _Call(self, url, data)
@@ -194,9 +212,9 @@ class LeanClient:
         pool, head = self._target(url)
         deadline = self.loop.time() + self.total_s
         conn = await pool.acquire(min(self.connect_s, self.total_s))
-        resp = LeanResponse(conn, pool)
+        resp = LeanResponse(conn, pool, deadline)
         conn.start(resp, b"%sContent-Length: %d\r\n\r\n%s" % (head, len(data), data))
-        self._arm(resp, deadline)
+        self._arm(resp)
         try:
             await resp._head
         except BaseException:
@@ -204,27 +222,48 @@ class LeanClient:
             raise
         return resp
 
-    def _arm(self, resp: LeanResponse, deadline: float) -> None:
-        """One timer per call: fires at the deadline or when the read gap ran out."""
-        conn = resp._conn
+    def _arm(self, resp: LeanResponse) -> None:
+        """Watch ``resp``'s timeouts: one loop timer for all calls, at the earliest expiry.
 
-        def check() -> None:
-            resp._timer = None
-            if resp.complete or conn.closed:
-                return
-            now = self.loop.time()
-            gap_end = conn.last_read + self.read_s
-            if now >= deadline or now >= gap_end:
-                exc = TimeoutError()
-                resp.head_failed(exc)
-                resp.content.end(exc)
-                conn.abort()
-                return
-            resp._timer = self.loop.call_at(min(deadline, gap_end), check)
+        Entries are (expiry as last known, seq, call); a read only notes its time, and
+        an entry found early when the timer fires goes back with its new expiry, so
+        calls still time out in order and on time. Ended calls are dropped lazily.
+        """
+        at = resp.expires(self.read_s)
+        heapq.heappush(self._heap, (at, next(self._seq), resp))
+        if len(self._heap) > self._compact_at:  # amortised: at most doubling in between
+            self._heap = [e for e in self._heap if not e[2].ended]
+            heapq.heapify(self._heap)
+            self._compact_at = 2 * len(self._heap) + 256
+        if at < self._timer_at:
+            self._set_timer(at)
 
-        resp._timer = self.loop.call_at(min(deadline, conn.last_read + self.read_s), check)
+    def _set_timer(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = self.loop.time()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, resp = heapq.heappop(heap)
+            if resp.ended or resp.complete or resp._conn.closed:
+                continue
+            at = resp.expires(self.read_s)
+            if at <= now:
+                resp.time_out()
+            else:
+                heapq.heappush(heap, (at, next(self._seq), resp))
+        if heap:
+            self._set_timer(heap[0][0])
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for pool in self._pools.values():
             while pool.idle:
                 pool.idle.pop().abort()

@@ -229,3 +229,32 @@ async def test_closing_mid_stream_drops_the_worker_connection(serve: Serve) -> N
         await chunks.__anext__()
     await asyncio.wait_for(server.gone.wait(), 5)
     await c.close()
+
+
+async def test_timeouts_stay_on_time_after_many_calls(serve: Serve) -> None:
+    """Finished calls leave the timeout heap (it stays small) and a later stall still times out."""
+    calls = 0
+
+    async def ok_then_stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 600:
+            await ok_json(reader, writer)
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    _, url = await serve(ok_then_stall)
+    c = client(read_s=0.3)
+    for _ in range(600):
+        async with c.post(url, data=b"{}") as resp:
+            await resp.read()
+    assert len(c._heap) < 600
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with c.post(url, data=b"{}") as resp:
+        with pytest.raises(TimeoutError):
+            await resp.read()
+    assert 0.25 < loop.time() - t0 < 3
+    await c.close()
