@@ -43,7 +43,7 @@ class Answer(Protocol):
 class Body:
     """The answer's body as it arrives: ``iter_any()`` / ``read()`` / ``is_eof()``."""
 
-    __slots__ = ("_conn", "_eof", "_error", "_parts", "_size", "_waiter", "_whole")
+    __slots__ = ("_conn", "_eof", "_error", "_parts", "_size", "_waiter")
 
     def __init__(self, conn: Conn) -> None:
         self._conn = conn
@@ -52,7 +52,6 @@ class Body:
         self._eof = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._whole: asyncio.Future[bytes] | None = None  # read(): the rest, at the end
 
     def is_eof(self) -> bool:
         return self._eof and not self._parts
@@ -65,7 +64,7 @@ class Body:
     def feed(self, data: bytes) -> None:
         self._parts.append(data)
         self._size += len(data)
-        if self._size > HIGH_WATER and self._whole is None:  # read() takes it all anyway
+        if self._size > HIGH_WATER:
             self._conn.pause()
         self._wake()
 
@@ -75,20 +74,6 @@ class Body:
         self._eof = True
         self._error = error
         self._wake()
-        if self._whole is not None:
-            self._settle(self._whole)
-
-    def _settle(self, fut: asyncio.Future[bytes]) -> None:
-        if fut.done():
-            return
-        if self._error is not None:
-            fut.set_exception(self._error)
-            fut.exception()  # marked retrieved: whoever awaits it still gets the error
-            return
-        data = b"".join(self._parts)
-        self._parts.clear()
-        self._size = 0
-        fut.set_result(data)
 
     async def _next(self) -> bytes | None:
         while not self._parts:
@@ -114,16 +99,11 @@ class Body:
         while (data := await self._next()) is not None:
             yield data
 
-    def read(self) -> asyncio.Future[bytes]:
-        """The rest of the body, as one future resolved at its end (awaiting it needs no
-        task: dispatch races it against the prefill)."""
-        fut: asyncio.Future[bytes] = self._conn.loop.create_future()
-        if self._eof:
-            self._settle(fut)
-        else:
-            self._whole = fut
-            self._conn.resume()
-        return fut
+    async def read(self) -> bytes:
+        parts = []
+        while (data := await self._next()) is not None:
+            parts.append(data)
+        return b"".join(parts)
 
 
 class Conn(asyncio.Protocol):

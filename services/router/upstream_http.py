@@ -24,7 +24,6 @@ import contextlib
 import heapq
 import itertools
 import math
-from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,17 +48,11 @@ class Pool:
         with contextlib.suppress(ValueError):  # not idle: nothing to forget
             self.idle.remove(conn)
 
-    def take_idle(self) -> Conn | None:
+    async def acquire(self, timeout_s: float) -> Conn:
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed:
                 return conn
-        return None
-
-    async def acquire(self, timeout_s: float) -> Conn:
-        conn = self.take_idle()
-        if conn is not None:
-            return conn
         async with asyncio.timeout(timeout_s):
             try:
                 _, conn = await self.client.loop.create_connection(
@@ -99,28 +92,20 @@ class LeanResponse:
         self.status = 0
         self.content_type = "application/octet-stream"
         self.content = Body(conn)
-        # resolved with the response once its head is in; cancelled: the call is dropped
-        self._head: asyncio.Future[LeanResponse] = conn.loop.create_future()
-        self._head.add_done_callback(self._head_done)
+        self._head: asyncio.Future[None] = conn.loop.create_future()
         self.complete = False
 
     def head_ready(self) -> None:
         if not self._head.done():
-            self._head.set_result(self)
+            self._head.set_result(None)
 
     def head_failed(self, exc: BaseException) -> None:
         if not self._head.done():
             self._head.set_exception(exc)
-            self._head.exception()  # marked retrieved: whoever awaits it still gets it
         self.content.end(exc)
 
-    def _head_done(self, head: asyncio.Future[LeanResponse]) -> None:
-        if head.cancelled():  # the caller gave up waiting: the call goes
-            self.close()
-
-    def read(self) -> asyncio.Future[bytes]:
-        """The whole body (``await resp.read()``, as aiohttp's)."""
-        return self.content.read()
+    async def read(self) -> bytes:
+        return await self.content.read()
 
     def release(self) -> None:
         """Done with it: a fully read connection goes back to the pool, any other closes."""
@@ -165,16 +150,7 @@ class _Call:
         self._data = data
         self._resp: LeanResponse | None = None
 
-    def __aenter__(self) -> Awaitable[LeanResponse]:
-        """With an idle connection the request goes out now and this is the head's future
-        (no coroutine, so racing it against the prefill needs no task); else it connects."""
-        resp = self._client._start_now(self._url, self._data)
-        if resp is None:
-            return self._connect_and_send()
-        self._resp = resp
-        return resp._head
-
-    async def _connect_and_send(self) -> LeanResponse:
+    async def __aenter__(self) -> LeanResponse:
         self._resp = await self._client._send(self._url, self._data)
         return self._resp
 
@@ -232,32 +208,19 @@ class LeanClient:
             self._prefix[url] = (pool, head)
         return pool, head
 
-    def _begin(
-        self, pool: Pool, head: bytes, conn: Conn, data: bytes, deadline: float
-    ) -> LeanResponse:
-        resp = LeanResponse(conn, pool, deadline)
-        conn.start(resp, b"%sContent-Length: %d\r\n\r\n%s" % (head, len(data), data))
-        self._arm(resp)
-        return resp
-
-    def _start_now(self, url: str, data: bytes) -> LeanResponse | None:
-        """The call sent on an idle connection, or None when a new one is needed."""
-        pool, head = self._target(url)
-        conn = pool.take_idle()
-        if conn is None:
-            return None
-        return self._begin(pool, head, conn, data, self.loop.time() + self.total_s)
-
     async def _send(self, url: str, data: bytes) -> LeanResponse:
         pool, head = self._target(url)
         deadline = self.loop.time() + self.total_s
         conn = await pool.acquire(min(self.connect_s, self.total_s))
-        resp = self._begin(pool, head, conn, data, deadline)
+        resp = LeanResponse(conn, pool, deadline)
+        conn.start(resp, b"%sContent-Length: %d\r\n\r\n%s" % (head, len(data), data))
+        self._arm(resp)
         try:
-            return await resp._head
+            await resp._head
         except BaseException:
             resp.close()
             raise
+        return resp
 
     def _arm(self, resp: LeanResponse) -> None:
         """Watch ``resp``'s timeouts: one loop timer for all calls, at the earliest expiry.
