@@ -184,6 +184,8 @@ class LeanClient:
         self._compact_at = 256
 
     def post(self, url: str, data: bytes, headers: Any = None) -> _Call:
+        """``POST data`` to ``url`` as ``application/json`` (what dispatch sends; other
+        ``headers`` are not sent: the argument is there for aiohttp's signature)."""
         return _Call(self, url, data)
 
     def _target(self, url: str) -> tuple[Pool, bytes]:
