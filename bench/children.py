@@ -1,7 +1,7 @@
 """The processes a benchmark starts: each logs to a file, all are stopped by PID at the end.
 
 Shared by the benchmarks that run real processes (``emulator_pacing.py``,
-``freqctl_loop.py``, ``router_vs_sglang_router.py``); the scripts import it as
+``freqctl_loop.py``, ``router_vs_peers.py``); the scripts import it as
 ``children`` (their own folder is first on ``sys.path``)::
 
     with Children(logdir) as kids:
@@ -28,13 +28,38 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-__all__ = ["Children", "cpu_s"]
+__all__ = ["Children", "cpu_s", "tree_cpu_s"]
 
 
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process and its threads (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (Linux /proc).
+
+    Processes that ended are missed (the kernel books a child's time on its parent
+    only once waited for), so call it while the tree runs."""
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parent[int(d.name)] = int(f[1])
+        ticks[int(d.name)] = int(f[11]) + int(f[12])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier += kids
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 class Children:
@@ -56,12 +81,18 @@ class Children:
         self._logs: list[IO[bytes]] = []
         logdir.mkdir(parents=True, exist_ok=True)
 
-    def spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        """Start ``argv`` as the child ``name``."""
+    def spawn(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` as the child ``name`` (``env``: added to the children's environment)."""
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
         proc = subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**self.env, **(env or {})},
+            start_new_session=True,
         )
         self.procs[name] = proc
         return proc

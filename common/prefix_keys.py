@@ -39,11 +39,16 @@ def chain_token_keys(token_ids: Sequence[int], block_tokens: int) -> tuple[int, 
     if block_tokens < 1:
         raise ValueError(f"block_tokens must be >= 1, got {block_tokens}")
     n = len(token_ids) // block_tokens
-    fmt = f"<{block_tokens}Q"
-    return _chain(
-        struct.pack(fmt, *(int(t) & _MASK64 for t in token_ids[i : i + block_tokens]))
-        for i in range(0, n * block_tokens, block_tokens)
-    )
+    try:  # ids in [0, 2^64) (all real ones): one pack in C, the same bytes as below
+        packed = struct.pack(f"<{n * block_tokens}Q", *token_ids[: n * block_tokens])
+    except (struct.error, TypeError):  # negative, too large or not ints: masked per block
+        fmt = f"<{block_tokens}Q"
+        return _chain(
+            struct.pack(fmt, *(int(t) & _MASK64 for t in token_ids[i : i + block_tokens]))
+            for i in range(0, n * block_tokens, block_tokens)
+        )
+    step = 8 * block_tokens
+    return _chain(packed[i : i + step] for i in range(0, len(packed), step))
 
 
 def text_block_keys(text: str, block_chars: int) -> tuple[int, ...]:

@@ -138,6 +138,12 @@ class Admission:
         on the request for as long as it is served.
         """
         limit = self.cfg.max_request_bytes
+        body = request.content
+        if body.is_eof():  # all of it arrived with the head (most requests): no wait, no timer
+            raw = body.read_nowait()
+            if len(raw) > limit:
+                raise self._refuse(413, f"request body over {limit} bytes", "too_large")
+            return raw
         chunks: list[bytes] = []
         size = 0
         try:

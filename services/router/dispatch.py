@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import random
 import time
-import uuid
 from typing import Any
 
 import aiohttp
@@ -37,6 +38,7 @@ from voltana.services.router.upstream import (
     upstream_error,
     watch,
 )
+from voltana.services.router.upstream_http import LeanClient
 
 log = get_logger("router.dispatch")
 
@@ -62,7 +64,7 @@ class Pd:
     def __init__(
         self,
         routing: Routing,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | LeanClient,
         pyrng: random.Random,
         *,
         prefill_retries: int,
@@ -75,6 +77,10 @@ class Pd:
         self.pyrng = pyrng
         self.prefill_retries = prefill_retries
         self.retry_backoff_s = retry_backoff_s
+        # request ids: 16 random hex digits drawn once, then a counter (uuid4 reads the
+        # kernel's random source for every request); 32 hex digits, as uuid4().hex
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count()
 
     async def serve(
         self, request: web.Request, path: str, body: dict[str, Any], info: proto.RequestInfo
@@ -82,7 +88,7 @@ class Pd:
         routing = self.routing
         arrival = time.monotonic()
         arrival_ns = time.time_ns()
-        rid = uuid.uuid4().hex
+        rid = f"{self._id_prefix}{next(self._ids):016x}"
         keys, block = prompt_prefix(body) if routing.uses_prefix else ((), 0)
         rreq = RouteRequest(
             request_id=rid,

@@ -18,6 +18,7 @@ __all__ = ["BLOCK_CHARS", "BLOCK_TOKENS", "prompt_prefix"]
 BLOCK_TOKENS = 16
 BLOCK_CHARS = BLOCK_TOKENS * CHARS_PER_TOKEN
 _MAX_CHARS = 256 * 1024  # keys for at most this much text (bounded work per request)
+_INT_TYPES = frozenset({int, bool})  # what isinstance(t, int) accepts from decoded JSON
 
 
 def _first(value: Any) -> Any:
@@ -47,7 +48,7 @@ def prompt_prefix(body: dict[str, Any]) -> tuple[tuple[int, ...], int]:
     ids = body.get("input_ids")
     if isinstance(ids, list) and ids:
         first = _first(ids) if isinstance(ids[0], list) else ids
-        if isinstance(first, list) and all(isinstance(t, int) for t in first):
+        if isinstance(first, list) and set(map(type, first)) <= _INT_TYPES:
             return chain_token_keys(first[:_MAX_CHARS], BLOCK_TOKENS), BLOCK_TOKENS
     text = body.get("text", body.get("prompt"))
     text = _first(text)

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from voltana.common.logs import get_logger
+from prometheus_client import Counter
+from voltana.common.logs import debug_enabled, get_logger
 from voltana.schemas import subjects
 from voltana.schemas.base import now_ns
 from voltana.schemas.config import SloConfig
@@ -23,7 +24,7 @@ from voltana.services.router import protocol as proto
 from voltana.services.router.attribution import AttributionRule
 from voltana.services.router.busio import RouterBus
 from voltana.services.router.energy import EnergyLink
-from voltana.services.router.metrics import RouterMetrics
+from voltana.services.router.metrics import RouterMetrics, observe_many
 from voltana.services.router.policies import ClusterView, RouteRequest, RoutingPolicy
 from voltana.services.router.state import ClusterState, WorkerState
 from voltana.services.router.stats import Outcome, request_record
@@ -80,6 +81,7 @@ class Routing:
         self.bus = bus
         self.slo = slo
         self.changed = changed
+        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
         self.energy = energy or EnergyLink(
             AttributionRule(), metrics, lambda rec: bus.publish(subjects.REQUEST_DONE, rec)
         )
@@ -119,14 +121,14 @@ class Routing:
             self.state.unified_dispatched(
                 dw.name, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, now
             )
-            self.metrics.decisions.labels("unified", dw.published_name).inc()
+            self._child(self.metrics.decisions, "unified", dw.published_name).inc()
         else:
             self.state.dispatched(
                 pw.name, dw.name, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, now
             )
             self.prefill_policy.on_dispatch(pw.name, rreq, now)
-            self.metrics.decisions.labels("prefill", pw.published_name).inc()
-            self.metrics.decisions.labels("decode", dw.published_name).inc()
+            self._child(self.metrics.decisions, "prefill", pw.published_name).inc()
+            self._child(self.metrics.decisions, "decode", dw.published_name).inc()
         self.decode_policy.on_dispatch(dw.name, rreq, now)
         self.changed.set()
         self.bus.publish(
@@ -169,21 +171,31 @@ class Routing:
             self.decode_policy.on_complete(out.decode, rreq, now)
         self.changed.set()
         m = self.metrics
-        m.requests.labels(path, out.status).inc()
+        self._child(m.requests, path, out.status).inc()
         e2e = now - arrival
         m.e2e.observe(e2e)
         if out.ttft_s is not None and info.stream:
             m.ttft.observe(out.ttft_s)
-        for g in out.gaps_s:
-            m.itl.observe(g)
+        observe_many(m.itl, out.gaps_s)
         rec = request_record(rreq, info, out, e2e, arrival_ns, self.slo, now_ns())
         if rec.slo_met is not None:
-            m.slo_met.labels("true" if rec.slo_met else "false").inc()
+            self._child(m.slo_met, "true" if rec.slo_met else "false").inc()
         self.energy.record(rec, path)  # published once its energy is final
-        req_log = log.bind(request_id=rreq.request_id, prefill=out.prefill, decode=out.decode)
-        if out.status == "cancelled":  # the client's choice: counted, not a failure to log
-            req_log.debug("request_cancelled", error=out.error, path=path)
-        elif out.status != "ok":
-            req_log.warning("request_failed", status=out.status, error=out.error, path=path)
-        else:
-            req_log.debug("request_done", ttft_s=out.ttft_s, e2e_s=e2e, tokens=out.output_tokens)
+        ids = {"request_id": rreq.request_id, "prefill": out.prefill, "decode": out.decode}
+        if out.status != "ok" and out.status != "cancelled":
+            log.warning("request_failed", status=out.status, error=out.error, path=path, **ids)
+        elif debug_enabled():  # a debug line per request: built only when it is written
+            if out.status == "cancelled":  # the client's choice: counted, not a failure
+                log.debug("request_cancelled", error=out.error, path=path, **ids)
+            else:
+                log.debug(
+                    "request_done", ttft_s=out.ttft_s, e2e_s=e2e, tokens=out.output_tokens, **ids
+                )
+
+    def _child(self, metric: Counter, *labels: str) -> Counter:
+        """``metric.labels(*labels)``, looked up once (labels() takes a lock and builds keys)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child

@@ -42,6 +42,7 @@ from voltana.services.router.policies import make_policy
 from voltana.services.router.routing import Routing
 from voltana.services.router.state import ClusterState, WorkerState
 from voltana.services.router.unified import Unified
+from voltana.services.router.upstream_http import LeanClient, worker_client
 from voltana.services.router.validate import parse_request
 from voltana.services.runner import ServiceContext
 
@@ -126,10 +127,13 @@ class Router(ServiceContext):
     # -- lifecycle -----------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.cfg.max_request_bytes,
-            middlewares=[auth_middleware(self.cfg.api_key, self.metrics)],
+        # without a key the middleware would only pass through: one coroutine less a request
+        auth = (
+            [auth_middleware(self.cfg.api_key, self.metrics)]
+            if self.cfg.api_key is not None
+            else []
         )
+        app = web.Application(client_max_size=self.cfg.max_request_bytes, middlewares=auth)
         for path in GENERATE_PATHS:
             app.router.add_post(path, self._generate)
         app.router.add_get("/health", self._health)
@@ -166,10 +170,13 @@ class Router(ServiceContext):
             timeout=timeout,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
+            # the workers need none of these; auto_decompress is off, so no Accept-Encoding
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
         )
+        self.upstream = worker_client(self.cfg, self.session)  # the calls of each request
         self.pd = (Unified if self.cfg.mode == "unified" else Pd)(
             self.routing,
-            self.session,
+            self.upstream,
             self.pyrng,
             prefill_retries=self.cfg.prefill_retries,
             retry_backoff_s=self.cfg.retry_backoff_s,
@@ -235,6 +242,8 @@ class Router(ServiceContext):
                     in_flight=self.admission.active,
                 )
         await self.bus.stop()
+        if isinstance(self.upstream, LeanClient):  # aiohttp's session is closed below
+            await self.upstream.close()
         await self.session.close()
         log.info("router_stopped")
 

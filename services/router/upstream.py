@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from typing import Any
 
 __all__ = ["PrefillFailed", "cancel", "raise_if_prefill_failed", "upstream_error", "watch"]
@@ -44,17 +45,38 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
 
 
 async def watch(p_task: asyncio.Task[bytes], aw: Any) -> Any:
-    """Await ``aw`` but raise PrefillFailed as soon as the prefill side fails."""
+    """Await ``aw`` but raise PrefillFailed as soon as the prefill side fails.
+
+    Runs on every upstream step of every request, so it waits on one future woken
+    by either side's done-callback instead of ``asyncio.wait``'s sets and closures,
+    and awaits ``aw`` directly (no task) once the prefill has already answered.
+    """
+    if p_task.done():
+        try:
+            p_task.result()  # raises PrefillFailed when it failed
+        except BaseException:
+            if inspect.iscoroutine(aw):
+                aw.close()  # never started: nothing to cancel
+            raise
+        return await aw
     fut = asyncio.ensure_future(aw)
+    waiter = fut.get_loop().create_future()
+
+    def wake(_: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fut.add_done_callback(wake)
+    p_task.add_done_callback(wake)
     try:
-        while True:
-            if p_task.done():
-                p_task.result()  # raises PrefillFailed when it failed
-                return await fut
-            done, _ = await asyncio.wait({fut, p_task}, return_when=asyncio.FIRST_COMPLETED)
-            if fut in done:
-                return fut.result()
+        await waiter
+        if fut.done():
+            return fut.result()
+        p_task.result()  # the prefill ended first: raises PrefillFailed when it failed
+        return await fut
     finally:
+        fut.remove_done_callback(wake)
+        p_task.remove_done_callback(wake)
         if not fut.done():
             fut.cancel()
             with contextlib.suppress(BaseException):
