@@ -67,6 +67,34 @@ def wait_http(
     raise RuntimeError(f"{url} not ready in {timeout_s} s")
 
 
+def wait_routable(
+    url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0, log: Path | None = None
+) -> None:
+    """Wait until the router at ``url`` serves a one-token ``/generate`` (200).
+
+    A gateway answers ``/health`` before its health checks have admitted any worker
+    (smg: "No prefill workers available" until then), so readiness is a served request.
+    """
+    wait_http(url + "/health", proc, timeout_s, log)
+    body = json.dumps({"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 1}})
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}\n{log_tail(log)}")
+        req = urllib.request.Request(
+            url + "/generate", data=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                if r.status == 200:
+                    return
+        except OSError as exc:  # HTTPError (e.g. 503 before workers are admitted) included
+            last = str(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} routed no request in {timeout_s} s (last: {last})")
+
+
 def voltana_argv(*args: str) -> list[str]:
     """The command line of ``voltana ARGS`` run by this interpreter, logging warnings only."""
     return [sys.executable, "-m", "voltana", "--log-level", "warning", *args]

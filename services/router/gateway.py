@@ -57,9 +57,23 @@ def add_gateway_routes(
             return _json_error(502, f"{w.published_name}: {exc}")
         return _json_error(502, f"{w.published_name} answers neither model info route")
 
+    async def forward_get(request: web.Request) -> web.Response:
+        """The same GET on the first healthy worker (``/v1/models``, ``/get_model_info``)."""
+        w = first_available()
+        if w is None:
+            return _json_error(503, "no healthy worker")
+        try:
+            async with session().get(w.spec.url + request.path_qs) as resp:
+                data = await resp.read()
+                return web.Response(status=resp.status, body=data, content_type=resp.content_type)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _json_error(502, f"{w.name}: {exc}")
+
     async def not_found(request: web.Request) -> web.Response:
         return _json_error(404, f"no route {request.method} {request.path}")
 
+    app.router.add_get("/v1/models", forward_get)
+    app.router.add_get("/get_model_info", forward_get)
     app.router.add_get("/model_info", model_info)
     app.router.add_get("/server_info", server_info)
     app.router.add_route("*", "/{tail:.*}", not_found)

@@ -139,12 +139,10 @@ class Router(ServiceContext):
         app.router.add_get("/health", self._health)
         app.router.add_get("/health_generate", self._health)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/v1/models", self._forward_get)
-        app.router.add_get("/get_model_info", self._forward_get)
         app.router.add_get("/get_server_info", self._server_info)
         app.router.add_post("/flush_cache", self._flush_cache)
         app.router.add_get("/voltana/router/state", self._state_json)
-        gateway.add_gateway_routes(  # /model_info, /server_info; the JSON 404 last
+        gateway.add_gateway_routes(  # model info, /server_info; the JSON 404 last
             app,
             first_available=self._first_available,
             session=lambda: self.session,
@@ -370,17 +368,6 @@ class Router(ServiceContext):
                 if w.available(now):
                     return w
         return None
-
-    async def _forward_get(self, request: web.Request) -> web.Response:
-        w = self._first_available()
-        if w is None:
-            return self._err(503, "no healthy worker")
-        try:
-            async with self.session.get(w.spec.url + request.path_qs) as resp:
-                data = await resp.read()
-                return web.Response(status=resp.status, body=data, content_type=resp.content_type)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return self._err(502, f"{w.name}: {exc}")
 
     async def _server_info(self, request: web.Request) -> web.Response:
         roles = ("unified",) if self.cfg.mode == "unified" else ("prefill", "decode")

@@ -28,7 +28,7 @@ from helpers import (
     post_json,
     sglang_request,
     stop_processes,
-    wait_http,
+    wait_routable,
 )
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 
@@ -71,7 +71,7 @@ def cluster(
     with log.open("wb") as out:
         router = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_http(f"http://127.0.0.1:{r_port}/health", router, log=log)
+            wait_routable(f"http://127.0.0.1:{r_port}", router, log=log)
             yield Cluster(f"http://127.0.0.1:{r_port}", prefill, decode, log)
         finally:
             stop_processes([router])
