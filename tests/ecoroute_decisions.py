@@ -79,17 +79,30 @@ def _whatif(w: Any) -> list[Any]:
     ]
 
 
-def replay(case: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run one case's steps through a fresh policy; the answers in fixture form."""
+def _inputs(step: dict[str, Any]) -> tuple[ClusterView, RouteRequest, float]:
+    view = ClusterView(InstanceView(**v) for v in step["views"])
+    req = RouteRequest(**dict(step["request"], prefix_keys=tuple(step["request"]["prefix_keys"])))
+    return view, req, step["now"]
+
+
+def replay(case: dict[str, Any], warm: bool = False) -> list[dict[str, Any]]:
+    """Run one case's steps through a fresh policy; the answers in fixture form.
+
+    ``warm``: the policy first evaluates every step (no dispatch, so its prefix
+    tree stays empty) with tiny table caches, so the replay meets states it has
+    seen and caches that were emptied on the way.
+    """
     slo = SloConfig(**case["slo"])
     policy = EcoRoutePolicy(default_profile(case["gpu"], "llama-3.1-8b"), slo)
+    if warm:
+        for cache in (policy._decode_rows, policy._prefill_rows, policy._context_rows):
+            cache.limit = 7
+        for step in case["steps"]:
+            policy.evaluate(*_inputs(step))
     rng = np.random.default_rng(0)
     out = []
     for step in case["steps"]:
-        view = ClusterView(InstanceView(**v) for v in step["views"])
-        r = dict(step["request"], prefix_keys=tuple(step["request"]["prefix_keys"]))
-        req = RouteRequest(**r)
-        now = step["now"]
+        view, req, now = _inputs(step)
         whatifs = [_whatif(w) for w in policy.evaluate(view, req, now)]
         sel = policy.select(view, req, now, rng)
         if sel is not None:

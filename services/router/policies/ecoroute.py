@@ -46,6 +46,7 @@ from voltana.services.router.policies.base import (
     healthy,
 )
 from voltana.services.router.policies.cache_aware import ApproxPrefixTree, CacheAwareConfig
+from voltana.services.router.policies.ecoroute_rows import RowCache
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -148,114 +149,129 @@ class EcoRoutePolicy(PolicyBase):
         self._prefill: set[str] = set()
         self._tree_limits = CacheAwareConfig()  # its pruning: sglang-router's interval and size
         self._last_prune: float | None = None
+        # per-state clock tables, kept across requests (they depend on the state only)
+        self._decode_rows = RowCache(self._decode_tables)
+        self._prefill_rows = RowCache(self._prefill_tables)
+        self._context_rows = RowCache(self._context_tables)
+        self._has_context = getattr(profile, "prefill_context_tables", None) is not None
 
     # -- decode -------------------------------------------------------------
 
+    def _decode_tables(self, keys: list[tuple[int, int]]) -> tuple[FloatArray, FloatArray]:
+        """(latency, energy) [len(keys), clock] of decode states (batch, KV tokens)."""
+        arr = np.array(keys, dtype=np.float64)
+        return self.profile.decode_tables(arr[:, 0], arr[:, 1])
+
     def _decode_whatifs(self, views: list[InstanceView], req: RouteRequest) -> list[WhatIf]:
-        """Every decode candidate at once: batch b -> b+1, KV kv -> kv + input tokens."""
+        """Every decode candidate: batch b -> b+1, KV kv -> kv + input tokens."""
+        budget = self.slo.itl_s * (1.0 - self.slo.margin)
+        add_kv = max(req.input_tokens, 0)
+        states = [(v.batch_size, v.kv_tokens_est) for v in views]
+        # with the request, then as they are (both asked for, so bad states raise as before)
+        rows = self._decode_rows.rows([(b + 1, kv + add_kv) for b, kv in states] + states)
         n = len(views)
-        b = np.array([v.batch_size for v in views], dtype=np.float64)
-        kv = np.array([v.kv_tokens_est for v in views], dtype=np.float64)
-        # rows 0..n-1: with the request; rows n..2n-1: as they are
-        lat, en = self.profile.decode_tables(
-            np.concatenate([b + 1, b]), np.concatenate([kv + max(req.input_tokens, 0), kv])
-        )
-        idx, ok = cheapest_rows(lat, en, np.full(2 * n, self.slo.itl_s * (1.0 - self.slo.margin)))
-        rows = np.arange(2 * n)
-        pick_l, pick_e = lat[rows, idx], en[rows, idx]
-        i1, l1, e1 = idx[:n], pick_l[:n], pick_e[:n]
-        # idle: the request's iterations replace idle time at the parked clock
-        idle = b <= 0
-        e0 = np.where(idle, self.idle_w * l1, pick_e[n:])
-        f0 = np.where(idle, self.profile.min_clock_mhz, self._clock_arr[idx[n:]])
-        # the others need the same number of iterations either way: each one now costs more
-        added = (e1 - e0) * max(req.max_new_tokens, 1)
-        t_max = lat[:n, -1]
+        tokens = max(req.max_new_tokens, 1)
         # a decode server reserves prompt + output tokens before it takes the KV: where they
         # do not fit next to what is in flight there, the request would wait for memory
         need = max(req.input_tokens, 0) + max(req.max_new_tokens, 0)
-        fits = [
-            v.kv_capacity_tokens is None or v.in_flight_tokens + need <= v.kv_capacity_tokens
-            for v in views
-        ]
-        return [
-            WhatIf(
-                v.instance,
-                bool(ok[j]) and fits[j],
-                int(f0[j]),
-                self.clocks[i1[j]],
-                float(l1[j]),
-                float(t_max[j]),
-                float(added[j]),
-                v.batch_size,
-                fits[j],
+        out = []
+        for j, v in enumerate(views):
+            row1 = rows[j]
+            i1, ok = row1.cheapest(budget)
+            l1 = row1.lat[i1]
+            if states[j][0] <= 0:  # idle: the request's iterations replace idle time
+                e0, f0 = self.idle_w * l1, self.profile.min_clock_mhz
+            else:
+                row0 = rows[n + j]
+                i0, _ = row0.cheapest(budget)
+                e0, f0 = row0.en[i0], self.clocks[i0]
+            fits = v.kv_capacity_tokens is None or v.in_flight_tokens + need <= v.kv_capacity_tokens
+            # the others need the same number of iterations either way: each one now costs more
+            added = (row1.en[i1] - e0) * tokens
+            out.append(
+                WhatIf(
+                    v.instance,
+                    ok and fits,
+                    f0,
+                    self.clocks[i1],
+                    l1,
+                    row1.lat[-1],
+                    added,
+                    v.batch_size,
+                    fits,
+                )
             )
-            for j, v in enumerate(views)
-        ]
+        return out
 
     # -- prefill ------------------------------------------------------------
+
+    def _prefill_tables(self, keys: list[float]) -> tuple[FloatArray, FloatArray]:
+        """(latency, active energy above idle) [len(keys), clock] of prefills of ``keys`` tokens."""
+        lat, en = self.profile.prefill_tables(np.array(keys, dtype=np.float64))
+        return lat, en - self.idle_w * lat
+
+    def _context_tables(
+        self, keys: list[tuple[float, float, float]]
+    ) -> tuple[FloatArray, FloatArray]:
+        """Rows of (tokens, new, cached): the new tokens of a hit also attend to the cached
+        ones (the profile's T x C term)."""
+        arr = np.array(keys, dtype=np.float64)
+        lat, en = self._prefill_tables(arr[:, 0].tolist())
+        xl, xe = self.profile.prefill_context_tables(arr[:, 1], arr[:, 2])  # type: ignore[attr-defined]
+        return lat + xl, en + xe - self.idle_w * xl
 
     def _prefill_whatifs(
         self, views: list[InstanceView], req: RouteRequest, now: float
     ) -> list[WhatIf]:
-        """Every prefill candidate at once: the request waits behind the queued tokens."""
-        n = len(views)
+        """Every prefill candidate: the request waits behind the queued tokens."""
         full = self.slo.ttft_s * (1.0 - self.slo.margin)
-        q = np.array([max(v.queued_prefill_tokens, 0) for v in views], dtype=np.float64)
-        wait = np.array([v.oldest_wait_s for v in views], dtype=np.float64)
-        rows = np.arange(n)
-        queued = q > 0
+        qs = [max(v.queued_prefill_tokens, 0) for v in views]
         new, hit = self._uncached_tokens(views, req)
-        after = q + new
-        if queued.any():
-            # rows 0..n-1: the queue alone; rows n..2n-1: the queue and the request
-            lat, en = self.profile.prefill_tables(np.concatenate([q, after]))
-            en = en - self.idle_w * lat  # active energy above idle
-            i0, _ = cheapest_rows(lat[:n], en[:n], full - wait)
-            i0 = np.where(queued, i0, 0)
-            e0 = np.where(queued, en[rows, i0], 0.0)
-            lat1, en1 = lat[n:], en[n:]
-            first: IndexArray | None = i0
-        else:  # nothing queued anywhere: the request alone, from the parked clock up
-            lat1, en1 = self.profile.prefill_tables(after)
-            en1 = en1 - self.idle_w * lat1
-            i0, e0, first = np.zeros(n, dtype=np.intp), np.zeros(n), None
-        context = getattr(self.profile, "prefill_context_tables", None)
-        if context is not None and hit.any():
-            # the new tokens of a hit also attend to the cached ones (the profile's T x C term)
-            xl, xe = context(new, hit)
-            lat1, en1 = lat1 + xl, en1 + xe - self.idle_w * xl
-        budget = np.full(n, full - max(now - req.arrival_t, 0.0))
-        # the queue ahead still needs the clock it needed before: only clocks >= f0
-        i1, ok1 = cheapest_rows(lat1, en1, budget, first=first)
-        l1, added = lat1[rows, i1], en1[rows, i1] - e0
-        t_max = lat1[:, -1]
-        return [
-            WhatIf(
-                v.instance,
-                bool(ok1[j]),
-                self.clocks[i0[j]],
-                self.clocks[i1[j]],
-                float(l1[j]),
-                float(t_max[j]),
-                float(added[j]),
-                int(q[j]),
+        after = [q + t for q, t in zip(qs, new, strict=True)]
+        with_context = self._has_context and any(h > 0 for h in hit)
+        if with_context:
+            after_rows = self._context_rows.rows(list(zip(after, new, hit, strict=True)))
+        else:
+            after_rows = self._prefill_rows.rows(after)
+        queue_rows = self._prefill_rows.rows([float(q) for q in qs if q > 0])
+        budget = full - max(now - req.arrival_t, 0.0)
+        out = []
+        k = 0
+        for v, q, row1 in zip(views, qs, after_rows, strict=True):
+            i0, e0 = 0, 0.0
+            if q > 0:  # the queue alone, at the clock it needs within its own budget
+                row0 = queue_rows[k]
+                k += 1
+                i0, _ = row0.cheapest(full - v.oldest_wait_s)
+                e0 = row0.en[i0]
+            # the queue ahead still needs the clock it needed before: only clocks >= f0
+            i1, ok = row1.cheapest(budget, i0)
+            out.append(
+                WhatIf(
+                    v.instance,
+                    ok,
+                    self.clocks[i0],
+                    self.clocks[i1],
+                    row1.lat[i1],
+                    row1.lat[-1],
+                    row1.en[i1] - e0,
+                    q,
+                )
             )
-            for j, v in enumerate(views)
-        ]
+        return out
 
     def _uncached_tokens(
         self, views: list[InstanceView], req: RouteRequest
-    ) -> tuple[FloatArray, FloatArray]:
+    ) -> tuple[list[float], list[float]]:
         """(tokens to prefill, predicted cached tokens) of the request on each candidate."""
         n_in = max(req.input_tokens, 1)
         if not req.prefix_keys:
-            return np.full(len(views), float(n_in)), np.zeros(len(views))
+            return [float(n_in)] * len(views), [0.0] * len(views)
         names = [v.instance for v in views]
         self._prefill.update(names)
-        blocks = np.array(self.tree.match_each(req.prefix_keys, names), dtype=np.float64)
-        hit = np.minimum(blocks * req.prefix_block_tokens, n_in - 1)
-        return n_in - hit, hit
+        blocks = self.tree.match_each(req.prefix_keys, names)
+        hit = [min(float(b) * req.prefix_block_tokens, float(n_in - 1)) for b in blocks]
+        return [n_in - h for h in hit], hit
 
     def on_dispatch(self, instance: str, request: RouteRequest, now: float) -> None:
         if request.prefix_keys and instance in self._prefill:
