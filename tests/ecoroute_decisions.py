@@ -95,7 +95,7 @@ def replay(case: dict[str, Any], warm: bool = False) -> list[dict[str, Any]]:
     slo = SloConfig(**case["slo"])
     policy = EcoRoutePolicy(default_profile(case["gpu"], "llama-3.1-8b"), slo)
     if warm:
-        for cache in (policy._decode_rows, policy._prefill_rows, policy._context_rows):
+        for cache in (policy._decode_rows, policy._prefill_rows):
             cache.limit = 7
         for step in case["steps"]:
             policy.evaluate(*_inputs(step))

@@ -46,7 +46,7 @@ from voltana.services.router.policies.base import (
     healthy,
 )
 from voltana.services.router.policies.cache_aware import ApproxPrefixTree, CacheAwareConfig
-from voltana.services.router.policies.ecoroute_rows import RowCache
+from voltana.services.router.policies.ecoroute_rows import RowCache, answer, cheapest_rows
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -99,33 +99,6 @@ class ClockChoice:
     feasible: bool
 
 
-IndexArray = np.ndarray[Any, np.dtype[np.intp]]
-BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
-
-
-def cheapest_rows(
-    latency_s: FloatArray,
-    energy_j: FloatArray,
-    budget_s: FloatArray,
-    first: IndexArray | None = None,
-) -> tuple[IndexArray, BoolArray]:
-    """Per row of [N, clock] tables: (clock index, feasible) of the least-energy fit.
-
-    Among clocks at or above ``first[i]`` (default: all) whose latency fits
-    ``budget_s[i]``, the one with the least energy; ties go to the higher clock
-    (more slack for the same energy). When none fits, the top clock (fail safe
-    toward the SLO) with feasible False.
-    """
-    n = latency_s.shape[1]
-    ok = latency_s <= np.asarray(budget_s, dtype=np.float64)[:, None]
-    if first is not None:
-        ok &= np.arange(n) >= np.asarray(first)[:, None]
-    masked = np.where(ok, energy_j, np.inf)
-    # argmin from the top: ties go up, and a row with no fit (all inf) gets the top clock
-    idx: IndexArray = n - 1 - np.argmin(masked[:, ::-1], axis=1)
-    return idx, np.asarray(ok.any(axis=1))
-
-
 def cheapest_within(
     clocks_mhz: tuple[int, ...], latency_s: FloatArray, energy_j: FloatArray, budget_s: float
 ) -> ClockChoice:
@@ -152,7 +125,6 @@ class EcoRoutePolicy(PolicyBase):
         # per-state clock tables, kept across requests (they depend on the state only)
         self._decode_rows = RowCache(self._decode_tables)
         self._prefill_rows = RowCache(self._prefill_tables)
-        self._context_rows = RowCache(self._context_tables)
         self._has_context = getattr(profile, "prefill_context_tables", None) is not None
 
     # -- decode -------------------------------------------------------------
@@ -167,27 +139,30 @@ class EcoRoutePolicy(PolicyBase):
         budget = self.slo.itl_s * (1.0 - self.slo.margin)
         add_kv = max(req.input_tokens, 0)
         states = [(v.batch_size, v.kv_tokens_est) for v in views]
-        # with the request, then as they are (both asked for, so bad states raise as before)
-        rows = self._decode_rows.rows([(b + 1, kv + add_kv) for b, kv in states] + states)
         n = len(views)
+        # with the request, then as they are (both asked for, so bad states raise as before)
+        keys = [(b + 1, kv + add_kv) for b, kv in states] + states
+        rows = self._decode_rows.rows(keys)
+        # the idle ones' rows as they are go unused: asked only of the busy ones
+        asked = [j for j in range(n) if states[j][0] > 0]
+        got = answer(rows[:n] + [rows[n + j] for j in asked], [budget] * (n + len(asked)))
+        before = dict(zip(asked, got[n:], strict=True))
         tokens = max(req.max_new_tokens, 1)
         # a decode server reserves prompt + output tokens before it takes the KV: where they
         # do not fit next to what is in flight there, the request would wait for memory
         need = max(req.input_tokens, 0) + max(req.max_new_tokens, 0)
         out = []
         for j, v in enumerate(views):
-            row1 = rows[j]
-            i1, ok = row1.cheapest(budget)
-            l1 = row1.lat[i1]
+            row1, (i1, ok) = rows[j], got[j]
+            l1 = float(row1.lat[i1])
             if states[j][0] <= 0:  # idle: the request's iterations replace idle time
                 e0, f0 = self.idle_w * l1, self.profile.min_clock_mhz
             else:
-                row0 = rows[n + j]
-                i0, _ = row0.cheapest(budget)
-                e0, f0 = row0.en[i0], self.clocks[i0]
+                row0, i0 = rows[n + j], before[j][0]
+                e0, f0 = float(row0.en[i0]), self.clocks[i0]
             fits = v.kv_capacity_tokens is None or v.in_flight_tokens + need <= v.kv_capacity_tokens
             # the others need the same number of iterations either way: each one now costs more
-            added = (row1.en[i1] - e0) * tokens
+            added = (float(row1.en[i1]) - e0) * tokens
             out.append(
                 WhatIf(
                     v.instance,
@@ -195,7 +170,7 @@ class EcoRoutePolicy(PolicyBase):
                     f0,
                     self.clocks[i1],
                     l1,
-                    row1.lat[-1],
+                    float(row1.lat[-1]),
                     added,
                     v.batch_size,
                     fits,
@@ -205,20 +180,21 @@ class EcoRoutePolicy(PolicyBase):
 
     # -- prefill ------------------------------------------------------------
 
-    def _prefill_tables(self, keys: list[float]) -> tuple[FloatArray, FloatArray]:
-        """(latency, active energy above idle) [len(keys), clock] of prefills of ``keys`` tokens."""
-        lat, en = self.profile.prefill_tables(np.array(keys, dtype=np.float64))
-        return lat, en - self.idle_w * lat
-
-    def _context_tables(
+    def _prefill_tables(
         self, keys: list[tuple[float, float, float]]
     ) -> tuple[FloatArray, FloatArray]:
-        """Rows of (tokens, new, cached): the new tokens of a hit also attend to the cached
-        ones (the profile's T x C term)."""
+        """(latency, active energy above idle) [len(keys), clock] of prefills of (tokens,
+        new, cached): the new tokens of a hit also attend to the cached ones (the
+        profile's T x C term, where it has one)."""
         arr = np.array(keys, dtype=np.float64)
-        lat, en = self._prefill_tables(arr[:, 0].tolist())
-        xl, xe = self.profile.prefill_context_tables(arr[:, 1], arr[:, 2])  # type: ignore[attr-defined]
-        return lat + xl, en + xe - self.idle_w * xl
+        lat, en = self.profile.prefill_tables(arr[:, 0])
+        en = en - self.idle_w * lat
+        if self._has_context and (arr[:, 2] > 0).any():
+            # rows without a hit add exact zeros (new tokens x 0 cached)
+            context = self.profile.prefill_context_tables  # type: ignore[attr-defined]
+            xl, xe = context(arr[:, 1], arr[:, 2])
+            lat, en = lat + xl, en + xe - self.idle_w * xl
+        return lat, en
 
     def _prefill_whatifs(
         self, views: list[InstanceView], req: RouteRequest, now: float
@@ -228,37 +204,39 @@ class EcoRoutePolicy(PolicyBase):
         qs = [max(v.queued_prefill_tokens, 0) for v in views]
         new, hit = self._uncached_tokens(views, req)
         after = [q + t for q, t in zip(qs, new, strict=True)]
-        with_context = self._has_context and any(h > 0 for h in hit)
-        if with_context:
-            after_rows = self._context_rows.rows(list(zip(after, new, hit, strict=True)))
+        # rows of (tokens, new, cached): the queue alone, then the queue and the request
+        if self._has_context and any(h > 0 for h in hit):
+            after_keys = list(zip(after, new, hit, strict=True))
         else:
-            after_rows = self._prefill_rows.rows(after)
-        queue_rows = self._prefill_rows.rows([float(q) for q in qs if q > 0])
-        budget = full - max(now - req.arrival_t, 0.0)
-        out = []
-        k = 0
-        for v, q, row1 in zip(views, qs, after_rows, strict=True):
-            i0, e0 = 0, 0.0
-            if q > 0:  # the queue alone, at the clock it needs within its own budget
-                row0 = queue_rows[k]
-                k += 1
-                i0, _ = row0.cheapest(full - v.oldest_wait_s)
-                e0 = row0.en[i0]
-            # the queue ahead still needs the clock it needed before: only clocks >= f0
-            i1, ok = row1.cheapest(budget, i0)
-            out.append(
-                WhatIf(
-                    v.instance,
-                    ok,
-                    self.clocks[i0],
-                    self.clocks[i1],
-                    row1.lat[i1],
-                    row1.lat[-1],
-                    row1.en[i1] - e0,
-                    q,
-                )
+            after_keys = [(t, 0.0, 0.0) for t in after]
+        queued = [j for j, q in enumerate(qs) if q > 0]
+        rows = self._prefill_rows.rows([(float(qs[j]), 0.0, 0.0) for j in queued] + after_keys)
+        # the queue alone, at the clock it needs within its own budget
+        i0 = [0] * len(views)
+        e0 = [0.0] * len(views)
+        if queued:
+            got = answer(rows[: len(queued)], [full - views[j].oldest_wait_s for j in queued])
+            for j, row0, (i, _) in zip(queued, rows, got, strict=False):
+                i0[j], e0[j] = i, float(row0.en[i])
+        # the queue ahead still needs the clock it needed before: only clocks >= f0
+        after_rows = rows[len(queued) :]
+        budgets = [full - max(now - req.arrival_t, 0.0)] * len(views)
+        after_answers = [
+            (row, *a) for row, a in zip(after_rows, answer(after_rows, budgets, i0), strict=True)
+        ]
+        return [
+            WhatIf(
+                v.instance,
+                ok,
+                self.clocks[i0[j]],
+                self.clocks[i1],
+                float(row1.lat[i1]),
+                float(row1.lat[-1]),
+                float(row1.en[i1]) - e0[j],
+                qs[j],
             )
-        return out
+            for j, (v, (row1, i1, ok)) in enumerate(zip(views, after_answers, strict=True))
+        ]
 
     def _uncached_tokens(
         self, views: list[InstanceView], req: RouteRequest
