@@ -12,7 +12,9 @@ connection) drives each router in turn, on ``/generate``, streaming and not, in
 interleaved rounds (the order rotates every round, so slow drifts of a shared
 machine fall on all routers alike). Prints requests/s with the ratios to each
 peer, the latency each router adds (p50/p99) and CPU seconds per request of each
-router's process tree.
+router's process tree. ``--voltana-processes 1 2`` runs each voltana router once
+per process count (``voltana router --processes N``), as rows ``voltana-rr``,
+``voltana-rr-x2``, ...; CPU then counts all N processes.
 
 Added latency of one request = the client's end-to-end time minus the decode
 worker's own ``meta_info.e2e_latency``: what the router in front costs, both ways.
@@ -25,6 +27,7 @@ its own cost per request stays well below any router's.
 Usage:
     python bench/router_vs_peers.py [--clients 32 256] [--seconds 5] [--rounds 3]
     python bench/router_vs_peers.py --quick          # a few-second smoke run
+    python bench/router_vs_peers.py --voltana-processes 1 2   # 1 and 2 router processes
 """
 
 from __future__ import annotations
@@ -51,6 +54,19 @@ PEERS = ("sglang-router", "smg")
 VOLTANA = {"voltana-rr": "round_robin", "voltana-eco": "ecoroute"}
 BASELINE = {"base-rr": "round_robin", "base-eco": "ecoroute"}  # --baseline: another checkout
 ALL_ROUTERS = (*VOLTANA, *PEERS, *BASELINE)
+
+
+def instances(routers: list[str], processes: list[int]) -> dict[str, tuple[str, int]]:
+    """Each router to run, by row name: (router, process count). A voltana router runs
+    once per count in ``processes`` (``-xN`` on its name past one); a peer runs once."""
+    out: dict[str, tuple[str, int]] = {}
+    for name in routers:
+        counts = processes if name in VOLTANA or name in BASELINE else [1]
+        for n in counts:
+            out[name if n == 1 else f"{name}-x{n}"] = (name, n)
+    return out
+
+
 _E2E = re.compile(rb'"e2e_latency"\s*:\s*([0-9.eE+-]+)')
 
 
@@ -259,15 +275,15 @@ def start_workers(kids: Children, how: str, output_len: int) -> tuple[tuple[str,
 
 def start_routers(
     kids: Children,
-    names: list[str],
+    names: dict[str, tuple[str, int]],
     prefill: tuple[str, int],
     decode: str,
     voltana_args: str,
     baseline: str | None,
 ) -> dict[str, int]:
     ports: dict[str, int] = {}
-    for name in names:
-        port = ports[name] = free_port()
+    for row, (name, processes) in names.items():
+        port = ports[row] = free_port()
         workers = ["--prefill", prefill[0], str(prefill[1]), "--decode", decode]
         if name in VOLTANA or name in BASELINE:
             policy = VOLTANA.get(name) or BASELINE[name]
@@ -278,13 +294,15 @@ def start_routers(
                 if baseline is None:
                     raise SystemExit(f"{name} needs --baseline DIR")
                 env = {"PYTHONPATH": baseline}
-            kids.spawn(name, [*argv, *voltana_args.split()], env)
+            if processes > 1:
+                argv += ["--processes", str(processes)]
+            kids.spawn(row, [*argv, *voltana_args.split()], env)
         else:
             module = "sglang_router" if name == "sglang-router" else "smg"
             argv = [sys.executable, "-m", f"{module}.launch_router", "--pd-disaggregation"]
             argv += ["--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin"]
             argv += ["--prometheus-port", str(free_port()), "--log-level", "warn", *workers]
-            kids.spawn(name, argv)
+            kids.spawn(row, argv)
     for name, port in ports.items():
         kids.wait_http(name, f"http://127.0.0.1:{port}/health", 90)
     return ports
@@ -334,12 +352,24 @@ def parse_args() -> argparse.Namespace:
         help="a directory holding another voltana checkout (as voltana/): the base-rr and "
         "base-eco routers run it, for before/after comparisons in one run",
     )
+    ap.add_argument(
+        "--voltana-processes",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="router process counts: each voltana router runs once per count, as its own "
+        "row (voltana-rr, voltana-rr-x2, ...)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 1.0
     args.modes = args.modes or ["stream", "non-stream"]
+    if any(n < 1 for n in args.voltana_processes):
+        ap.error("--voltana-processes: counts are 1 or more")
+    args.voltana_processes = sorted(set(args.voltana_processes))
+    args.instances = instances(args.routers, args.voltana_processes)
     return args
 
 
@@ -350,7 +380,10 @@ def main() -> int:
     results: list[RunResult] = []
     with Children(logdir, env={"VOLTANA_LOG_LEVEL": "warning"}, stop_timeout_s=8) as kids:
         prefill, decode = start_workers(kids, args.workers, args.output_len)
-        ports = start_routers(kids, args.routers, prefill, decode, args.voltana_args, args.baseline)
+        ports = start_routers(
+            kids, args.instances, prefill, decode, args.voltana_args, args.baseline
+        )
+        rows_run = list(args.instances)
         cells = [(m == "stream", c) for m in args.modes for c in args.clients]
         for k in range(args.rounds):
             for i, (stream, clients) in enumerate(cells):
@@ -365,8 +398,8 @@ def main() -> int:
                         },
                     }
                 ).encode()
-                shift = (k + i) % len(args.routers)  # rotate who goes first
-                for name in args.routers[shift:] + args.routers[:shift]:
+                shift = (k + i) % len(rows_run)  # rotate who goes first
+                for name in rows_run[shift:] + rows_run[:shift]:
                     pid = kids.procs[name].pid
                     c0 = tree_cpu_s(pid)
                     r = run_loop(
@@ -376,7 +409,7 @@ def main() -> int:
                     kids.check_running()
                     results.append(r)
                     print(
-                        f"  round {k} {name:13s} {'stream' if stream else 'non-stream':10s} "
+                        f"  round {k} {name:16s} {'stream' if stream else 'non-stream':10s} "
                         f"c={clients:4d} {r.rps:8.1f} req/s  added p50 {pct(r.added_s, 50):6.2f} "
                         f"p99 {pct(r.added_s, 99):7.2f} ms  cpu {r.cpu_ms_per_req:5.3f} ms/req  "
                         f"client cpu {r.client_cpu_s * 1e3 / max(r.ok, 1):5.3f} ms/req  "
@@ -442,7 +475,7 @@ def summarise(results: list[RunResult], args: argparse.Namespace) -> list[dict[s
     for mode in args.modes:
         for clients in args.clients:
             cell: dict[str, dict[str, Any]] = {}
-            for name in args.routers:
+            for name in args.instances:
                 runs = [
                     r
                     for r in results
@@ -477,7 +510,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         return format(v, spec) if isinstance(v, int | float) else "-"
 
     hdr = (
-        f"{'mode':10s} {'clients':>7s} {'router':13s} {'req/s':>8s} {'vs sglr':>7s} {'vs smg':>7s} "
+        f"{'mode':10s} {'clients':>7s} {'router':16s} {'req/s':>8s} {'vs sglr':>7s} {'vs smg':>7s} "
         f"{'add p50':>8s} {'add p99':>8s} {'cpu ms/req':>10s} {'vs best':>7s} {'errors':>6s}"
     )
     print(
@@ -487,14 +520,16 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(hdr)
     for r in rows:
         print(
-            f"{r['mode']:10s} {r['clients']:7d} {r['router']:13s} {r['rps']:8.1f} "
+            f"{r['mode']:10s} {r['clients']:7d} {r['router']:16s} {r['rps']:8.1f} "
             f"{f(r.get('rps_vs_sglang-router'), '7.2f')} {f(r.get('rps_vs_smg'), '7.2f')} "
             f"{r['added_p50_ms']:8.2f} {r['added_p99_ms']:8.2f} {r['cpu_ms_per_req']:10.3f} "
             f"{f(r.get('cpu_vs_best_peer'), '7.2f')} {r['errors']:6d}"
         )
     if not all(p in args.routers for p in PEERS):
         return
-    for name in (*VOLTANA, *BASELINE):
+    for name, (router, _) in args.instances.items():
+        if router in PEERS:
+            continue
         mine = [r for r in rows if r["router"] == name]
         if not mine:
             continue

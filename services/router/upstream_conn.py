@@ -1,11 +1,14 @@
 """One keep-alive connection of the lean upstream client: HTTP/1.1 answers parsed as they arrive.
 
-:class:`Conn` is the ``asyncio.Protocol``: it reads the answer's head, then its
-body (Content-Length, chunked -- decoded here -- or until the connection ends)
-into a :class:`Body` that dispatch reads with ``iter_any()`` or ``read()``. A
-worker that sends faster than the client reads is paused past ``HIGH_WATER``
-bytes. Pools, timeouts and the public API are in
-:mod:`~voltana.services.router.upstream_http`.
+:class:`Conn` is the ``asyncio.Protocol`` (as uvicorn's server side is): httptools,
+the binding of llhttp (Node.js's parser), parses the answer -- status line,
+headers, 1xx heads, Content-Length, chunked or until-close bodies -- and calls
+back; the body goes into a :class:`Body` that dispatch reads with ``iter_any()``
+or ``read()``. A worker that sends faster than the client reads is paused past
+``HIGH_WATER`` bytes. Bytes that are not HTTP fail the call with aiohttp's
+``ClientPayloadError`` and close the connection. The request side is written by
+hand in :mod:`~voltana.services.router.upstream_http` (one fixed ``POST`` head with
+Content-Length: nothing there to parse), as are pools and timeouts.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import aiohttp
+import httptools
 
 __all__ = ["HIGH_WATER", "Answer", "Body", "Conn", "Owner"]
 
@@ -106,8 +110,20 @@ class Body:
         return b"".join(parts)
 
 
+class _Unasked(Exception):
+    """An answer began while no call was waiting for one."""
+
+
 class Conn(asyncio.Protocol):
-    """One keep-alive connection to one worker; one call at a time."""
+    """One keep-alive connection to one worker; one call at a time.
+
+    httptools (llhttp) parses the answer and calls back: ``on_header`` notes the
+    content type and whether the body is framed (Content-Length or chunked);
+    ``on_headers_complete`` hands the head over (a 1xx head is skipped: the real
+    one follows); ``on_body`` collects the pieces of one read, fed to the body
+    together; ``on_message_complete`` ends the call. A body neither sized nor
+    chunked ends with the connection (llhttp leaves that to its caller).
+    """
 
     def __init__(self, pool: Owner, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -115,11 +131,12 @@ class Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.resp: Answer | None = None
-        self.buf = b""
+        self.parser = httptools.HttpResponseParser(self)
         self.head_done = False
-        self.remaining = -1  # Content-Length left; -1: chunked or until close
-        self.chunked = False
-        self.chunk_left = 0
+        self.head_bytes = 0  # read while the head is incomplete (bounded)
+        self.framed = False  # Content-Length or Transfer-Encoding: the end is in the stream
+        self.ctype = b""
+        self.parts: list[bytes] = []  # body pieces of the current read
         self.paused = False
         self.keep = True
         self.last_read = 0.0
@@ -137,7 +154,7 @@ class Conn(asyncio.Protocol):
             return
         if not self.head_done:
             resp.head_failed(aiohttp.ServerDisconnectedError())
-        elif self.remaining == -1 and not self.chunked:
+        elif not self.framed:
             resp.content.end()  # a body delimited by the connection's end
         else:
             resp.content.end(aiohttp.ClientPayloadError("Response payload is not completed"))
@@ -148,111 +165,82 @@ class Conn(asyncio.Protocol):
         if resp is None:
             self.abort()  # bytes nobody asked for: this connection cannot be trusted
             return
-        while not self.head_done:  # a 1xx head is skipped: the real one follows
-            self.buf += data
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > 65536:
-                    resp.head_failed(aiohttp.ClientPayloadError("response head too long"))
-                    self.abort()
-                return
-            head, data = self.buf[:end], self.buf[end + 4 :]
-            self.buf = b""
-            if not self._head(head, resp):
-                return
-        if data and self.resp is resp:
-            self._body(data, resp)
-
-    def _head(self, head: bytes, resp: Answer) -> bool:
-        lines = head.split(b"\r\n")
         try:
-            version, status = lines[0].split(b" ", 2)[:2]
-            resp.status = int(status)
-        except ValueError:
-            resp.head_failed(aiohttp.ClientPayloadError(f"bad status line {lines[0][:80]!r}"))
-            self.abort()
-            return False
-        if resp.status < 200:  # 1xx: the real head follows
-            return True
-        self.keep = version == b"HTTP/1.1"
-        for line in lines[1:]:
-            k, _, v = line.partition(b":")
-            k = k.strip().lower()
-            if k == b"content-length":
-                if not v.strip().isdigit():
-                    resp.head_failed(aiohttp.ClientPayloadError(f"bad Content-Length {v!r}"))
-                    self.abort()
-                    return False
-                self.remaining = int(v)
-            elif k == b"transfer-encoding":
-                self.chunked = b"chunked" in v.lower()
-            elif k == b"content-type":
-                resp.content_type = v.split(b";", 1)[0].strip().decode("latin-1").lower()
-            elif k == b"connection":
-                v = v.strip().lower()
-                self.keep = v != b"close" if self.keep else v == b"keep-alive"
-        if self.chunked:
-            self.remaining = -1
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._bad(resp, exc)
+            return
+        if self.resp is not resp:
+            return
+        if self.parts:
+            self._flush(resp)
+        elif not self.head_done:
+            self.head_bytes += len(data)
+            if self.head_bytes > 65536:
+                resp.head_failed(aiohttp.ClientPayloadError("response head too long"))
+                self.abort()
+
+    # -- httptools' callbacks ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.resp is None:
+            raise _Unasked  # bytes after the answer: parsing stops, the connection closes
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-type":
+            self.ctype = value
+        elif name == b"content-length" or name == b"transfer-encoding":
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        resp = self.resp
+        assert resp is not None
+        status = self.parser.get_status_code()
+        if status < 200:  # 1xx: the real head follows
+            self.ctype = b""
+            self.framed = False
+            return
+        resp.status = status
+        if self.ctype:
+            ctype = self.ctype.split(b";", 1)[0].strip()
+            resp.content_type = ctype.decode("latin-1").lower()
+        self.keep = self.parser.should_keep_alive()
         self.head_done = True
         resp.head_ready()
-        if self.remaining == 0:
-            self._done(resp)
-        return True
 
-    def _body(self, data: bytes, resp: Answer) -> None:
-        if not self.chunked:
-            if self.remaining >= 0:
-                if len(data) >= self.remaining:
-                    data, self.remaining = data[: self.remaining], 0
-                    if data:
-                        resp.content.feed(data)
-                    self._done(resp)
-                    return
-                self.remaining -= len(data)
-            resp.content.feed(data)
+    def on_body(self, body: bytes) -> None:
+        if body:
+            self.parts.append(body)
+
+    def on_message_complete(self) -> None:
+        resp = self.resp
+        if resp is None or not self.head_done:  # the end of a 1xx answer
             return
-        buf = self.buf + data if self.buf else data
-        out = []
-        pos = 0
-        n = len(buf)
-        while pos < n:
-            if self.chunk_left > 0:
-                take = min(self.chunk_left, n - pos)
-                out.append(buf[pos : pos + take])
-                pos += take
-                self.chunk_left -= take
-                if self.chunk_left == 0:
-                    self.chunk_left = -2  # the CRLF after the data
-                continue
-            if self.chunk_left == -2:
-                if n - pos < 2:
-                    break
-                pos += 2
-                self.chunk_left = 0
-                continue
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            try:
-                size = int(buf[pos:eol].split(b";", 1)[0], 16)
-            except ValueError:
-                resp.content.end(aiohttp.ClientPayloadError("bad chunk size"))
-                self.abort()
-                return
-            if size == 0:  # the last chunk; trailers end with an empty line
-                end = buf.find(b"\r\n\r\n", eol)
-                if end < 0 and buf[eol : eol + 4] != b"\r\n\r\n":
-                    break
-                if out:
-                    resp.content.feed(b"".join(out))
-                self.buf = b""
-                self._done(resp)
-                return
-            pos = eol + 2
-            self.chunk_left = size
-        self.buf = buf[pos:]
-        if out:
-            resp.content.feed(out[0] if len(out) == 1 else b"".join(out))
+        if self.parts:
+            self._flush(resp)
+        self._done(resp)
+
+    def _flush(self, resp: Answer) -> None:
+        parts = self.parts
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        resp.content.feed(data)
+
+    def _bad(self, resp: Answer, exc: Exception) -> None:
+        """The worker's bytes are not HTTP (or not this answer's): the call fails, the
+        connection closes."""
+        self.abort()
+        if self.resp is not resp:
+            return  # the answer was whole; what followed it is dropped with the connection
+        cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
+        err = aiohttp.ClientPayloadError(f"bad response from the worker: {cause}")
+        if not self.head_done:
+            resp.head_failed(err)
+        else:
+            if self.parts:
+                self._flush(resp)
+            resp.content.end(err)
 
     # -- the pool's side ---------------------------------------------------------------
 
@@ -262,9 +250,9 @@ class Conn(asyncio.Protocol):
         resp.complete = True
         self.resp = None
         self.head_done = False
-        self.remaining = -1
-        self.chunked = False
-        self.chunk_left = 0
+        self.head_bytes = 0
+        self.framed = False
+        self.ctype = b""
         if self.paused:
             self.resume()
         if not self.keep:

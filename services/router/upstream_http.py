@@ -4,8 +4,9 @@ Every dispatched request makes two upstream calls (prefill and decode). aiohttp'
 client spends about 80 us of CPU on each (request object, header merging,
 timers, its stream reader); this one keeps per worker a pool of keep-alive
 connections, each an ``asyncio.Protocol`` that writes one pre-joined request
-and hands the answer's body over as it arrives (chunked transfer decoded here),
-at a fraction of that. It mimics the part of aiohttp's API dispatch uses
+(built here by hand: a fixed ``POST`` head with Content-Length) and hands the
+answer's body over as it arrives (parsed by httptools, see
+:mod:`~voltana.services.router.upstream_conn`), at a fraction of that. It mimics the part of aiohttp's API dispatch uses
 (``post()`` as an async context manager; ``status``, ``content_type``, ``read()``,
 ``content.iter_any()``, ``content.is_eof()``, ``release()``, ``close()``) and
 raises aiohttp's exception types and ``TimeoutError``, so the breaker, retry

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,6 +385,8 @@ async def test_one_process_publishes_router_state_with_every_process_load(
         try:
             sessions = await r.per_slot()
             try:
+                for group in sessions.values():  # a process not yet on the bus drops decisions
+                    await bus_up(r, group[0])
                 # held through process 1; only process 0 publishes, and its view has it
                 held, busy = await hold(r, sessions[1][0])
                 name = "127-0-0-1_" + port_of(busy)
@@ -409,6 +412,17 @@ async def test_one_process_publishes_router_state_with_every_process_load(
     for inst in {m.instance for m in states}:  # one publisher: one sequence per instance
         seqs = [m.seq for m in states if m.instance == inst]
         assert seqs == sorted(set(seqs)), seqs[:20]
+
+
+async def bus_up(r: Routers, s: aiohttp.ClientSession, timeout_s: float = 30) -> None:
+    """Wait until the process behind ``s`` is connected to NATS."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with s.get(r.url + "/voltana/router/state") as resp:
+            if (await resp.json())["nats_connected"]:
+                return
+        assert time.monotonic() < deadline, "a router process never connected to NATS"
+        await asyncio.sleep(0.05)
 
 
 def restarted_pids(r: Routers, slot: int) -> list[int]:

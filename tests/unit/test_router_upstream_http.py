@@ -258,3 +258,84 @@ async def test_timeouts_stay_on_time_after_many_calls(serve: Serve) -> None:
             await resp.read()
     assert 0.25 < loop.time() - t0 < 3
     await c.close()
+
+
+MALFORMED = {
+    "status line": b"HTTP/1.1 abc OK\r\nContent-Length: 2\r\n\r\nok",
+    "not http": b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+    "content length": b"HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\nok",
+}
+
+
+@pytest.mark.parametrize("what", sorted(MALFORMED))
+async def test_malformed_head_fails_the_call_with_a_payload_error(serve: Serve, what: str) -> None:
+    """A head that is not HTTP fails the call (aiohttp's type, as retries expect); the
+    connection is dropped and the next call, on a new one, gets its answer."""
+    calls = 0
+
+    async def bad_then_good(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            writer.write(MALFORMED[what])
+            await writer.drain()
+            await asyncio.sleep(1)  # the client closes, not the worker
+            return
+        await ok_json(reader, writer)
+
+    server, url = await serve(bad_then_good)
+    c = client()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with c.post(url, data=b"{}"):
+            pass
+    async with c.post(url, data=b"{}") as resp:
+        assert await resp.read() == b'{"a": true}'
+    assert server.connections == 2
+    await c.close()
+
+
+async def test_bad_chunk_size_ends_the_body_with_a_payload_error(serve: Serve) -> None:
+    async def bad_chunk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"zz\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    _, url = await serve(bad_chunk)
+    c = client()
+    async with c.post(url, data=b"{}") as resp:
+        assert resp.status == 200
+        chunks = resp.content.iter_any()
+        assert await chunks.__anext__() == b"first"
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await chunks.__anext__()
+    await c.close()
+
+
+async def test_body_until_close_and_bytes_after_an_answer(serve: Serve) -> None:
+    """An HTTP/1.0 body without a length ends with the connection; bytes a worker sends
+    after a whole answer close that connection without touching the answer."""
+
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ")
+        await writer.drain()
+        writer.write(b"part two")
+        writer.close()
+
+    async def trailing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
+        await writer.drain()
+
+    c = client()
+    _, url = await serve(until_close)
+    async with c.post(url, data=b"{}") as resp:
+        assert resp.content_type == "text/plain"
+        assert await resp.read() == b"part one, part two"
+    server, url = await serve(trailing)
+    for _ in range(2):
+        async with c.post(url, data=b"{}") as resp:
+            assert await resp.read() == b"ok"
+    assert server.connections == 2
+    await c.close()
