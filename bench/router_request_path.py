@@ -5,7 +5,8 @@ decode worker (no NATS, as in ``bench/router_vs_peers.py``) and drives every req
 through what ``Pd.serve`` does around the HTTP calls: the prompt's prefix keys, the
 ``RouteRequest``, both policies' choice, the dispatch's books and its decision
 event, the prefill and decode ends and the finished request's books. The prompt is
-the router benchmark's (128 token ids, 32 out). Process CPU time, best of
+the router benchmark's (128 token ids, 32 out), ``--in-flight`` requests open at a
+time. Process CPU time, best of
 ``--repeats``; ``--profile`` prints the top of a cProfile of one run.
 
     python bench/router_request_path.py [--policies ecoroute round_robin] [--profile]
@@ -18,6 +19,7 @@ import asyncio
 import cProfile
 import pstats
 import time
+from collections import deque
 
 from voltana.common.logs import configure_logging
 from voltana.services.router import protocol as proto
@@ -28,9 +30,11 @@ from voltana.services.router.server import Router
 from voltana.services.router.stats import Outcome
 
 
-def run(router: Router, n: int, body: dict, info: proto.RequestInfo) -> None:
-    """``n`` requests through the routing path, one at a time (as a closed loop of one)."""
-    routing, st = router.routing, router.state
+def run(router: Router, n: int, body: dict, info: proto.RequestInfo, in_flight: int) -> None:
+    """``n`` requests through the routing path; ``in_flight`` of them are kept open at a
+    time (a closed loop of that many clients: the oldest ends when a new one starts)."""
+    routing = router.routing
+    open_: deque[tuple[RouteRequest, Outcome, float, int]] = deque()
     for i in range(n):
         arrival = time.monotonic()
         arrival_ns = time.time_ns()
@@ -48,25 +52,36 @@ def run(router: Router, n: int, body: dict, info: proto.RequestInfo) -> None:
         assert pair is not None
         out.prefill, out.decode = pair.prefill.name, pair.decode.name
         routing.on_dispatched(pair, rreq, 1234, "/generate")
-        routing.energy.prefill_done(rreq.request_id, out.prefill)
-        st.prefill_done(out.prefill, rreq.request_id, rreq.input_tokens)
-        routing.breaker_result(out.prefill, True)
-        out.ttft_s = time.monotonic() - arrival
-        out.output_tokens = info.max_new_tokens
-        routing.energy.decode_done(rreq.request_id, out.decode, out.output_tokens)
-        st.decode_done(
-            out.decode,
-            rreq.request_id,
-            rreq.input_tokens,
-            rreq.max_new_tokens,
-            [],
-            time.monotonic(),
-        )
-        routing.breaker_result(out.decode, True)
-        routing.on_finished(rreq, info, "/generate", out, arrival, arrival_ns)
+        open_.append((rreq, out, arrival, arrival_ns))
+        while len(open_) > in_flight or (i == n - 1 and open_):
+            finish(router, info, *open_.popleft())
 
 
-async def measure(policy: str, n: int, repeats: int, profile: bool) -> float:
+def finish(
+    router: Router,
+    info: proto.RequestInfo,
+    rreq: RouteRequest,
+    out: Outcome,
+    arrival: float,
+    arrival_ns: int,
+) -> None:
+    """What ``Pd`` books when a request's prefill and decode ended."""
+    routing, st = router.routing, router.state
+    assert out.prefill is not None and out.decode is not None
+    routing.energy.prefill_done(rreq.request_id, out.prefill)
+    st.prefill_done(out.prefill, rreq.request_id, rreq.input_tokens)
+    routing.breaker_result(out.prefill, True)
+    out.ttft_s = time.monotonic() - arrival
+    out.output_tokens = info.max_new_tokens
+    routing.energy.decode_done(rreq.request_id, out.decode, out.output_tokens)
+    st.decode_done(
+        out.decode, rreq.request_id, rreq.input_tokens, rreq.max_new_tokens, [], time.monotonic()
+    )
+    routing.breaker_result(out.decode, True)
+    routing.on_finished(rreq, info, "/generate", out, arrival, arrival_ns)
+
+
+async def measure(policy: str, n: int, repeats: int, profile: bool, in_flight: int) -> float:
     cfg = RouterConfig(
         prefill=[WorkerSpec(url="http://127.0.0.1:30001", role="prefill", bootstrap_port=8998)],
         decode=[WorkerSpec(url="http://127.0.0.1:30002", role="decode")],
@@ -78,16 +93,16 @@ async def measure(policy: str, n: int, repeats: int, profile: bool) -> float:
     info = proto.RequestInfo(
         stream=False, batch_size=None, input_tokens=128, max_new_tokens=32, return_logprob=False
     )
-    run(router, 200, body, info)  # warm-up: tables, label children
+    run(router, 200, body, info, in_flight)  # warm-up: tables, label children
     best = float("inf")
     for _ in range(repeats):
         t0 = time.process_time()
-        run(router, n, body, info)
+        run(router, n, body, info, in_flight)
         best = min(best, time.process_time() - t0)
     if profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(router, n, body, info)
+        run(router, n, body, info, in_flight)
         prof.disable()
         print(f"--- cProfile, {policy}, {n} requests")
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
@@ -104,12 +119,18 @@ def main() -> None:
     )
     ap.add_argument("--requests", type=int, default=3000, help="requests per timed run")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs; the best is shown")
+    ap.add_argument(
+        "--in-flight", type=int, default=32, help="requests open at a time (closed-loop clients)"
+    )
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one run")
     args = ap.parse_args()
     configure_logging(level="info")  # as the router runs: no debug line per request
     for policy in args.policies:
-        us = asyncio.run(measure(policy, args.requests, args.repeats, args.profile))
-        print(f"{policy}: {us:.1f} us/request (routing path, CPU, best of {args.repeats})")
+        us = asyncio.run(measure(policy, args.requests, args.repeats, args.profile, args.in_flight))
+        print(
+            f"{policy}: {us:.1f} us/request (routing path, {args.in_flight} in flight,"
+            f" CPU, best of {args.repeats})"
+        )
 
 
 if __name__ == "__main__":
