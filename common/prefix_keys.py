@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from hashlib import blake2b
 
-__all__ = ["chain_keys", "chain_token_keys", "text_block_keys"]
+__all__ = ["chain_keys", "chain_token_keys", "packed_token_keys", "text_block_keys"]
 
 _MASK63 = (1 << 63) - 1
 _MASK64 = (1 << 64) - 1
@@ -25,6 +25,18 @@ def _chain(blocks: Iterable[bytes]) -> tuple[int, ...]:
     for block in blocks:
         prev = blake2b(prev + block, digest_size=8).digest()
         keys.append(int.from_bytes(prev, "little") & _MASK63)
+    return tuple(keys)
+
+
+def _chain_packed(packed: bytes, step: int, n: int) -> tuple[int, ...]:
+    """``_chain`` of the first ``n`` blocks of ``step`` bytes of ``packed``, without a
+    generator per call (the router keys every prompt: this is its hot path)."""
+    keys: list[int] = []
+    append, from_bytes = keys.append, int.from_bytes
+    prev = b"\0" * 8
+    for i in range(0, n * step, step):
+        prev = blake2b(prev + packed[i : i + step], digest_size=8).digest()
+        append(from_bytes(prev, "little") & _MASK63)
     return tuple(keys)
 
 
@@ -47,8 +59,26 @@ def chain_token_keys(token_ids: Sequence[int], block_tokens: int) -> tuple[int, 
             struct.pack(fmt, *(int(t) & _MASK64 for t in token_ids[i : i + block_tokens]))
             for i in range(0, n * block_tokens, block_tokens)
         )
-    step = 8 * block_tokens
-    return _chain(packed[i : i + step] for i in range(0, len(packed), step))
+    return _chain_packed(packed, 8 * block_tokens, n)
+
+
+def packed_token_keys(
+    token_ids: Sequence[int], block_tokens: int, max_tokens: int
+) -> tuple[int, ...] | None:
+    """``chain_token_keys(token_ids[:max_tokens], block_tokens)`` when every id of
+    ``token_ids`` (all of them, also past ``max_tokens``) is an int in [0, 2^64), else None.
+
+    One ``struct.pack`` both checks the ids and packs them, so a caller that needs all
+    ids to be ints need not look at their types first.
+    """
+    if block_tokens < 1:
+        raise ValueError(f"block_tokens must be >= 1, got {block_tokens}")
+    try:
+        packed = struct.pack(f"<{len(token_ids)}Q", *token_ids)
+    except (struct.error, TypeError):  # a float, a string, a negative or too large id
+        return None
+    n = min(len(token_ids), max_tokens) // block_tokens
+    return _chain_packed(packed, 8 * block_tokens, n)
 
 
 def text_block_keys(text: str, block_chars: int) -> tuple[int, ...]:

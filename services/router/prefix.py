@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from voltana.common.prefix_keys import chain_token_keys, text_block_keys
+from voltana.common.prefix_keys import chain_token_keys, packed_token_keys, text_block_keys
 from voltana.services.router.protocol import CHARS_PER_TOKEN
 
 __all__ = ["BLOCK_CHARS", "BLOCK_TOKENS", "prompt_prefix"]
@@ -48,8 +48,13 @@ def prompt_prefix(body: dict[str, Any]) -> tuple[tuple[int, ...], int]:
     ids = body.get("input_ids")
     if isinstance(ids, list) and ids:
         first = _first(ids) if isinstance(ids[0], list) else ids
-        if isinstance(first, list) and set(map(type, first)) <= _INT_TYPES:
-            return chain_token_keys(first[:_MAX_CHARS], BLOCK_TOKENS), BLOCK_TOKENS
+        if isinstance(first, list):
+            # token ids in [0, 2^64) (all real ones): checked and packed in one call
+            keys = packed_token_keys(first, BLOCK_TOKENS, _MAX_CHARS)
+            if keys is not None:
+                return keys, BLOCK_TOKENS
+            if set(map(type, first)) <= _INT_TYPES:  # negative or huge ids: masked
+                return chain_token_keys(first[:_MAX_CHARS], BLOCK_TOKENS), BLOCK_TOKENS
     text = body.get("text", body.get("prompt"))
     text = _first(text)
     if isinstance(text, str) and text:
