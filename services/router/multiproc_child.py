@@ -74,15 +74,7 @@ class SharedRouter(Router):
         if self.slot == 0:
             super()._publish_worker(w, now, t_ns)
             return
-        self.metrics.set_worker(
-            w.name,
-            w.published_name,
-            w.spec.role,
-            w.load.in_flight_requests,
-            w.healthy,
-            w.breaker.is_open(now),
-            self.state.telemetry_age_s(w, now),
-        )
+        self._worker_gauges(w, now)
 
 
 def process_config(cfg: RouterConfig, slot: int) -> RouterConfig:

@@ -293,7 +293,8 @@ class Router(ServiceContext):
             m.queued.set(self.admission.waiting)
             await asyncio.sleep(0.01)
 
-    def _publish_worker(self, w: WorkerState, now: float, t_ns: int) -> None:
+    def _worker_gauges(self, w: WorkerState, now: float) -> None:
+        age = self.state.telemetry_age_s(w, now)
         self.metrics.set_worker(
             w.name,
             w.published_name,
@@ -301,8 +302,11 @@ class Router(ServiceContext):
             w.load.in_flight_requests,
             w.healthy,
             w.breaker.is_open(now),
-            self.state.telemetry_age_s(w, now),
+            age,
         )
+
+    def _publish_worker(self, w: WorkerState, now: float, t_ns: int) -> None:
+        self._worker_gauges(w, now)
         if self.bus.connected:
             msg = self.state.instance_state(w.name, now, t_ns)
             self.bus.publish(subjects.router_state(msg.role, msg.instance), msg)
