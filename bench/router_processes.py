@@ -31,21 +31,8 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from children import Children, cpu_s
+from children import Children, tree_cpu_s
 from voltana.common.ports import free_port
-
-
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants."""
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            total += cpu_s(p)
-            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
 
 
 def busy_s() -> tuple[float, float]:
