@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from voltana.common.logs import get_logger
@@ -30,35 +31,33 @@ __all__ = ["TorchBackend", "TorchIterationLoop"]
 log = get_logger("emulator.torch")
 
 
+@dataclass(frozen=True, slots=True)
 class TorchBackend:
-    """How to build the executor (built in ``prepare``, off the event loop)."""
+    """How to build the executor (built in ``prepare``, off the event loop): the
+    ``TorchExecutor`` arguments, checked here so a bad flag fails before any device work."""
 
-    def __init__(
-        self,
-        shape: str,
-        device: str,
-        kv_pool_gib: float,
-        max_prefill_tokens: int,
-        graphs: bool = True,
-        seed: int = 0,
-        max_batch_size: int = 256,
-        warm_decode_kv: int = 0,
-    ) -> None:
+    shape: str
+    device: str
+    kv_pool_gib: float
+    max_prefill_tokens: int
+    graphs: bool = True
+    seed: int = 0
+    max_batch_size: int = 256
+    warm_decode_kv: int = 0
+
+    def __post_init__(self) -> None:
         try:
             from voltana.services.emulator.torch_llama import SHAPES
         except ImportError as exc:
             raise ValueError(f"the torch backend needs PyTorch (pip install torch): {exc}") from exc
-        if shape not in SHAPES:
+        if self.shape not in SHAPES:
             raise ValueError(
-                f"no torch model of shape {shape!r} (--torch-shape); known: {sorted(SHAPES)}"
+                f"no torch model of shape {self.shape!r} (--torch-shape); known: {sorted(SHAPES)}"
             )
-        if warm_decode_kv < 0:
-            raise ValueError(f"--torch-warm-decode-kv must be >= 0, not {warm_decode_kv}")
-        if kv_pool_gib <= 0:
-            raise ValueError(f"--torch-kv-pool-gib must be > 0, not {kv_pool_gib}")
-        self.shape, self.device, self.kv_pool_gib = shape, device, kv_pool_gib
-        self.max_prefill_tokens, self.graphs, self.seed = max_prefill_tokens, graphs, seed
-        self.max_batch_size, self.warm_decode_kv = max_batch_size, warm_decode_kv
+        if self.warm_decode_kv < 0:
+            raise ValueError(f"--torch-warm-decode-kv must be >= 0, not {self.warm_decode_kv}")
+        if self.kv_pool_gib <= 0:
+            raise ValueError(f"--torch-kv-pool-gib must be > 0, not {self.kv_pool_gib}")
 
     @classmethod
     def for_config(cls, config: EmulatorConfig) -> TorchBackend:
@@ -77,16 +76,7 @@ class TorchBackend:
     def build(self) -> Any:
         from voltana.services.emulator.torch_exec import TorchExecutor
 
-        return TorchExecutor(
-            self.shape,
-            self.device,
-            self.kv_pool_gib,
-            self.max_prefill_tokens,
-            graphs=self.graphs,
-            seed=self.seed,
-            max_batch_size=self.max_batch_size,
-            warm_decode_kv=self.warm_decode_kv,
-        )
+        return TorchExecutor(**asdict(self))
 
 
 class TorchIterationLoop(IterationLoop):
