@@ -78,7 +78,7 @@ class Children:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.stop_timeout_s = stop_timeout_s
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._logs: list[IO[bytes]] = []
+        self._logs: dict[str, IO[bytes]] = {}
         logdir.mkdir(parents=True, exist_ok=True)
 
     def spawn(
@@ -86,7 +86,7 @@ class Children:
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` as the child ``name`` (``env``: added to the children's environment)."""
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self._logs.append(log)
+        self._logs[name] = log
         proc = subprocess.Popen(
             list(argv),
             stdout=log,
@@ -133,9 +133,21 @@ class Children:
                 raise RuntimeError(f"{url} ({name}) did not answer within {timeout_s} s")
             time.sleep(0.1)
 
-    def stop(self) -> None:
-        """SIGTERM to every child still running, last started first; SIGKILL after the wait."""
-        procs = list(reversed(self.procs.values()))
+    def wait_text(self, name: str, text: str, timeout_s: float = 60.0) -> None:
+        """Wait until child ``name``'s log holds ``text``; raise at once if it exits meanwhile."""
+        proc = self.procs[name]
+        path = self.logdir / f"{name}.log"
+        deadline = time.monotonic() + timeout_s
+        while text not in path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start:\n{self.log_tail(name, 3000)}")
+            time.sleep(0.1)
+
+    def stop(self, *names: str) -> None:
+        """SIGTERM to every child still running (or to the ``names`` given), last started
+        first; SIGKILL after the wait."""
+        chosen = [n for n in reversed(self.procs) if not names or n in names]
+        procs = [self.procs[n] for n in chosen]
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -146,8 +158,10 @@ class Children:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for log in self._logs:
-            log.close()
+        for n in chosen:
+            log = self._logs.pop(n, None)
+            if log is not None:
+                log.close()
 
     def __enter__(self) -> Children:
         return self

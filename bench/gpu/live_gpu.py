@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -44,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from children import Children  # noqa: E402
 from crosscheck_live_vs_sim import one  # noqa: E402
 from voltana.sim.workload import SimRequest, load_trace, scale_rate, window  # noqa: E402
 
@@ -55,59 +55,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class Procs:
-    """Children with their logs; stopped by PID (SIGTERM, then kill), last started first."""
-
-    def __init__(self, out: Path) -> None:
-        self.out, self.procs = out, []  # type: ignore[var-annotated]
-
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "VOLTANA_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
-        log = (self.out / f"{name}.log").open("wb")
-        p = subprocess.Popen(
-            [sys.executable, "-m", "voltana", *args], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        self.procs.append((name, p, log))
-        return p
-
-    def wait_text(self, name: str, text: str, timeout_s: float) -> None:
-        path = self.out / f"{name}.log"
-        deadline = time.monotonic() + timeout_s
-        proc = next(p for n, p, _ in self.procs if n == name)
-        while text not in path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} did not start:\n{tail}")
-            time.sleep(0.1)
-
-    def wait_http(self, name: str, url: str, timeout_s: float) -> None:
-        """Until ``url`` answers 200 (or the process exits, or the time is up)."""
-        deadline = time.monotonic() + timeout_s
-        proc = next(p for n, p, _ in self.procs if n == name)
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.out / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} did not start:\n{tail}")
-            time.sleep(0.1)
-
-    def stop(self, name: str | None = None, timeout_s: float = 15.0) -> None:
-        for n, p, log in reversed(list(self.procs)):
-            if name is not None and n != name:
-                continue
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            log.close()
-            self.procs.remove((n, p, log))
 
 
 class Energy:
@@ -254,13 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     reqs = list(wl.requests)
     print(f"slice: {len(reqs)} requests over {wl.duration_s:.1f} s", flush=True)
 
-    procs = Procs(out)
+    procs = Children(out, env={"VOLTANA_LOG_FORMAT": "json"}, stop_timeout_s=15.0)
     nats_port, worker_port = free_port(), free_port()
     nats_url, worker_url = f"nats://127.0.0.1:{nats_port}", f"http://127.0.0.1:{worker_port}"
     slo = ["--slo-ttft-s", str(args.slo_ttft_s), "--slo-itl-s", str(args.slo_itl_s)]
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     try:
-        procs.spawn("nats", ["nats", "--port", str(nats_port), "--store-dir", str(out / "js")])
+        procs.voltana("nats", ["nats", "--port", str(nats_port), "--store-dir", str(out / "js")])
         procs.wait_text("nats", nats_url, 60)
         worker = ["emulator", "--role", "unified", "--gpu", args.gpu, "--port", str(worker_port)]
         worker += ["--backend", args.backend, "--device", args.device, "--seed", "0"]
@@ -273,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         worker += ["--max-running-requests", str(args.max_running_requests)]
         worker += ["--torch-warm-decode-kv", str(args.torch_warm_decode_kv)]
         worker += ["--disaggregation-bootstrap-port", str(free_port())]
-        procs.spawn("worker", worker)
+        procs.voltana("worker", worker)
         t_boot = time.monotonic()
         procs.wait_text("worker", "fired up and ready", 900)
         report["worker_start_s"] = round(time.monotonic() - t_boot, 1)
@@ -284,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             rt = ["router", "--worker-urls", worker_url, "--policy", args.router_policy]
             rt += ["--gpu", args.gpu, *slo, "--nats", nats_url, "--port", str(router_port)]
             rt += ["--prometheus-port", str(free_port())]
-            procs.spawn("router", rt)
+            procs.voltana("router", rt)
             procs.wait_http("router", front + "/health", 60)
         cfg = out / "node.toml"
         cfg.write_text(
@@ -292,12 +239,12 @@ def main(argv: list[str] | None = None) -> int:
             f'role = "unified"\nurl = "{worker_url}"\ngpus = [{args.gpu_index}]\n'
             f'gpu_backend = "{args.gpu_source}"\n'
         )
-        procs.spawn("telemetry", ["telemetry", "--config", str(cfg), "--nats", nats_url])
+        procs.voltana("telemetry", ["telemetry", "--config", str(cfg), "--nats", nats_url])
         act = ["actuator", "--node", NODE, "--backend", "dry-run", "--nats", nats_url]
         act += ["--dry-run-source", args.gpu_source, "--metrics-port", str(free_port())]
         if args.gpu_source == "emulated":
             act += ["--emulator-url", worker_url]
-        procs.spawn("actuator", act)
+        procs.voltana("actuator", act)
         fq = ["freqctl", "--instances", f"{INSTANCE}@{NODE}:{args.gpu_index}", "--gpu", args.gpu]
         fq += [
             "--policy",
@@ -308,11 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             "--metrics-port",
             str(free_port()),
         ]
-        procs.spawn("freqctl", fq)
+        procs.voltana("freqctl", fq)
         time.sleep(5.0)  # services connected, first telemetry published
-        for name, p, _ in procs.procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{name} exited: {(out / f'{name}.log').read_text()[-2000:]}")
+        procs.check_running()
         energy = Energy(
             "nvml" if args.gpu_source == "nvml" else "emulated", worker_url, args.gpu_index
         )
@@ -338,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         report["iterations_logged"] = len(its)
         report["device"] = device_summary(its)
         time.sleep(2.0)
-        for name in ("router", "freqctl", "telemetry", "actuator", "worker"):
-            procs.stop(name)
+        procs.stop("router", "freqctl", "telemetry", "actuator", "worker")
         replay = [sys.executable, "-m", "voltana", "replay", "--nats", nats_url]
         replay += ["--gpu", args.gpu, "--policy", args.policy, *slo]
         rp = subprocess.run([*replay, "--json"], capture_output=True, text=True, timeout=300)
