@@ -33,9 +33,7 @@ from voltana.sim.crosscheck import compare, sim_figures
 from voltana.sim.workload import SimRequest, load_trace, scale_rate, window
 from voltana.tools.localcluster import LocalCluster, LocalClusterSpec
 
-DEFAULT_TRACE = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"
-)
+DEFAULT_TRACE = Path(__file__).resolve().parents[1] / "sim" / "data" / "azure_llm_2023_conv.csv.gz"
 
 
 async def gpu_energy_j(session: aiohttp.ClientSession, urls: list[str]) -> float:

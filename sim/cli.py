@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import msgspec
+
 from voltana.groundtruth.gpu_specs import GPUS, MODELS
+from voltana.sim.config import SimConfig
 
 DEFAULT_POLICIES = "static-max,static-min,ecofreq,voltana-ref,voltana"
 
@@ -65,6 +68,35 @@ def add_default_idle_args(g: Any) -> None:
         default=None,
         help="default clocks: time constant of the idle clock's fall after a finite hold "
         "(default: the GPU's, 1 s, modelled)",
+    )
+
+
+def _config_default(name: str) -> Any:
+    """A ``SimConfig`` field's default, so the flags cannot drift from the config."""
+    return next(f.default for f in msgspec.structs.fields(SimConfig) if f.name == name)
+
+
+def add_engine_args(g: Any) -> None:
+    """The engine flags a live SGLang server is started with, under SGLang's names, so a
+    simulated instance can be set like the server it is compared against."""
+    g.add_argument(
+        "--max-running-requests",
+        type=int,
+        default=_config_default("max_running_requests"),
+        help="requests an instance runs at once",
+    )
+    g.add_argument(
+        "--chunked-prefill-size",
+        type=int,
+        default=_config_default("chunked_prefill_size"),
+        help="prompt tokens per prefill chunk",
+    )
+    g.add_argument(
+        "--enable-mixed-chunk",
+        action=argparse.BooleanOptionalAction,
+        default=_config_default("enable_mixed_chunk"),
+        help="colocated instances: decode steps ride along prefill chunks (on: the "
+        "configuration the results are quoted for; SGLang's server default is off)",
     )
 
 
@@ -126,6 +158,7 @@ def register(subparsers: Any) -> None:
     )
     add_hardware_args(cl)
     cl.add_argument("--slo-margin", type=float, default=0.1, help="controllers' SLO margin")
+    add_engine_args(p.add_argument_group("engine (SGLang's server flags of each instance)"))
     run = p.add_argument_group("run")
     run.add_argument(
         "--policies",
@@ -251,6 +284,8 @@ def main(args: argparse.Namespace) -> int:
         wl = window(wl, args.window[0], args.window[1])
     if args.slo_ttft_s <= 0 or args.slo_itl_s <= 0:
         raise ConfigError("SLOs must be positive")
+    if args.max_running_requests < 1 or args.chunked_prefill_size < 1:
+        raise ConfigError("--max-running-requests and --chunked-prefill-size must be >= 1")
     cluster = ClusterSpec.parse(args.cluster, gpu=args.gpu, model=args.model, tp=args.tp)
     cfg = SimConfig(
         cluster=cluster,
@@ -264,6 +299,9 @@ def main(args: argparse.Namespace) -> int:
         energy_idle=args.energy_idle,
         default_idle_hold_s=args.default_idle_hold_s,
         default_idle_decay_s=args.default_idle_decay_s,
+        max_running_requests=args.max_running_requests,
+        chunked_prefill_size=args.chunked_prefill_size,
+        enable_mixed_chunk=args.enable_mixed_chunk,
     )
     cfg.gpu_spec()  # checks the GPU and the idle overrides before any run
     specs = parse_policies(args.policies)

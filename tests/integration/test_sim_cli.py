@@ -152,6 +152,48 @@ def test_sim_cli_default_policy_and_cluster_kinds(tmp_path: Path, cluster: str) 
     assert bad.returncode == 1 and "4u" in bad.stderr
 
 
+def test_sim_cli_engine_flags_set_every_instance(tmp_path: Path) -> None:
+    """SGLang's server flags reach the simulated engine: without mixed chunks a colocated
+    instance runs prefill and decode in separate iterations, so it runs more of them."""
+    runs = {}
+    for mixed in ("--enable-mixed-chunk", "--no-enable-mixed-chunk"):
+        out = tmp_path / mixed
+        proc = _voltana(
+            "sim",
+            "--synthetic",
+            "poisson",
+            "--rate",
+            "4",
+            "--duration",
+            "20",
+            "--cluster",
+            "1u",
+            "--policies",
+            "default",
+            mixed,
+            "--max-running-requests",
+            "64",
+            "--chunked-prefill-size",
+            "2048",
+            "--no-progress",
+            "--no-plots",
+            "--out",
+            str(out),
+        )
+        assert proc.returncode == 0, proc.stderr
+        runs[mixed] = json.loads((out / "results.json").read_text())
+    on, off = runs["--enable-mixed-chunk"], runs["--no-enable-mixed-chunk"]
+    assert on["params"]["enable_mixed_chunk"] is True
+    assert off["params"]["enable_mixed_chunk"] is False
+    for run in (on, off):
+        assert run["params"]["max_running_requests"] == 64
+        assert run["params"]["chunked_prefill_size"] == 2048
+        assert run["policies"]["default"]["finished"] == run["workload"]["requests"]
+    assert off["policies"]["default"]["iterations"] > on["policies"]["default"]["iterations"]
+    bad = _voltana("sim", "--synthetic", "poisson", "--max-running-requests", "0")
+    assert bad.returncode == 1 and "--max-running-requests" in bad.stderr
+
+
 def test_sim_cli_unknown_gpu_lists_the_choices() -> None:
     proc = _voltana("sim", "--gpu", "h900")
     assert proc.returncode == 2
