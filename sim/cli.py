@@ -16,7 +16,6 @@ import argparse
 from typing import Any
 
 import msgspec
-
 from voltana.groundtruth.gpu_specs import GPUS, MODELS
 from voltana.sim.config import SimConfig
 
