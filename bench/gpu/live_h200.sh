@@ -3,7 +3,8 @@
 # snapshot; bench/gpu/live_gpu.py over a slice of the conversation trace with the GPU-backed
 # worker behind the router, and at the same time the same slice through a worker paced by
 # the GPU model (no GPU work: --backend model, emulated telemetry); settings snapshot again
-# (compared). Usage: bench/gpu/live_h200.sh TRACE OUTDIR [live_gpu.py flags...]
+# (compared); then live_compare.py: both runs and the simulator on the same slice, figure by
+# figure (compare.md). Usage: bench/gpu/live_h200.sh TRACE OUTDIR [live_gpu.py flags...]
 set -u
 trace=${1:?TRACE}; out=${2:?OUTDIR}; shift 2
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,3 +23,4 @@ wait "$twin"
 nvidia-smi -q > "$out/nvidia_smi_after.txt" 2>&1
 python3 "$here/settings_snapshot.py" --out "$out/settings_after.json" \
   --compare "$out/settings_before.json"
+python3 "$here/live_compare.py" "$out"
