@@ -47,9 +47,21 @@ def add_hardware_args(g: Any) -> None:
     """``--gpu``, ``--model``, ``--tp`` and the SLO flags, shared by ``sim`` and ``plan``."""
     g.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="GPU kind")
     g.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS), help="model")
+    g.add_argument(
+        "--gpu-spec",
+        default=None,
+        metavar="FILE",
+        help="the GPU's constants from a JSON file instead of the built-in --gpu's (your own "
+        "calibration: bench/gpu/compare_model.py --fit --spec-out; docs/gpu-model.md)",
+    )
     g.add_argument("--tp", type=int, default=1, help="GPUs per instance")
     g.add_argument("--slo-ttft-s", type=float, default=1.0, help="TTFT SLO (s)")
     g.add_argument("--slo-itl-s", type=float, default=0.05, help="ITL SLO (s)")
+
+
+def gpu_label(args: argparse.Namespace) -> str:
+    """``--gpu``, and the spec file its constants came from, if any (for titles)."""
+    return f"{args.gpu} from {args.gpu_spec}" if args.gpu_spec else str(args.gpu)
 
 
 def add_default_idle_args(g: Any) -> None:
@@ -226,6 +238,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from voltana.common.errors import ConfigError
+    from voltana.groundtruth.spec_file import load_gpu_spec
     from voltana.schemas.config import SloConfig
     from voltana.sim.config import ClusterSpec, SimConfig
     from voltana.sim.metrics import RunMetrics
@@ -301,6 +314,7 @@ def main(args: argparse.Namespace) -> int:
         max_running_requests=args.max_running_requests,
         chunked_prefill_size=args.chunked_prefill_size,
         enable_mixed_chunk=args.enable_mixed_chunk,
+        gpu_override=load_gpu_spec(args.gpu_spec) if args.gpu_spec else None,
     )
     cfg.gpu_spec()  # checks the GPU and the idle overrides before any run
     specs = parse_policies(args.policies)
@@ -364,7 +378,7 @@ def main(args: argparse.Namespace) -> int:
             keep_runs=runs,
         )
     title = (
-        f"{wl.name} | {cluster.label} {cluster.gpu} {cluster.model} | "
+        f"{wl.name} | {cluster.label} {gpu_label(args)} {cluster.model} | "
         f"SLO TTFT {args.slo_ttft_s * 1e3:.0f} ms, ITL {args.slo_itl_s * 1e3:.0f} ms"
     )
     console.print(evaluation_table(ev, title, narrow=narrow))

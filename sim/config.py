@@ -13,6 +13,7 @@ import msgspec
 from voltana.common.errors import ConfigError
 from voltana.groundtruth.default_clock import with_idle_overrides
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, GpuSpec
+from voltana.groundtruth.spec_file import spec_changes
 from voltana.schemas.config import SloConfig
 
 __all__ = ["ClusterSpec", "SimConfig", "config_params"]
@@ -89,14 +90,18 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     # default clocks (no lock): override the GPU's idle hold and decay (GpuSpec), e.g. measured
     default_idle_hold_s: float | None = None
     default_idle_decay_s: float | None = None
+    # the GPU's constants from a spec file (groundtruth/spec_file.py) instead of
+    # GPUS[cluster.gpu]; cluster.gpu still names the kind it describes
+    gpu_override: GpuSpec | None = None
 
     def gpu_spec(self) -> GpuSpec:
-        """The simulated GPU: ``GPUS[cluster.gpu]`` with the idle overrides applied.
+        """The simulated GPU: ``GPUS[cluster.gpu]`` (or the override) with the idle
+        overrides applied.
 
         Raises:
             ConfigError: an unknown GPU or a negative override.
         """
-        spec = GPUS.get(self.cluster.gpu)
+        spec = self.gpu_override or GPUS.get(self.cluster.gpu)
         if spec is None:
             raise ConfigError(f"unknown gpu {self.cluster.gpu!r}; choose from {', '.join(GPUS)}")
         try:
@@ -108,7 +113,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.kv_capacity_override_tokens is not None:
             return self.kv_capacity_override_tokens
         c = self.cluster
-        return GpuModel(GPUS[c.gpu], MODELS[c.model], c.tp).kv_capacity_tokens(self.kv_mem_fraction)
+        spec = self.gpu_override or GPUS[c.gpu]
+        return GpuModel(spec, MODELS[c.model], c.tp).kv_capacity_tokens(self.kv_mem_fraction)
 
 
 def _json_number(v: float | None) -> float | str | None:
@@ -125,4 +131,9 @@ def config_params(cfg: SimConfig) -> dict[str, Any]:
     d["default_idle_decay_s"] = _json_number(cfg.default_idle_decay_s)
     d["gpu_default_idle_hold_s"] = _json_number(spec.default_idle_hold_s)
     d["gpu_default_idle_decay_s"] = _json_number(spec.default_idle_decay_s)
+    if cfg.gpu_override is not None:  # what the spec file changed, in the file's own form
+        changes = spec_changes(cfg.cluster.gpu, cfg.gpu_override)
+        d["gpu_override"] = {
+            k: _json_number(v) if isinstance(v, float) else v for k, v in changes.items()
+        }
     return d

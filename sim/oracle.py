@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 from voltana.groundtruth.engine import BatchPlan, Phase, iteration_cost
-from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel, GpuSpec
 from voltana.schemas.config import SloConfig
 from voltana.sim.instance import Instance
 
@@ -52,12 +52,19 @@ class OracleChooser:
         gpu, model, tp: the cluster's hardware (the noise-free model is built here).
         slo: the SLO to keep (the margin is ignored: the oracle knows the truth).
         clock_stride: evaluate every n-th supported clock (2 = 30 MHz on an H100).
+        spec: the GPU's constants, if not the built-in ``GPUS[gpu]`` (a spec file).
     """
 
     def __init__(
-        self, gpu: str, model: str, tp: int, slo: SloConfig, clock_stride: int = 2
+        self,
+        gpu: str,
+        model: str,
+        tp: int,
+        slo: SloConfig,
+        clock_stride: int = 2,
+        spec: GpuSpec | None = None,
     ) -> None:
-        self.gm = GpuModel(GPUS[gpu], MODELS[model], tp, noise=0.0)
+        self.gm = GpuModel(spec or GPUS[gpu], MODELS[model], tp, noise=0.0)
         asc = sorted(self.gm.supported_clocks_mhz)
         picked = asc[::-1][::clock_stride]
         if asc[0] not in picked:

@@ -113,7 +113,7 @@ _PROFILES: dict[tuple[Any, ...], Profile] = {}
 def _profile(cfg: SimConfig, quick: bool) -> Profile:
     """The fitted profile (per process: it depends on the hardware, noise and seed only)."""
     c = cfg.cluster
-    key = (c.gpu, c.model, c.tp, cfg.noise, cfg.seed, quick)
+    key = (c.gpu, cfg.gpu_override, c.model, c.tp, cfg.noise, cfg.seed, quick)
     if key not in _PROFILES:
         _PROFILES[key] = profile_for(cfg, quick=quick)
     return _PROFILES[key]

@@ -16,6 +16,7 @@ from voltana.sim.cli import (  # one spelling of each flag the two commands shar
     _window,
     add_default_idle_args,
     add_hardware_args,
+    gpu_label,
 )
 
 
@@ -82,6 +83,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from voltana.common.errors import ConfigError
+    from voltana.groundtruth.spec_file import load_gpu_spec
     from voltana.schemas.config import SloConfig
     from voltana.sim.config import ClusterSpec, SimConfig
     from voltana.sim.plan import PlanRow, plan
@@ -124,6 +126,7 @@ def main(args: argparse.Namespace) -> int:
         noise=args.noise,
         default_idle_hold_s=args.default_idle_hold_s,
         default_idle_decay_s=args.default_idle_decay_s,
+        gpu_override=load_gpu_spec(args.gpu_spec) if args.gpu_spec else None,
     )
     cfg.gpu_spec()  # checks the idle overrides before any run
     console.print(f"[bold]workload[/] {wl.summary()}")
@@ -157,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
         )
     wall = time.perf_counter() - t0
     title = (
-        f"{wl.name} | {args.gpus} x {args.gpu} {args.model} | SLO TTFT {args.slo_ttft_s * 1e3:.0f}"
+        f"{wl.name} | {args.gpus} x {gpu_label(args)} {args.model} | SLO TTFT {args.slo_ttft_s * 1e3:.0f}"
         f" ms, ITL {args.slo_itl_s * 1e3:.0f} ms, target {args.target * 100:g}%"
     )
     console.print(plan_table(res, title))

@@ -33,7 +33,9 @@ Progress = Callable[[str, float], None]
 def profile_for(cfg: SimConfig, *, quick: bool = False) -> Profile:
     """The profile the controllers get: fitted by profiling the simulated hardware."""
     c = cfg.cluster
-    return simulated_profile(c.gpu, c.model, c.tp, noise=cfg.noise, seed=cfg.seed, quick=quick)
+    return simulated_profile(
+        c.gpu, c.model, c.tp, noise=cfg.noise, seed=cfg.seed, quick=quick, spec=cfg.gpu_override
+    )
 
 
 def run_policy(
@@ -80,7 +82,7 @@ def run_oracle(
 ) -> RunMetrics:
     """The oracle reference (see :mod:`voltana.sim.oracle`): ground truth, no lag, per iteration."""
     c = cfg.cluster
-    chooser = OracleChooser(c.gpu, c.model, c.tp, cfg.slo)
+    chooser = OracleChooser(c.gpu, c.model, c.tp, cfg.slo, spec=cfg.gpu_override)
     sim = Simulator(
         msgspec.structs.replace(
             cfg, noise=0.0

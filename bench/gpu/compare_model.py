@@ -50,6 +50,7 @@ from voltana.groundtruth.gpu_model import (  # noqa: E402
     GpuModel,
     IterCost,
 )
+from voltana.groundtruth.spec_file import spec_changes  # noqa: E402
 from voltana.predictor.buckets import decode_bucket  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -518,7 +519,15 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the earlier probe's decode power in the fit",
     )
     ap.add_argument("--out", type=Path, default=None, help="write the table as JSON")
+    ap.add_argument(
+        "--spec-out",
+        type=Path,
+        default=None,
+        help="with --fit: write the fitted GPU as a spec file (voltana sim/plan --gpu-spec)",
+    )
     args = ap.parse_args(argv)
+    if args.spec_out and not args.fit:
+        ap.error("--spec-out writes the fitted GPU: it needs --fit")
 
     model = GpuModel(GPUS[args.gpu], MODELS[args.model])
     runs = [*args.runs_pos, *args.runs]
@@ -552,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fitted knobs (GPUS[{args.gpu!r}]):")
         for k in FIT_KNOBS:
             print(f"    {k}={getattr(model.gpu, k):.4g},")
+        if args.spec_out:
+            refit = msgspec.structs.replace(model.gpu, name=f"{model.gpu.name} (refit)")
+            args.spec_out.write_text(json.dumps(spec_changes(args.gpu, refit), indent=1) + "\n")
+            print(f"wrote {args.spec_out}: voltana sim --gpu {args.gpu} --gpu-spec {args.spec_out}")
     rows = compare(model, points)
     _print(rows)
     if args.out:

@@ -110,15 +110,13 @@ def rel(model: float | None, live: float | None) -> float | None:
     return round(model / live - 1.0, 4)
 
 
-def compare(
-    live: dict[str, Any], twin: dict[str, Any] | None, sim: dict[str, Any]
-) -> list[dict[str, Any]]:
+def compare(live: dict[str, Any], columns: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per figure: the live value, each column's value and error, and whether it meets the
+    goal. ``columns``: label -> figures (the twin, the simulator, ...), in table order."""
     rows = []
     for name, goal in FIGURES.items():
         row: dict[str, Any] = {"figure": name, "goal": goal, "live": live.get(name)}
-        for label, other in (("twin", twin), ("sim", sim)):
-            if other is None:
-                continue
+        for label, other in columns.items():
             err = rel(other.get(name), live.get(name))
             row[label], row[f"{label}_vs_live"] = other.get(name), err
             if goal is not None:
@@ -145,28 +143,32 @@ def _diff(name: str, row: dict[str, Any], who: str) -> str:
     return "-" if err is None else f"{err * 100:+.1f}%"
 
 
-def table(rows: list[dict[str, Any]], with_twin: bool) -> str:
+def table(rows: list[dict[str, Any]], titles: dict[str, str]) -> str:
+    """Markdown: a value and an error column per label of ``titles`` (label -> title)."""
     head = ["figure", "live GPU"]
-    head += ["model twin", "twin vs live"] if with_twin else []
-    head += ["simulator", "sim vs live", "goal"]
+    for label, title in titles.items():
+        head += [title, f"{label} vs live"]
+    head.append("goal")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         name = r["figure"]
         cells = [LABELS[name], _cell(name, r["live"])]
-        if with_twin:
-            cells += [_cell(name, r.get("twin")), _diff(name, r, "twin")]
-        cells += [_cell(name, r.get("sim")), _diff(name, r, "sim")]
+        for label in titles:
+            cells += [_cell(name, r.get(label)), _diff(name, r, label)]
         if r["goal"] is None:
             cells.append("")
         else:
-            met = [
-                f"{who} {'met' if r[f'{who}_met'] else 'not met'}"
-                for who in ("twin", "sim")
-                if f"{who}_met" in r
-            ]
+            met = [f"{who} {'met' if r[f'{who}_met'] else 'not met'}" for who in titles]
             cells.append(f"within {r['goal'] * 100:.0f}%: " + ", ".join(met))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def run_sim(cmd: list[str], out: Path) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "voltana", *cmd], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CompareError(f"voltana sim failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return sim_figures(json.loads((out / "results.json").read_text()))
 
 
 def gpu_line(run: Path) -> dict[str, str]:
@@ -190,38 +192,53 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--trace", type=Path, default=None, help="the trace, if not where the run recorded it"
     )
+    ap.add_argument(
+        "--gpu-spec",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also simulate with this GPU spec file (e.g. a refit: compare_model.py --spec-out)",
+    )
     args = ap.parse_args(argv)
     try:
         live, twin = find_reports(args.run)
         trace = args.trace or Path(live["args"]["trace"])
         if not trace.exists():
             raise CompareError(f"the run's trace {trace} is not here: pass --trace PATH")
+        if args.gpu_spec is not None and not args.gpu_spec.exists():
+            raise CompareError(f"no GPU spec file {args.gpu_spec}")
+        columns: dict[str, dict[str, Any]] = {"twin": twin["live"]} if twin else {}
+        titles = {"twin": "model twin"} if twin else {}
+        commands = {}
         sim_out = args.run / SIM_DIR
-        cmd = sim_command(live["args"], trace, sim_out)
-        proc = subprocess.run(
-            [sys.executable, "-m", "voltana", *cmd], capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            raise CompareError(f"voltana sim failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        sim = sim_figures(json.loads((sim_out / "results.json").read_text()))
+        commands["sim"] = sim_command(live["args"], trace, sim_out)
+        columns["sim"], titles["sim"] = run_sim(commands["sim"], sim_out), "simulator"
+        if args.gpu_spec is not None:
+            spec_out = args.run / f"{SIM_DIR}_{args.gpu_spec.stem}"
+            cmd = sim_command(live["args"], trace, spec_out)
+            commands["spec"] = [*cmd, "--gpu-spec", str(args.gpu_spec)]
+            columns["spec"] = run_sim(commands["spec"], spec_out)
+            titles["spec"] = f"simulator, {args.gpu_spec.name}"
     except CompareError as exc:
         print(f"live_compare: {exc}", file=sys.stderr)
         return 1
-    rows = compare(live["live"], twin["live"] if twin else None, sim)
+    rows = compare(live["live"], columns)
     doc = {
         "gpu": gpu_line(args.run),
         "live": live["live"],
         "model_twin": twin["live"] if twin else None,
-        "sim": {k: sim.get(k) for k in FIGURES},
-        "sim_command": "voltana " + " ".join(cmd),
+        "sim": {k: columns["sim"].get(k) for k in FIGURES},
+        "sim_gpu_spec": {k: columns["spec"].get(k) for k in FIGURES} if args.gpu_spec else None,
+        "sim_commands": {k: "voltana " + " ".join(v) for k, v in commands.items()},
         "replay": live.get("replay"),
         "compare": rows,
     }
     (args.run / "compare.json").write_text(json.dumps(doc, indent=1))
-    md = table(rows, twin is not None)
+    md = table(rows, titles)
     (args.run / "compare.md").write_text(md + "\n")
     print(md)
-    print(f"simulator: {doc['sim_command']}")
+    for cmd_line in doc["sim_commands"].values():
+        print(f"simulator: {cmd_line}")
     return 0
 
 

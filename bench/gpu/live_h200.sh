@@ -23,4 +23,4 @@ wait "$twin"
 nvidia-smi -q > "$out/nvidia_smi_after.txt" 2>&1
 python3 "$here/settings_snapshot.py" --out "$out/settings_after.json" \
   --compare "$out/settings_before.json"
-python3 "$here/live_compare.py" "$out"
+python3 "$here/live_compare.py" "$out" --gpu-spec "$here/../results/h200_refit_spec.json"

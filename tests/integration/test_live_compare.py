@@ -52,7 +52,9 @@ def test_live_run_against_twin_and_simulator(tmp_path: Path) -> None:
         "Driver Version                            : 580.1\n"
         "    Product Name                          : NVIDIA H200\n"
     )
-    proc = _run(str(tmp_path))
+    spec = tmp_path / "slower.json"  # a GPU whose decode steps carry 5 ms more
+    spec.write_text(json.dumps({"base": "h200", "decode_fixed_s": 0.006}))
+    proc = _run(str(tmp_path), "--gpu-spec", str(spec))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "compare.json").read_text())
     results = json.loads((tmp_path / "sim_1u_default" / "results.json").read_text())
@@ -72,6 +74,12 @@ def test_live_run_against_twin_and_simulator(tmp_path: Path) -> None:
     assert rows["ttft_p50_ms"]["twin_vs_live"] == 0.2 and rows["ttft_p50_ms"]["twin_met"] is False
     assert rows["duration_s"]["sim"] == sim["window_s"] and "sim_met" not in rows["duration_s"]
     assert doc["gpu"] == {"name": "NVIDIA H200", "driver": "580.1"}
+    # the spec file's column: the same slice on the changed GPU, its decode slower
+    slower = json.loads((tmp_path / "sim_1u_default_slower" / "results.json").read_text())
+    assert slower["params"]["gpu_override"] == {"base": "h200", "decode_fixed_s": 0.006}
+    assert rows["itl_p50_ms"]["spec"] == slower["policies"]["default"]["itl_p50_ms"]
+    assert rows["itl_p50_ms"]["spec"] > rows["itl_p50_ms"]["sim"] + 4.0
+    assert "--gpu-spec" in doc["sim_commands"]["spec"]
     md = (tmp_path / "compare.md").read_text()
     assert "| TTFT p50 (ms) | 50 | 60 | +20.0% |" in md
     assert "within 15%: twin not met" in md
@@ -90,6 +98,9 @@ def test_a_run_without_a_twin_and_bad_folders_are_clear(tmp_path: Path) -> None:
     proc = _run(str(moved))
     assert proc.returncode == 1 and "--trace" in proc.stderr and "Traceback" not in proc.stderr
     assert _run(str(moved), "--trace", str(TRACE)).returncode == 0
+
+    proc = _run(str(moved), "--trace", str(TRACE), "--gpu-spec", str(tmp_path / "none.json"))
+    assert proc.returncode == 1 and "no GPU spec file" in proc.stderr
 
     empty = tmp_path / "empty"
     empty.mkdir()

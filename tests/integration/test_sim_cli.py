@@ -194,6 +194,33 @@ def test_sim_cli_engine_flags_set_every_instance(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "--max-running-requests" in bad.stderr
 
 
+def test_sim_and_plan_take_a_gpu_spec_file(tmp_path: Path) -> None:
+    """``--gpu-spec``: the run is of the file's GPU (recorded in params), and a bad file is
+    a one-line error from both commands."""
+    spec = tmp_path / "slow.json"
+    spec.write_text(json.dumps({"base": "h100", "decode_fixed_s": 0.01}))
+    rows = {}
+    for name, extra in (("builtin", []), ("file", ["--gpu-spec", str(spec)])):
+        out = tmp_path / name
+        proc = _voltana(
+            "sim",
+            *("--synthetic", "poisson", "--rate", "2", "--duration", "15", "--cluster", "1u"),
+            *("--policies", "default", "--no-progress", "--no-plots", "--out", str(out)),
+            *extra,
+        )
+        assert proc.returncode == 0, proc.stderr
+        rows[name] = json.loads((out / "results.json").read_text())
+    assert f"h100 from {spec}" in proc.stdout
+    assert rows["file"]["params"]["gpu_override"] == {"base": "h100", "decode_fixed_s": 0.01}
+    slow, fast = (rows[k]["policies"]["default"]["itl_p50_ms"] for k in ("file", "builtin"))
+    assert slow > fast + 8.0  # every decode step carries the file's 10 ms
+    spec.write_text('{"base": "h100", "decode_fixed_s": -1}')
+    for cmd in ("sim", "plan"):
+        bad = _voltana(cmd, "--window", "0,10", "--gpu-spec", str(spec))
+        assert bad.returncode == 1, (cmd, bad.stderr)
+        assert "decode_fixed_s must be positive" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_sim_cli_unknown_gpu_lists_the_choices() -> None:
     proc = _voltana("sim", "--gpu", "h900")
     assert proc.returncode == 2
