@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-scale", type=float, default=3.0, help="arrival rate multiplier")
     ap.add_argument("--gpu", default="h200", help="GPU spec of the model and profile")
     ap.add_argument("--gpu-index", type=int, default=0, help="NVML index of the GPU")
+    ap.add_argument(
+        "--gpu-spec", default=None, help="the worker's GPU constants from this spec file"
+    )
     ap.add_argument("--backend", default="torch", choices=["torch", "model"])
     ap.add_argument("--device", default="cuda", help="torch device of the worker")
     ap.add_argument("--torch-shape", default="llama-3.1-8b")
@@ -220,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         worker += ["--max-running-requests", str(args.max_running_requests)]
         worker += ["--torch-warm-decode-kv", str(args.torch_warm_decode_kv)]
         worker += ["--disaggregation-bootstrap-port", str(free_port())]
+        if args.gpu_spec:  # the model's constants (--backend model paces by them)
+            worker += ["--gpu-spec", args.gpu_spec]
         procs.voltana("worker", worker)
         t_boot = time.monotonic()
         procs.wait_text("worker", "fired up and ready", 900)

@@ -34,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--gpu", default="h100", choices=list(GPUS), help="emulated GPU")
     p.add_argument(
+        "--gpu-spec",
+        default=None,
+        metavar="FILE",
+        help="the GPU's constants from a JSON file instead of the built-in --gpu's "
+        "(docs/gpu-model.md, 'Your GPU's constants in a file')",
+    )
+    p.add_argument(
         "--model",
         "--model-path",
         dest="model",
@@ -175,6 +182,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from voltana.common.errors import ConfigError
     from voltana.gpu.emulator_admin import ADMIN_TOKEN_ENV
+    from voltana.groundtruth.spec_file import load_gpu_spec
     from voltana.schemas.base import Role
     from voltana.services.emulator.app import EmulatorApp
     from voltana.services.emulator.config import EmulatorConfig
@@ -213,6 +221,7 @@ def _run(args: argparse.Namespace) -> int:
             enable_mixed_chunk=args.enable_mixed_chunk,
             default_idle_hold_s=args.default_idle_hold_s,
             default_idle_decay_s=args.default_idle_decay_s,
+            gpu_override=load_gpu_spec(args.gpu_spec) if args.gpu_spec else None,
         )
         if config.page_size < 1:
             raise ConfigError(f"--page-size must be >= 1, got {config.page_size}")

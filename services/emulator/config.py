@@ -49,6 +49,8 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
     # default clocks (no lock): override the GPU's idle hold and decay (GpuSpec), e.g. measured
     default_idle_hold_s: float | None = None
     default_idle_decay_s: float | None = None
+    # the GPU's constants from a spec file (groundtruth/spec_file.py) instead of GPUS[gpu]
+    gpu_override: GpuSpec | None = None
 
     @property
     def model_name(self) -> str:
@@ -56,11 +58,14 @@ class EmulatorConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def emulated_spec(config: EmulatorConfig) -> GpuSpec:
-    """The GPU the worker emulates: ``GPUS[config.gpu]`` with the idle overrides applied.
+    """The GPU the worker emulates: ``GPUS[config.gpu]`` (or the spec file's) with the idle
+    overrides applied.
 
     Raises:
         ValueError: a negative or NaN idle override.
     """
     return with_idle_overrides(
-        GPUS[config.gpu], config.default_idle_hold_s, config.default_idle_decay_s
+        config.gpu_override or GPUS[config.gpu],
+        config.default_idle_hold_s,
+        config.default_idle_decay_s,
     )
