@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     s = sub.add_parser("simulate", help="profile the simulated hardware (ground-truth model)")
     s.add_argument("--gpu", default="h100", choices=list(GPUS), help="simulated GPU")
+    s.add_argument(
+        "--gpu-spec",
+        default=None,
+        metavar="FILE",
+        help="the GPU's constants from a JSON spec file instead of the built-in --gpu's",
+    )
     s.add_argument("--model", default="llama-3.1-8b", choices=list(MODELS), help="model shape")
     s.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
     s.add_argument("--noise", type=float, default=0.03, help="relative noise per iteration")
@@ -212,6 +218,7 @@ def _run_plan(args: argparse.Namespace, prober: Any, plan: Any, notes: str) -> i
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from voltana.common.errors import ConfigError
     from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
+    from voltana.groundtruth.spec_file import load_gpu_spec
     from voltana.services.profiler.core import SimulatedProber, default_plan
 
     if args.gpu not in GPUS or args.model not in MODELS:
@@ -219,9 +226,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             f"unknown --gpu {args.gpu!r} or --model {args.model!r} "
             f"(gpus: {', '.join(GPUS)}; models: {', '.join(MODELS)})"
         )
-    gm = GpuModel(
-        GPUS[args.gpu], MODELS[args.model], tp=args.tp, noise=args.noise, seed=args.hw_seed
-    )
+    spec = load_gpu_spec(args.gpu_spec) if args.gpu_spec else GPUS[args.gpu]
+    gm = GpuModel(spec, MODELS[args.model], tp=args.tp, noise=args.noise, seed=args.hw_seed)
     prober = SimulatedProber(gm, args.gpu, args.model, seed=args.hw_seed)
     plan = default_plan(
         prober.hardware(),
@@ -235,6 +241,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         f"voltana profile simulate --gpu {args.gpu} --model {args.model} --tp {args.tp} "
         f"--noise {args.noise} --hw-seed {args.hw_seed} --seed {args.seed} "
         f"--repeats {args.repeats}{' --quick' if args.quick else ''}"
+        f"{f' --gpu-spec {args.gpu_spec}' if args.gpu_spec else ''}"
     )
     return _run_plan(args, prober, plan, notes)
 

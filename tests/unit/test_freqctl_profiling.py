@@ -123,3 +123,26 @@ def test_cli_reports_bad_input_without_traceback(
     assert main(["profile", "show", str(tmp_path / "nope.json")]) == 1
     err = capsys.readouterr().err
     assert "cannot fit" in err and "cannot read profile" in err
+
+
+def test_cli_simulate_profiles_a_spec_files_gpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--gpu-spec``: the profile is fitted on the file's GPU (here decode steps carry
+    5 ms more), and the notes record the file; a bad file is one line, exit 1."""
+    spec = tmp_path / "slow.json"
+    spec.write_text('{"base": "h100", "decode_fixed_s": 0.006}')
+    paths = {}
+    for name, extra in (("builtin", []), ("file", ["--gpu-spec", str(spec)])):
+        paths[name] = tmp_path / f"{name}.json"
+        argv = ["profile", "simulate", "--gpu", "h100", "--quick", "--noise", "0"]
+        assert main([*argv, "--out", str(paths[name]), *extra]) == 0
+    slow, base = load_profile(paths["file"]), load_profile(paths["builtin"])
+    clock = base.max_clock_mhz
+    gap = slow.decode_latency_s(clock, 8, 2048) - base.decode_latency_s(clock, 8, 2048)
+    assert 0.004 < gap < 0.007
+    assert f"--gpu-spec {spec}" in slow.file.notes
+    spec.write_text('{"base": "h100", "decode_fixed_s": 0}')
+    capsys.readouterr()
+    assert main(["profile", "simulate", "--gpu-spec", str(spec), "--out", str(tmp_path / "x")]) == 1
+    assert "decode_fixed_s must be positive" in capsys.readouterr().err
