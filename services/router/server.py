@@ -218,7 +218,7 @@ class Router(ServiceContext):
             workers=[w.url for w in self.cfg.workers],
             prefill_policy=self.prefill_policy.name,
             decode_policy=self.decode_policy.name,
-            nats=self.cfg.nats,
+            nats=self.cfg.bus_options.servers if self.cfg.bus_options else self.cfg.nats,
         )
         return self
 
