@@ -133,6 +133,7 @@ class Bus:
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
+            inbox_prefix=opts.inbox_prefix,
         )
         if opts.user is not None:
             kwargs.update(user=opts.user, password=opts.password or "")

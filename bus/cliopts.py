@@ -9,6 +9,7 @@ import argparse
 import os
 
 from voltana.bus.client import BusOptions
+from voltana.common.errors import ConfigError
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -33,6 +34,13 @@ def add_nats_args(parser: argparse.ArgumentParser) -> None:
         "--nats-tls-cert", default=None, help="client certificate (env VOLTANA_NATS_TLS_CERT)"
     )
     g.add_argument("--nats-tls-key", default=None, help="client key (env VOLTANA_NATS_TLS_KEY)")
+    g.add_argument(
+        "--nats-inbox-prefix",
+        default=None,
+        help="subject prefix of this client's reply inboxes, e.g. _INBOX_<user> where the "
+        "server lets each user hear only its own (env VOLTANA_NATS_INBOX_PREFIX; "
+        "default _INBOX)",
+    )
 
 
 def _pick(value: str | None, env: str) -> str | None:
@@ -56,4 +64,24 @@ def bus_options_from_args(args: argparse.Namespace, *, name: str) -> BusOptions:
         tls_ca_file=_pick(getattr(args, "nats_tls_ca", None), "VOLTANA_NATS_TLS_CA"),
         tls_cert_file=_pick(getattr(args, "nats_tls_cert", None), "VOLTANA_NATS_TLS_CERT"),
         tls_key_file=_pick(getattr(args, "nats_tls_key", None), "VOLTANA_NATS_TLS_KEY"),
+        inbox_prefix=inbox_prefix(
+            _pick(getattr(args, "nats_inbox_prefix", None), "VOLTANA_NATS_INBOX_PREFIX")
+        ),
     )
+
+
+def inbox_prefix(value: str | None) -> str:
+    """A reply-inbox prefix: plain subject tokens (no wildcard, space or empty token).
+
+    Raises:
+        ConfigError: the prefix could not be a subject.
+    """
+    if value is None:
+        return "_INBOX"
+    tokens = value.split(".")
+    if any(not t or any(c in t for c in "*> \t\r\n") for t in tokens):
+        raise ConfigError(
+            f"--nats-inbox-prefix {value!r} is not a subject prefix (tokens without "
+            "'*', '>' or spaces, no empty token)"
+        )
+    return value

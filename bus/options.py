@@ -29,6 +29,10 @@ class BusOptions(msgspec.Struct, kw_only=True):
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_hostname: str | None = None
+    # Where replies to this client's requests arrive (JetStream acks, KV reads). A role
+    # user whose server permissions allow only its own prefix (``_INBOX_<user>.>``, as
+    # deploy/nats/authorization.conf does) cannot hear any other client's replies.
+    inbox_prefix: str = "_INBOX"
     connect_timeout_s: float = 2.0
     connect_attempts: int = 3
     allow_reconnect: bool = True

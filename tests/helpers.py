@@ -259,8 +259,11 @@ async def check_generate(base_url: str, stream: bool) -> None:
 def acl_opts(url: str, user: str) -> Any:
     """Bus options for a user of the shipped NATS config run by the ``acl_server`` fixture.
 
-    Every role's password there is ``pw-<role>`` (user ``actuator-x`` -> role actuator).
+    Every role's password there is ``pw-<role>`` (user ``actuator-x`` -> role actuator);
+    every role but admin hears replies under its own inbox prefix, ``_INBOX_<user>``.
     """
     from voltana.bus.client import BusOptions
 
-    return BusOptions(servers=[url], user=user, password=f"pw-{user.split('-')[0]}")
+    prefix = "_INBOX" if user == "admin" else f"_INBOX_{user}"
+    pw = f"pw-{user.split('-')[0]}"
+    return BusOptions(servers=[url], user=user, password=pw, inbox_prefix=prefix)

@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """NATS settings given by flag or environment (these win over the config file)."""
     from voltana.bus.cliopts import bus_options_from_args
+    from voltana.bus.options import BusOptions
 
     given = bus_options_from_args(args, name="voltana-telemetry")
     out: dict[str, Any] = {}
@@ -63,6 +64,8 @@ def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(given, fld)
         if value is not None:
             out[fld] = value
+    if given.inbox_prefix != BusOptions().inbox_prefix:  # given by flag or environment
+        out["inbox_prefix"] = given.inbox_prefix
     return out
 
 

@@ -69,6 +69,12 @@ def test_role_env_files_name_users_of_the_nats_config() -> None:
         text = (DEPLOY / "env" / f"{role}.env.example").read_text()
         user = re.search(r"^VOLTANA_NATS_USER=(\S+)", text, re.M)
         assert user and f"user: {user.group(1)}," in conf, role
+        # a role that makes requests hears its replies under its own inbox prefix only
+        inbox = re.search(r"^VOLTANA_NATS_INBOX_PREFIX=(\S+)", text, re.M)
+        if role != "telemetry":
+            assert inbox and inbox.group(1) == f"_INBOX_{user.group(1)}", role
+            assert f'"{inbox.group(1)}.>"' in conf, role
+    assert '"_INBOX.>"' not in conf  # no user may hear every client's replies
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

@@ -2,8 +2,8 @@
 
 KEEP events (``schemas.delivery``) are published with a reply inbox and wait for
 the stream's ack, and each publisher asks now and then whether the stream
-exists: a role user needs ``_INBOX.>`` to hear the ack and the stream's INFO
-API. Without them the outbox would re-send until full and drop.
+exists: a role user needs its own reply inboxes (``_INBOX_<user>.>``) to hear the ack
+and the stream's INFO API. Without them the outbox would re-send until full and drop.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ NODE = "gpu-node-1"
 
 
 def role(url: str, user: str) -> BusOptions:
-    return BusOptions(servers=[url], user=user, password=f"pw-{user.split('-')[0]}", name=user)
+    prefix = "_INBOX" if user == "admin" else f"_INBOX_{user}"  # each its own replies
+    pw = f"pw-{user.split('-')[0]}"
+    return BusOptions(servers=[url], user=user, password=pw, name=user, inbox_prefix=prefix)
 
 
 async def test_keep_publishers_get_acks(acl_server: NatsServer) -> None:
@@ -63,4 +65,30 @@ async def test_keep_publishers_get_acks(acl_server: NatsServer) -> None:
         info = await admin.js.stream_info(subjects.STREAM_NAME)
         assert info.state.messages == len(sends)
     finally:
+        await admin.close()
+
+
+async def test_a_publisher_without_its_inbox_prefix_gets_no_acks(acl_server: NatsServer) -> None:
+    """docs/deploy.md: a role user started without its private prefix cannot hear replies
+    on the shared one, so its KEEP events are never acked (re-sent, then dropped)."""
+    opts = role(acl_server.url, "router")
+    opts.inbox_prefix = "_INBOX"  # what a service gets without VOLTANA_NATS_INBOX_PREFIX
+    admin = await Bus.connect(role(acl_server.url, "admin"))
+    await admin.ensure_event_stream()
+    bus = await Bus.connect(opts)
+    try:
+        msg = RouteDecision(
+            t_ns=time.time_ns(),
+            request_id="r2",
+            prefill="p0",
+            decode="d0",
+            prefill_policy="ecoroute",
+            decode_policy="ecoroute",
+            bootstrap_room=2,
+        )
+        await bus.publish(subjects.ROUTE_DECISION, msg)
+        assert not await bus.outbox.flush(1.0)  # however long it waits: no ack can come
+        assert bus.outbox.acked == 0
+    finally:
+        await bus.close()
         await admin.close()

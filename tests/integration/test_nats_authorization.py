@@ -194,3 +194,43 @@ async def test_viewer_reads_the_log_and_writes_nothing(buses: Any) -> None:
     assert [m.subject for m in got] == [subjects.clock_set(OTHER, 0)] * 3
     await sub.unsubscribe()
     assert not await reaches(viewer, admin, subjects.clock_set(NODE, 0), cmd(NODE))
+
+
+SPY_CANARY = {  # a subject each role may hear, for ordering (admin publishes it)
+    f"actuator-{NODE}": subjects.clock_set(NODE, 7),
+    f"freqctl-{NODE}": "voltana.telemetry.engine.decode.spy",
+    "router": "voltana.telemetry.engine.decode.spy",
+    "viewer": "voltana.spy",
+}
+
+
+@pytest.mark.parametrize("user", sorted(SPY_CANARY))
+async def test_no_role_hears_the_replies_another_client_gets(buses: Any, user: str) -> None:
+    """deploy.md: replies (JetStream acks, stream and KV reads) arrive under the requester's
+    own inbox prefix, and no role credential may subscribe to another's."""
+    spy, admin = buses[user], buses["admin"]
+    victim = "router" if user != "router" else f"freqctl-{NODE}"
+    got: list[str] = []
+    seen_by_admin: list[str] = []
+
+    async def on(m: Any) -> None:
+        got.append(m.subject)
+
+    async def admin_on(m: Any) -> None:
+        seen_by_admin.append(m.subject)
+
+    inbox = buses[victim].opts.inbox_prefix  # where the victim's replies arrive
+    for pattern in (f"{inbox}.>", "_INBOX.>", "*.>", ">"):
+        await spy.subscribe_raw(pattern, on)
+    await admin.subscribe_raw(f"{inbox}.>", admin_on)  # the control: they can be heard
+    await spy.subscribe_raw(SPY_CANARY[user], on)
+    info = await buses[victim].js.stream_info(subjects.STREAM_NAME)  # answered to its inbox
+    assert info.config.name == subjects.STREAM_NAME
+    deadline = time.monotonic() + 15
+    await admin.nc.publish(SPY_CANARY[user], b"after the reply")
+    # the server queued any copy of the reply to the spy before the canary
+    while SPY_CANARY[user] not in got or not seen_by_admin:
+        assert time.monotonic() < deadline, "the canary or the control never arrived"
+        await asyncio.sleep(0.05)
+    assert all(s.startswith(f"{inbox}.") for s in seen_by_admin)
+    assert not [s for s in got if s.startswith("_INBOX")], got
