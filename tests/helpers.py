@@ -187,8 +187,8 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
     """Serve ``app`` on a free local port; (runner to clean up, base URL)."""
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()  # the kernel's pick: no race
+    port = int(runner.addresses[0][1])
     return runner, f"http://127.0.0.1:{port}"
 
 

@@ -3,6 +3,7 @@ a nats-server running the shipped deploy config."""
 
 from __future__ import annotations
 
+import errno
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,12 +23,20 @@ async def make_emulator() -> AsyncIterator[Factory]:
     apps: list[EmulatorApp] = []
 
     async def make(**kw: Any) -> EmulatorApp:
-        kw.setdefault("port", free_port())
-        kw.setdefault("bootstrap_port", free_port())
-        app = EmulatorApp(EmulatorConfig(**kw))
-        await app.start()
-        apps.append(app)
-        return app
+        # A port free when picked can be taken before the bind (a client's ephemeral
+        # port, say): with the ports picked here, pick again; the app cleans up itself.
+        picked = [k for k in ("port", "bootstrap_port") if k not in kw]
+        for attempt in range(5):
+            app = EmulatorApp(EmulatorConfig(**{**{k: free_port() for k in picked}, **kw}))
+            try:
+                await app.start()
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or not picked or attempt == 4:
+                    raise
+                continue
+            apps.append(app)
+            return app
+        raise AssertionError("unreachable")
 
     try:
         yield make
