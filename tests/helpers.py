@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -22,6 +24,7 @@ __all__ = [
     "check_generate",
     "emulated_pd_pair",
     "free_port",
+    "load_script",
     "post_json",
     "serve_app",
     "sglang_request",
@@ -93,6 +96,23 @@ def wait_routable(
             last = str(exc)
         time.sleep(0.2)
     raise RuntimeError(f"{url} routed no request in {timeout_s} s (last: {last})")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(rel: str) -> ModuleType:
+    """A repository script (``bench/gpu/compare_model.py``) as a module, for its tests.
+
+    Registered as ``voltana_bench_<name>``, so dataclasses and pickling inside work.
+    """
+    path = ROOT / rel
+    spec = importlib.util.spec_from_file_location(f"voltana_bench_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def voltana_argv(*args: str) -> list[str]:

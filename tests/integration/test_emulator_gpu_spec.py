@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port, spawn_voltana
+from helpers import free_port, spawn_voltana
 
 
 def _get(url: str) -> dict[str, Any]:

@@ -27,6 +27,19 @@ def role(url: str, user: str) -> BusOptions:
     return BusOptions(servers=[url], user=user, password=pw, name=user, inbox_prefix=prefix)
 
 
+def route_decision(n: int) -> RouteDecision:
+    """A router's KEEP event (request ``r<n>``)."""
+    return RouteDecision(
+        t_ns=time.time_ns(),
+        request_id=f"r{n}",
+        prefill="p0",
+        decode="d0",
+        prefill_policy="ecoroute",
+        decode_policy="ecoroute",
+        bootstrap_room=n,
+    )
+
+
 async def test_keep_publishers_get_acks(acl_server: NatsServer) -> None:
     admin = await Bus.connect(role(acl_server.url, "admin"))
     await admin.ensure_event_stream()
@@ -40,18 +53,7 @@ async def test_keep_publishers_get_acks(acl_server: NatsServer) -> None:
             subjects.clock_set(NODE, 0),
             SetClock(t_ns=now, node=NODE, gpu=0, sm_clock_mhz=1005, lease_s=2.0, seq=1),
         ),
-        "router": (
-            subjects.ROUTE_DECISION,
-            RouteDecision(
-                t_ns=now,
-                request_id="r1",
-                prefill="p0",
-                decode="d0",
-                prefill_policy="ecoroute",
-                decode_policy="ecoroute",
-                bootstrap_room=1,
-            ),
-        ),
+        "router": (subjects.ROUTE_DECISION, route_decision(1)),
     }
     try:
         for user, (subject, msg) in sends.items():
@@ -77,16 +79,7 @@ async def test_a_publisher_without_its_inbox_prefix_gets_no_acks(acl_server: Nat
     await admin.ensure_event_stream()
     bus = await Bus.connect(opts)
     try:
-        msg = RouteDecision(
-            t_ns=time.time_ns(),
-            request_id="r2",
-            prefill="p0",
-            decode="d0",
-            prefill_policy="ecoroute",
-            decode_policy="ecoroute",
-            bootstrap_room=2,
-        )
-        await bus.publish(subjects.ROUTE_DECISION, msg)
+        await bus.publish(subjects.ROUTE_DECISION, route_decision(2))
         assert not await bus.outbox.flush(1.0)  # however long it waits: no ack can come
         assert bus.outbox.acked == 0
     finally:

@@ -9,29 +9,18 @@ published band, or into it, fails here until the docs say so.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import load_script
 from voltana.groundtruth.gpu_model import GPUS
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, rel: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CS = _load("voltana_bench_clock_sweeps", "bench/clock_sweeps.py")
+CS = load_script("bench/clock_sweeps.py")
 DATA: dict[str, Any] = json.loads((ROOT / "bench/data/clock_sweeps.json").read_text())
 ANCHORS = {a["id"]: a for a in DATA["anchors"]}
 KINDS = {

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import msgspec
 import pytest
+from helpers import load_script
 from voltana.groundtruth.gpu_model import GPUS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,18 +18,8 @@ SUMMARY = re.compile(
 )
 
 
-def _load(name: str) -> ModuleType:
-    path = ROOT / "bench/gpu" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"voltana_bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CM = _load("compare_model")
-PP = _load("probe_points")
+CM = load_script("bench/gpu/compare_model.py")
+PP = load_script("bench/gpu/probe_points.py")
 
 
 def test_prediction_without_a_run_covers_every_probe_point(

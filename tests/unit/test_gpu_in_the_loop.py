@@ -9,14 +9,12 @@ prints the comparison and refits the knobs, so the test and the fit agree.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import load_script
 from voltana.groundtruth.gpu_model import GPUS, MODELS, GpuModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,17 +26,7 @@ MODEL = GpuModel(GPUS["h100"], MODELS["llama-3.1-8b"])
 TOL = 0.10
 
 
-def _load_compare() -> ModuleType:
-    path = ROOT / "bench/gpu/compare_model.py"
-    spec = importlib.util.spec_from_file_location("voltana_bench_compare_model", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CM = _load_compare()
+CM = load_script("bench/gpu/compare_model.py")
 DOCS: dict[str, dict[str, Any]] = {k: json.loads(p.read_text()) for k, p in RUNS.items()}
 POINTS = [p for name, doc in DOCS.items() for p in CM.probe_points(doc, name)]
 HELD = [p for p in POINTS if not p.excluded]
