@@ -10,6 +10,7 @@ Raw sockets keep the generator's own cost per request well below any router's
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RunResult", "closed_loop", "pct", "run_loop"]
+__all__ = ["RunResult", "closed_loop", "generate_body", "pct", "run_loop"]
 
 _E2E = re.compile(rb'"e2e_latency"\s*:\s*([0-9.eE+-]+)')
 
@@ -42,6 +43,14 @@ class RunResult:
     @property
     def cpu_ms_per_req(self) -> float:
         return self.router_cpu_s * 1e3 / self.ok if self.ok else float("nan")
+
+
+def generate_body(input_len: int, output_len: int, stream: bool) -> bytes:
+    """The ``/generate`` request every client sends: token ids in, a fixed output length."""
+    sampling = {"max_new_tokens": output_len, "ignore_eos": True, "temperature": 0}
+    return json.dumps(
+        {"input_ids": list(range(1, input_len + 1)), "stream": stream, "sampling_params": sampling}
+    ).encode()
 
 
 def pct(xs: list[float], q: float) -> float:

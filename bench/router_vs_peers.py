@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 from children import Children, tree_cpu_s
-from raw_load import RunResult, closed_loop, pct, run_loop
+from raw_load import RunResult, closed_loop, generate_body, pct, run_loop
 from voltana.common.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,17 +201,7 @@ def main() -> int:
         cells = [(m == "stream", c) for m in args.modes for c in args.clients]
         for k in range(args.rounds):
             for i, (stream, clients) in enumerate(cells):
-                body = json.dumps(
-                    {
-                        "input_ids": list(range(1, args.input_len + 1)),
-                        "stream": stream,
-                        "sampling_params": {
-                            "max_new_tokens": args.output_len,
-                            "ignore_eos": True,
-                            "temperature": 0,
-                        },
-                    }
-                ).encode()
+                body = generate_body(args.input_len, args.output_len, stream)
                 shift = (k + i) % len(rows_run)  # rotate who goes first
                 for name in rows_run[shift:] + rows_run[:shift]:
                     pid = kids.procs[name].pid
