@@ -15,9 +15,13 @@ and ``max_bytes`` is sized from the message rate (:func:`size_max_bytes`) so
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgspec
 import nats.errors
@@ -34,6 +38,8 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 from voltana.common.errors import BusError
 from voltana.schemas import subjects
+
+T = TypeVar("T")
 
 BYTES_PER_EVENT = 400
 """Stored bytes per event, measured: one idle node with three instances wrote 138
@@ -173,6 +179,28 @@ _NOT_READY = (
     nats.errors.NoRespondersError,
     nats.js.errors.ServiceUnavailableError,
 )
+
+
+async def until_ready(
+    call: Callable[[], Awaitable[T]], what: str, wait_s: float, pause_s: float = 0.5
+) -> T:
+    """``call()``, again while JetStream cannot answer yet (a cluster electing its stream
+    or meta leader), for up to ``wait_s`` seconds.
+
+    Raises:
+        JetStreamNotReady: JetStream still did not answer after ``wait_s``.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await call()
+        except JetStreamNotReady:
+            if time.monotonic() > deadline:
+                raise
+        except _NOT_READY as exc:
+            if time.monotonic() > deadline:
+                raise _unavailable(what, exc) from exc
+        await asyncio.sleep(pause_s)
 
 
 async def stream_info_or_none(js: JetStreamContext, name: str) -> StreamInfo | None:

@@ -54,29 +54,22 @@ async def read_stream(args: argparse.Namespace) -> AsyncIterator[tuple[float, st
     """Every stored event (arrival time s, subject, payload) in stream order, up to the last
     one stored when the replay started.
 
-    Rides out a leader election: the stream lookup and a stalled read are retried for
-    ``--wait-s`` before giving up with a clear error.
+    Rides out a leader election: the stream lookup, the consumer's creation and a stalled
+    read are retried for ``--wait-s`` before giving up with a clear error.
     """
     import datetime as dt
 
     from nats.js.api import ConsumerConfig, DeliverPolicy
     from voltana.bus.client import Bus
-    from voltana.bus.jsstate import JetStreamNotReady, stream_info_or_none
+    from voltana.bus.jsstate import stream_info_or_none, until_ready
     from voltana.common.errors import BusError
     from voltana.schemas import subjects
 
     bus = await Bus.connect(bus_options_from_args(args, name="voltana-replay"))
     sub = None
     try:
-        deadline = time.monotonic() + args.wait_s
-        while True:
-            try:
-                info = await stream_info_or_none(bus.js, subjects.STREAM_NAME)
-                break
-            except JetStreamNotReady:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
+        name = subjects.STREAM_NAME
+        info = await until_ready(lambda: stream_info_or_none(bus.js, name), name, args.wait_s)
         if info is None:
             raise BusError(
                 f"no {subjects.STREAM_NAME} event stream on the server "
@@ -91,7 +84,13 @@ async def read_stream(args: argparse.Namespace) -> AsyncIterator[tuple[float, st
             config = ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start
             )
-        sub = await bus.js.subscribe(subjects.ALL, ordered_consumer=True, config=config)
+        sub = await until_ready(  # the consumer is made by the cluster's meta leader
+            lambda: bus.js.subscribe(
+                subjects.ALL, stream=name, ordered_consumer=True, config=config
+            ),
+            name,
+            args.wait_s,
+        )
         stalled_since = time.monotonic()
         while True:
             try:
