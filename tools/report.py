@@ -51,6 +51,12 @@ def register(sub: Any) -> None:
         default=0.0,
         help="event log: up to N seconds ago (default 0: now)",
     )
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        default=15.0,
+        help="event log: how long to ride out a JetStream leader election (default 15)",
+    )
     p.add_argument("--markdown", action="store_true", help="print markdown tables")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="also write a plot to this file")
@@ -174,6 +180,7 @@ async def read_records(args: argparse.Namespace) -> list[Any]:
     import msgspec
     from nats.js.api import ConsumerConfig, DeliverPolicy
     from voltana.bus.client import Bus
+    from voltana.bus.jsstate import stream_info_or_none, until_ready
     from voltana.common.errors import BusError
     from voltana.schemas import codec, subjects
     from voltana.schemas.router import RequestRecord
@@ -183,12 +190,17 @@ async def read_records(args: argparse.Namespace) -> list[Any]:
     bus = await Bus.connect(bus_options_from_args(args, name="voltana-report"))
     out: list[Any] = []
     try:
-        try:
-            await bus.js.stream_info(subjects.STREAM_NAME)
-        except Exception as exc:
-            raise BusError(f"no {subjects.STREAM_NAME} event stream on the server ({exc})") from exc
+        name = subjects.STREAM_NAME
+        if await until_ready(lambda: stream_info_or_none(bus.js, name), name, args.wait_s) is None:
+            raise BusError(f"no {name} event stream on the server (voltana nats init creates it)")
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
-        sub = await bus.js.subscribe(subjects.REQUEST_DONE, ordered_consumer=True, config=config)
+        sub = await until_ready(  # the consumer is made by the cluster's meta leader
+            lambda: bus.js.subscribe(
+                subjects.REQUEST_DONE, stream=name, ordered_consumer=True, config=config
+            ),
+            name,
+            args.wait_s,
+        )
         while True:
             try:
                 m = await sub.next_msg(timeout=2.0)

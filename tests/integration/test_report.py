@@ -48,6 +48,11 @@ def run_report(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_report_over_the_event_log(nats_server: NatsServer, tmp_path: Path) -> None:
+    # no stream yet: one clear line, no traceback
+    res = run_report("--nats", nats_server.url, "--wait-s", "1")
+    assert res.returncode != 0
+    assert "no VOLTANA event stream on the server" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
     bus = await Bus.connect(servers=[nats_server.url])
     try:
         await bus.ensure_event_stream()
