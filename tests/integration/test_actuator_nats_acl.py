@@ -31,13 +31,13 @@ async def test_role_users_run_the_control_loop(acl_server: NatsServer, tmp_path:
     with emulator(gpu_ids=(0,), log_dir=tmp_path) as emu:
         act_bus = await Bus.connect(acl_opts(url, f"actuator-{NODE}"))
         fc_bus = await Bus.connect(acl_opts(url, f"freqctl-{NODE}"))
-        tel_bus = await Bus.connect(acl_opts(url, "telemetry"))
+        tel_bus = await Bus.connect(acl_opts(url, f"telemetry-{NODE}"))
         states: list[ClockState] = []
         await admin.subscribe(subjects.CLOCK_STATE_ALL, ClockState, lambda m, s: states.append(m))
         actuator = Actuator(act_bus, EmulatedDevice.discover([emu]), ActuatorConfig(node=NODE))
         profile = default_profile("h100", "llama-3.1-8b")
         freqctl = FreqctlService(
-            fc_bus, [InstanceSpec("d0", NODE, (0,))], profile, ControllerConfig(), name=NODE
+            fc_bus, [InstanceSpec("decode-0", NODE, (0,))], profile, ControllerConfig(), name=NODE
         )
         await actuator.start()
         await freqctl.start()
@@ -49,14 +49,14 @@ async def test_role_users_run_the_control_loop(acl_server: NatsServer, tmp_path:
                 seq += 1
                 msg = InstanceTelemetry(
                     t_ns=time.time_ns(),
-                    instance="d0",
+                    instance="decode-0",
                     role="decode",
                     node=NODE,
                     url=emu,
                     seq=seq,
                     gpus=[0],
                 )
-                await tel_bus.publish(subjects.telemetry_engine("decode", "d0"), msg)
+                await tel_bus.publish(subjects.telemetry_engine("decode", "decode-0"), msg)
                 await asyncio.sleep(0.05)
 
         pub = asyncio.create_task(telemetry())
@@ -65,7 +65,7 @@ async def test_role_users_run_the_control_loop(acl_server: NatsServer, tmp_path:
             await wait_for(lambda: gpus_of(emu)[0]["locked_clock_mhz"] == profile.min_clock_mhz, 10)
             # the admin changes the policy live through the KV bucket; freqctl reads it
             await admin.kv_put_json(
-                subjects.kv_controller_key("d0"),
+                subjects.kv_controller_key("decode-0"),
                 ControllerConfig(policy="static", static_clock_mhz=1200),
             )
             await wait_for(lambda: gpus_of(emu)[0]["locked_clock_mhz"] == 1200, 10)

@@ -20,7 +20,7 @@ from voltana.schemas import subjects
 from voltana.schemas.clock import ClockState, SetClock
 
 NODE, OTHER = "gpu-node-1", "gpu-node-2"
-ROLES = ("telemetry", f"freqctl-{NODE}", "router", "viewer", f"actuator-{NODE}")
+ROLES = (f"telemetry-{NODE}", f"freqctl-{NODE}", "router", "viewer", f"actuator-{NODE}")
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def cmd(node: str, mhz: int = 1200) -> SetClock:
 
 
 CANARY = {  # a subject each role may publish on: its arrival ends the wait
-    "telemetry": "voltana.telemetry.engine.decode.canary",
+    f"telemetry-{NODE}": f"voltana.telemetry.gpu.{NODE}.99",
     f"freqctl-{NODE}": "voltana.freqctl.decision.canary",
     "router": "voltana.router.state.decode.canary",
     "viewer": "voltana-svc.canary.x.status",
@@ -135,13 +135,27 @@ async def test_freqctl_commands_only_its_own_node(buses: Any) -> None:
     assert not await reaches(fc, admin, subjects.clock_set(OTHER, 0), cmd(OTHER))
 
 
-@pytest.mark.parametrize("user", ["telemetry", "router", "viewer"])
+@pytest.mark.parametrize("user", [f"telemetry-{NODE}", "router", "viewer"])
 async def test_other_roles_cannot_command_any_gpu(buses: Any, user: str) -> None:
     assert not await reaches(buses[user], buses["admin"], subjects.clock_set(NODE, 0), cmd(NODE))
 
 
+async def test_telemetry_speaks_only_for_its_node_and_instances(buses: Any) -> None:
+    """deploy.md: a node's telemetry credential cannot speak for another node's GPUs or
+    instances (its instances are deploy/node.example.toml's prefill-0 and decode-0)."""
+    tel, admin = buses[f"telemetry-{NODE}"], buses["admin"]
+    for subject, ok in (
+        (subjects.telemetry_gpu(NODE, 0), True),
+        (subjects.telemetry_gpu(OTHER, 0), False),
+        (subjects.telemetry_engine("decode", "decode-0"), True),
+        (subjects.telemetry_engine("prefill", "prefill-0"), True),
+        (subjects.telemetry_engine("decode", "decode-1"), False),
+    ):
+        assert await reaches(tel, admin, subject, cmd(NODE)) is ok, subject
+
+
 async def test_telemetry_hears_no_events(buses: Any) -> None:
-    tel, admin = buses["telemetry"], buses["admin"]
+    tel, admin = buses[f"telemetry-{NODE}"], buses["admin"]
     got: list[str] = []
 
     async def on(m: Any) -> None:
