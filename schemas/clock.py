@@ -7,7 +7,7 @@ from typing import Literal
 from voltana.schemas.base import Event, GpuIndex, Name, OptName, Text
 
 
-class SetClock(Event, frozen=True, kw_only=True, tag="set"):  # type: ignore[call-arg]
+class SetClock(Event, frozen=True, kw_only=True, tag="set"):  # type: ignore[call-arg, unused-ignore]
     """Lock one GPU's SM clock to ``sm_clock_mhz`` for at most ``lease_s`` seconds.
 
     The actuator resets the GPU to default clocks unless a fresh command renews
@@ -24,7 +24,7 @@ class SetClock(Event, frozen=True, kw_only=True, tag="set"):  # type: ignore[cal
     reason: Text = ""
 
 
-class ResetClock(Event, frozen=True, kw_only=True, tag="reset"):  # type: ignore[call-arg]
+class ResetClock(Event, frozen=True, kw_only=True, tag="reset"):  # type: ignore[call-arg, unused-ignore]
     """Return one GPU to its default clocks (nothing locked)."""
 
     node: Name
@@ -41,7 +41,7 @@ ClockCommand = SetClock | ResetClock
 ClockStatus = Literal["applied", "unchanged", "reset", "rejected", "expired", "error"]
 
 
-class ClockState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
+class ClockState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg, unused-ignore]
     """What the actuator did with a command (or a lease expiry) and what holds now.
 
     ``locked_clock_mhz`` None means default clocks. ``status`` says what happened;
@@ -61,7 +61,7 @@ class ClockState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     apply_latency_s: float | None = None
 
 
-class ClockDecision(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
+class ClockDecision(Event, frozen=True, kw_only=True):  # type: ignore[call-arg, unused-ignore]
     """One controller decision with its reason, kept for replay and debugging."""
 
     instance: Name

@@ -8,7 +8,7 @@ from voltana.schemas.base import Count, Event, Name, OptName, Text
 from voltana.schemas.telemetry import LatencyWindow, Role
 
 
-class InstanceState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
+class InstanceState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg, unused-ignore]
     """The router's view of one instance: its own accounting merged with telemetry.
 
     ``telemetry_age_s`` is None when no telemetry was ever received for it.
@@ -33,7 +33,7 @@ class InstanceState(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     itl: LatencyWindow | None = None
 
 
-class RouteDecision(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
+class RouteDecision(Event, frozen=True, kw_only=True):  # type: ignore[call-arg, unused-ignore]
     """Where one request went and why."""
 
     request_id: Text
@@ -52,7 +52,7 @@ class RouteDecision(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
 RequestStatus = Literal["ok", "error", "cancelled", "rejected"]
 
 
-class RequestRecord(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
+class RequestRecord(Event, frozen=True, kw_only=True):  # type: ignore[call-arg, unused-ignore]
     """One finished request as the client saw it.
 
     ``slo_met`` is the per-request definition used throughout the project:

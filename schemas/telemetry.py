@@ -28,7 +28,7 @@ class LatencyWindow(msgspec.Struct, frozen=True, kw_only=True):
     max_s: float | None = None
 
 
-class GpuTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
+class GpuTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg, unused-ignore]
     """One power/clock sample of one GPU.
 
     ``energy_j`` is the cumulative counter since the source started counting:
@@ -66,7 +66,7 @@ class GpuTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
     power_instant_w: float | None = None
 
 
-class InstanceTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg]
+class InstanceTelemetry(Event, frozen=True, kw_only=True):  # type: ignore[call-arg, unused-ignore]
     """Engine state of one serving instance, scraped from SGLang.
 
     ``healthy`` is False (with ``error`` set) when the instance stopped answering;
