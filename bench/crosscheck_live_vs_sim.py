@@ -3,7 +3,8 @@
 Live: ``LocalCluster`` (nats-server, emulated SGLang prefill + decode workers,
 telemetry, actuator, freqctl, router: real processes, real NATS, real HTTP)
 replays the slice in real time through the router, as streaming ``/generate``
-requests with ``input_ids`` of the trace's input length and ``max_new_tokens``
+requests with ``input_ids`` of the trace's input length (shared between prompts
+only where the trace says so: ``prompt_token_ids``) and ``max_new_tokens``
 = its output length (``ignore_eos``). TTFT is measured at the client from the
 request's send time to its first token, ITL from the token gaps; energy is the
 sum over every GPU of its energy-counter delta (emulator admin API) from the
@@ -30,7 +31,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 from voltana.sim.crosscheck import compare, sim_figures
-from voltana.sim.workload import SimRequest, load_trace, scale_rate, window
+from voltana.sim.workload import SimRequest, load_trace, prompt_token_ids, scale_rate, window
 from voltana.tools.localcluster import LocalCluster, LocalClusterSpec
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[1] / "sim" / "data" / "azure_llm_2023_conv.csv.gz"
@@ -48,12 +49,14 @@ async def gpu_energy_j(session: aiohttp.ClientSession, urls: list[str]) -> float
 async def one(
     session: aiohttp.ClientSession, router: str, req: SimRequest, t0: float
 ) -> dict[str, Any]:
-    await asyncio.sleep(max(0.0, t0 + req.arrival_s - time.monotonic()))
     body = {
-        "input_ids": [int(i) % 32000 + 1 for i in range(req.input_tokens)],
+        # ids that share only what the trace says they share: the engines' prefix
+        # caches would otherwise serve most prefills from cache, the simulator none
+        "input_ids": prompt_token_ids(req),
         "sampling_params": {"max_new_tokens": req.output_tokens, "ignore_eos": True},
         "stream": True,
     }
+    await asyncio.sleep(max(0.0, t0 + req.arrival_s - time.monotonic()))
     sent = time.monotonic()
     stamps: list[float] = []
     last_count = 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -38,6 +39,7 @@ __all__ = [
     "SimRequest",
     "Workload",
     "load_trace",
+    "prompt_token_ids",
     "scale_rate",
     "synthetic",
     "window",
@@ -328,3 +330,33 @@ def synthetic(
     outs = (output_len or LengthDist("lognormal", 211.0, 1.0, 1, 4096)).sample(rng, n)
     reqs = tuple(SimRequest(f"s{i}", float(times[i]), int(ins[i]), int(outs[i])) for i in range(n))
     return Workload(name=f"{arrival}-{rate_rps:g}rps", requests=reqs, source="synthetic")
+
+
+def prompt_token_ids(req: SimRequest, vocab: int = 32000) -> list[int]:
+    """The token ids a live client sends for ``req``: its prompt shares with other
+    prompts exactly the prefix blocks the workload says it shares, nothing more.
+
+    A real engine's prefix cache matches token ids: sending one fixed sequence (or
+    prefixes of one) for every request turns each prefill into a cache hit that the
+    simulator, which follows the workload, never sees. Block ``i`` of the request's
+    prefix identity gets ids drawn from its key (equal keys, equal ids); the rest of the
+    prompt is drawn from the request's id, so it matches no other request's.
+    """
+    if vocab < 2:
+        raise ValueError(f"vocab must be at least 2, got {vocab}")
+    out: list[np.ndarray] = []
+    done = 0
+    if req.prefix is not None:
+        bt = req.prefix.block_tokens
+        for key in req.prefix.keys:
+            n = min(bt, req.input_tokens - done)
+            if n <= 0:
+                break
+            rng = np.random.default_rng([1, key & 0xFFFFFFFFFFFFFFFF])
+            out.append(rng.integers(1, vocab, n))
+            done += n
+    if done < req.input_tokens:
+        digest = hashlib.blake2b(req.request_id.encode(), digest_size=16).digest()
+        rng = np.random.default_rng([2, int.from_bytes(digest, "little")])
+        out.append(rng.integers(1, vocab, req.input_tokens - done))
+    return np.concatenate(out).tolist() if out else []

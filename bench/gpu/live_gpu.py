@@ -12,8 +12,8 @@ unified, its decode CUDA graphs captured before serving), ``voltana router
 ``voltana telemetry`` (real NVML source), ``voltana freqctl`` (deciding) and
 ``voltana actuator --backend dry-run`` (records what it would apply, applies nothing).
 The trace slice is sent through the router in real time as streaming ``/generate``
-requests (``input_ids`` of the trace's input length, ``max_new_tokens`` = its output
-length, ``ignore_eos``; ``--no-router`` sends them straight to the worker). TTFT and
+requests (``input_ids`` of the trace's input length, sharing no prefix the trace does
+not share, ``max_new_tokens`` = its output length, ``ignore_eos``; ``--no-router`` sends them straight to the worker). TTFT and
 ITL are measured per request at the client; GPU energy is NVML's energy counter from
 the first request's send to the last token. Then ``voltana replay`` reads the event
 log and replays the controller's decisions; the log is exported as JSON lines.
@@ -153,6 +153,9 @@ def device_summary(its: list[dict[str, Any]]) -> dict[str, Any]:
     cap = [float(it.get("device_s", 0.0)) for it in dev if it.get("device_captured")]
     return {
         "iterations": len(its),
+        # prompt tokens the engine computed; fewer than the slice's input tokens means
+        # prefix-cache hits (the simulator's workload says what is shared)
+        "prefill_tokens": sum(int(it["new_tokens"]) for it in its if it["kind"] != "decode"),
         "device_iterations": len(dev),
         "device_busy_s": round(sum(secs), 3),
         "graph_captures": len(cap),

@@ -4,7 +4,8 @@ Every part a lent GPU runs: NATS with the event log, the GPU-backed worker (torc
 CPU), the router in front of it, telemetry, freqctl and the dry-run actuator, then replay
 over the log. What a device run depends on is checked here, so a change cannot break it
 unseen: every request answered through the router, each one routed and settled on the
-bus, no service logging an error, and replay agreeing with every recorded decision.
+bus, no service logging an error, no prompt served from the prefix cache that the trace
+does not share, and replay agreeing with every recorded decision.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def test_the_whole_loop_on_a_cpu(tmp_path: Path) -> None:
     live = report["live"]
     assert live["requests"] > 0 and live["completed"] == live["requests"], live
     assert live["failed"] == [] and live["energy_j"] > 0
+    # the trace's prompts share nothing, so the engine computed every prompt token: the
+    # client's ids must not hand its prefix cache hits the simulator never sees
+    assert report["device"]["prefill_tokens"] == live["input_tokens"], report["device"]
 
     for name in ("router", "worker", "telemetry", "freqctl", "actuator"):
         assert f"{name}.log" in logs, sorted(logs)

@@ -153,3 +153,21 @@ def test_gzip_traces_and_unreadable_ones(tmp_path: Path) -> None:
     bad.write_bytes(b"not gzip at all")
     with pytest.raises(ConfigError, match="cannot read"):
         load_trace(bad)
+
+
+def test_prompt_token_ids_share_exactly_the_workloads_prefix_blocks() -> None:
+    from voltana.groundtruth.prefix_cache import PrefixIdentity
+    from voltana.sim.workload import SimRequest, prompt_token_ids
+
+    a = SimRequest("a", 0.0, 1000, 8, PrefixIdentity((5, 6), 512))
+    b = SimRequest("b", 0.0, 700, 8, PrefixIdentity((5, 7), 512))
+    ia, ib = prompt_token_ids(a), prompt_token_ids(b)
+    assert len(ia) == 1000 and len(ib) == 700
+    assert ia[:512] == ib[:512]  # the shared first block
+    assert ia[512:700] != ib[512:700]  # the second block differs
+    assert prompt_token_ids(a) == ia  # the same request, the same prompt
+    # no prefix identity: no two prompts share even their first tokens
+    plain = [prompt_token_ids(SimRequest(f"r{i}", 0.0, 64, 8)) for i in range(50)]
+    assert len({tuple(p[:4]) for p in plain}) == 50
+    assert all(0 < t < 32000 for p in plain for t in p)
+    assert prompt_token_ids(SimRequest("z", 0.0, 0, 8)) == []
