@@ -91,6 +91,18 @@ def _observed(w: LatencyWindow | None) -> float | None:
     return value
 
 
+def router_brought_work(prev: InstanceState | None, cur: InstanceState) -> bool:
+    """The router holds more work for an instance than at its previous report: the
+    controller decides at once (wake on dispatch), not at the next engine scrape. The
+    service and the replayer both follow this, so a replay makes the same decisions."""
+    if prev is None:
+        return cur.in_flight_requests > 0 or cur.queued_prefill_tokens > 0
+    return (
+        cur.in_flight_requests > prev.in_flight_requests
+        or cur.queued_prefill_tokens > prev.queued_prefill_tokens
+    )
+
+
 def build_input(
     tel: InstanceTelemetry,
     *,

@@ -24,7 +24,7 @@ from voltana.schemas.config import ControllerConfig
 from voltana.schemas.router import InstanceState
 from voltana.schemas.telemetry import InstanceTelemetry
 from voltana.services.freqctl.controllers import ClockController, ControlDecision, make_controller
-from voltana.services.freqctl.core import build_input
+from voltana.services.freqctl.core import build_input, router_brought_work
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,8 @@ class _Inst:
     config: ControllerConfig
     router: InstanceState | None = None
     router_at_s: float | None = None
+    tel: InstanceTelemetry | None = None
+    tel_at_s: float = 0.0
     node_gpu: tuple[str, int] | None = None
     last: ControlDecision | None = None
 
@@ -112,24 +114,30 @@ class Replayer:
     def feed(self, at_s: float, msg: object) -> ControlDecision | None:
         """One recorded event, received at ``at_s`` (wall seconds). Returns a replayed decision."""
         if isinstance(msg, InstanceTelemetry):
-            return self._decide(at_s, msg)
+            inst = self._get(msg.instance)
+            inst.tel, inst.tel_at_s = msg, at_s
+            if msg.gpus:
+                inst.node_gpu = (msg.node, msg.gpus[0])
+            return self._decide(inst, at_s)
         if isinstance(msg, InstanceState):
             inst = self._get(msg.instance)
+            prev = inst.router
             inst.router, inst.router_at_s = msg, at_s
+            if inst.tel is not None and router_brought_work(prev, msg):
+                return self._decide(inst, at_s)  # the service's wake on dispatch
         elif isinstance(msg, ClockState):
             self._locked[(msg.node, msg.gpu)] = msg.locked_clock_mhz
         elif isinstance(msg, ClockDecision):
             self._compare(at_s, msg)
         return None
 
-    def _decide(self, at_s: float, tel: InstanceTelemetry) -> ControlDecision:
-        inst = self._get(tel.instance)
-        if tel.gpus:
-            inst.node_gpu = (tel.node, tel.gpus[0])
+    def _decide(self, inst: _Inst, at_s: float) -> ControlDecision:
+        tel = inst.tel
+        assert tel is not None  # decisions follow the instance's first telemetry
         current = self._locked.get(inst.node_gpu) if inst.node_gpu else None
         inp = build_input(
             tel,
-            received_s=at_s,
+            received_s=inst.tel_at_s,
             router=inst.router,
             router_received_s=inst.router_at_s,
             now_s=at_s,

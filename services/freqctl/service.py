@@ -47,6 +47,7 @@ from voltana.services.freqctl.core import (
     build_input,
     missing_input,
     needs_send,
+    router_brought_work,
 )
 from voltana.services.freqctl.kvconfig import KvConfigWatcher
 from voltana.services.runner import ServiceContext
@@ -77,16 +78,6 @@ class _Instance:
     last_sent: Sent | None = None
     last_decision: ControlDecision | None = None
     decisions: int = 0
-
-
-def _new_work(prev: InstanceState | None, cur: InstanceState) -> bool:
-    """The router holds more work for an instance than at its previous report."""
-    if prev is None:
-        return cur.in_flight_requests > 0 or cur.queued_prefill_tokens > 0
-    return (
-        cur.in_flight_requests > prev.in_flight_requests
-        or cur.queued_prefill_tokens > prev.queued_prefill_tokens
-    )
 
 
 class FreqctlService(ServiceContext):
@@ -223,7 +214,7 @@ class FreqctlService(ServiceContext):
             return
         prev = inst.router
         inst.router, inst.router_rx_s = st, self._wall()
-        if inst.tel is not None and _new_work(prev, st):
+        if inst.tel is not None and router_brought_work(prev, st):
             # the router dispatched work here: decide now instead of at the next engine
             # scrape, so a parked instance wakes within the bus latency (wake on dispatch)
             self.counts["router_wakes"] += 1

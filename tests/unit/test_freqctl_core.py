@@ -267,3 +267,22 @@ def test_build_input_is_control_input_of_the_message_fields(
         healthy=healthy,
     )
     assert live == direct
+
+
+def test_replay_decides_on_router_wakes_like_the_service() -> None:
+    """The service decides at once when the router brings an instance new work; the
+    replayer must too, or its controller's state (dwell, hysteresis) drifts from the
+    live one's and later decisions diverge."""
+    from voltana.services.freqctl.core import router_brought_work
+    from voltana.services.freqctl.replay import Replayer
+
+    rep = Replayer(default_profile("h100", "llama-3.1-8b"), lambda _i: ControllerConfig())
+    state = InstanceState(t_ns=1, instance="d0", role="decode", url="u", seq=1)
+    busy = msgspec.structs.replace(state, seq=2, in_flight_requests=3)
+    assert rep.feed(100.0, busy) is None  # no telemetry yet: nothing to decide on
+    assert rep.feed(100.1, tel(gpus=[0])) is not None
+    assert rep.feed(100.2, busy) is None  # no more work than before
+    more = msgspec.structs.replace(busy, seq=3, in_flight_requests=5)
+    assert router_brought_work(busy, more) and not router_brought_work(more, busy)
+    assert rep.feed(100.3, more) is not None  # woken by dispatch
+    assert rep.report.decisions["d0"] == 2
