@@ -22,7 +22,7 @@ from voltana.predictor.profile import Profile
 from voltana.schemas.clock import ClockDecision, ClockState
 from voltana.schemas.config import ControllerConfig
 from voltana.schemas.router import InstanceState
-from voltana.schemas.telemetry import InstanceTelemetry
+from voltana.schemas.telemetry import GpuTelemetry, InstanceTelemetry
 from voltana.services.freqctl.controllers import ClockController, ControlDecision, make_controller
 from voltana.services.freqctl.core import build_input, router_brought_work
 
@@ -127,6 +127,11 @@ class Replayer:
                 return self._decide(inst, at_s)  # the service's wake on dispatch
         elif isinstance(msg, ClockState):
             self._locked[(msg.node, msg.gpu)] = msg.locked_clock_mhz
+        elif isinstance(msg, GpuTelemetry):
+            # the service reads the lock from GPU readings too (whichever came last); in
+            # a dry run they say "none" while the actuator's state says what it would lock
+            if any(i.node_gpu == (msg.node, msg.gpu) for i in self._inst.values()):
+                self._locked[(msg.node, msg.gpu)] = msg.locked_clock_mhz
         elif isinstance(msg, ClockDecision):
             self._compare(at_s, msg)
         return None

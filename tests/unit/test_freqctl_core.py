@@ -286,3 +286,25 @@ def test_replay_decides_on_router_wakes_like_the_service() -> None:
     assert router_brought_work(busy, more) and not router_brought_work(more, busy)
     assert rep.feed(100.3, more) is not None  # woken by dispatch
     assert rep.report.decisions["d0"] == 2
+
+
+def test_replay_reads_the_lock_from_gpu_readings_too_like_the_service() -> None:
+    """In a dry run the GPU's readings say nothing is locked while the actuator's state
+    says what it would lock; the service takes whichever came last, so must replay."""
+    from voltana.schemas.clock import ClockState
+    from voltana.schemas.telemetry import GpuTelemetry
+    from voltana.services.freqctl.replay import Replayer
+
+    rep = Replayer(default_profile("h100", "llama-3.1-8b"), lambda _i: ControllerConfig())
+    rep.feed(1.0, tel(gpus=[0]))
+    state = ClockState(t_ns=1, node="n1", gpu=0, seq=1, status="applied", locked_clock_mhz=1200)
+    reading = GpuTelemetry(
+        t_ns=2, node="n1", gpu=0, seq=1, power_w=300.0, energy_j=1.0, sm_clock_mhz=1980
+    )
+    rep.feed(1.1, state)
+    assert rep._locked[("n1", 0)] == 1200
+    rep.feed(1.2, reading)
+    assert rep._locked[("n1", 0)] is None
+    other = msgspec.structs.replace(reading, node="n2", locked_clock_mhz=900)
+    rep.feed(1.3, other)  # a GPU no replayed instance runs on: not kept
+    assert ("n2", 0) not in rep._locked
