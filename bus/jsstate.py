@@ -28,6 +28,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
+    ConsumerConfig,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -216,6 +217,33 @@ async def stream_info_or_none(js: JetStreamContext, name: str) -> StreamInfo | N
         return None
     except _NOT_READY as exc:
         raise _unavailable(name, exc) from exc
+
+
+async def event_stream_info(js: JetStreamContext, wait_s: float) -> StreamInfo:
+    """The event log's info for a reader (replay, report), riding out a leader election
+    for up to ``wait_s`` seconds.
+
+    Raises:
+        BusError: the stream does not exist, or JetStream did not answer in time.
+    """
+    name = subjects.STREAM_NAME
+    info = await until_ready(lambda: stream_info_or_none(js, name), name, wait_s)
+    if info is None:
+        raise BusError(f"no {name} event stream on the server (voltana nats init creates it)")
+    return info
+
+
+async def read_event_log(
+    js: JetStreamContext, subject: str, config: ConsumerConfig, wait_s: float
+) -> JetStreamContext.PushSubscription:
+    """An ordered consumer on the event log for ``subject``; its creation (made by the
+    cluster's meta leader) is retried through a leader election for up to ``wait_s``."""
+    name = subjects.STREAM_NAME
+    return await until_ready(
+        lambda: js.subscribe(subject, stream=name, ordered_consumer=True, config=config),
+        name,
+        wait_s,
+    )
 
 
 async def _ensure(

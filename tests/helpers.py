@@ -286,4 +286,4 @@ def acl_opts(url: str, user: str) -> Any:
 
     prefix = "_INBOX" if user == "admin" else f"_INBOX_{user}"
     pw = f"pw-{user.split('-')[0]}"
-    return BusOptions(servers=[url], user=user, password=pw, inbox_prefix=prefix)
+    return BusOptions(servers=[url], user=user, password=pw, name=user, inbox_prefix=prefix)

@@ -61,20 +61,14 @@ async def read_stream(args: argparse.Namespace) -> AsyncIterator[tuple[float, st
 
     from nats.js.api import ConsumerConfig, DeliverPolicy
     from voltana.bus.client import Bus
-    from voltana.bus.jsstate import stream_info_or_none, until_ready
+    from voltana.bus.jsstate import event_stream_info, read_event_log
     from voltana.common.errors import BusError
     from voltana.schemas import subjects
 
     bus = await Bus.connect(bus_options_from_args(args, name="voltana-replay"))
     sub = None
     try:
-        name = subjects.STREAM_NAME
-        info = await until_ready(lambda: stream_info_or_none(bus.js, name), name, args.wait_s)
-        if info is None:
-            raise BusError(
-                f"no {subjects.STREAM_NAME} event stream on the server "
-                "(voltana nats init creates it)"
-            )
+        info = await event_stream_info(bus.js, args.wait_s)
         last = info.state.last_seq
         if info.state.messages == 0:
             return
@@ -84,13 +78,7 @@ async def read_stream(args: argparse.Namespace) -> AsyncIterator[tuple[float, st
             config = ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start
             )
-        sub = await until_ready(  # the consumer is made by the cluster's meta leader
-            lambda: bus.js.subscribe(
-                subjects.ALL, stream=name, ordered_consumer=True, config=config
-            ),
-            name,
-            args.wait_s,
-        )
+        sub = await read_event_log(bus.js, subjects.ALL, config, args.wait_s)
         stalled_since = time.monotonic()
         while True:
             try:

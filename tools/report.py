@@ -180,8 +180,7 @@ async def read_records(args: argparse.Namespace) -> list[Any]:
     import msgspec
     from nats.js.api import ConsumerConfig, DeliverPolicy
     from voltana.bus.client import Bus
-    from voltana.bus.jsstate import stream_info_or_none, until_ready
-    from voltana.common.errors import BusError
+    from voltana.bus.jsstate import event_stream_info, read_event_log
     from voltana.schemas import codec, subjects
     from voltana.schemas.router import RequestRecord
 
@@ -190,17 +189,9 @@ async def read_records(args: argparse.Namespace) -> list[Any]:
     bus = await Bus.connect(bus_options_from_args(args, name="voltana-report"))
     out: list[Any] = []
     try:
-        name = subjects.STREAM_NAME
-        if await until_ready(lambda: stream_info_or_none(bus.js, name), name, args.wait_s) is None:
-            raise BusError(f"no {name} event stream on the server (voltana nats init creates it)")
+        await event_stream_info(bus.js, args.wait_s)
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
-        sub = await until_ready(  # the consumer is made by the cluster's meta leader
-            lambda: bus.js.subscribe(
-                subjects.REQUEST_DONE, stream=name, ordered_consumer=True, config=config
-            ),
-            name,
-            args.wait_s,
-        )
+        sub = await read_event_log(bus.js, subjects.REQUEST_DONE, config, args.wait_s)
         while True:
             try:
                 m = await sub.next_msg(timeout=2.0)

@@ -13,8 +13,8 @@ unified, its decode CUDA graphs captured before serving), ``voltana router
 ``voltana actuator --backend dry-run`` (records what it would apply, applies nothing).
 The trace slice is sent through the router in real time as streaming ``/generate``
 requests (``input_ids`` of the trace's input length, sharing no prefix the trace does
-not share, ``max_new_tokens`` = its output length, ``ignore_eos``; ``--no-router`` sends them straight to the worker). TTFT and
-ITL are measured per request at the client; GPU energy is NVML's energy counter from
+not share, ``max_new_tokens`` = its output length, ``ignore_eos``; ``--no-router``
+sends them straight to the worker). TTFT and ITL are measured per request at the client; GPU energy is NVML's energy counter from
 the first request's send to the last token. Then ``voltana replay`` reads the event
 log and replays the controller's decisions; the log is exported as JSON lines.
 

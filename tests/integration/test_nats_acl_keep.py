@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 
 from actuator_helpers import ROOT
-from voltana.bus.client import Bus, BusOptions
+from helpers import acl_opts
+from voltana.bus.client import Bus
 from voltana.bus.natsserver import NatsServer
 from voltana.schemas import subjects
 from voltana.schemas.clock import ClockState, SetClock
@@ -19,12 +20,6 @@ from voltana.schemas.router import RouteDecision
 
 DEPLOY = ROOT / "deploy" / "nats"
 NODE = "gpu-node-1"
-
-
-def role(url: str, user: str) -> BusOptions:
-    prefix = "_INBOX" if user == "admin" else f"_INBOX_{user}"  # each its own replies
-    pw = f"pw-{user.split('-')[0]}"
-    return BusOptions(servers=[url], user=user, password=pw, name=user, inbox_prefix=prefix)
 
 
 def route_decision(n: int) -> RouteDecision:
@@ -41,7 +36,7 @@ def route_decision(n: int) -> RouteDecision:
 
 
 async def test_keep_publishers_get_acks(acl_server: NatsServer) -> None:
-    admin = await Bus.connect(role(acl_server.url, "admin"))
+    admin = await Bus.connect(acl_opts(acl_server.url, "admin"))
     await admin.ensure_event_stream()
     now = time.time_ns()
     sends = {
@@ -57,7 +52,7 @@ async def test_keep_publishers_get_acks(acl_server: NatsServer) -> None:
     }
     try:
         for user, (subject, msg) in sends.items():
-            bus = await Bus.connect(role(acl_server.url, user))
+            bus = await Bus.connect(acl_opts(acl_server.url, user))
             try:
                 await bus.publish(subject, msg)
                 assert await bus.outbox.flush(5.0), f"{user}: no ack from the stream"
@@ -73,9 +68,9 @@ async def test_keep_publishers_get_acks(acl_server: NatsServer) -> None:
 async def test_a_publisher_without_its_inbox_prefix_gets_no_acks(acl_server: NatsServer) -> None:
     """docs/deploy.md: a role user started without its private prefix cannot hear replies
     on the shared one, so its KEEP events are never acked (re-sent, then dropped)."""
-    opts = role(acl_server.url, "router")
+    opts = acl_opts(acl_server.url, "router")
     opts.inbox_prefix = "_INBOX"  # what a service gets without VOLTANA_NATS_INBOX_PREFIX
-    admin = await Bus.connect(role(acl_server.url, "admin"))
+    admin = await Bus.connect(acl_opts(acl_server.url, "admin"))
     await admin.ensure_event_stream()
     bus = await Bus.connect(opts)
     try:
